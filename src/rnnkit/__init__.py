@@ -1,0 +1,8 @@
+"""rnnkit: recurrent neural networks that train fast on a CPU, explain themselves, and ship."""
+
+__version__ = "0.1.0"
+
+from .cells import GRU, LSTM, RNN  # noqa: E402
+from .errors import BundleError, DataError, RnnkitError  # noqa: E402
+
+__all__ = ["GRU", "LSTM", "RNN", "BundleError", "DataError", "RnnkitError", "__version__"]
