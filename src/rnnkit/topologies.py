@@ -109,7 +109,8 @@ class ManyToOne(_Topology):
         scores = self.attention(outputs).squeeze(2)  # (B, T)
         if lengths is not None:
             steps = torch.arange(outputs.size(1), device=outputs.device)[None, :]
-            scores = scores.masked_fill(steps >= lengths.to(outputs.device)[:, None], float("-inf"))
+            lengths = torch.as_tensor(lengths, device=outputs.device)  # a list, as Recurrent accepts
+            scores = scores.masked_fill(steps >= lengths[:, None], float("-inf"))
         weights = torch.softmax(scores, dim=1)
         return torch.einsum("bt,bth->bh", weights, outputs)
 
@@ -192,6 +193,12 @@ class OneToMany(_Topology):
     def forward(self, condition: Tensor, targets: Tensor, *, teacher_forcing: float = 1.0) -> Tensor:
         """Predict every step of ``targets`` given the condition and (teacher-forced) previous targets."""
         state = self.initial_state(condition)
+        tokens = self.embedding is not None
+        if (targets.dim() != (2 if tokens else 3) or targets.size(0) != condition.size(0) or targets.size(1) < 1
+                or (not tokens and targets.size(2) != self.config["output_size"])):
+            shape = "(batch, time)" if tokens else f"(batch, time, {self.config['output_size']})"
+            raise RnnkitError(f"expected targets of shape {shape} with batch {condition.size(0)} and time >= 1, "
+                              f"got {tuple(targets.shape)}")
         previous = torch.cat([self._start(condition.size(0), condition), targets[:, :-1]], dim=1)  # shift right
         if teacher_forcing >= 1.0:
             outputs, _ = self.recurrent(self.embed(previous), state)  # (B, T, H)
@@ -216,6 +223,8 @@ class OneToMany(_Topology):
         Returns ``(B, steps, O)`` vectors, or ``(B, steps)`` token ids (greedy when
         ``temperature`` is 0, otherwise sampled from ``softmax(logits / temperature)``).
         """
+        if not isinstance(steps, int) or steps < 1:
+            raise RnnkitError(f"steps must be a positive integer, got {steps!r}")
         state = self.initial_state(condition)
         fed = self._start(condition.size(0), condition)[:, 0]  # (B,) ids or (B, O)
         produced = []

@@ -1,0 +1,41 @@
+"""Forecast and classification metrics, on NumPy arrays (NaN-free, same shape)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def mae(y: np.ndarray, y_hat: np.ndarray) -> float:
+    """Mean absolute error."""
+    return float(np.mean(np.abs(y - y_hat)))
+
+
+def rmse(y: np.ndarray, y_hat: np.ndarray) -> float:
+    """Root mean squared error."""
+    return float(np.sqrt(np.mean((y - y_hat) ** 2)))
+
+
+def smape(y: np.ndarray, y_hat: np.ndarray) -> float:
+    """Symmetric mean absolute percentage error, in percent (0-200); 0/0 counts as 0."""
+    denominator = np.abs(y) + np.abs(y_hat)
+    ratio = np.divide(2 * np.abs(y - y_hat), denominator, out=np.zeros_like(denominator, dtype=float),
+                      where=denominator > 0)
+    return float(100 * np.mean(ratio))
+
+
+def mase(y: np.ndarray, y_hat: np.ndarray, history: np.ndarray, season_length: int = 1) -> float:
+    """Mean absolute scaled error: MAE over the in-sample MAE of the seasonal-naive forecast."""
+    season_length = season_length if len(history) > season_length else 1
+    scale = np.mean(np.abs(history[season_length:] - history[:-season_length]))
+    return float(mae(y, y_hat) / scale) if scale > 0 else float("nan")
+
+
+def pinball(y: np.ndarray, y_hat_q: np.ndarray, quantile: float) -> float:
+    """Quantile (pinball) loss of the ``quantile`` forecast."""
+    diff = y - y_hat_q
+    return float(np.mean(np.maximum(quantile * diff, (quantile - 1) * diff)))
+
+
+def coverage(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """Fraction of actual values inside ``[lower, upper]``."""
+    return float(np.mean((y >= lower) & (y <= upper)))

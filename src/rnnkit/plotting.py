@@ -1,0 +1,51 @@
+"""Plots people would rather look at than tables, written as PNG files (no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on servers and CI without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def plot_forecast(
+    history: pd.DataFrame,
+    forecast: pd.DataFrame,
+    path: Union[str, Path],
+    *,
+    actual: Optional[pd.DataFrame] = None,
+    title: str = "",
+    max_history: int = 120,
+) -> Path:
+    """History, median forecast, the outermost quantile band and (if given) the actual values.
+
+    Frames are long (``unique_id, ds, y`` / ``y_hat, y_hat_qNN``); one panel per series.
+    """
+    series = list(forecast["unique_id"].unique())
+    figure, axes = plt.subplots(len(series), 1, figsize=(10, 3.2 * len(series)), squeeze=False)
+    for ax, uid in zip(axes[:, 0], series):
+        past = history[history["unique_id"] == uid].tail(max_history)
+        pred = forecast[forecast["unique_id"] == uid]
+        ax.plot(past["ds"], past["y"], color="0.25", lw=1.2, label="history")
+        bands = sorted(c for c in pred.columns if c.startswith("y_hat_q"))
+        if len(bands) >= 2:
+            low, high = bands[0], bands[-1]
+            ax.fill_between(pred["ds"], pred[low], pred[high], color="tab:blue", alpha=0.2,
+                            label=f"interval {low[7:]}-{high[7:]} %")
+        ax.plot(pred["ds"], pred["y_hat"], color="tab:blue", lw=2, label="forecast (median)")
+        if actual is not None:
+            truth = actual[actual["unique_id"] == uid]
+            ax.plot(truth["ds"], truth["y"], "o-", color="tab:orange", ms=3, lw=1, label="actual")
+        ax.set_title(f"{title} {uid}".strip())
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,572 @@
+"""The one trainer every rnnkit task uses: ``fit(model, loss_fn, train, val, config)``.
+
+One loop that reads top to bottom, as nanoGPT's ``train.py`` does: the next piece of a
+batch, the learning rate (``lr_at``), the task's ``loss_fn``, backward, clip, step; now and
+then validate, log, checkpoint, stop. No strategy, loop or accelerator objects: a task adapts
+the trainer through its ``loss_fn`` and its ``TrainConfig``.
+
+The contract with a task:
+
+- ``train`` and ``val`` are tuples of tensors sharing the first (sample) dimension, as in
+  ``TensorDataset``. They stay on the CPU; each batch is indexed out and moved to the device.
+- ``loss_fn(model, batch, state) -> (loss, new_state)``: ``loss`` a scalar tensor, the mean
+  over the batch (and its time steps). ``state`` is ``None`` unless truncated BPTT
+  (``tbptt``) or ``stateful`` carry the previous piece's state in, detached; a state is a
+  tensor, a tuple or list of them, or ``None``.
+- With ``tbptt`` every tensor of two or more dims is cut along time (dim 1); 1-D tensors
+  (labels, lengths) go whole with every piece.
+
+A checkpoint holds all it takes to continue the same run bit for bit: weights, optimiser
+moments, the RNG, the position in the epoch, the carried state. It is safetensors plus
+JSON, never pickle, and each file appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from contextlib import closing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import Tensor, nn
+
+from .errors import RnnkitError
+
+LossFn = Callable[[nn.Module, tuple[Tensor, ...], Any], tuple[Tensor, Any]]
+Data = Union[Tensor, Sequence[Tensor]]
+
+#: the fields that shape the sequence of updates: a resumed run must share them
+_RESUME_FIELDS = ("epochs", "max_steps", "batch_size", "lr", "weight_decay", "clip_norm",
+                  "schedule", "warmup_steps", "tbptt", "stateful", "seed")
+_HISTORY_COLUMNS = ("step", "epoch", "train_loss", "val_loss", "lr", "elapsed_s")
+#: the plain fields of ``_Run`` a checkpoint keeps in its JSON
+_RUN_FIELDS = ("step", "done", "loss_count", "epochs_completed", "history", "best_val", "bad_evals")
+_TMP_PREFIX = ".tmp-checkpoint-"
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _device(name: str) -> torch.device:
+    """``"auto"`` is the GPU when there is one; anything else goes to ``torch.device``."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How to train: optimiser, schedule, batching, stopping, checkpoints. Validated on construction."""
+
+    epochs: int = 20                        # enough for the small data sets of the demos
+    max_steps: Optional[int] = None         # cap on optimizer steps across epochs; None = epochs decide
+    minutes: Optional[float] = None         # wall-clock budget: stop cleanly, keep the best weights
+    batch_size: int = 32                    # small batches generalise well and still keep a CPU busy
+    lr: float = 3e-3                        # AdamW's sweet spot for small recurrent nets
+    weight_decay: float = 0.01              # AdamW's decoupled decay: mild regularisation
+    clip_norm: Optional[float] = 1.0        # recurrent gradients explode; clipping their norm tames them
+    schedule: str = "cosine"                # "cosine" (down to 10% of lr) or "constant", after the warmup
+    warmup_steps: int = 0                   # linear warmup; small recurrent nets rarely need it
+    tbptt: Optional[int] = None             # truncated BPTT: piece length along time; None = whole sequences
+    stateful: bool = False                  # carry state across consecutive unshuffled batches (long corpora)
+    eval_every: Optional[int] = None        # steps between validations; None = once per epoch
+    patience: Optional[int] = None          # early stopping after this many validations without improvement
+    checkpoint_every: Optional[int] = None  # steps between checkpoints (needs checkpoint_dir); None = at end
+    seed: int = 0                           # the global torch RNG (dropout) and the epoch permutations
+    progress: bool = True                   # a rich progress bar; switch it off in scripts and tests
+    device: str = "auto"                    # "auto" = cuda if available, else cpu
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            self._check(name, _is_int(getattr(self, name), 1), "an integer >= 1")
+        for name in ("warmup_steps", "seed"):
+            self._check(name, _is_int(getattr(self, name), 0), "an integer >= 0")
+        for name in ("max_steps", "tbptt", "eval_every", "patience", "checkpoint_every"):
+            value = getattr(self, name)
+            self._check(name, value is None or _is_int(value, 1), "None or an integer >= 1")
+        for name, allow_none, allow_zero in (("lr", False, False), ("weight_decay", False, True),
+                                             ("clip_norm", True, False), ("minutes", True, False)):
+            value = getattr(self, name)
+            if allow_none and value is None:
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            expected = ("None or " if allow_none else "") + f"a number {'>=' if allow_zero else '>'} 0"
+            self._check(name, number and (value >= 0 if allow_zero else value > 0), expected)
+            object.__setattr__(self, name, float(value))  # lr=1 and lr=1.0 are the same config
+        self._check("schedule", self.schedule in ("cosine", "constant"), "'cosine' or 'constant'")
+        for name in ("stateful", "progress"):
+            self._check(name, isinstance(getattr(self, name), bool), "True or False")
+        try:
+            ok = isinstance(self.device, str) and _device(self.device) is not None
+        except (RuntimeError, ValueError):
+            ok = False
+        self._check("device", ok, "'auto' or a torch device such as 'cpu' or 'cuda:0'")
+
+    def _check(self, name: str, ok: bool, expected: str) -> None:
+        if not ok:
+            raise RnnkitError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types; ``TrainConfig.from_dict(c.to_dict()) == c``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """The inverse of ``to_dict``; missing fields take their defaults, unknown ones raise."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise RnnkitError(f"TrainConfig has no field(s) {unknown}; known fields: {', '.join(known)}")
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    """What ``fit`` returns; the model itself is trained in place."""
+
+    history: list[dict[str, Any]]   # rows of step, epoch, train_loss, val_loss, lr, elapsed_s
+    best_val_loss: Optional[float]  # None without validation data
+    steps: int                      # optimizer steps of the whole run, across resumes
+    epochs_completed: int
+    stopped: str                    # "completed" | "max_steps" | "early_stopping" | "time_budget"
+    elapsed_s: float                # wall-clock seconds of the whole run, across resumes
+
+
+@dataclass
+class _Run:
+    """Everything about a run in progress that a checkpoint must carry."""
+
+    loss_sum: Tensor                     # train loss summed since the last row; on the device: no syncs
+    loss_count: int = 0
+    step: int = 0                        # optimizer steps taken
+    done: tuple[int, ...] = (0, -1, 0)   # (epoch, batch, piece) of the last step taken
+    epochs_completed: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val: Optional[float] = None
+    best_weights: Optional[dict[str, Tensor]] = None
+    bad_evals: int = 0                   # validations since the last improvement
+    carry: Any = None                    # the detached state handed to the next piece
+    elapsed_s: float = 0.0               # seconds spent in earlier sessions of this run
+
+
+def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) in a run planned for ``total_steps``.
+
+    Linear warmup from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps``; then
+    ``lr`` (``schedule="constant"``) or a half cosine from ``lr`` at the end of the warmup
+    down to ``0.1 * lr`` at ``total_steps``, flat after it (``"cosine"``).
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    progress = min((step - config.warmup_steps) / max(total_steps - config.warmup_steps, 1), 1.0)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: LossFn, data: Data, config: TrainConfig = TrainConfig()) -> float:
+    """Mean of ``loss_fn`` over ``data``, weighted by samples, in eval mode (no dropout).
+
+    Batches go in order, each cut with ``tbptt`` as in training, its state carried between
+    the pieces and each piece weighted by its length; with ``stateful`` the state also runs
+    across batches and a last partial batch is left out. The model returns to its mode.
+    """
+    data = _as_data(data, "data", config)
+    device, size = next(model.parameters()).device, config.batch_size
+    samples = len(data[0]) - len(data[0]) % size if config.stateful else len(data[0])
+    was_training, total, state = model.training, 0.0, None
+    model.eval()
+    try:
+        for start in range(0, samples, size):
+            pieces = _split_time(tuple(t[start:start + size].to(device) for t in data), config.tbptt)
+            steps, state = sum(_time_steps(p) for p in pieces), state if config.stateful else None
+            for piece in pieces:
+                loss, state = loss_fn(model, piece, state)
+                total += loss.item() * len(piece[0]) * _time_steps(piece) / steps
+    finally:
+        model.train(was_training)
+    return total / samples
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    train: Data,
+    val: Optional[Data] = None,
+    config: TrainConfig = TrainConfig(),
+    *,
+    checkpoint_dir: Optional[Union[Path, str]] = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable[[dict], None]] = (),
+) -> TrainResult:
+    """Train ``model`` in place with AdamW, minimising ``loss_fn`` over ``train`` (see the module doc).
+
+    With ``val``, the weights of the lowest validation loss are put back at the end (after
+    completion, early stopping or the time budget); without, the last weights stand.
+    ``checkpoint_dir`` receives ``checkpoint.safetensors``, ``checkpoint.json``, ``history.json``
+    and ``history.csv`` every ``checkpoint_every`` steps and at the end. ``resume=True``
+    continues the run checkpointed there, bit-identical to an uninterrupted run, provided the
+    model is built as before. Each callback gets a copy of every history row as it is logged.
+    """
+    if not isinstance(config, TrainConfig):
+        raise RnnkitError(f"config must be a TrainConfig, got {type(config).__name__}")
+    train = _as_data(train, "train", config)
+    val = None if val is None else _as_data(val, "val", config)
+    if config.patience is not None and val is None:
+        raise RnnkitError(f"patience={config.patience} needs validation data; pass val=... or patience=None")
+    directory = _checkpoint_dir(checkpoint_dir, config, resume)
+    device, n = _device(config.device), len(train[0])
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    batches = n // config.batch_size if config.stateful else math.ceil(n / config.batch_size)
+    pieces = len(_split_time(tuple(t[:1] for t in train), config.tbptt))
+    total = min(batches * pieces * config.epochs, config.max_steps or math.inf)
+    run = _Run(loss_sum=torch.zeros((), device=device))
+    if resume:
+        _load_checkpoint(directory, model, optimizer, run, config, n, device)
+    else:
+        torch.manual_seed(config.seed)
+    started, lr = time.monotonic(), config.lr
+    elapsed = lambda: run.elapsed_s + time.monotonic() - started  # noqa: E731
+
+    def log() -> None:
+        row = _log_row(run, model, loss_fn, val, config, lr, elapsed())
+        bar.val_loss = row["val_loss"]
+        for callback in callbacks:
+            callback(dict(row))
+
+    with closing(_ProgressBar(config.progress, total, run.step)) as bar:
+        for (epoch, batch, piece), tensors in _pieces(train, config, batches, run.done, device):
+            stopped = _stop_reason(run, config, elapsed())
+            if stopped:
+                break
+            if piece == 0 and (batch == 0 or not config.stateful):
+                run.carry = None  # a new sequence starts from the model's zero state
+            lr = lr_at(run.step, config, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, state = loss_fn(model, tensors, run.carry)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            optimizer.step()
+            if config.tbptt or config.stateful:
+                run.carry = _detach(state)  # the next piece starts here, without backprop into this one
+            run.loss_sum += loss.detach()
+            run.loss_count, run.step, run.done = run.loss_count + 1, run.step + 1, (epoch, batch, piece)
+            epoch_end = batch == batches - 1 and piece == pieces - 1
+            if epoch_end:
+                run.epochs_completed = epoch + 1
+            bar.update(run.step, loss)
+
+            if (run.step % config.eval_every == 0) if config.eval_every else epoch_end:
+                log()
+            if directory and config.checkpoint_every and run.step % config.checkpoint_every == 0:
+                _save_checkpoint(directory, model, optimizer, run, config, elapsed(), n)
+        else:
+            stopped = "completed"
+        if directory:  # before the closing row, so that a resume continues exactly from here
+            _save_checkpoint(directory, model, optimizer, run, config, elapsed(), n)
+        if run.loss_count:
+            log()  # the steps since the last row
+    if run.best_weights is not None:
+        model.load_state_dict(run.best_weights)
+    if directory:
+        _publish(directory, _history_files(run.history))
+    return TrainResult(history=run.history, best_val_loss=run.best_val, steps=run.step,
+                       epochs_completed=run.epochs_completed, stopped=stopped, elapsed_s=elapsed())
+
+
+# ------------------------------------------------------------------------ the loop's parts
+
+
+def _pieces(data: tuple[Tensor, ...], config: TrainConfig, batches: int, done: tuple[int, ...],
+            device: torch.device):
+    """Yield ``((epoch, batch, piece), tensors)`` for every optimizer step after ``done``.
+
+    Epoch ``e`` takes the samples in the order ``randperm(n)`` drawn from its own generator
+    seeded ``seed + e`` (in order when stateful), so a resumed run rebuilds the same batches.
+    """
+    size = config.batch_size
+    for epoch in range(done[0], config.epochs):
+        order = None
+        for b in range(batches):
+            if (epoch, b) < done[:2]:
+                continue
+            if config.stateful:
+                batch = tuple(t[b * size:(b + 1) * size] for t in data)
+            else:
+                if order is None:
+                    generator = torch.Generator().manual_seed(config.seed + epoch)
+                    order = torch.randperm(len(data[0]), generator=generator)
+                index = order[b * size:(b + 1) * size]
+                batch = tuple(t.index_select(0, index.to(t.device)) for t in data)
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            for p, tensors in enumerate(_split_time(batch, config.tbptt)):
+                if (epoch, b, p) > done:
+                    yield (epoch, b, p), tensors
+
+
+def _split_time(batch: tuple[Tensor, ...], tbptt: Optional[int]) -> list[tuple[Tensor, ...]]:
+    """Cut a batch into ``tbptt``-long pieces along time (dim 1); 1-D tensors go whole with each."""
+    if tbptt is None or not any(t.dim() >= 2 for t in batch):
+        return [batch]
+    steps = _time_steps(batch)
+    return [tuple(t.narrow(1, s, min(tbptt, steps - s)) if t.dim() >= 2 else t for t in batch)
+            for s in range(0, steps, tbptt)]
+
+
+def _time_steps(batch: tuple[Tensor, ...]) -> int:
+    return next((t.size(1) for t in batch if t.dim() >= 2), 1)
+
+
+def _detach(state: Any) -> Any:
+    """The state with every tensor in it detached from the graph, its structure kept."""
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, (tuple, list)):
+        items = [_detach(s) for s in state]
+        return type(state)(*items) if hasattr(state, "_fields") else type(state)(items)  # namedtuples too
+    return state
+
+
+def _log_row(run: _Run, model: nn.Module, loss_fn: LossFn, val: Optional[tuple[Tensor, ...]],
+             config: TrainConfig, lr: float, elapsed: float) -> dict[str, Any]:
+    """Close a history row: the mean train loss since the last row, validation, the best weights."""
+    train_loss = (run.loss_sum / run.loss_count).item() if run.loss_count else None
+    if train_loss is not None and not math.isfinite(train_loss):
+        raise RnnkitError(f"training diverged: train loss is {train_loss} at step {run.step}; "
+                          f"lower lr (now {config.lr}) or set clip_norm")
+    val_loss = evaluate(model, loss_fn, val, config) if val is not None else None
+    if val_loss is not None and (run.best_val is None or val_loss < run.best_val):
+        run.best_val, run.bad_evals = val_loss, 0
+        run.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    elif val_loss is not None:
+        run.bad_evals += 1
+    row = dict(step=run.step, epoch=run.done[0] + 1, train_loss=train_loss, val_loss=val_loss,
+               lr=lr, elapsed_s=round(elapsed, 3))
+    run.history.append(row)
+    run.loss_sum.zero_()
+    run.loss_count = 0
+    return row
+
+
+def _stop_reason(run: _Run, config: TrainConfig, elapsed: float) -> Optional[str]:
+    if config.patience is not None and run.bad_evals >= config.patience:
+        return "early_stopping"
+    if config.max_steps is not None and run.step >= config.max_steps:
+        return "max_steps"
+    if config.minutes is not None and elapsed >= 60 * config.minutes:
+        return "time_budget"
+    return None
+
+
+class _ProgressBar:
+    """A rich progress bar (ETA, live losses) redrawn about 10 times a second; nothing when disabled."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.bar, self.next_draw, self.step, self.loss, self.val_loss = None, 0.0, done, None, None
+        if enabled:
+            from rich import progress as rp  # imported only when drawn: rich is slow to import
+
+            self.bar = rp.Progress(rp.TextColumn("train"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                                   rp.TextColumn("{task.fields[losses]}"), rp.TimeElapsedColumn(),
+                                   rp.TextColumn("eta"), rp.TimeRemainingColumn(), refresh_per_second=10)
+            self.task = self.bar.add_task("train", total=total, completed=done, losses="")
+            self.bar.start()
+
+    def update(self, step: int, loss: Optional[Tensor], force: bool = False) -> None:
+        # .item() and rich's bookkeeping cost microseconds: pay them ~10 times a second, not every step
+        self.step, self.loss = step, self.loss if loss is None else loss
+        if self.bar is None or (not force and time.monotonic() < self.next_draw):
+            return
+        self.next_draw = time.monotonic() + 0.1
+        text = f"loss {self.loss.item():.4f}" if self.loss is not None else ""
+        text += f"  val {self.val_loss:.4f}" if self.val_loss is not None else ""
+        self.bar.update(self.task, completed=step, losses=text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.update(self.step, None, force=True)
+            self.bar.stop()
+
+
+# ---------------------------------------------------------------------- checking the inputs
+
+
+def _as_data(data: Data, name: str, config: TrainConfig) -> tuple[Tensor, ...]:
+    data = (data,) if isinstance(data, Tensor) else data
+    if not isinstance(data, (tuple, list)) or not data or not all(isinstance(t, Tensor) for t in data):
+        raise RnnkitError(f"{name} must be a tuple of tensors sharing dim 0 (like TensorDataset), "
+                          f"got {type(data).__name__}")
+    shapes = [tuple(t.shape) for t in data]
+    if any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) != 1 or shapes[0][0] == 0:
+        raise RnnkitError(f"{name} tensors must share a non-empty first (sample) dimension, "
+                          f"got shapes {shapes}")
+    times = sorted({s[1] for s in shapes if len(s) >= 2})
+    if config.tbptt is not None and len(times) > 1:
+        raise RnnkitError(f"tbptt cuts every {name} tensor of 2+ dims along dim 1 (time), but their lengths "
+                          f"differ: {times}; pad them to one length or make per-sample tensors 1-D")
+    if config.stateful and shapes[0][0] < config.batch_size:
+        raise RnnkitError(f"stateful=True uses only full batches, but {name} has {shapes[0][0]} samples, "
+                          f"fewer than batch_size={config.batch_size}; lower batch_size")
+    return tuple(data)
+
+
+def _checkpoint_dir(path: Optional[Union[Path, str]], config: TrainConfig, resume: bool) -> Optional[Path]:
+    if path is None:
+        if config.checkpoint_every is not None or resume:
+            what = "resume=True" if resume else f"checkpoint_every={config.checkpoint_every}"
+            raise RnnkitError(f"{what} needs checkpoint_dir; pass fit(..., checkpoint_dir='runs/x')")
+        return None
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(_TMP_PREFIX + "*"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    return directory
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: _Run,
+                     config: TrainConfig, elapsed: float, n_train: int) -> None:
+    """Write ``checkpoint.safetensors`` (the tensors, and ``meta`` in its header) and ``checkpoint.json``."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in (run.best_weights or {}).items()})
+    optim, scalars = optimizer.state_dict(), {}
+    for i, state in optim["state"].items():
+        for name, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.state.{i}.{name}"] = value
+            else:
+                scalars.setdefault(str(i), {})[name] = value
+    tensors["rng.torch"], tensors["run.loss_sum"] = torch.get_rng_state(), run.loss_sum
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optim["param_groups"]]
+    meta = dict(format="rnnkit.checkpoint", format_version=1, **{k: getattr(run, k) for k in _RUN_FIELDS},
+                elapsed_s=elapsed, n_train=n_train, config=config.to_dict(), optimizer=dict(
+                    param_groups=groups, scalars=scalars), carry=_flatten(run.carry, "carry", tensors))
+    # copies: safetensors refuses tensors that share memory (tied weights)
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    blob = safetensors_bytes(tensors, metadata={"checkpoint": json.dumps(meta)})
+    text = json.dumps(meta, indent=1).encode()
+    _publish(directory, {"checkpoint.safetensors": blob, "checkpoint.json": text, **_history_files(run.history)})
+
+
+def _load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: _Run,
+                     config: TrainConfig, n_train: int, device: torch.device) -> None:
+    """Put a run back as ``_save_checkpoint`` found it; the JSON in the safetensors header rules."""
+    path = directory / "checkpoint.safetensors"
+    if not path.is_file():
+        raise RnnkitError(f"resume=True but there is no checkpoint in {directory} "
+                          f"(no checkpoint.safetensors); start a fresh run with resume=False")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta, tensors = json.loads(f.metadata()["checkpoint"]), {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # a foreign or damaged file: say which and why
+        raise RnnkitError(f"cannot read checkpoint {path}: {e}; delete it or start a fresh run") from e
+    mismatch = [f"{k}={meta['config'].get(k)!r} there, {getattr(config, k)!r} here"
+                for k in _RESUME_FIELDS if meta["config"].get(k) != getattr(config, k)]
+    if meta["n_train"] != n_train:
+        mismatch.append(f"{meta['n_train']} training samples there, {n_train} here")
+    if mismatch:
+        raise RnnkitError(f"cannot resume from {path}: {'; '.join(mismatch)}; "
+                          f"use the same config and data, or resume=False")
+    part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa
+    try:
+        model.load_state_dict(part("model."))
+    except RuntimeError as e:
+        raise RnnkitError(f"checkpoint {path} does not fit this model ({e}); "
+                          f"build the model as in the checkpointed run") from e
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in part("optim.state.").items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value
+    for i, values in meta["optimizer"]["scalars"].items():
+        state.setdefault(int(i), {}).update(values)
+    live = optimizer.state_dict()["param_groups"]
+    groups = [dict(saved, params=g["params"]) for saved, g in zip(meta["optimizer"]["param_groups"], live)]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.torch"])
+    if part("rng.cuda.") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(len(part("rng.cuda.")))])
+    run.best_weights = {k: v.to(device) for k, v in part("best.").items()} or None
+    run.loss_sum = tensors["run.loss_sum"].to(device)
+    run.carry = _unflatten(meta["carry"], "carry", tensors, device)
+    for name in _RUN_FIELDS:
+        setattr(run, name, meta[name])
+    run.done, run.elapsed_s = tuple(run.done), meta["elapsed_s"]
+
+
+def _flatten(state: Any, prefix: str, out: dict[str, Tensor]) -> Any:
+    """Put a carried state's tensors into ``out`` as ``prefix.i.j``; return its shape as JSON."""
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        out[prefix] = state
+        return "tensor"
+    if isinstance(state, (tuple, list)):
+        return [type(state).__name__, [_flatten(s, f"{prefix}.{i}", out) for i, s in enumerate(state)]]
+    raise RnnkitError(f"cannot checkpoint a carried state of type {type(state).__name__}; "
+                      f"have loss_fn return a tensor, a tuple or list of tensors, or None")
+
+
+def _unflatten(shape: Any, prefix: str, tensors: dict[str, Tensor], device: torch.device) -> Any:
+    if shape is None:
+        return None
+    if shape == "tensor":
+        return tensors[prefix].to(device)
+    items = [_unflatten(s, f"{prefix}.{i}", tensors, device) for i, s in enumerate(shape[1])]
+    return items if shape[0] == "list" else tuple(items)
+
+
+def _history_files(history: list[dict[str, Any]]) -> dict[str, bytes]:
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=_HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return {"history.json": json.dumps(history, indent=1).encode(), "history.csv": table.getvalue().encode()}
+
+
+def _publish(directory: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into ``directory`` so that each appears whole or not at all.
+
+    They are written and fsynced in a temporary directory beside their final place (the same
+    filesystem, so the rename is atomic), then renamed over the old versions, the checkpoint
+    first. ``checkpoint.safetensors`` carries its own JSON, so a crash between two renames
+    cannot pair new tensors with an old position.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=directory))
+    try:
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for name in files:
+            os.replace(tmp / name, directory / name)
+        try:  # make the renames durable; Windows cannot open a directory, and need not
+            fd = os.open(directory, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        except OSError:
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+__all__ = ["LossFn", "TrainConfig", "TrainResult", "evaluate", "fit", "lr_at"]
