@@ -217,10 +217,12 @@ class Forecaster:
         frame = validate_long_frame(frame)
         horizon = self.config.horizon
         rows = []
+        position = frame.groupby("unique_id").cumcount()
+        from_end = frame.groupby("unique_id")["y"].transform("size") - position  # 1 at each series' last point
         for window in range(windows, 0, -1):
             cut = window * horizon
-            train = frame.groupby("unique_id", group_keys=False).apply(lambda g: g.iloc[:-cut])
-            actual = frame.groupby("unique_id", group_keys=False).apply(lambda g: g.iloc[len(g) - cut:][:horizon])
+            train = frame[from_end > cut]
+            actual = frame[(from_end <= cut) & (from_end > cut - horizon)]
             forecast = Forecaster(self.config).fit(train).predict()
             for uid, truth in actual.groupby("unique_id"):
                 pred = forecast[forecast["unique_id"] == uid]
