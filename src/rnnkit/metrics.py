@@ -1,4 +1,4 @@
-"""Forecast and classification metrics, on NumPy arrays (NaN-free, same shape)."""
+"""Forecast and classification metrics on NumPy arrays (NaN-free, same shape); translation metrics on strings."""
 
 from __future__ import annotations
 
@@ -39,3 +39,25 @@ def pinball(y: np.ndarray, y_hat_q: np.ndarray, quantile: float) -> float:
 def coverage(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
     """Fraction of actual values inside ``[lower, upper]``."""
     return float(np.mean((y >= lower) & (y <= upper)))
+
+
+# ------------------------------------------------------------------ translation (text)
+
+
+def bleu(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus BLEU (0-100) with sacrebleu's standard settings (13a tokenisation, one reference)."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus chrF (0-100), character n-gram F-score: kinder than BLEU to inflected words."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(hypotheses, [references]).score)
+
+
+def exact_match(hypotheses: list[str], references: list[str]) -> float:
+    """Fraction of hypotheses identical to their reference (whitespace-trimmed)."""
+    return float(np.mean([h.strip() == r.strip() for h, r in zip(hypotheses, references)])) if references else 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Optional, Union
 
@@ -10,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on servers and CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from .files import atomic_write_bytes  # noqa: E402
 
 
 def plot_forecast(
@@ -49,3 +52,37 @@ def plot_forecast(
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_attention(
+    weights,
+    source_tokens: list[str],
+    target_tokens: list[str],
+    path: Union[str, Path],
+    *,
+    title: str = "",
+) -> Path:
+    """An attention heatmap: one row per output token, one column per source token.
+
+    ``weights`` is ``(T, S)`` (a tensor or array), each row summing to 1 over the source.
+    Byte-level BPE marks a leading space with ``Ġ``; it is drawn as ``▁`` here.
+    """
+    import numpy as np
+
+    grid = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
+    clean = lambda tokens: [t.replace("Ġ", "▁") for t in tokens]  # noqa: E731
+    width, height = 1.5 + 0.32 * len(source_tokens), 1.5 + 0.3 * len(target_tokens)
+    figure, ax = plt.subplots(figsize=(min(max(width, 4), 24), min(max(height, 3), 24)))
+    image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(source_tokens)), clean(source_tokens), rotation=90, fontsize=8)
+    ax.set_yticks(range(len(target_tokens)), clean(target_tokens), fontsize=8)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    if title:
+        ax.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=ax, fraction=0.04)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return atomic_write_bytes(path, buffer.getvalue())  # never half a PNG
