@@ -65,12 +65,12 @@ def plot_attention(
     """An attention heatmap: one row per output token, one column per source token.
 
     ``weights`` is ``(T, S)`` (a tensor or array), each row summing to 1 over the source.
-    Byte-level BPE marks a leading space with ``Ġ``; it is drawn as ``▁`` here.
+    Byte-level BPE marks a leading space with ``Ġ``; it is drawn as ``▁``, a space token as ``␣``.
     """
     import numpy as np
 
     grid = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
-    clean = lambda tokens: [t.replace("Ġ", "▁") for t in tokens]  # noqa: E731
+    clean = lambda tokens: ["␣" if t == " " else t.replace("Ġ", "▁") for t in tokens]  # noqa: E731
     width, height = 1.5 + 0.32 * len(source_tokens), 1.5 + 0.3 * len(target_tokens)
     figure, ax = plt.subplots(figsize=(min(max(width, 4), 24), min(max(height, 3), 24)))
     image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")

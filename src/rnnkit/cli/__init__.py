@@ -99,10 +99,12 @@ def _add_commands(root: typer.Typer) -> None:
 
     from .demo import demo
     from .forecast import app as forecast
+    from .translate import app as translate
 
     root.command("info")(info)
     root.command("demo")(demo)
     root.add_typer(forecast, name="forecast")
+    root.add_typer(translate, name="translate")
 
 
 _add_commands(app)
