@@ -27,6 +27,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/cells.py --quick
+	$(PY) benchmarks/translate.py --quick --no-progress
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -36,9 +36,17 @@ def _sales_csv(path: Path) -> None:
     pd.DataFrame({"date": months, "sales": sales}).to_csv(path, index=False)
 
 
+def _pairs_tsv(path: Path) -> None:
+    """English -> Spanish sentence pairs for the translate commands."""
+    pairs = [("In the beginning God created the heaven and the earth.", "En el principio creó Dios los cielos y la tierra."),
+             ("And God said, Let there be light.", "Y dijo Dios: Sea la luz."), ("The light was good.", "La luz era buena.")]
+    path.write_text("".join(f"{s}\t{t}\n" for s, t in pairs * 10), encoding="utf-8")
+
+
 @pytest.mark.slow
 def test_forecast_commands_run(tmp_path):
     _sales_csv(tmp_path / "sales.csv")
+    _pairs_tsv(tmp_path / "pairs.tsv")
     commands = [line.split("#")[0].strip() for block in code_blocks("bash") for line in block.splitlines()
                 if line.startswith("rnnkit ")]
     assert any(c.startswith("rnnkit forecast train") for c in commands)
