@@ -67,7 +67,6 @@ def forecast_sunspots(out: Path, minutes: float, progress: bool) -> None:
 def translate_dates(out: Path, progress: bool, minutes: float = 0.5) -> None:
     """Written dates in 18 locales to ISO dates with an attention LSTM, ~30 s; plot one attention map."""
     from ..data.parallel import DATE_LOCALES, date_pairs
-    from ..plotting import plot_attention
     from ..tasks.translate import Translator
 
     console.rule("[bold]Translation: dates written in 18 locales -> ISO 8601")
@@ -89,9 +88,7 @@ def translate_dates(out: Path, progress: bool, minutes: float = 0.5) -> None:
     for text, translation in zip(examples, translator.translate(examples)):
         table.add_row(text, translation)
     console.print(table)
-    detail = translator.translate_detailed(examples[-1:])[0]
-    plot = plot_attention(detail["attention"], detail["source_tokens"], detail["target_tokens"],
-                          out / "dates_attention.png", title=f"{examples[-1]} -> {detail['translation']}")
+    plot = translator.plot_attention(examples[-1], out / "dates_attention.png")
     bundle = translator.save(out / "dates.rnnkit")
     assert load(bundle).translate(examples) == translator.translate(examples), "bundle round trip changed output"
     console.print(f"attention map: {plot}\nbundle: {bundle} (reloaded: identical translations); try "

@@ -11,7 +11,6 @@ from rich.console import Console
 from ..bundle import read_bundle
 from ..data.parallel import read_pairs
 from ..errors import RnnkitError
-from ..plotting import plot_attention
 from ..tasks.translate import Translator, TranslatorConfig
 from . import create_app
 
@@ -79,12 +78,8 @@ def run(
         outputs[i] = result["translation"]
     for line in outputs:
         typer.echo(line)
-    if attention_plot is not None and results:
-        first = results[0]
-        if translator.config.attention == "none":
-            raise RnnkitError("this model has no attention (attention='none'): nothing to plot")
-        plot_attention(first["attention"], first["source_tokens"], first["target_tokens"], attention_plot,
-                       title=f"{lines[wanted[0]]} -> {first['translation']}")
+    if attention_plot is not None and wanted:
+        translator.plot_attention(lines[wanted[0]], attention_plot, beam=beam)
         console.print(f"attention plot: {attention_plot}")
 
 

@@ -22,6 +22,7 @@ from .. import metrics
 from ..bundle import Bundle, load_weights, register, save_bundle
 from ..data.tokenizers import BOS, EOS, PAD, Tokenizer, build_tokenizer, tokenizer_from_dict
 from ..errors import DataError, RnnkitError
+from ..plotting import plot_attention
 from ..seq2seq import Seq2Seq, Seq2SeqConfig
 from ..training import TrainConfig, TrainResult, fit
 
@@ -212,10 +213,20 @@ class Translator:
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"input {number} is empty: give a sentence to translate")
         ids = self.source_tokenizer.encode(" ".join(text.split()))
+        if not ids:
+            raise DataError(f"input {number} has no tokens this model can read: give a sentence to translate")
         if len(ids) > self.config.max_length:
             raise DataError(f"input {number} has {len(ids)} tokens; this model reads at most "
                             f"{self.config.max_length} (max_length): split it into shorter sentences")
         return ids
+
+    def plot_attention(self, text: str, path: Union[str, Path], *, beam: int = 1) -> Path:
+        """Translate ``text`` and write its attention heatmap (output tokens x source tokens) as a PNG."""
+        if self.config.attention == "none":
+            raise RnnkitError("this model has no attention (attention='none'): nothing to plot")
+        detail = self.translate_detailed([text], beam=beam)[0]
+        return plot_attention(detail["attention"], detail["source_tokens"], detail["target_tokens"], path,
+                              title=f"{text} -> {detail['translation']}")
 
     def evaluate(self, pairs: Sequence[Pair], *, beam: int = 1) -> dict[str, float]:
         """Corpus BLEU and chrF (sacrebleu) and exact-match rate of translations against references."""
