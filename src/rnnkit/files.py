@@ -16,6 +16,9 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are for everyone, as open() makes them
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
