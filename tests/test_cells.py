@@ -284,7 +284,7 @@ def lstm_by_the_docstring(cell, x, h, c):
 @biases
 def test_option_lstm_matches_docstring_equations(options, bias):
     cell = make_option_lstm(options, bias=bias)
-    assert not cell.uses_fused
+    assert cell.uses_fused  # rnnkit's own fused recurrence (cells/scan.py) against the docstring
     x = torch.randn(B, T, I)
     h0, c0 = (s.detach() for s in random_state("lstm"))
     with torch.no_grad():
@@ -327,10 +327,11 @@ def test_option_lstm_gradcheck_float64(options):
 
 
 @pytest.mark.parametrize("option", ["peephole", "layer_norm"])
-def test_fused_backend_refuses_options_it_cannot_run(option):
-    with pytest.raises(RnnkitError, match=f"backend='fused'.*{option.replace('_', ' ')}"):
-        rnnkit.LSTM(I, H, backend="fused", **{option: True})
-    assert not rnnkit.LSTM(I, H, backend="auto", **{option: True}).uses_fused
+def test_fused_backend_runs_options_torch_nn_lacks(option):
+    cell = rnnkit.LSTM(I, H, backend="fused", **{option: True})
+    assert cell.uses_fused
+    assert option.replace("_", " ") in cell.torch_nn_unavailable_reason()
+    assert rnnkit.LSTM(I, H, backend="reference", **{option: True}).uses_fused is False
 
 
 # ------------------------------------------------------------------------ initialisation

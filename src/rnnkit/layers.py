@@ -131,10 +131,14 @@ class Recurrent(nn.Module):
         states = self._split_state(state, x_t.unsqueeze(1)) if x_t.dim() == 2 else None
         if states is None:
             raise RnnkitError(f"step expects x_t of shape (batch, {self.input_size}), got {tuple(x_t.shape)}")
+        if x_t.size(1) != self.input_size:
+            raise RnnkitError(f"step expects x_t of shape (batch, {self.input_size}), got {tuple(x_t.shape)}")
+        # Checked once here, not per cell: this loop is the streaming hot path.
         final = []
         for cell, cell_state in zip(self.cells, states):
-            x_t, new_state = cell.step(x_t, cell._to_public(cell_state))
-            final.append((new_state,) if isinstance(new_state, Tensor) else tuple(new_state))
+            cell_state = cell._step(x_t, cell_state)
+            x_t = cell_state[0]
+            final.append(cell_state)
         return x_t, self._join_state(final)
 
     def initial_state(self, batch_size: int, like: Tensor) -> LayerState:
@@ -147,7 +151,7 @@ class Recurrent(nn.Module):
 
         Raises for options ``torch.nn`` does not have (peepholes, layer norm).
         """
-        reason = self.cells[0].fused_unavailable_reason()
+        reason = self.cells[0].torch_nn_unavailable_reason()
         if reason:
             raise RnnkitError(f"cannot convert to torch.nn: {reason}")
         module_class = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[self.cell_type]

@@ -55,6 +55,9 @@ class RecurrentCell(nn.Module):
     num_chunks: int = 1
     #: how many tensors the state holds: 2 for LSTM ``(h, c)``, 1 otherwise
     num_states: int = 1
+    #: whether the cell has ``weight_hh``/``bias_hh`` (minGRU and minLSTM do not: their gates
+    #: read only the input, which is what lets them train in parallel over time)
+    recurrent_weights: bool = True
 
     def __init__(
         self, input_size: int, hidden_size: int, *, bias: bool = True, backend: Backend = "auto"
@@ -71,13 +74,10 @@ class RecurrentCell(nn.Module):
         self.backend = backend
         gate_rows = self.num_chunks * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(gate_rows, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(gate_rows, hidden_size))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(gate_rows))
-            self.bias_hh = nn.Parameter(torch.empty(gate_rows))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        recurrent = self.recurrent_weights
+        self.register_parameter("weight_hh", nn.Parameter(torch.empty(gate_rows, hidden_size)) if recurrent else None)
+        self.register_parameter("bias_ih", nn.Parameter(torch.empty(gate_rows)) if bias else None)
+        self.register_parameter("bias_hh", nn.Parameter(torch.empty(gate_rows)) if bias and recurrent else None)
 
     def _finish_init(self) -> None:
         """Called by subclasses once all their options are set."""
@@ -99,6 +99,10 @@ class RecurrentCell(nn.Module):
 
     def fused_unavailable_reason(self) -> Optional[str]:
         """Why the fused kernel cannot run this cell's options, or ``None`` if it can."""
+        return None
+
+    def torch_nn_unavailable_reason(self) -> Optional[str]:
+        """Why ``torch.nn`` has no module with this cell's options, or ``None`` if it has."""
         return None
 
     @property
@@ -147,11 +151,7 @@ class RecurrentCell(nn.Module):
             raise RnnkitError(
                 f"step expects x_t of shape (batch, {self.input_size}), got {tuple(x_t.shape)}"
             )
-        states = self._check_state(state, x_t.unsqueeze(1))
-        if self.uses_fused:
-            states = self._fused_step(x_t, states)
-        else:
-            states, _ = self._reference_step(self._project_input(x_t), states)
+        states = self._step(x_t, self._check_state(state, x_t.unsqueeze(1)))
         return states[0], self._to_public(states)
 
     # ------------------------------------------------------------------- internals
@@ -164,6 +164,12 @@ class RecurrentCell(nn.Module):
             outputs, states = self._run_fused(x, states, lengths)
             return outputs, states, None
         return self._run_reference(x, states, lengths, return_gates)
+
+    def _step(self, x_t: Tensor, states: States) -> States:
+        """The unchecked step used by ``step`` and by layers: the one place that picks its path."""
+        if self.uses_fused:
+            return self._fused_step(x_t, states)
+        return self._reference_step(self._project_input(x_t), states)[0]
 
     def _run_fused(self, x: Tensor, states: States, lengths: Optional[Tensor]):
         hx = tuple(s.unsqueeze(0) for s in states)  # each (1, B, H): one layer, one direction
@@ -282,3 +288,11 @@ def _check_lengths(lengths: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
             f"got {lengths.min().item()}..{lengths.max().item()}"
         )
     return lengths
+
+
+def valid_steps(lengths: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
+    """``(B, T, 1)`` boolean, True on the steps within each sequence's length (``None``: all)."""
+    if lengths is None:
+        return None
+    steps = torch.arange(x.size(1), device=x.device)
+    return (steps[None, :] < lengths.to(x.device)[:, None]).unsqueeze(2)

@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor, _VF
 
-from .base import Backend, RecurrentCell, States
+from .base import Backend, RecurrentCell, States, valid_steps
+from .scan import GRUScan
 
 
 class GRU(RecurrentCell):
@@ -34,8 +35,10 @@ class GRU(RecurrentCell):
     - ``weight_hh`` ``(3H, H)`` = ``[W_hr | W_hz | W_hn]``
     - ``bias_ih``, ``bias_hh`` ``(3H,)``
 
-    Runs ATen's fused GRU kernel (what ``torch.nn.GRU`` runs) unless
-    ``backend="reference"`` or gate traces are asked for.
+    The fused path trains on a CPU with rnnkit's own recurrence (``scan.py``: these
+    equations with a hand-written backward) and otherwise runs ATen's fused GRU kernel
+    (what ``torch.nn.GRU`` runs); ``backend="reference"`` or gate traces run the equations
+    step by step.
 
     Gate traces (``return_gates=True``): ``reset`` r, ``update`` z and ``candidate`` n,
     each ``(B, T, H)``.
@@ -60,6 +63,15 @@ class GRU(RecurrentCell):
         h_next = (1 - z) * n + z * h
         gates = {"reset": r, "update": z, "candidate": n} if return_gates else None
         return (h_next,), gates
+
+    def _run_fused(self, x: Tensor, states: States, lengths: Optional[Tensor]):
+        # Training on a CPU: rnnkit's own recurrence (scan.py), whose backward computes the
+        # weight gradient in one product over all steps; elsewhere ATen's kernel (cuDNN on GPU).
+        if x.device.type == "cpu" and torch.is_grad_enabled() and self.weight_hh.requires_grad:
+            xw = self._project_input(x)  # (B, T, 3H): W_ih x + b_ih for every step at once
+            outputs, h = GRUScan.apply(xw, states[0], self.weight_hh, self.bias_hh, valid_steps(lengths, x))
+            return outputs, (h,)
+        return super()._run_fused(x, states, lengths)
 
     def _fused_sequence(self, x: Tensor, hx: States, batch_sizes: Optional[Tensor]):
         if batch_sizes is None:

@@ -7,7 +7,9 @@ from typing import Optional
 import torch
 from torch import Tensor, _VF, nn
 
-from .base import Backend, RecurrentCell, States
+from .base import Backend, RecurrentCell, States, valid_steps
+from .scan import LSTMScan
+from .streaming import can_stream, lstm_stream_step
 
 
 class LSTM(RecurrentCell):
@@ -46,7 +48,10 @@ class LSTM(RecurrentCell):
     - ``ln_ih``, ``ln_hh`` (over 4H) and ``ln_cell`` (over H) with ``layer_norm=True``
 
     The plain cell runs ATen's fused LSTM kernel (what ``torch.nn.LSTM`` runs: oneDNN on
-    CPU, cuDNN on GPU); peepholes and layer norm run the reference equations.
+    CPU, cuDNN on GPU); with peepholes or layer norm, rnnkit's own fused recurrence
+    (``scan.py``: the same equations with a hand-written backward). ``step`` without
+    gradients runs the streaming path (``streaming.py``). ``backend="reference"`` runs the
+    equations below as written, step by step under autograd.
 
     Gate traces (``return_gates=True``): ``input`` i, ``forget`` f, ``output`` o,
     ``candidate`` g and ``cell`` c, each ``(B, T, H)``.
@@ -97,11 +102,11 @@ class LSTM(RecurrentCell):
                 self.bias_ih[forget].fill_(self.forget_bias)
                 self.bias_hh[forget].zero_()
 
-    def fused_unavailable_reason(self) -> Optional[str]:
+    def torch_nn_unavailable_reason(self) -> Optional[str]:
         if self.peephole:
-            return "peephole connections are not in the fused LSTM kernel"
+            return "peephole connections are not in torch.nn.LSTM"
         if self.layer_norm:
-            return "layer normalisation is not in the fused LSTM kernel"
+            return "layer normalisation is not in torch.nn.LSTM"
         return None
 
     # The reference equations, one step. ---------------------------------------------
@@ -141,7 +146,25 @@ class LSTM(RecurrentCell):
             return _VF.lstm(x, hx, self._flat_weights(), self.bias, 1, 0.0, self.training, False, True)
         return _VF.lstm(x, batch_sizes, hx, self._flat_weights(), self.bias, 1, 0.0, self.training, False)
 
+    def _run_fused(self, x: Tensor, states: States, lengths: Optional[Tensor]):
+        if self.torch_nn_unavailable_reason() is None:
+            return super()._run_fused(x, states, lengths)  # ATen's kernel, as torch.nn.LSTM
+        # rnnkit's own recurrence with a hand-written backward (scan.py)
+        xw = self._project_input(x)  # (B, T, 4H): LN(W_ih x) with layer norm, else W_ih x + b_ih
+        bias = self.bias_hh
+        norms = (None,) * 4
+        if self.layer_norm:
+            bias = self.bias_ih + self.bias_hh if self.bias else None
+            norms = (self.ln_hh.weight, self.ln_hh.bias, self.ln_cell.weight, self.ln_cell.bias)
+        peephole = self.weight_peephole if self.peephole else None
+        outputs, h, c = LSTMScan.apply(xw, *states, self.weight_hh, bias, peephole, *norms, valid_steps(lengths, x))
+        return outputs, (h, c)
+
     def _fused_step(self, x_t: Tensor, states: States) -> States:
+        if self.torch_nn_unavailable_reason() is not None:
+            return self._reference_step(self._project_input(x_t), states)[0]
+        if can_stream(self, x_t):  # inference: one packed product per step (streaming.py)
+            return lstm_stream_step(self, x_t, states)
         return tuple(_VF.lstm_cell(x_t, states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh))
 
     def extra_repr(self) -> str:

@@ -1,0 +1,156 @@
+r"""minGRU and minLSTM: gates that read only the input, so a whole sequence trains in parallel.
+
+Feng et al., "Were RNNs All We Needed?" (2024) strip the GRU's and LSTM's gates of their
+dependence on ``h_{t-1}``. What is left is a linear recurrence ``h_t = a_t ⊙ h_{t-1} + b_t``
+whose coefficients are known for every step up front, and such a recurrence is a prefix
+scan: with ``A_t = a_1 ⊙ ... ⊙ a_t``,
+
+.. math::
+    h_t = A_t \odot h_0 + A_t \odot \sum_{s \le t} b_s / A_s
+
+computed for all ``t`` at once in log space (Heinsen, 2023) by one ``cumsum`` and one
+``logcumsumexp``: no time loop, only large elementwise ops and one input projection. The
+candidates ``g(.)`` are positive, so their logs exist; the initial state, of any sign,
+enters through the separate ``A_t ⊙ h_0`` term. Inference steps one token at a time with
+the same equations (the "reference" path, also what ``backend="reference"`` trains on).
+
+Variable lengths cost nothing: a padded step gets ``a = 1`` and ``b = 0`` (log 0 and -inf),
+so the state passes through unchanged and the padding outputs are zeroed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .base import Backend, RecurrentCell, States, valid_steps
+
+
+def g(v: Tensor) -> Tensor:
+    """The positive candidate activation: ``v + 1/2`` for ``v >= 0``, ``sigmoid(v)`` below."""
+    return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
+
+
+def log_g(v: Tensor) -> Tensor:
+    """``log g(v)``, computed without forming ``g`` (stable for very negative ``v``)."""
+    return torch.where(v >= 0, torch.log(F.relu(v) + 0.5), -F.softplus(-v))
+
+
+def log_space_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
+    """All ``h_t = a_t ⊙ h_{t-1} + b_t`` at once from ``log a``, ``log b`` ``(B, T, H)`` and ``h0`` ``(B, H)``."""
+    log_A = log_a.cumsum(dim=1)  # (B, T, H): log of the running product A_t
+    h = torch.exp(log_A + torch.logcumsumexp(log_b - log_A, dim=1))  # the scan from a zero state
+    return h + torch.exp(log_A) * h0.unsqueeze(1)
+
+
+class _MinimalCell(RecurrentCell):
+    """What minGRU and minLSTM share: no recurrent weights, a parallel scan, a sequential step."""
+
+    recurrent_weights = False
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, backend: Backend = "auto") -> None:
+        super().__init__(input_size, hidden_size, bias=bias, backend=backend)
+        self._finish_init()
+
+    def torch_nn_unavailable_reason(self) -> Optional[str]:
+        return f"torch.nn has no {type(self).__name__}"
+
+    def _log_coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log a, log b)`` of the recurrence ``h_t = a_t ⊙ h_{t-1} + b_t`` from ``W x + b``."""
+        raise NotImplementedError
+
+    def _run_fused(self, x: Tensor, states: States, lengths: Optional[Tensor]):
+        log_a, log_b = self._log_coefficients(self._project_input(x))  # each (B, T, H)
+        valid = valid_steps(lengths, x)  # (B, T, 1) or None
+        if valid is not None:
+            log_a = log_a.masked_fill(~valid, 0.0)  # a = 1: a padded step keeps the state ...
+            log_b = log_b.masked_fill(~valid, float("-inf"))  # ... and adds nothing
+        h = log_space_scan(log_a, log_b, states[0])  # (B, T, H)
+        final = h[:, -1]  # padding carried the last valid state to the end
+        outputs = h if valid is None else h * valid
+        return outputs, (final,)
+
+    def _fused_step(self, x_t: Tensor, states: States) -> States:
+        return self._reference_step(self._project_input(x_t), states)[0]
+
+
+class MinGRU(_MinimalCell):
+    r"""minGRU (Feng et al., 2024): a GRU whose gates read only the input, trained by a parallel scan.
+
+    .. math::
+        \begin{array}{ll}
+        z_t = \sigma(W_{iz} x_t + b_{iz}) \\
+        \tilde h_t = g(W_{ih} x_t + b_{ih}), \quad g(v) = v + \tfrac12 \text{ if } v \ge 0 \text{ else } \sigma(v) \\
+        h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
+        \end{array}
+
+    Shapes: ``B`` batch, ``T`` time, ``I`` = ``input_size``, ``H`` = ``hidden_size``.
+
+    Parameters: ``weight_ih`` ``(2H, I)`` = ``[W_iz | W_ih]``, ``bias_ih`` ``(2H,)``; there
+    is no ``weight_hh``. One layer is a gated running average of its inputs; stack layers
+    (``Recurrent(..., cell="mingru", num_layers=2)``) for nonlinear dynamics over time.
+
+    ``forward`` runs the log-space parallel scan (module docstring) unless
+    ``backend="reference"`` or gate traces are asked for; ``step`` runs one step.
+
+    Gate traces (``return_gates=True``): ``update`` z and ``candidate`` h̃, each ``(B, T, H)``.
+    """
+
+    gate_names = ("update", "candidate")
+    num_chunks = 2
+
+    def _reference_step(self, xw_t: Tensor, states: States, return_gates: bool = False):
+        (h,) = states
+        k_z, k_h = xw_t.chunk(2, dim=1)  # each (B, H)
+        z, candidate = torch.sigmoid(k_z), g(k_h)
+        h_next = (1 - z) * h + z * candidate
+        return (h_next,), ({"update": z, "candidate": candidate} if return_gates else None)
+
+    def _log_coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
+        k_z, k_h = xw.chunk(2, dim=2)  # each (B, T, H)
+        log_keep = -F.softplus(k_z)  # log(1 - z)
+        log_z = -F.softplus(-k_z)  # log z
+        return log_keep, log_z + log_g(k_h)
+
+
+class MinLSTM(_MinimalCell):
+    r"""minLSTM (Feng et al., 2024): an LSTM whose gates read only the input, trained by a parallel scan.
+
+    .. math::
+        \begin{array}{ll}
+        f_t = \sigma(W_{if} x_t + b_{if}), \quad i_t = \sigma(W_{ii} x_t + b_{ii}) \\
+        f'_t = f_t / (f_t + i_t), \quad i'_t = i_t / (f_t + i_t) \\
+        \tilde h_t = g(W_{ih} x_t + b_{ih}) \\
+        h_t = f'_t \odot h_{t-1} + i'_t \odot \tilde h_t
+        \end{array}
+
+    with ``g`` as in :class:`MinGRU`. Normalising the two gates to sum to one keeps the
+    state's scale independent of time, so the cell needs no separate cell state: the state
+    is ``h`` alone, ``(B, H)``.
+
+    Parameters: ``weight_ih`` ``(3H, I)`` = ``[W_if | W_ii | W_ih]``, ``bias_ih`` ``(3H,)``.
+
+    Gate traces (``return_gates=True``): ``forget`` f', ``input`` i' and ``candidate`` h̃,
+    each ``(B, T, H)``.
+    """
+
+    gate_names = ("forget", "input", "candidate")
+    num_chunks = 3
+
+    def _reference_step(self, xw_t: Tensor, states: States, return_gates: bool = False):
+        (h,) = states
+        k_f, k_i, k_h = xw_t.chunk(3, dim=1)  # each (B, H)
+        f, i, candidate = torch.sigmoid(k_f), torch.sigmoid(k_i), g(k_h)
+        f, i = f / (f + i), i / (f + i)
+        h_next = f * h + i * candidate
+        gates = {"forget": f, "input": i, "candidate": candidate} if return_gates else None
+        return (h_next,), gates
+
+    def _log_coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
+        k_f, k_i, k_h = xw.chunk(3, dim=2)  # each (B, T, H)
+        # log f' = log f - log(f + i) = -softplus(log i - log f), with log sigmoid(k) = -softplus(-k)
+        diff = F.softplus(-k_f) - F.softplus(-k_i)  # log i - log f
+        return -F.softplus(diff), -F.softplus(-diff) + log_g(k_h)

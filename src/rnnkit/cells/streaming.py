@@ -1,0 +1,98 @@
+"""The streaming fast path: one LSTM step for a batch of streams at the cost of reading its weights.
+
+Stepping a small batch (generation, live forecasting, serving) is a matrix-vector product:
+each step reads every weight once and does two flops per weight read, so its floor is
+memory bandwidth, not arithmetic. ``torch.nn.LSTM`` called one step at a time spends ~10x
+that floor on per-call overhead (argument checks, weight flattening, oneDNN reorders);
+``_VF.lstm_cell`` spends ~2x on two separate matrix products and ten small ops.
+
+Here one step of one layer is::
+
+    z = [x_t | h_{t-1}] @ W^T + b     # (B, 4H): ONE product, W = [W_ih | W_hh] (4H, I+H),
+                                      # rows reordered i, f, o, g, b = b_ih + b_hh
+    i, f, o = sigmoid(z[:, :3H])      # one op over three gates
+    g = tanh(z[:, 3H:])
+    c_t = f * c_{t-1} + i * g         # one addcmul
+    h_t = o * tanh(c_t)
+
+On a CPU with MKL, ``W`` is packed once by ``cblas_sgemm_pack`` for the batch size in use,
+so the product streams the weights at (measured) the speed of reading them. The packed
+copy is rebuilt whenever a parameter changes (its ``_version`` or storage), so training
+between generations, ``load_state_dict`` or ``.to()`` never see stale weights.
+
+Used only where nothing needs a gradient (``torch.no_grad()`` or frozen weights) and the
+dtype is float32: elsewhere the step runs ATen's ``lstm_cell``, which autograd knows.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .base import States
+
+#: MKL's packed GEMM as exposed by ATen (what inductor's ``freezing`` uses on CPU)
+HAS_MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+_MAX_PACKED_BATCHES = 4  # a packed copy per batch size in use; streams rarely change batch
+
+
+def can_stream(cell, x_t: Tensor) -> bool:
+    """Whether :func:`lstm_stream_step` may run: no gradient wanted, float32 weights and input."""
+    weight = cell.weight_ih
+    needs_grad = torch.is_grad_enabled() and (weight.requires_grad or x_t.requires_grad)
+    return not needs_grad and weight.dtype == torch.float32 and x_t.dtype == torch.float32
+
+
+def lstm_stream_step(cell, x_t: Tensor, states: States) -> States:
+    """One plain-LSTM step, equal to ``_VF.lstm_cell`` up to float rounding (see module docstring)."""
+    h, c = states
+    H = cell.hidden_size
+    weight, bias, packed = _stream_weights(cell, x_t.size(0))
+    xh = torch.cat([x_t, h], dim=1)  # (B, I + H)
+    if packed is not None:
+        z = torch.ops.mkl._mkl_linear(xh, packed, weight, bias, x_t.size(0))  # (B, 4H)
+    else:
+        z = torch.addmm(bias, xh, weight.t())
+    ifo = z[:, : 3 * H].sigmoid_()
+    g = z[:, 3 * H :].tanh_()
+    c_next = torch.addcmul(ifo[:, H : 2 * H] * c, ifo[:, :H], g)
+    h_next = ifo[:, 2 * H :] * torch.tanh(c_next)
+    return h_next, c_next
+
+
+def _stream_weights(cell, batch: int) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``(W, b, packed W or None)`` for ``batch``, cached on the cell until a parameter changes."""
+    params = cell._flat_weights()
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    cache = cell.__dict__.setdefault("_stream_cache", {})
+    entry = cache.get("weights")
+    if entry is None or entry[0] != key:
+        entry = (key, *_reordered(cell))
+        cache.clear()
+        cache["weights"] = entry
+    _, weight, bias = entry
+    packed = None
+    if HAS_MKL_PACKED and weight.device.type == "cpu":
+        packed = cache.get(batch)
+        if packed is None:
+            if len(cache) > _MAX_PACKED_BATCHES:
+                cache.clear()
+                cache["weights"] = entry
+            packed = cache[batch] = torch.ops.mkl._mkl_reorder_linear_weight(weight, batch)
+    return weight, bias, packed
+
+
+@torch.no_grad()
+def _reordered(cell) -> tuple[Tensor, Tensor]:
+    """``[W_ih | W_hh]`` ``(4H, I+H)`` and ``b_ih + b_hh``, gate blocks reordered i, f, g, o -> i, f, o, g."""
+    H = cell.hidden_size
+    order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
+    order = order.to(cell.weight_ih.device)
+    weight = torch.cat([cell.weight_ih, cell.weight_hh], dim=1)[order].contiguous()
+    if cell.bias:
+        bias = (cell.bias_ih + cell.bias_hh)[order]
+    else:
+        bias = weight.new_zeros(4 * H)
+    return weight, bias
