@@ -257,3 +257,62 @@ def test_mingru_learns_to_recall_a_marked_input():
         losses.append(loss.item())
     final = sum(losses[-10:]) / 10
     assert final < 0.3, f"loss {final:.3f} (chance is 0.693)"
+
+
+@pytest.mark.parametrize("steps", [1, 10, 17], ids=["T1", "T10", "T17"])  # blocks that do not divide T
+def test_blocked_scan_and_log_space_scan_equal_the_loop(steps):
+    from rnnkit.cells.minimal import LinearScan, log_space_scan
+
+    torch.manual_seed(0)
+    double = dict(dtype=torch.float64, requires_grad=True)
+    a, b, h0 = torch.rand(2, steps, 3, **double), torch.rand(2, steps, 3, **double), torch.randn(2, 3, **double)
+    h, loop = h0, []
+    for t in range(steps):
+        h = a[:, t] * h + b[:, t]
+        loop.append(h)
+    loop = torch.stack(loop, dim=1)
+    for scan in (LinearScan.apply(a, b, h0), log_space_scan(a.log(), b.log(), h0)):
+        _close(scan, loop, "scan vs loop", atol=1e-10)
+    weights = torch.randn(2, steps, 3, dtype=torch.float64)
+    want = torch.autograd.grad((loop * weights).sum(), (a, b, h0))
+    got = torch.autograd.grad((LinearScan.apply(a, b, h0) * weights).sum(), (a, b, h0))
+    for x, y, name in zip(got, want, ("da", "db", "dh0")):
+        _close(x, y, name, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_compiled_streaming_kernel_equals_python_step(tmp_path, monkeypatch):
+    """Builds the optional kernel (a C++ compiler needed; ~30 s of CPU) and checks it step for step."""
+    import shutil
+
+    from rnnkit.cells import kernels
+
+    if shutil.which("c++") is None or shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or ninja: the kernel is optional and the Python step runs")
+    monkeypatch.setattr(kernels, "_loaded", {})
+    kernels.build()
+    torch.manual_seed(0)
+    layer = Recurrent(I, H, num_layers=3).eval()
+    x = torch.randn(2, T, I)
+    with torch.no_grad():
+        out, (h, c) = layer(x)
+        state, steps = None, []
+        for t in range(T):
+            y, state = layer.step(x[:, t], state)
+            steps.append(y)
+    assert kernels.stream_kernel() is not None
+    _close(torch.stack(steps, 1), out, "kernel-stepped outputs")
+    _close(state[0], h, "kernel h")
+    _close(state[1], c, "kernel c")
+
+
+def test_without_a_built_kernel_the_python_step_runs(monkeypatch, tmp_path, caplog):
+    from rnnkit.cells import kernels
+
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path))  # an empty cache: nothing built
+    monkeypatch.setattr(kernels, "_loaded", {})
+    layer = Recurrent(I, H, num_layers=2).eval()
+    with caplog.at_level("INFO", logger="rnnkit"), torch.no_grad():
+        y, _ = layer.step(torch.randn(1, I))
+    assert kernels.stream_kernel() is None
+    assert "not built" in caplog.text and y.shape == (1, H)

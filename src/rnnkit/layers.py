@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .cells import CELLS, RecurrentCell
 from .cells.base import _check_lengths
+from .cells.streaming import stack_step
 from .errors import RnnkitError
 
 #: a layer's state, laid out as ``torch.nn``'s: ``(num_layers * num_directions, B, H)``,
@@ -71,6 +72,10 @@ class Recurrent(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.num_states = self.cells[0].num_states
+        first = self.cells[0]
+        # A stack the compiled streaming kernel can step in one call (cells/streaming.py)
+        self._plain_lstm = (cell == "lstm" and not bidirectional and first.backend != "reference"
+                            and first.torch_nn_unavailable_reason() is None)
 
     @property
     def output_size(self) -> int:
@@ -128,12 +133,15 @@ class Recurrent(nn.Module):
         """One step of every layer for a batch of streams: ``x_t`` ``(B, I)`` to ``(output_t (B, H), state)``."""
         if self.bidirectional:
             raise RnnkitError("a bidirectional layer reads the future and cannot be stepped; use bidirectional=False to stream")
-        states = self._split_state(state, x_t.unsqueeze(1)) if x_t.dim() == 2 else None
-        if states is None:
+        if x_t.dim() != 2 or x_t.size(1) != self.input_size:
             raise RnnkitError(f"step expects x_t of shape (batch, {self.input_size}), got {tuple(x_t.shape)}")
-        if x_t.size(1) != self.input_size:
-            raise RnnkitError(f"step expects x_t of shape (batch, {self.input_size}), got {tuple(x_t.shape)}")
-        # Checked once here, not per cell: this loop is the streaming hot path.
+        # Checked once here, not per cell: this is the streaming hot path.
+        parts = self._check_state(state, x_t.unsqueeze(1))
+        if self._plain_lstm:
+            fused = stack_step(self.cells, x_t, *parts)  # the whole stack in one compiled call
+            if fused is not None:
+                return fused[0], fused[1:]
+        states = list(zip(*(p.unbind(0) for p in parts)))
         final = []
         for cell, cell_state in zip(self.cells, states):
             cell_state = cell._step(x_t, cell_state)
@@ -202,6 +210,13 @@ class Recurrent(nn.Module):
         if state is None:
             zeros = x.new_zeros(batch, self.hidden_size)
             return [tuple(zeros for _ in range(self.num_states))] * count
+        return list(zip(*(p.unbind(0) for p in self._check_state(state, x))))
+
+    def _check_state(self, state: Optional[LayerState], x: Tensor) -> tuple[Tensor, ...]:
+        """The state as a tuple of ``(L*D, B, H)`` tensors, zeros if ``None``; raises on bad shapes."""
+        count, batch = self.num_layers * self.num_directions, x.size(0)
+        if state is None:
+            return tuple(x.new_zeros(count, batch, self.hidden_size) for _ in range(self.num_states))
         parts = (state,) if isinstance(state, Tensor) else tuple(state)
         expected = (count, batch, self.hidden_size)
         if len(parts) != self.num_states or any(tuple(p.shape) != expected for p in parts):
@@ -210,7 +225,7 @@ class Recurrent(nn.Module):
                 f"expected state {want} of shape (layers*directions, batch, hidden) = {expected}, "
                 f"got {[tuple(p.shape) for p in parts]}"
             )
-        return [tuple(p[index] for p in parts) for index in range(count)]
+        return parts
 
     def _join_state(self, final: list[tuple[Tensor, ...]]) -> LayerState:
         stacked = tuple(torch.stack([cell_state[k] for cell_state in final]) for k in range(self.num_states))

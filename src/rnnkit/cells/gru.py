@@ -69,7 +69,9 @@ class GRU(RecurrentCell):
         # weight gradient in one product over all steps; elsewhere ATen's kernel (cuDNN on GPU).
         if x.device.type == "cpu" and torch.is_grad_enabled() and self.weight_hh.requires_grad:
             xw = self._project_input(x)  # (B, T, 3H): W_ih x + b_ih for every step at once
-            outputs, h = GRUScan.apply(xw, states[0], self.weight_hh, self.bias_hh, valid_steps(lengths, x))
+            with torch.autocast("cpu", enabled=False):  # mixed dtypes would break its small ops
+                xw = xw.to(self.weight_hh.dtype)
+                outputs, h = GRUScan.apply(xw, states[0], self.weight_hh, self.bias_hh, valid_steps(lengths, x))
             return outputs, (h,)
         return super()._run_fused(x, states, lengths)
 

@@ -157,7 +157,9 @@ class LSTM(RecurrentCell):
             bias = self.bias_ih + self.bias_hh if self.bias else None
             norms = (self.ln_hh.weight, self.ln_hh.bias, self.ln_cell.weight, self.ln_cell.bias)
         peephole = self.weight_peephole if self.peephole else None
-        outputs, h, c = LSTMScan.apply(xw, *states, self.weight_hh, bias, peephole, *norms, valid_steps(lengths, x))
+        with torch.autocast(x.device.type, enabled=False):  # mixed dtypes would break its small ops
+            xw = xw.to(self.weight_hh.dtype)
+            outputs, h, c = LSTMScan.apply(xw, *states, self.weight_hh, bias, peephole, *norms, valid_steps(lengths, x))
         return outputs, (h, c)
 
     def _fused_step(self, x_t: Tensor, states: States) -> States:

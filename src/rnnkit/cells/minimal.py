@@ -9,7 +9,9 @@ scan: with ``A_t = a_1 ⊙ ... ⊙ a_t``,
     h_t = A_t \odot h_0 + A_t \odot \sum_{s \le t} b_s / A_s
 
 computed for all ``t`` at once in log space (Heinsen, 2023) by one ``cumsum`` and one
-``logcumsumexp``: no time loop, only large elementwise ops and one input projection. The
+``logcumsumexp``: no time loop, only large elementwise ops and one input projection. On a
+CPU, where ATen's ``logcumsumexp`` is a slow scalar loop, the same scan runs in blocks
+(:func:`chunked_scan`, ~2 sqrt(T) sequential small ops); both are tested against the step. The
 candidates ``g(.)`` are positive, so their logs exist; the initial state, of any sign,
 enters through the separate ``A_t ⊙ h_0`` term. Inference steps one token at a time with
 the same equations (the "reference" path, also what ``backend="reference"`` trains on).
@@ -20,6 +22,7 @@ so the state passes through unchanged and the padding outputs are zeroed.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -40,10 +43,74 @@ def log_g(v: Tensor) -> Tensor:
 
 
 def log_space_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
-    """All ``h_t = a_t ⊙ h_{t-1} + b_t`` at once from ``log a``, ``log b`` ``(B, T, H)`` and ``h0`` ``(B, H)``."""
+    """All ``h_t = a_t ⊙ h_{t-1} + b_t`` at once from ``log a``, ``log b`` ``(B, T, H)`` and ``h0`` ``(B, H)``.
+
+    Heinsen's form: one ``cumsum`` and one ``logcumsumexp`` over time. Fast where
+    ``logcumsumexp`` is a parallel kernel (GPU); on a CPU ATen's is a scalar loop (~0.2 s
+    for 4M elements), so CPUs run :func:`chunked_scan`.
+    """
     log_A = log_a.cumsum(dim=1)  # (B, T, H): log of the running product A_t
     h = torch.exp(log_A + torch.logcumsumexp(log_b - log_A, dim=1))  # the scan from a zero state
     return h + torch.exp(log_A) * h0.unsqueeze(1)
+
+
+def _blocked_scan(a: Tensor, b: Tensor, h0: Tensor, reverse: bool = False) -> Tensor:
+    """``h_t = a_t ⊙ h_{t-1} + b_t`` in blocks: ``sqrt(T)`` steps inside all blocks at once, then the carries.
+
+    Time is cut into ``n`` blocks of ``C`` steps, ``(B, n, C, H)``. Pass 1 scans every
+    block from a zero state at once (``C`` steps, each over all ``n`` blocks) and keeps the
+    running product of ``a`` from the block's start (numbers in [0, 1]: they can only
+    underflow towards their true, negligible value); pass 2 carries the state across blocks
+    (``n`` steps on ``(B, H)``) and adds it in through those products. ~2 sqrt(T) small
+    sequential ops instead of T, no logarithm of the state, any sign of ``h0``. With
+    ``reverse`` the scan runs from the last step back (``h_t = a_t ⊙ h_{t+1} + b_t``).
+    """
+    B, T, H = a.shape
+    C = max(1, math.isqrt(T))
+    n = -(-T // C)
+    if n * C != T:  # pad time with steps that keep the state (at the end, or the start if reversed)
+        pad = (0, 0, n * C - T, 0) if reverse else (0, 0, 0, n * C - T)
+        a, b = F.pad(a, pad, value=1.0), F.pad(b, pad)
+    a, b = a.view(B, n, C, H), b.view(B, n, C, H)
+    u, decay = b.clone(), a.clone()  # step `first` of each block: u = b, decay = a
+    steps = list(range(C))[::-1] if reverse else list(range(C))
+    for prev, c in zip(steps, steps[1:]):  # pass 1, (B, n, H) per step
+        torch.addcmul(b[:, :, c], a[:, :, c], u[:, :, prev], out=u[:, :, c])
+        torch.mul(decay[:, :, prev], a[:, :, c], out=decay[:, :, c])
+    last = steps[-1]
+    carries = torch.empty_like(u[:, :, 0])  # (B, n, H): the state entering each block
+    carry = h0
+    for k in range(n - 1, -1, -1) if reverse else range(n):  # pass 2
+        carries[:, k] = carry
+        carry = torch.addcmul(u[:, k, last], decay[:, k, last], carry)
+    h = u.addcmul_(decay, carries.unsqueeze(2)).view(B, n * C, H)
+    return h[:, n * C - T:] if reverse else h[:, :T]
+
+
+class LinearScan(torch.autograd.Function):
+    """``h = scan(a, b, h0)`` with its gradient as the same scan run backwards in time.
+
+    With ``g_t = dL/dh_t`` summed over every path: ``g_t = dh_t + a_{t+1} g_{t+1}``, a linear
+    scan in reverse; then ``db_t = g_t``, ``da_t = g_t h_{t-1}``, ``dh0 = a_1 g_1``. Written
+    by hand because autograd through the blocks' views would allocate a full-size zero
+    gradient for every small step.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+        h = _blocked_scan(a, b, h0)
+        ctx.save_for_backward(a, h, h0)
+        return h
+
+    @staticmethod
+    def backward(ctx, dh: Tensor):
+        a, h, h0 = ctx.saved_tensors
+        a_next = F.pad(a[:, 1:], (0, 0, 0, 1), value=1.0)  # a_{t+1}; nothing flows past the end
+        g = _blocked_scan(a_next, dh.contiguous(), torch.zeros_like(h0), reverse=True)
+        da = torch.empty_like(g)
+        torch.mul(g[:, 1:], h[:, :-1], out=da[:, 1:])  # g_t h_{t-1}
+        torch.mul(g[:, 0], h0, out=da[:, 0])
+        return da, g, a[:, 0] * g[:, 0]
 
 
 class _MinimalCell(RecurrentCell):
@@ -58,17 +125,32 @@ class _MinimalCell(RecurrentCell):
     def torch_nn_unavailable_reason(self) -> Optional[str]:
         return f"torch.nn has no {type(self).__name__}"
 
+    def _coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
+        """``(a, b)`` of the recurrence ``h_t = a_t ⊙ h_{t-1} + b_t`` from ``W x + b``."""
+        raise NotImplementedError
+
     def _log_coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log a, log b)`` of the recurrence ``h_t = a_t ⊙ h_{t-1} + b_t`` from ``W x + b``."""
+        """``(log a, log b)``, computed stably in log space (for :func:`log_space_scan`)."""
         raise NotImplementedError
 
     def _run_fused(self, x: Tensor, states: States, lengths: Optional[Tensor]):
-        log_a, log_b = self._log_coefficients(self._project_input(x))  # each (B, T, H)
+        xw = self._project_input(x)  # (B, T, chunks*H)
+        # The scans need float32 at least (bfloat16 under autocast would round a 1000-step
+        # product to nothing).
+        xw = xw.to(torch.promote_types(xw.dtype, torch.float32))
         valid = valid_steps(lengths, x)  # (B, T, 1) or None
-        if valid is not None:
-            log_a = log_a.masked_fill(~valid, 0.0)  # a = 1: a padded step keeps the state ...
-            log_b = log_b.masked_fill(~valid, float("-inf"))  # ... and adds nothing
-        h = log_space_scan(log_a, log_b, states[0])  # (B, T, H)
+        if x.device.type == "cpu":  # linear space, blocked scan (see chunked scan notes above)
+            a, b = self._coefficients(xw)  # each (B, T, H)
+            if valid is not None:
+                a = a.masked_fill(~valid, 1.0)  # a padded step keeps the state ...
+                b = b.masked_fill(~valid, 0.0)  # ... and adds nothing
+            h = LinearScan.apply(a, b, states[0])
+        else:
+            log_a, log_b = self._log_coefficients(xw)
+            if valid is not None:
+                log_a = log_a.masked_fill(~valid, 0.0)
+                log_b = log_b.masked_fill(~valid, float("-inf"))
+            h = log_space_scan(log_a, log_b, states[0])  # (B, T, H)
         final = h[:, -1]  # padding carried the last valid state to the end
         outputs = h if valid is None else h * valid
         return outputs, (final,)
@@ -109,6 +191,11 @@ class MinGRU(_MinimalCell):
         h_next = (1 - z) * h + z * candidate
         return (h_next,), ({"update": z, "candidate": candidate} if return_gates else None)
 
+    def _coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
+        k_z, k_h = xw.chunk(2, dim=2)  # each (B, T, H)
+        z = torch.sigmoid(k_z)
+        return 1 - z, z * g(k_h)
+
     def _log_coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
         k_z, k_h = xw.chunk(2, dim=2)  # each (B, T, H)
         log_keep = -F.softplus(k_z)  # log(1 - z)
@@ -148,6 +235,12 @@ class MinLSTM(_MinimalCell):
         h_next = f * h + i * candidate
         gates = {"forget": f, "input": i, "candidate": candidate} if return_gates else None
         return (h_next,), gates
+
+    def _coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
+        k_f, k_i, k_h = xw.chunk(3, dim=2)  # each (B, T, H)
+        f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+        total = f + i
+        return f / total, i / total * g(k_h)
 
     def _log_coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
         k_f, k_i, k_h = xw.chunk(3, dim=2)  # each (B, T, H)

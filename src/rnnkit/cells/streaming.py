@@ -22,6 +22,11 @@ between generations, ``load_state_dict`` or ``.to()`` never see stale weights.
 
 Used only where nothing needs a gradient (``torch.no_grad()`` or frozen weights) and the
 dtype is float32: elsewhere the step runs ATen's ``lstm_cell``, which autograd knows.
+
+At batch 1 the ten small ops per layer cost more than the product (~2 us each from
+Python). :func:`stack_step` therefore runs a whole stack of plain LSTM layers in ONE call
+of a compiled kernel (``kernels/stream_step.cpp``, the same ops dispatched from C++) when
+one has been built ahead of time; otherwise ``Recurrent.step`` loops over the cells here.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .base import States
+from .kernels import stream_kernel
 
 #: MKL's packed GEMM as exposed by ATen (what inductor's ``freezing`` uses on CPU)
 HAS_MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
@@ -55,17 +61,31 @@ def lstm_stream_step(cell, x_t: Tensor, states: States) -> States:
         z = torch.ops.mkl._mkl_linear(xh, packed, weight, bias, x_t.size(0))  # (B, 4H)
     else:
         z = torch.addmm(bias, xh, weight.t())
-    ifo = z[:, : 3 * H].sigmoid_()
-    g = z[:, 3 * H :].tanh_()
-    c_next = torch.addcmul(ifo[:, H : 2 * H] * c, ifo[:, :H], g)
-    h_next = ifo[:, 2 * H :] * torch.tanh(c_next)
+    ifo, g = z.split([3 * H, H], dim=1)  # fewest ops: at batch 1 each op costs more than its math
+    i, f, o = ifo.sigmoid_().chunk(3, dim=1)
+    c_next = torch.addcmul(f * c, i, g.tanh_())
+    h_next = o * torch.tanh(c_next)
     return h_next, c_next
+
+
+def stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+    """All layers of a plain, unidirectional LSTM stack in one kernel call: ``(y_t, h', c')``
+    with ``h``, ``c`` ``(L, B, H)``; ``None`` where the kernel cannot run (then loop the cells)."""
+    kernel = stream_kernel() if x_t.device.type == "cpu" else None
+    if kernel is None or not can_stream(cells[0], x_t) or h.dtype != torch.float32:
+        return None
+    weights, biases, packed = zip(*(_stream_weights(cell, x_t.size(0)) for cell in cells))
+    packed = [p if p is not None else _EMPTY for p in packed]
+    y, h, c = kernel.lstm_stack_step(x_t, h, c, list(weights), list(biases), packed)
+    return y, h, c
+
+
+_EMPTY = torch.empty(0)
 
 
 def _stream_weights(cell, batch: int) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """``(W, b, packed W or None)`` for ``batch``, cached on the cell until a parameter changes."""
-    params = cell._flat_weights()
-    key = tuple((p.data_ptr(), p._version) for p in params)
+    key = [(p.data_ptr(), p._version) for p in cell._flat_weights()]
     cache = cell.__dict__.setdefault("_stream_cache", {})
     entry = cache.get("weights")
     if entry is None or entry[0] != key:

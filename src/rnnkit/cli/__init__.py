@@ -97,12 +97,14 @@ def _add_commands(root: typer.Typer) -> None:
     # Imported here so that task modules can import create_app from this package.
     from .info import info
 
+    from .bench import bench
     from .demo import demo
     from .forecast import app as forecast
     from .translate import app as translate
 
     root.command("info")(info)
     root.command("demo")(demo)
+    root.command("bench")(bench)
     root.add_typer(forecast, name="forecast")
     root.add_typer(translate, name="translate")
 

@@ -1,0 +1,118 @@
+"""Fused custom cells and bfloat16: training speed against torch.nn, accuracy cost of bf16.
+
+Training tokens/s (forward + backward + SGD step) at B=64, T=100, H=256 (input 256), one
+layer, interleaved in one run:
+
+- LayerNorm and peephole LSTMs on rnnkit's fused recurrence (``cells/scan.py``) and on the
+  reference path (the equations as a Python loop under autograd), against ``torch.nn.LSTM``;
+- rnnkit's GRU (fused path) against ``torch.nn.GRU``;
+- rnnkit's LSTM under ``torch.autocast("cpu", dtype=torch.bfloat16)`` against float32.
+
+bfloat16 accuracy: the same LSTM's outputs and weight gradients under autocast, relative
+to float32 (``|a - b| / |b|`` in the max norm), on one batch of the benchmark's shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+import rnnkit
+
+from .timing import interleaved, threads
+
+BATCH, STEPS, HIDDEN = 64, 100, 256
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, bf16: bool = False):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            outputs, _ = model(x)
+        outputs.float().square().mean().backward()
+        opt.step()
+
+    return step
+
+
+def _candidates(x: torch.Tensor, quick: bool) -> tuple[dict, dict]:
+    def lstm(**options):
+        torch.manual_seed(0)
+        return rnnkit.LSTM(HIDDEN, HIDDEN, **options)
+
+    candidates = {
+        "torch.nn.LSTM": _train_step(nn.LSTM(HIDDEN, HIDDEN, batch_first=True), x),
+        "rnnkit LSTM layer_norm fused": _train_step(lstm(layer_norm=True), x),
+        "rnnkit LSTM peephole fused": _train_step(lstm(peephole=True), x),
+        "rnnkit LSTM bf16 autocast": _train_step(lstm(), x, bf16=True),
+        "rnnkit LSTM float32": _train_step(lstm(), x),
+        "torch.nn.GRU": _train_step(nn.GRU(HIDDEN, HIDDEN, batch_first=True), x),
+        "rnnkit GRU fused": _train_step(rnnkit.GRU(HIDDEN, HIDDEN), x),
+    }
+    if not quick:  # the Python loops are slow: the full run only
+        candidates["rnnkit LSTM layer_norm reference"] = _train_step(lstm(layer_norm=True, backend="reference"), x)
+        candidates["rnnkit LSTM peephole reference"] = _train_step(lstm(peephole=True, backend="reference"), x)
+    baselines = {n: "torch.nn.LSTM" for n in candidates}
+    baselines.update({"torch.nn.GRU": "torch.nn.GRU", "rnnkit GRU fused": "torch.nn.GRU",
+                      "rnnkit LSTM bf16 autocast": "rnnkit LSTM float32"})
+    return candidates, baselines
+
+
+def bf16_accuracy() -> dict:
+    """Relative error of bf16-autocast outputs and gradients against float32, same weights and batch."""
+    torch.manual_seed(0)
+    x = torch.randn(BATCH, STEPS, HIDDEN)
+    errors = {}
+    for name, options in (("lstm", {}), ("lstm layer_norm", {"layer_norm": True})):
+        torch.manual_seed(0)
+        cell = rnnkit.LSTM(HIDDEN, HIDDEN, **options)
+        runs = []
+        for bf16 in (False, True):
+            cell.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                outputs, _ = cell(x)
+            outputs.float().square().mean().backward()
+            runs.append((outputs.float().detach(), cell.weight_hh.grad.clone()))
+        (out32, grad32), (out16, grad16) = runs
+
+        def rel(a, b):
+            return ((a - b).abs().max() / b.abs().max()).item()
+
+        errors[name] = {"outputs_rel_error": rel(out16, out32), "grad_weight_hh_rel_error": rel(grad16, grad32)}
+    return errors
+
+
+def run(quick: bool = False) -> dict:
+    """The fused-cell and bf16 benchmark (what ``benchmarks/fused_cells.py`` writes)."""
+    torch.manual_seed(0)
+    x = torch.randn(BATCH, STEPS, HIDDEN)
+    candidates, baselines = _candidates(x, quick)
+    with threads(1):
+        timed = interleaved(candidates, baselines, repeats=3 if quick else 7,
+                            seconds=0.3 if quick else 1.0, warmup=1)
+        accuracy = bf16_accuracy()
+    speed = {n: r["speedup_vs_baseline"] for n, r in timed.items()}
+    ratios = {
+        "LayerNorm LSTM fused training tokens/s vs torch.nn.LSTM (target >= 0.6x)": speed["rnnkit LSTM layer_norm fused"],
+        "peephole LSTM fused training tokens/s vs torch.nn.LSTM": speed["rnnkit LSTM peephole fused"],
+        "rnnkit GRU training tokens/s vs torch.nn.GRU (target >= 1x)": speed["rnnkit GRU fused"],
+        "torch.nn.GRU vs torch.nn.LSTM training tokens/s": 1 / timed["torch.nn.GRU"]["seconds_per_call"]
+        * timed["torch.nn.LSTM"]["seconds_per_call"],
+        "LSTM bf16 autocast training speed vs float32": speed["rnnkit LSTM bf16 autocast"],
+        "LSTM bf16 autocast output relative error": accuracy["lstm"]["outputs_rel_error"],
+    }
+    if not quick:
+        ratios["LayerNorm LSTM reference (Python loop) vs torch.nn.LSTM"] = speed["rnnkit LSTM layer_norm reference"]
+        ratios["peephole LSTM reference (Python loop) vs torch.nn.LSTM"] = speed["rnnkit LSTM peephole reference"]
+    return {
+        "shape": {"batch": BATCH, "time": STEPS, "hidden": HIDDEN, "input": HIDDEN, "threads": 1},
+        "tokens_per_s_median": {n: BATCH * STEPS / r["seconds_per_call"] for n, r in timed.items()},
+        "speedup_vs_baseline": speed,
+        "bf16_accuracy": accuracy,
+        "ratios": ratios,
+        "raw": timed,
+    }

@@ -1,0 +1,126 @@
+"""Parallel-scan cells: minGRU and minLSTM against torch.nn.LSTM, in speed and on the adding problem.
+
+Speed: training tokens/s (forward + backward + SGD step) at T=1024, H=256, batch 16, one
+layer, input 256, interleaved with ``torch.nn.LSTM`` on the same shapes.
+
+Learning: the adding problem (Hochreiter & Schmidhuber, 1997): two channels, random values
+in [0, 1] and a marker that is 1 at two positions, one in each half of the sequence; the
+target is the sum of the two marked values. Predicting the mean, 1, scores MSE 1/6 ~ 0.167;
+a model that solves it scores near 0. Both models get the same steps, batches and
+optimiser; 2 layers each (one minGRU layer is a gated running average and cannot add).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from ..layers import Recurrent
+from .timing import interleaved, threads
+
+CHANCE_MSE = 1 / 6  # variance of the sum of two U(0, 1)
+
+
+def _train_step(model: nn.Module, x: torch.Tensor):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        outputs, _ = model(x)
+        outputs.square().mean().backward()
+        opt.step()
+
+    return step
+
+
+def throughput(quick: bool) -> dict:
+    batch, steps, hidden = 16, 1024, 256
+    torch.manual_seed(0)
+    x = torch.randn(batch, steps, hidden)
+    candidates = {
+        "torch.nn.LSTM": _train_step(nn.LSTM(hidden, hidden, batch_first=True), x),
+        "rnnkit minGRU": _train_step(Recurrent(hidden, hidden, cell="mingru"), x),
+        "rnnkit minLSTM": _train_step(Recurrent(hidden, hidden, cell="minlstm"), x),
+    }
+    with threads(1):
+        timed = interleaved(candidates, {n: "torch.nn.LSTM" for n in candidates},
+                            repeats=3 if quick else 7, seconds=0.3 if quick else 1.0, warmup=1)
+    return {
+        "shape": {"batch": batch, "time": steps, "hidden": hidden, "input": hidden, "threads": 1},
+        "tokens_per_s_median": {n: batch * steps / r["seconds_per_call"] for n, r in timed.items()},
+        "speedup_vs_torch_nn_lstm": {n: r["speedup_vs_baseline"] for n, r in timed.items()},
+        "raw": timed,
+    }
+
+
+def adding_batch(batch: int, steps: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x (B, T, 2), y (B, 1))`` for the adding problem."""
+    values = torch.rand(batch, steps, generator=generator)
+    first = torch.randint(0, steps // 2, (batch,), generator=generator)
+    second = torch.randint(steps // 2, steps, (batch,), generator=generator)
+    marker = torch.zeros(batch, steps)
+    rows = torch.arange(batch)
+    marker[rows, first] = marker[rows, second] = 1.0
+    target = (values[rows, first] + values[rows, second]).unsqueeze(1)
+    return torch.stack([values, marker], dim=2), target
+
+
+class _Adder(nn.Module):
+    def __init__(self, cell: str, hidden: int) -> None:
+        super().__init__()
+        if cell == "torch.nn.LSTM":
+            self.recurrent = nn.LSTM(2, hidden, num_layers=2, batch_first=True)
+        else:
+            self.recurrent = Recurrent(2, hidden, cell=cell, num_layers=2)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        outputs, _ = self.recurrent(x)
+        return self.head(outputs[:, -1])
+
+
+def adding_problem(quick: bool) -> dict:
+    steps, hidden, batch = (30, 32, 64) if quick else (50, 64, 64)
+    updates = 400 if quick else 2000
+    results = {}
+    for cell in ("torch.nn.LSTM", "mingru", "minlstm"):
+        torch.manual_seed(0)
+        model = _Adder(cell, hidden)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        data = torch.Generator().manual_seed(1)
+        start = time.perf_counter()
+        with threads(1):
+            for _ in range(updates):
+                x, y = adding_batch(batch, steps, data)
+                loss = nn.functional.mse_loss(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+            with torch.no_grad():
+                x, y = adding_batch(1000, steps, torch.Generator().manual_seed(2))
+                test_mse = nn.functional.mse_loss(model(x), y).item()
+        results[cell] = {"test_mse": test_mse, "solved": test_mse < 0.1 * CHANCE_MSE,
+                         "train_seconds": time.perf_counter() - start}
+    return {"sequence_length": steps, "hidden": hidden, "layers": 2, "batch": batch, "updates": updates,
+            "optimizer": "Adam lr 3e-3, clip 1.0", "chance_mse": CHANCE_MSE, "results": results}
+
+
+def run(quick: bool = False) -> dict:
+    """The whole scan-cell benchmark (what ``benchmarks/scan_cells.py`` writes)."""
+    result = {"throughput": throughput(quick), "adding_problem": adding_problem(quick)}
+    speed, adding = result["throughput"]["speedup_vs_torch_nn_lstm"], adding_problem_summary(result)
+    result["ratios"] = {
+        "minGRU training tokens/s vs torch.nn.LSTM, T=1024 (target >= 5x)": speed["rnnkit minGRU"],
+        "minLSTM training tokens/s vs torch.nn.LSTM, T=1024 (target >= 5x)": speed["rnnkit minLSTM"],
+        **adding,
+    }
+    return result
+
+
+def adding_problem_summary(result: dict) -> dict:
+    adding = result["adding_problem"]
+    return {f"adding problem T={adding['sequence_length']}: {cell} test MSE / chance": r["test_mse"] / CHANCE_MSE
+            for cell, r in adding["results"].items()}

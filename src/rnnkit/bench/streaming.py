@@ -1,0 +1,144 @@
+"""Streaming: one step of a 2-layer LSTM (H=256) for one stream, and generation for 64.
+
+Per-step latency, batch 1, one thread, state carried from step to step, of
+
+- ``torch.nn.LSTM`` called on one step at a time (what a serving loop does with torch.nn);
+- ATen's ``_VF.lstm_cell`` per layer (the fused cell op ``torch.nn.LSTMCell`` calls);
+- ``rnnkit.layers.Recurrent.step`` (the streaming path, ``cells/streaming.py``);
+
+next to the memory-bandwidth floor of reading the weights once per step, measured two
+ways on the same bytes (all four weight matrices, fp32): a reduction that streams them
+(``sum``) and one matrix-vector product over them all. The floor is the faster of the two.
+
+Then batched generation: 64 streams of a character-level LM (embedding, the same 2-layer
+LSTM, a linear head, sampling), tokens/s with rnnkit's step against torch.nn.LSTM's.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import _VF, nn
+
+from ..layers import Recurrent
+from .timing import interleaved, threads
+
+HIDDEN, LAYERS, VOCAB, STREAMS = 256, 2, 96, 64
+
+
+def _stepper(step: Callable, state) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A closure that carries ``state`` across calls of ``step(x, state) -> (y, state)``."""
+    box = [state]
+
+    def call(x):
+        y, box[0] = step(x, box[0])
+        return y
+
+    return call
+
+
+def latency(quick: bool) -> dict:
+    torch.manual_seed(0)
+    rnnkit_lstm = Recurrent(HIDDEN, HIDDEN, cell="lstm", num_layers=LAYERS).eval()
+    torch_lstm = rnnkit_lstm.to_torch().eval()
+    x = torch.randn(1, HIDDEN)
+    zeros = torch.zeros(LAYERS, 1, HIDDEN)
+    rnnkit_step = _stepper(rnnkit_lstm.step, (zeros, zeros))
+    torch_step = _stepper(lambda x, s: torch_lstm(x[:, None], s), (zeros, zeros))
+    weights = [[c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh] for c in rnnkit_lstm.cells]
+    cell_state = [(torch.zeros(1, HIDDEN), torch.zeros(1, HIDDEN)) for _ in range(LAYERS)]
+
+    def aten_cells():
+        inp = x
+        for layer in range(LAYERS):
+            cell_state[layer] = _VF.lstm_cell(inp, cell_state[layer], *weights[layer])
+            inp = cell_state[layer][0]
+
+    all_weights = torch.cat([torch.cat([c.weight_ih, c.weight_hh], 1) for c in rnnkit_lstm.cells]).detach()
+    vector = torch.randn(all_weights.size(1))
+    candidates = {
+        "torch.nn.LSTM, one step per call": lambda: torch_step(x),
+        "ATen lstm_cell per layer": aten_cells,
+        "rnnkit Recurrent.step": lambda: rnnkit_step(x),
+        "floor: stream-read the weights (sum)": lambda: all_weights.sum(),
+        "floor: one matvec over all weights": lambda: torch.mv(all_weights, vector),
+    }
+    base = "torch.nn.LSTM, one step per call"
+    with torch.no_grad(), threads(1):
+        timed = interleaved(candidates, {n: base for n in candidates}, repeats=5 if quick else 15,
+                            seconds=0.05 if quick else 0.25)
+        # The floor ratio per repeat, like every other ratio: rnnkit's step / the faster floor.
+        floor_names = [n for n in candidates if n.startswith("floor")]
+        ours = timed["rnnkit Recurrent.step"]["samples"]
+        floors = [min(timed[n]["samples"][r] for n in floor_names) for r in range(len(ours))]
+    per_step = {name: 1e6 * row["seconds_per_call"] for name, row in timed.items()}
+    over_floor = sorted(o / f for o, f in zip(ours, floors))
+    return {
+        "shape": {"layers": LAYERS, "hidden": HIDDEN, "input": HIDDEN, "batch": 1, "threads": 1},
+        "weight_bytes": all_weights.numel() * all_weights.element_size(),
+        "per_step_us_median": per_step,
+        "speedup_vs_torch_nn_lstm": {n: r["speedup_vs_baseline"] for n, r in timed.items()},
+        "floor_us_median": min(per_step[n] for n in floor_names),
+        "rnnkit_step_over_floor": over_floor[len(over_floor) // 2],
+        "raw": timed,
+    }
+
+
+class _CharLM(nn.Module):
+    def __init__(self, recurrent: nn.Module) -> None:
+        super().__init__()
+        self.embed, self.recurrent, self.head = nn.Embedding(VOCAB, HIDDEN), recurrent, nn.Linear(HIDDEN, VOCAB)
+
+
+def generation(quick: bool) -> dict:
+    """Tokens/s of sampling 64 streams at once, one token per step, state carried."""
+    torch.manual_seed(0)
+    ours = _CharLM(Recurrent(HIDDEN, HIDDEN, cell="lstm", num_layers=LAYERS)).eval()
+    theirs = _CharLM(ours.recurrent.to_torch()).eval()
+    theirs.embed.load_state_dict(ours.embed.state_dict())
+    theirs.head.load_state_dict(ours.head.state_dict())
+    tokens_per_call = 16
+
+    def sampler(model: _CharLM, step: Callable) -> Callable[[], None]:
+        zeros = torch.zeros(LAYERS, STREAMS, HIDDEN)
+        box = [torch.zeros(STREAMS, dtype=torch.long), (zeros, zeros)]
+
+        def generate():
+            token, state = box
+            for _ in range(tokens_per_call):
+                h, state = step(model.embed(token), state)  # (S, H)
+                probs = torch.softmax(model.head(h), dim=-1)
+                token = torch.multinomial(probs, 1).squeeze(1)
+            box[:] = [token, state]
+
+        return generate
+
+    candidates = {
+        "torch.nn.LSTM": sampler(theirs, lambda e, s: (lambda o, s2: (o[:, 0], s2))(*theirs.recurrent(e[:, None], s))),
+        "rnnkit Recurrent.step": sampler(ours, ours.recurrent.step),
+    }
+    with torch.no_grad(), threads(1):
+        timed = interleaved(candidates, {n: "torch.nn.LSTM" for n in candidates},
+                            repeats=3 if quick else 9, seconds=0.1 if quick else 0.4)
+    tokens = {n: STREAMS * tokens_per_call / r["seconds_per_call"] for n, r in timed.items()}
+    return {
+        "streams": STREAMS, "vocab": VOCAB, "threads": 1,
+        "tokens_per_s_median": tokens,
+        "speedup_vs_torch_nn_lstm": timed["rnnkit Recurrent.step"]["speedup_vs_baseline"],
+        "raw": timed,
+    }
+
+
+def run(quick: bool = False) -> dict:
+    """The whole streaming benchmark (what ``benchmarks/streaming.py`` writes)."""
+    result = {"latency": latency(quick), "generation_64_streams": generation(quick)}
+    lat = result["latency"]
+    result["ratios"] = {
+        "step speed-up vs torch.nn.LSTM per step (target >= 10x)":
+            lat["speedup_vs_torch_nn_lstm"]["rnnkit Recurrent.step"],
+        "step time / memory floor (target <= 2x)": lat["rnnkit_step_over_floor"],
+        "ATen lstm_cell speed-up vs torch.nn.LSTM": lat["speedup_vs_torch_nn_lstm"]["ATen lstm_cell per layer"],
+        "generation tokens/s, 64 streams, vs torch.nn.LSTM": result["generation_64_streams"]["speedup_vs_torch_nn_lstm"],
+    }
+    return result
