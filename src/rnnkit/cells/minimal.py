@@ -113,6 +113,54 @@ class LinearScan(torch.autograd.Function):
         return da, g, a[:, 0] * g[:, 0]
 
 
+def _candidate_and_slope(v: Tensor) -> tuple[Tensor, Tensor]:
+    """``g(v)`` and ``g'(v)`` (1 for ``v >= 0``, ``sigmoid'(v)`` below) in one pass over ``v``."""
+    s = torch.sigmoid(v)
+    positive = v >= 0
+    return torch.where(positive, v + 0.5, s), torch.where(positive, 1.0, s * (1 - s))
+
+
+class _MinGRUCoefficients(torch.autograd.Function):
+    """``(a, b) = (1 - z, z ⊙ g(k_h))`` with ``z = σ(k_z)``, and their gradient written out:
+    ``dk_z = (db ⊙ g - da) ⊙ z(1 - z)``, ``dk_h = db ⊙ z ⊙ g'``. Autograd's version of these
+    few elementwise ops makes ~3x the passes over the (B, T, H) tensors."""
+
+    @staticmethod
+    def forward(ctx, k_z: Tensor, k_h: Tensor):
+        z = torch.sigmoid(k_z)
+        candidate, slope = _candidate_and_slope(k_h)
+        ctx.save_for_backward(z, candidate, slope)
+        return 1 - z, z * candidate
+
+    @staticmethod
+    def backward(ctx, da: Tensor, db: Tensor):
+        z, candidate, slope = ctx.saved_tensors
+        dk_z = (db * candidate - da).mul_(z * (1 - z))
+        return dk_z, (db * z).mul_(slope)
+
+
+class _MinLSTMCoefficients(torch.autograd.Function):
+    """``(a, b) = (f / (f + i), i / (f + i) ⊙ g(k_h))`` with ``f, i = σ(k_f), σ(k_i)``; with
+    ``q = (da - db ⊙ g) / (f + i)^2``: ``dk_f = q ⊙ i ⊙ f(1 - f)``, ``dk_i = -q ⊙ f ⊙ i(1 - i)``,
+    ``dk_h = db ⊙ i / (f + i) ⊙ g'``."""
+
+    @staticmethod
+    def forward(ctx, k_f: Tensor, k_i: Tensor, k_h: Tensor):
+        f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+        total = f + i
+        candidate, slope = _candidate_and_slope(k_h)
+        ctx.save_for_backward(f, i, total, candidate, slope)
+        return f / total, i / total * candidate
+
+    @staticmethod
+    def backward(ctx, da: Tensor, db: Tensor):
+        f, i, total, candidate, slope = ctx.saved_tensors
+        q = (da - db * candidate).div_(total * total)
+        dk_f = (q * i).mul_(f * (1 - f))
+        dk_i = (q * f).mul_(i * (i - 1))
+        return dk_f, dk_i, (db * i).div_(total).mul_(slope)
+
+
 class _MinimalCell(RecurrentCell):
     """What minGRU and minLSTM share: no recurrent weights, a parallel scan, a sequential step."""
 
@@ -192,9 +240,7 @@ class MinGRU(_MinimalCell):
         return (h_next,), ({"update": z, "candidate": candidate} if return_gates else None)
 
     def _coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
-        k_z, k_h = xw.chunk(2, dim=2)  # each (B, T, H)
-        z = torch.sigmoid(k_z)
-        return 1 - z, z * g(k_h)
+        return _MinGRUCoefficients.apply(*xw.chunk(2, dim=2))  # (1 - z, z g(k_h)), each (B, T, H)
 
     def _log_coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
         k_z, k_h = xw.chunk(2, dim=2)  # each (B, T, H)
@@ -237,10 +283,7 @@ class MinLSTM(_MinimalCell):
         return (h_next,), gates
 
     def _coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
-        k_f, k_i, k_h = xw.chunk(3, dim=2)  # each (B, T, H)
-        f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
-        total = f + i
-        return f / total, i / total * g(k_h)
+        return _MinLSTMCoefficients.apply(*xw.chunk(3, dim=2))  # (f', i' g(k_h)), each (B, T, H)
 
     def _log_coefficients(self, xw: Tensor) -> tuple[Tensor, Tensor]:
         k_f, k_i, k_h = xw.chunk(3, dim=2)  # each (B, T, H)
