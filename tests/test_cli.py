@@ -171,3 +171,23 @@ def test_console_script(tmp_path: Path) -> None:
     done = subprocess.run([str(script), "info", str(tmp_path)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2 and "it has no config.json" in _one_error_line(done.stderr)
+
+
+def test_bench_rejects_an_unknown_suite():
+    result = CliRunner().invoke(app, ["bench", "--only", "gpu"])
+    assert result.exit_code == 2
+    assert "unknown suite 'gpu'; choose from streaming, fused, scan" in result.output
+
+
+@pytest.mark.slow
+def test_bench_quick_streaming_writes_its_ratios(tmp_path):
+    """What `rnnkit bench --quick` does, on its fastest suite (the others share the code path)."""
+    import json
+
+    result = CliRunner().invoke(app, ["bench", "--quick", "--only", "streaming", "--no-build-kernel",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "step speed-up vs torch.nn.LSTM" in result.output
+    saved = json.loads((tmp_path / "streaming.json").read_text())
+    assert saved["latency"]["floor_us_median"] > 0
+    assert saved["generation_64_streams"]["tokens_per_s_median"]["rnnkit Recurrent.step"] > 0

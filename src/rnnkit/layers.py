@@ -136,7 +136,7 @@ class Recurrent(nn.Module):
         if x_t.dim() != 2 or x_t.size(1) != self.input_size:
             raise RnnkitError(f"step expects x_t of shape (batch, {self.input_size}), got {tuple(x_t.shape)}")
         # Checked once here, not per cell: this is the streaming hot path.
-        parts = self._check_state(state, x_t.unsqueeze(1))
+        parts = self._check_state(state, x_t)  # x_t (B, I): only its batch size and dtype are read
         if self._plain_lstm:
             fused = stack_step(self.cells, x_t, *parts)  # the whole stack in one compiled call
             if fused is not None:

@@ -93,7 +93,7 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     return {"torch": torch.__version__, "cpu_model": cpu, "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(), "mkl": torch.backends.mkl.is_available(),
+            "default_threads": torch.get_num_threads(), "mkl": torch.backends.mkl.is_available(),
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 

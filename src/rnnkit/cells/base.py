@@ -8,6 +8,10 @@ family (``rnn.py``, ``lstm.py``, ``gru.py``) writes down only what makes it itse
   kernels (oneDNN on CPU, cuDNN on GPU), the kernels ``torch.nn.LSTM`` runs;
 - which options the fused kernels can honour.
 
+Where ATen has no kernel for a cell's options (peepholes, layer norm, the minimal cells),
+``_run_fused`` runs rnnkit's own fused recurrence instead (``scan.py``, ``minimal.py``), and
+``step`` without gradients runs the streaming path (``streaming.py``).
+
 This base class runs the time loop, masks padding, packs variable-length batches for the
 fused kernels, and picks the path (``backend="auto" | "fused" | "reference"``).
 
