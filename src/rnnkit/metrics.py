@@ -61,3 +61,24 @@ def chrf(hypotheses: list[str], references: list[str]) -> float:
 def exact_match(hypotheses: list[str], references: list[str]) -> float:
     """Fraction of hypotheses identical to their reference (whitespace-trimmed)."""
     return float(np.mean([h.strip() == r.strip() for h, r in zip(hypotheses, references)])) if references else 0.0
+
+
+def accuracy(y: np.ndarray, y_hat: np.ndarray) -> float:
+    """Fraction of labels predicted exactly."""
+    return float(np.mean(np.asarray(y) == np.asarray(y_hat)))
+
+
+def confusion_matrix(y: np.ndarray, y_hat: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts ``(num_classes, num_classes)``: row = true class index, column = predicted."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y, dtype=np.int64), np.asarray(y_hat, dtype=np.int64)), 1)
+    return matrix
+
+
+def macro_f1(y: np.ndarray, y_hat: np.ndarray, num_classes: int) -> float:
+    """The unweighted mean over classes of F1 = 2PR / (P + R); a class never true nor predicted scores 0."""
+    matrix = confusion_matrix(y, y_hat, num_classes)
+    tp = np.diag(matrix).astype(float)
+    denominator = matrix.sum(0) + matrix.sum(1)  # predicted + true: 2TP + FP + FN
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    return float(f1.mean())

@@ -122,23 +122,44 @@ class ManyToMany(_Topology):
     carried (stateful training, truncated BPTT, streaming).
 
     Shapes: ``(B, T, I)`` (or ids ``(B, T)``) to ``((B, T, O), state)``.
+
+    ``tie_weights=True`` (a language model: ``vocab_size == output_size`` and
+    ``input_size == D*H``) makes the output layer share the embedding matrix, as in
+    Press & Wolf (2017): fewer parameters, and rare tokens learn from both ends.
     """
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 64, *, cell: str = "lstm",
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
-                 vocab_size: Optional[int] = None, **cell_options: Any) -> None:
+                 vocab_size: Optional[int] = None, tie_weights: bool = False, **cell_options: Any) -> None:
         config = dict(input_size=input_size, output_size=output_size, hidden_size=hidden_size, cell=cell,
                       num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, vocab_size=vocab_size,
-                      **cell_options)
+                      tie_weights=tie_weights, **cell_options)
         super().__init__(config, input_size, hidden_size, vocab_size,
                          dict(cell=cell, num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
                               **cell_options))
         self.head = nn.Linear(self.recurrent.output_size, output_size)
+        if tie_weights:
+            if vocab_size != output_size or input_size != self.recurrent.output_size:
+                raise RnnkitError(
+                    f"tie_weights needs vocab_size == output_size and input_size == directions*hidden_size, got "
+                    f"vocab_size={vocab_size}, output_size={output_size}, input_size={input_size}, "
+                    f"directions*hidden_size={self.recurrent.output_size}; set input_size to match or tie_weights=False")
+            self.head.weight = self.embedding.weight  # (V, H): one matrix, two uses
+            # nn.Embedding's N(0, 1) would make the first logits ~sqrt(H) large and the first loss
+            # huge; U(-0.1, 0.1), as in PyTorch's word_language_model, starts near uniform.
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
 
     def forward(self, x: Tensor, state: Optional[LayerState] = None, *,
                 lengths: Optional[Tensor] = None) -> tuple[Tensor, LayerState]:
         outputs, state = self.recurrent(self.embed(x), state, lengths=lengths)
         return self.head(outputs), state
+
+    def step(self, x_t: Tensor, state: Optional[LayerState] = None) -> tuple[Tensor, LayerState]:
+        """One step for a batch of streams: ids ``(B,)`` (or features ``(B, I)``) to ``((B, O), state)``."""
+        if self.embedding is not None:
+            x_t = self.embed(x_t[:, None])[:, 0]  # (B, I)
+        output, state = self.recurrent.step(x_t, state)
+        return self.head(output), state
 
 
 class OneToMany(_Topology):

@@ -61,6 +61,7 @@ class TrainConfig:
     clip_norm: Optional[float] = 1.0        # recurrent gradients explode; clipping their norm tames them
     schedule: str = "cosine"                # "cosine" (down to 10% of lr) or "constant", after the warmup
     warmup_steps: int = 0                   # linear warmup; small recurrent nets rarely need it
+    decay_over_budget: bool = False         # cosine follows the clock (needs minutes): a time-boxed run ends decayed
     tbptt: Optional[int] = None             # truncated BPTT: piece length along time; None = whole sequences
     stateful: bool = False                  # carry state across consecutive unshuffled batches (long corpora)
     eval_every: Optional[int] = None        # steps between validations; None = once per epoch
@@ -88,7 +89,10 @@ class TrainConfig:
             self._check(name, number and (value >= 0 if allow_zero else value > 0), expected)
             object.__setattr__(self, name, float(value))  # lr=1 and lr=1.0 are the same config
         self._check("schedule", self.schedule in ("cosine", "constant"), "'cosine' or 'constant'")
-        for name in ("stateful", "progress"):
+        if self.decay_over_budget and self.minutes is None:
+            raise RnnkitError("TrainConfig.decay_over_budget needs a time budget; set minutes=... or "
+                              "decay_over_budget=False")
+        for name in ("stateful", "progress", "decay_over_budget"):
             self._check(name, isinstance(getattr(self, name), bool), "True or False")
         try:
             ok = isinstance(self.device, str) and _device(self.device) is not None
@@ -143,18 +147,23 @@ class _Run:
     elapsed_s: float = 0.0               # seconds spent in earlier sessions of this run
 
 
-def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
+def lr_at(step: int, config: TrainConfig, total_steps: int, elapsed_s: Optional[float] = None) -> float:
     """The learning rate of optimizer step ``step`` (0-based) in a run planned for ``total_steps``.
 
     Linear warmup from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps``; then
     ``lr`` (``schedule="constant"``) or a half cosine from ``lr`` at the end of the warmup
-    down to ``0.1 * lr`` at ``total_steps``, flat after it (``"cosine"``).
+    down to ``0.1 * lr`` at ``total_steps``, flat after it (``"cosine"``). With
+    ``decay_over_budget`` the cosine's progress is the larger of that and ``elapsed_s`` over the
+    ``minutes`` budget: a run ends at the bottom of the schedule whether its steps or its clock
+    run out first, whatever the machine's speed.
     """
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.schedule == "constant":
         return config.lr
     progress = min((step - config.warmup_steps) / max(total_steps - config.warmup_steps, 1), 1.0)
+    if config.decay_over_budget and elapsed_s is not None:
+        progress = max(progress, min(elapsed_s / (60 * config.minutes), 1.0))
     return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
@@ -237,7 +246,7 @@ def fit(
                 break
             if piece == 0 and (batch == 0 or not config.stateful):
                 run.carry = None  # a new sequence starts from the model's zero state
-            lr = lr_at(run.step, config, total)
+            lr = lr_at(run.step, config, total, elapsed())
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss, state = loss_fn(model, tensors, run.carry)

@@ -101,12 +101,16 @@ def _add_commands(root: typer.Typer) -> None:
     from .demo import demo
     from .forecast import app as forecast
     from .translate import app as translate
+    from .textgen import app as textgen
+    from .classify import app as classify
 
     root.command("info")(info)
     root.command("demo")(demo)
     root.command("bench")(bench)
     root.add_typer(forecast, name="forecast")
     root.add_typer(translate, name="translate")
+    root.add_typer(textgen, name="textgen")
+    root.add_typer(classify, name="classify")
 
 
 _add_commands(app)

@@ -1,6 +1,9 @@
 """Applications, one file each, built from the layers below; importing registers their bundle loaders."""
 
+from .classify import SequenceClassifier, SequenceClassifierConfig
 from .forecast import Forecaster, ForecasterConfig
+from .textgen import TextGenerator, TextGeneratorConfig
 from .translate import Translator, TranslatorConfig
 
-__all__ = ["Forecaster", "ForecasterConfig", "Translator", "TranslatorConfig"]
+__all__ = ["Forecaster", "ForecasterConfig", "SequenceClassifier", "SequenceClassifierConfig", "TextGenerator",
+           "TextGeneratorConfig", "Translator", "TranslatorConfig"]
