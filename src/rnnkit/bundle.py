@@ -184,9 +184,14 @@ def register(model_type: str) -> Callable[[T], T]:
     return decorate
 
 
-def load(path: PathLike) -> Any:
-    """Read the bundle at ``path`` and rebuild its model with the registered loader."""
+def load(path: PathLike, model_type: Optional[str] = None) -> Any:
+    """Read the bundle at ``path`` and rebuild its model with the registered loader.
+
+    With ``model_type``, a bundle of another type is refused (a CLI command that needs one kind)."""
     bundle = read_bundle(path)
+    if model_type is not None and bundle.model_type != model_type:
+        raise BundleError(f"{bundle.path} holds a {bundle.model_type!r} model, not a {model_type!r} one; "
+                          f"pass a {model_type} bundle")
     _import_task_loaders()
     loader = _LOADERS.get(bundle.model_type)
     if loader is None:

@@ -46,12 +46,7 @@ def plot_forecast(
         ax.set_title(f"{title} {uid}".strip())
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_attention(
@@ -107,6 +102,11 @@ def plot_confusion_matrix(matrix, labels: list[str], path: Union[str, Path], *, 
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix (row-normalised)")
     figure.colorbar(image, ax=ax, fraction=0.046)
+    return _save(figure, path)
+
+
+def _save(figure, path: Union[str, Path]) -> Path:
+    """Lay out, write as PNG (creating the folder) and close ``figure``; return the path."""
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

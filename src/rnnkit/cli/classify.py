@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from ..bundle import read_bundle
+from ..bundle import load
 from ..data.text import read_text_csv
 from ..errors import RnnkitError
 from ..files import write_csv
@@ -64,7 +64,7 @@ def predict(
     """Print the class of TEXT with its probabilities, or write predictions for every row of --data."""
     if (text is None) == (data is None):
         raise RnnkitError("give either a TEXT to classify or --data FILE.csv (with --out), not both or neither")
-    clf = load_classifier(bundle)
+    clf = load(bundle, MODEL_TYPE)
     if text is not None:
         row = clf.predict_proba([text]).iloc[0]
         probs = "  ".join(f"{c}={row[f'prob_{c}']:.3f}" for c in clf.classes)
@@ -78,10 +78,3 @@ def predict(
     write_csv(predictions, out)
     console.print(f"wrote {len(predictions)} predictions to {out}")
 
-
-def load_classifier(path: Path) -> SequenceClassifier:
-    found = read_bundle(path)
-    if found.model_type != MODEL_TYPE:
-        raise RnnkitError(f"{path} holds a {found.model_type!r} model, not a text classifier; "
-                          f"train one with `rnnkit classify train`")
-    return SequenceClassifier.from_bundle(found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -24,10 +25,11 @@ def demo(
     minutes: Annotated[float, typer.Option(help="Training budget of the forecaster, in minutes.")] = 1.5,
     progress: Annotated[bool, typer.Option(help="Show the training progress bar.")] = True,
 ) -> None:
-    """Forecast the last sunspot cycle with an LSTM; translate dates with attention. Writes plots and bundles."""
+    """Forecast sunspots; translate dates with attention; generate Shakespeare; classify tweet sentiment."""
     out.mkdir(parents=True, exist_ok=True)
     forecast_sunspots(out, minutes, progress)
     translate_dates(out, progress)
+    text_demo(out, progress)
 
 
 def forecast_sunspots(out: Path, minutes: float, progress: bool) -> None:
@@ -93,3 +95,34 @@ def translate_dates(out: Path, progress: bool, minutes: float = 0.5) -> None:
     assert load(bundle).translate(examples) == translator.translate(examples), "bundle round trip changed output"
     console.print(f"attention map: {plot}\nbundle: {bundle} (reloaded: identical translations); try "
                   f"rnnkit translate run {bundle} \"{examples[0]}\"")
+
+
+def text_demo(out: Path, progress: bool, seconds: float = 14.0) -> None:
+    """A char LSTM on a slice of Shakespeare streams a few lines; a tweet classifier predicts sentiment."""
+    from ..data.text import load_shakespeare, load_tweets
+    from ..tasks.classify import SequenceClassifier
+    from ..tasks.textgen import TextGenerator
+
+    console.rule("[bold]Text generation: a character LSTM on Shakespeare")
+    text = load_shakespeare()[:400_000]
+    console.print(f"1x128 LSTM, {len(text):,} characters (last 5 % held out), budget {seconds:g} s")
+    lm = TextGenerator(hidden_size=128, seq_len=64, lr=1e-2, minutes=seconds / 60, progress=progress).fit(text)
+    console.print(f"held-out: {lm.metrics['val_bpc']:.2f} bits per character (a uniform guess: "
+                  f"{math.log2(lm.tokenizer.vocab_size - 4):.2f}); sample at temperature 0.8:")
+    console.out("ROMEO:", end="", highlight=False)
+    lm.generate("ROMEO:", max_tokens=160, temperature=0.8, seed=0,
+                stream=lambda piece: console.out(piece, end="", highlight=False))
+    console.out("")
+
+    console.rule("[bold]Sentiment: a bidirectional LSTM on tweets about self-driving cars")
+    tweets = load_tweets().drop_duplicates("text").sample(6000, random_state=0)
+    train, test = tweets.iloc[:5000], tweets.iloc[5000:]
+    clf = SequenceClassifier(hidden_size=64, minutes=seconds / 60, progress=progress)
+    clf.fit(train["text"].tolist(), train["label"].tolist())
+    scores = clf.evaluate(test["text"].tolist(), test["label"].tolist(), plot=out / "sentiment_confusion.png")
+    console.print(f"{len(train):,} tweets, {seconds:g} s: accuracy {scores['accuracy']:.1%}, macro-F1 "
+                  f"{scores['macro_f1']:.3f} on {len(test):,} held-out tweets; plot: {out / 'sentiment_confusion.png'}")
+    examples = ["I can't wait to ride in a self-driving car!", "Autonomous cars scare me, they will crash."]
+    for example, (_, row) in zip(examples, clf.predict_proba(examples).iterrows()):
+        probs = ", ".join(f"{c} {row[f'prob_{c}']:.0%}" for c in clf.classes)
+        console.print(f"  {example!r}: [bold]{row['label']}[/bold] ({probs})")

@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from ..bundle import read_bundle
+from ..bundle import load
 from ..data.text import read_text
-from ..errors import RnnkitError
 from ..tasks.textgen import MODEL_TYPE, TextGenerator, TextGeneratorConfig
 from . import create_app
 
@@ -59,7 +58,7 @@ def sample(
     num_samples: Annotated[int, typer.Option(help="Samples generated at once (printed when done).")] = 1,
 ) -> None:
     """Continue PRIME; one sample streams to the terminal as it is generated."""
-    lm = load_generator(bundle)
+    lm = load(bundle, MODEL_TYPE)
     options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if num_samples == 1:
         typer.echo(prime, nl=False)
@@ -68,12 +67,4 @@ def sample(
         return
     for i, text in enumerate(lm.sample(prime, num_samples, max_tokens, **options)):
         typer.echo(f"--- sample {i + 1}\n{text}")
-
-
-def load_generator(path: Path) -> TextGenerator:
-    found = read_bundle(path)
-    if found.model_type != MODEL_TYPE:
-        raise RnnkitError(f"{path} holds a {found.model_type!r} model, not a text generator; "
-                          f"train one with `rnnkit textgen train`")
-    return TextGenerator.from_bundle(found)
 

@@ -153,7 +153,8 @@ class SequenceClassifier:
 
         part = lambda index: (ids[index], lengths[index], targets[index])  # noqa: E731
         train_config = TrainConfig(epochs=cfg.epochs, minutes=cfg.minutes, batch_size=cfg.batch_size, lr=cfg.lr,
-                                   patience=cfg.patience, seed=cfg.seed, progress=cfg.progress)
+                                   patience=cfg.patience, seed=cfg.seed, progress=cfg.progress,
+                                   decay_over_budget=cfg.minutes is not None)
         self.train_result = fit(self.model, loss_fn, part(keep), part(held), train_config)
         self.model.eval()
         result = self.train_result
