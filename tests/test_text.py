@@ -16,7 +16,7 @@ from rnnkit.data.text import load_kjv, load_shakespeare, load_tweets, read_text,
 from rnnkit.data.tokenizers import build_tokenizer, tokenizer_from_dict
 from rnnkit.errors import DataError, RnnkitError
 from rnnkit.tasks.classify import SequenceClassifier, classifier_model, pad_ids, SequenceClassifierConfig
-from rnnkit.tasks.textgen import TextGenerator, sample_next, streams
+from rnnkit.tasks.textgen import TextGenerator, next_token_loss, sample_next, streams, with_state_resets
 from rnnkit.topologies import ManyToMany
 from rnnkit.training import TrainConfig, lr_at
 
@@ -132,10 +132,21 @@ def test_streams_lay_the_corpus_side_by_side() -> None:
     assert x.tolist() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] and y.tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
 
 
+def test_state_resets_zero_the_carried_state_in_training_only() -> None:
+    model = ManyToMany(8, 12, 8, vocab_size=12, tie_weights=True)
+    batch = (torch.randint(0, 12, (3, 5)), torch.randint(0, 12, (3, 5)))
+    state = (torch.ones(1, 3, 8), torch.ones(1, 3, 8))
+    fresh, carried = next_token_loss(model, batch, None)[0], next_token_loss(model, batch, state)[0]
+    assert with_state_resets(0.9999)(model, batch, state)[0].item() == pytest.approx(fresh.item())
+    assert with_state_resets(0.0)(model, batch, state)[0].item() == pytest.approx(carried.item())
+    model.eval()  # evaluation never resets
+    assert with_state_resets(0.9999)(model, batch, state)[0].item() == pytest.approx(carried.item())
+
+
 def test_language_model_learns_a_small_corpus(lm: TextGenerator) -> None:
     scores = lm.evaluate(CORPUS[:200])
     assert scores["bpc"] < 1.0 and math.isclose(scores["bpc"], scores["loss"] / math.log(2), rel_tol=1e-6)
-    assert lm.generate("the cat sat on the ", max_tokens=3, temperature=0) == "the cat sat on the mat"
+    assert lm.generate("the cat sat o", max_tokens=6, temperature=0) == "the cat sat on the "
     assert "val_bpc" in lm.metrics and lm.metrics["val_bpc"] < 1.5
 
 

@@ -39,7 +39,7 @@ class SequenceClassifierConfig:
     num_layers: int = 1
     bidirectional: bool = True       # a word's meaning depends on what follows it too ("not bad")
     pooling: str = "attention"       # "attention" weighs the telling words; "last" = final states
-    dropout: float = 0.0             # between stacked layers
+    dropout: float = 0.25            # on embeddings, between layers, before the head: words are sparse
     max_len: int = 128               # tokens kept per text (the start); tweets are far shorter
     class_weights: Optional[str] = "balanced"  # weigh classes by n / (k * count): rare classes count
     epochs: int = 20                 # an upper bound: early stopping usually ends first
@@ -62,6 +62,8 @@ class SequenceClassifierConfig:
             raise RnnkitError(f"class_weights must be 'balanced' or None, got {self.class_weights!r}")
         if not 0.0 < self.val_fraction < 0.5:
             raise RnnkitError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RnnkitError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,10 +76,28 @@ class SequenceClassifierConfig:
         return cls(**data)
 
 
-def classifier_model(config: SequenceClassifierConfig, vocab_size: int, num_classes: int) -> ManyToOne:
-    return ManyToOne(config.embedding_size, num_classes, config.hidden_size, cell=config.cell,
-                     num_layers=config.num_layers, bidirectional=config.bidirectional, dropout=config.dropout,
-                     pooling=config.pooling, vocab_size=vocab_size)
+class TextClassifierNet(nn.Module):
+    """:class:`~rnnkit.topologies.ManyToOne` over token ids, with dropout on the embedded tokens
+    and on the pooled summary as well as between layers: tweets are few for a vocabulary of words.
+
+    Shapes: ids ``(B, T)`` and ``lengths`` ``(B,)`` to logits ``(B, C)``.
+    """
+
+    def __init__(self, config: SequenceClassifierConfig, vocab_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.body = ManyToOne(config.embedding_size, num_classes, config.hidden_size, cell=config.cell,
+                              num_layers=config.num_layers, bidirectional=config.bidirectional,
+                              dropout=config.dropout, pooling=config.pooling, vocab_size=vocab_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, *, lengths: Optional[Tensor] = None) -> Tensor:
+        embedded = self.dropout(self.body.embed(x))  # (B, T, E)
+        outputs, state = self.body.recurrent(embedded, lengths=lengths)  # (B, T, D*H)
+        return self.body.head(self.dropout(self.body.summarise(outputs, state, lengths)))
+
+
+def classifier_model(config: SequenceClassifierConfig, vocab_size: int, num_classes: int) -> TextClassifierNet:
+    return TextClassifierNet(config, vocab_size, num_classes)
 
 
 def pad_ids(sequences: Sequence[Sequence[int]], max_len: int) -> tuple[Tensor, Tensor]:
@@ -116,7 +136,7 @@ class SequenceClassifier:
         self.config = config or SequenceClassifierConfig(**options)
         self.tokenizer: Optional[Tokenizer] = None
         self.classes: list[str] = []
-        self.model: Optional[ManyToOne] = None
+        self.model: Optional[TextClassifierNet] = None
         self.metrics: dict[str, Any] = {}
         self.train_result: Optional[TrainResult] = None
 

@@ -39,6 +39,8 @@ class TextGeneratorConfig:
     tie_weights: bool = True             # one matrix for embedding and output layer (Press & Wolf 2017)
     dropout: float = 0.0                 # between layers; a corpus read once or twice barely overfits
     seq_len: int = 128                   # truncated-BPTT piece; carried state reaches further back
+    reset_prob: float = 0.1              # chance a stream's carried state restarts from zero at a piece:
+    #                                      generation starts from zero, so training must see zero states too
     batch_size: int = 32                 # parallel streams: more is faster per token, fewer updates
     lr: float = 3e-3                     # AdamW for small recurrent nets; decays over the run
     epochs: int = 10                     # an upper bound: the time budget usually ends first
@@ -56,6 +58,8 @@ class TextGeneratorConfig:
                 raise RnnkitError(f"{name} must be a positive integer, got {value!r}")
         if not 0.0 < self.val_fraction < 0.5:
             raise RnnkitError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
+        if not 0.0 <= self.reset_prob < 1.0:
+            raise RnnkitError(f"reset_prob must be in [0, 1), got {self.reset_prob!r}")
         if self.tie_weights and self.embedding_size not in (None, self.hidden_size):
             raise RnnkitError(f"tie_weights needs embedding_size == hidden_size ({self.hidden_size}), got "
                               f"{self.embedding_size}; drop embedding_size or set tie_weights=False")
@@ -93,6 +97,21 @@ def next_token_loss(model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> 
     x, y = batch
     logits, state = model(x, state)  # (B, T, V)
     return nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)), state
+
+
+def with_state_resets(reset_prob: float) -> Callable[..., tuple[Tensor, Any]]:
+    """``next_token_loss`` where, in training, each stream's incoming state is zeroed with ``reset_prob``.
+
+    A model that only ever continues warm states can fall into gibberish when generation
+    starts it from zero; occasional resets teach it to start, at a small cost in bits per character.
+    """
+    def loss_fn(model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, Any]:
+        if state is not None and model.training and reset_prob > 0:
+            keep = (torch.rand(batch[0].size(0), device=batch[0].device) >= reset_prob).float()[None, :, None]
+            state = tuple(s * keep for s in state) if isinstance(state, tuple) else state * keep  # (L, B, H)
+        return next_token_loss(model, batch, state)
+
+    return loss_fn
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
@@ -152,7 +171,8 @@ class TextGenerator:
         train_config = TrainConfig(epochs=cfg.epochs, minutes=cfg.minutes, batch_size=rows, lr=cfg.lr,
                                    tbptt=cfg.seq_len, stateful=True, decay_over_budget=cfg.minutes is not None,
                                    seed=cfg.seed, progress=cfg.progress)
-        self.train_result = result = fit(self.model, next_token_loss, streams(ids, rows), None, train_config)
+        self.train_result = result = fit(self.model, with_state_resets(cfg.reset_prob), streams(ids, rows), None,
+                                                   train_config)
         self.model.eval()
         tokens = result.steps * rows * min(cfg.seq_len, (ids.numel() - 1) // rows)
         self.metrics = {"train_tokens_per_s": tokens / max(result.elapsed_s, 1e-9), "steps": result.steps,
