@@ -52,7 +52,7 @@ def tfidf_baseline(train_x, train_y, test_x) -> tuple[np.ndarray, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4,000 tweets, 0.4 min budget")
-    parser.add_argument("--minutes", type=float, default=4.0, help="rnnkit's training budget")
+    parser.add_argument("--minutes", type=float, default=10.0, help="rnnkit's training budget")
     parser.add_argument("--cell", default="lstm")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the CPU is shared)")
     parser.add_argument("--seed", type=int, default=0)

@@ -43,10 +43,20 @@ def _pairs_tsv(path: Path) -> None:
     path.write_text("".join(f"{s}\t{t}\n" for s, t in pairs * 10), encoding="utf-8")
 
 
+def _text_files(root: Path) -> None:
+    """A small corpus and labelled reviews for the text commands: data this test makes itself."""
+    (root / "corpus.txt").write_text("ROMEO: the cat sat on the mat. JULIET: the dog sat on the log.\n" * 40)
+    reviews = [(f"{word} {thing}", label) for word, label in (("great", "pos"), ("awful", "neg"))
+               for thing in ("film", "plot", "cast", "song", "trip", "meal", "book", "show", "day", "car")]
+    pd.DataFrame(reviews, columns=["review", "sentiment"]).to_csv(root / "reviews.csv", index=False)
+    pd.DataFrame({"text": ["great film", "awful day"]}).to_csv(root / "new.csv", index=False)
+
+
 @pytest.mark.slow
 def test_forecast_commands_run(tmp_path):
     _sales_csv(tmp_path / "sales.csv")
     _pairs_tsv(tmp_path / "pairs.tsv")
+    _text_files(tmp_path)
     commands = [line.split("#")[0].strip() for block in code_blocks("bash") for line in block.splitlines()
                 if line.startswith("rnnkit ")]
     assert any(c.startswith("rnnkit forecast train") for c in commands)

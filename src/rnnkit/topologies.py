@@ -143,7 +143,8 @@ class ManyToMany(_Topology):
                 raise RnnkitError(
                     f"tie_weights needs vocab_size == output_size and input_size == directions*hidden_size, got "
                     f"vocab_size={vocab_size}, output_size={output_size}, input_size={input_size}, "
-                    f"directions*hidden_size={self.recurrent.output_size}; set input_size to match or tie_weights=False")
+                    f"directions*hidden_size={self.recurrent.output_size}; "
+                    f"set input_size to match or tie_weights=False")
             self.head.weight = self.embedding.weight  # (V, H): one matrix, two uses
             # nn.Embedding's N(0, 1) would make the first logits ~sqrt(H) large and the first loss
             # huge; U(-0.1, 0.1), as in PyTorch's word_language_model, starts near uniform.

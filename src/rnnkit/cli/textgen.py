@@ -42,7 +42,8 @@ def train(
     lm = TextGenerator(config).fit(read_text(corpus, encoding))
     path = lm.save(out)
     m = lm.metrics
-    held = f"held-out {m['val_bpc']:.3f} bits/char, perplexity {m['val_ppl']:.2f}" if "val_bpc" in m else "no held-out text"
+    held = (f"held-out {m['val_bpc']:.3f} bits/char, perplexity {m['val_ppl']:.2f}" if "val_bpc" in m
+            else "no held-out text")
     console.print(f"trained {m['steps']} steps ({m['stopped']}), {held}; bundle: {path}")
 
 

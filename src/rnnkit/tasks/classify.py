@@ -33,6 +33,7 @@ class SequenceClassifierConfig:
 
     tokenizer: str = "word"          # sentiment lives in words; "bpe" for rich morphology, "char" for codes
     vocab_size: int = 20000          # words seen less often fall to <unk>
+    min_count: int = 2               # a word seen once cannot be learned, only memorised: <unk>
     cell: str = "lstm"               # "lstm", "gru" or "rnn"
     embedding_size: int = 128
     hidden_size: int = 128           # per direction; short texts need little memory
@@ -44,8 +45,8 @@ class SequenceClassifierConfig:
     class_weights: Optional[str] = "balanced"  # weigh classes by n / (k * count): rare classes count
     epochs: int = 20                 # an upper bound: early stopping usually ends first
     minutes: Optional[float] = 3.0   # wall-clock budget of one fit
-    batch_size: int = 64
-    lr: float = 3e-3
+    batch_size: int = 128            # texts are short: big batches keep a CPU busy, epochs quick
+    lr: float = 5e-3
     patience: Optional[int] = 3      # epochs without a better validation loss before stopping
     val_fraction: float = 0.1        # stratified slice of the training texts that picks the best epoch
     seed: int = 0
@@ -54,7 +55,8 @@ class SequenceClassifierConfig:
     def __post_init__(self) -> None:
         if self.tokenizer not in KINDS:
             raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
-        for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "max_len", "epochs", "batch_size"):
+        for name in ("vocab_size", "min_count", "embedding_size", "hidden_size", "num_layers", "max_len", "epochs",
+                     "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise RnnkitError(f"{name} must be a positive integer, got {value!r}")
@@ -154,7 +156,7 @@ class SequenceClassifier:
         if len(held) == 0:
             raise DataError(f"{len(texts)} texts are too few to hold out a validation slice; give more")
         options = {"vocab_size": cfg.vocab_size} if cfg.tokenizer == "bpe" else (
-            {"max_size": cfg.vocab_size} if cfg.tokenizer == "word" else {})
+            {"max_size": cfg.vocab_size, "min_count": cfg.min_count} if cfg.tokenizer == "word" else {})
         self.tokenizer = build_tokenizer(cfg.tokenizer, [texts[i] for i in keep], **options)
         ids, lengths = pad_ids([self.tokenizer.encode(t) for t in texts], cfg.max_len)
         targets = torch.as_tensor(y, dtype=torch.long)
