@@ -76,11 +76,7 @@ def plot_attention(
     if title:
         ax.set_title(title, fontsize=9)
     figure.colorbar(image, ax=ax, fraction=0.04)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    return atomic_write_bytes(path, buffer.getvalue())  # never half a PNG
+    return _save(figure, path)
 
 
 def plot_confusion_matrix(matrix, labels: list[str], path: Union[str, Path], *, title: str = "") -> Path:
@@ -106,10 +102,9 @@ def plot_confusion_matrix(matrix, labels: list[str], path: Union[str, Path], *, 
 
 
 def _save(figure, path: Union[str, Path]) -> Path:
-    """Lay out, write as PNG (creating the folder) and close ``figure``; return the path."""
+    """Lay out, render as PNG, close ``figure`` and write the file atomically; return the path."""
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())  # never half a PNG
