@@ -14,7 +14,8 @@ from rich.table import Table
 from ..bundle import load
 from ..data import DATASETS, load_dataset
 from ..plotting import plot_forecast
-from ..tasks.forecast import Forecaster, ForecasterConfig, evaluate_forecast
+from ..tasks.forecast import Forecaster, ForecasterConfig
+from ..tasks.forecast_eval import evaluate_forecast
 
 console = Console()
 
@@ -38,7 +39,7 @@ def forecast_sunspots(out: Path, minutes: float, progress: bool) -> None:
     console.rule(f"[bold]Forecasting: {dataset.description}")
     console.print(f"LSTM trained on {len(train)} years, forecasting the last {horizon} ({test.ds.dt.year.iloc[0]}-"
                   f"{test.ds.dt.year.iloc[-1]}), budget {minutes:g} min")
-    config = ForecasterConfig(horizon=horizon, lookback=3 * horizon, hidden_size=64, minutes=minutes,
+    config = ForecasterConfig(horizon=horizon, minutes=minutes,
                               progress=progress)
     forecaster = Forecaster(config).fit(train)
     forecast = forecaster.predict()
