@@ -70,9 +70,11 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         frame = (frame.set_index("ds").groupby("unique_id")["y"].resample(spec["resample"]).mean()
                  .reset_index()[["unique_id", "ds", "y"]])
     if args.validation:  # tuning mode: the test windows are cut off before anything sees the data
+        held_out = args.windows * spec["horizon"]
+        needed = held_out + spec.get("lookback", 3 * spec["horizon"]) + spec["horizon"]
         frame = frame.groupby("unique_id", group_keys=False)[frame.columns].apply(
-            lambda g: g.iloc[: -args.windows * spec["horizon"]]).reset_index(drop=True)
-    options = dict(horizon=spec["horizon"], lookback=spec.get("lookback"), progress=False, **args.option)
+            lambda g: g.iloc[:-held_out] if len(g) - held_out >= needed else g.iloc[:0]).reset_index(drop=True)
+    options = {"horizon": spec["horizon"], "lookback": spec.get("lookback"), "progress": False, **args.option}
     if args.quick:
         options.update(max_steps=100, ensemble=1)
     config = ForecasterConfig(**options)
@@ -117,6 +119,8 @@ def print_report(results: dict, summary: dict) -> None:
         table = pd.DataFrame(r["models"]).T[["mase", "smape", "mae", "coverage", "fit_s"]].sort_values("mase")
         print(f"\n== {name} ({r['series']} series, {r['points']} points, horizon {r['horizon']}, season {r['season']})")
         print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    if summary is None:
+        return
     print("\n== mean over datasets")
     print(pd.DataFrame(summary["mean_over_datasets"]).T.sort_values("mase").to_string(float_format=lambda v: f"{v:.3f}"))
     for key, value in summary.items():
@@ -159,13 +163,14 @@ def main() -> None:
         start = time.perf_counter()
         results[name] = run_dataset(name, args)
         print(f"{name}: done in {time.perf_counter() - start:.0f} s", flush=True)
-    summary = summarise(results)
-    print_report(results, summary)
-    payload = {"mode": "quick" if args.quick else "validation" if args.validation else "test",
-               "windows": args.windows, "threads": args.threads, "torch": torch.__version__,
-               "datasets": results, "summary": summary}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2))
+        print_report({name: results[name]}, None)
+        summary = summarise(results)  # written after every dataset: a long run leaves what it measured
+        payload = {"mode": "quick" if args.quick else "validation" if args.validation else "test",
+                   "windows": args.windows, "threads": args.threads, "torch": torch.__version__,
+                   "datasets": results, "summary": summary}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=2))
+    print_report({}, summary)
     print(f"wrote {args.out}")
 
 

@@ -15,7 +15,7 @@ from rnnkit.data.series import SeriesScaler, calendar_features
 from rnnkit.errors import DataError, RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
 from rnnkit.tasks.forecast_eval import backtest_plot_frames, coverage_report, evaluate_forecast
-from rnnkit.tasks.forecast_model import ForecastNet
+from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet
 from rnnkit.plotting import plot_forecast
 
 FAST = dict(hidden_size=16, ensemble=1, max_steps=60, progress=False, minutes=None)
@@ -45,14 +45,17 @@ def test_scaler_round_trip_and_json() -> None:
     assert SeriesScaler.from_dict(scaler.to_dict()).stats == scaler.stats
 
 
-def test_window_scaling_is_relative_to_the_last_input() -> None:
-    fc = Forecaster(horizon=3, lookback=4, **FAST)
-    fc.scaler = SeriesScaler({"a": (10.0, 2.0)})
-    y = (np.arange(10.0) * 2 + 10 - 10) / 2  # values 10..28 scaled: 0..9
+@pytest.mark.parametrize("window_scale", [False, True])
+def test_window_scaling_is_relative_to_the_last_input(window_scale: bool) -> None:
+    fc = Forecaster(horizon=3, lookback=4, window_scale=window_scale, **FAST)
+    y = np.arange(10.0)  # an already standardised series
     y_w, past, known, target = fc._windows(y, np.zeros((10, 0)), np.zeros((10, 2)))
     assert y_w.shape == (4, 4) and past.shape == (4, 4, 0) and known.shape == (4, 7, 2) and target.shape == (4, 3)
-    torch.testing.assert_close(y_w[0], torch.tensor([-3.0, -2.0, -1.0, 0.0]))
-    torch.testing.assert_close(target[0], torch.tensor([1.0, 2.0, 3.0]))
+    spread = float(np.std([0, 1, 2, 3], ddof=1)) if window_scale else 1.0
+    torch.testing.assert_close(y_w[0], torch.tensor([-3.0, -2.0, -1.0, 0.0]) / spread)
+    torch.testing.assert_close(target[0], torch.tensor([1.0, 2.0, 3.0]) / spread)
+    level, scale = fc._window_norm(torch.zeros(2, 4))  # a flat window: the spread floor, no division by 0
+    assert torch.all(scale == (0.1 if window_scale else 1.0))
 
 
 @pytest.mark.parametrize("head", ["direct", "decoder"])
@@ -65,6 +68,19 @@ def test_quantiles_never_cross(head: str) -> None:
     out = net(torch.randn(64, 7) * 10, torch.randn(64, 7, 2), torch.randn(64, 12, 3))
     assert out.shape == (64, 5, 5)
     assert torch.all(out[..., 1:] >= out[..., :-1])
+
+
+def test_calibration_puts_the_nominal_share_below_each_quantile() -> None:
+    config = ForecasterConfig(horizon=4, lookback=6, quantiles=(0.1, 0.5, 0.9), hidden_size=8, ensemble=2)
+    torch.manual_seed(0)
+    model = ForecastEnsemble(config, num_past=0, num_known=0).eval()
+    data = (torch.randn(500, 6), torch.zeros(500, 6, 0), torch.zeros(500, 10, 0), 3 * torch.randn(500, 4))
+    model.calibrate(data, config.quantiles)
+    assert model.calibration[1] == 0  # the median is left alone
+    predicted = model(*data[:3])  # (500, 4, 3)
+    below = (data[3].unsqueeze(2) <= predicted).float().mean(dim=(0, 1))
+    torch.testing.assert_close(below[[0, 2]], torch.tensor([0.1, 0.9]), atol=0.01, rtol=0)
+    assert torch.all(predicted[..., 1:] >= predicted[..., :-1])
 
 
 def test_calendar_features() -> None:

@@ -8,7 +8,6 @@ A thin estimator (``fit`` / ``predict`` / ``backtest`` / ``save``) over the torc
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -93,6 +92,8 @@ class Forecaster:
             member.load_state_dict(ForecastNet(cfg, num_past, num_known).state_dict())
             self.train_results.append(self._train_member(member, train_data, val_data, cfg.seed + k, budget))
         self.model.cpu().eval()
+        if cfg.calibrate:
+            self.model.calibrate(val_data, cfg.quantiles)
         self.history = {str(uid): self._tail_of(group) for uid, group in frame.groupby("unique_id", sort=False)}
         return self
 
@@ -147,9 +148,21 @@ class Forecaster:
         as_windows = lambda a: torch.as_tensor(a, dtype=torch.float32).unfold(0, span, 1)  # (N, [F,] L+H)
         y_w, past_w, known_w = as_windows(y), as_windows(past), as_windows(known)
         inputs, targets = y_w[:, : self.config.lookback], y_w[:, self.config.lookback:]
-        level = inputs[:, -1:]  # (N, 1): each window relative to its last input value
+        level, scale = self._window_norm(inputs)
         past_w = past_w[:, :, : self.config.lookback].transpose(1, 2)  # (N, L, P)
-        return inputs - level, past_w, known_w.transpose(1, 2), targets - level
+        return (inputs - level) / scale, past_w, known_w.transpose(1, 2), (targets - level) / scale
+
+    def _window_norm(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Per window ``(N, L)``: the level (last value) and, with ``window_scale``, the spread, both ``(N, 1)``.
+
+        Dividing by the window's own spread (at least 0.1 series standard deviations, so a
+        flat stretch does not blow up) lets one model serve a season whose amplitude grows
+        with the level, as RevIN and NeuralForecast's per-window scalers do.
+        """
+        level = inputs[:, -1:]
+        if not self.config.window_scale:
+            return level, torch.ones_like(level)
+        return level, inputs.std(dim=1, keepdim=True).clamp_min(0.1)
 
     def _tail_of(self, group: pd.DataFrame) -> dict[str, Any]:
         tail = group.iloc[-self.config.lookback:]
@@ -203,9 +216,10 @@ class Forecaster:
         dates = future_dates(window["ds"].iloc[-1], self.freq, cfg.horizon)
         horizon_rows = self._future_rows(uid, dates, future)
         y, past, known = self._arrays(uid, window, horizon_rows)
-        level = y[-1]
         as_batch = lambda a: torch.as_tensor(a, dtype=torch.float32)[None]  # (1, ...)
-        quantiles = self.model(as_batch(y - level), as_batch(past), as_batch(known))[0].numpy() + level  # (H, Q)
+        level, scale = self._window_norm(as_batch(y))
+        out = self.model((as_batch(y) - level) / scale, as_batch(past), as_batch(known))  # (1, H, Q)
+        quantiles = (out * scale.unsqueeze(2) + level.unsqueeze(2))[0].numpy()  # (H, Q)
         values = self.scaler.inverse(uid, quantiles)
         return pd.DataFrame({"unique_id": uid, "ds": dates,
                              **{quantile_column(q): values[:, k] for k, q in enumerate(cfg.quantiles)}})
@@ -263,10 +277,6 @@ class Forecaster:
     def _require_fitted(self) -> None:
         if self.model is None:
             raise RnnkitError("this forecaster is not fitted yet; call fit(frame) or load a bundle")
-
-    def with_options(self, **options: Any) -> "Forecaster":
-        """An unfitted forecaster with this one's options, some changed."""
-        return Forecaster(replace(self.config, **options))
 
 
 register(MODEL_TYPE)(Forecaster.from_bundle)
