@@ -128,6 +128,17 @@ def print_report(results: dict, summary: dict) -> None:
             print(f"{key}: {value:.3f}")
 
 
+def merge(paths: list[Path], out: Path) -> None:
+    """One report from several result files: their datasets side by side, the summary recomputed."""
+    payloads = [json.loads(path.read_text()) for path in paths]
+    results = {name: r for p in payloads for name, r in p["datasets"].items()}
+    summary = summarise(results)
+    print_report(results, summary)
+    merged = {**payloads[0], "datasets": results, "summary": summary, "merged_from": [str(p) for p in paths]}
+    out.write_text(json.dumps(merged, indent=2))
+    print(f"wrote {out}")
+
+
 def _installed(module: str) -> bool:
     try:
         __import__(module)
@@ -148,7 +159,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="override a ForecasterConfig default (e.g. hidden_size=64), for tuning")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="combine result files of runs over different datasets (run concurrently on a "
+                             "shared machine) into one report; nothing is trained")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     args.models = args.models.split(",")
     args.option = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
     if args.quick:

@@ -153,7 +153,7 @@ def test_global_model_over_series_of_different_lengths() -> None:
 
 
 def test_config_round_trip_and_bad_options() -> None:
-    config = ForecasterConfig(horizon=6, head="decoder", past_covariates=["a"], quantiles=(0.9, 0.5, 0.1))
+    config = ForecasterConfig(horizon=6, head="direct", past_covariates=["a"], quantiles=(0.9, 0.5, 0.1))
     assert config.lookback == 18 and config.quantiles == (0.1, 0.5, 0.9)
     assert ForecasterConfig.from_dict(config.to_dict()) == config
     with pytest.raises(RnnkitError, match="include 0.5"):

@@ -26,7 +26,7 @@ Data = Annotated[Path, typer.Argument(help="CSV with columns unique_id, ds, y (o
 Horizon = Annotated[int, typer.Option(help="Steps to forecast.")]
 Lookback = Annotated[Optional[int], typer.Option(help="Input window; default 3 x horizon.")]
 Cell = Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")]
-Head = Annotated[str, typer.Option(help="direct (all steps at once) or decoder (a recurrent decoder over the horizon).")]
+Head = Annotated[str, typer.Option(help="decoder (a recurrent decoder over the horizon) or direct (all steps at once).")]
 Hidden = Annotated[int, typer.Option(help="Hidden units.")]
 Quantiles = Annotated[str, typer.Option(help="Comma-separated quantiles; 0.5 is the point forecast.")]
 Past = Annotated[str, typer.Option(help="Comma-separated past-covariate columns (known up to the forecast start).")]
@@ -54,7 +54,7 @@ def train(
     horizon: Horizon = 12,
     lookback: Lookback = None,
     cell: Cell = "lstm",
-    head: Head = "direct",
+    head: Head = "decoder",
     hidden_size: Hidden = 32,
     quantiles: Quantiles = "0.1,0.5,0.9",
     past: Past = "",
@@ -101,13 +101,13 @@ def backtest(
     season_length: Annotated[int, typer.Option(help="Season for seasonal naive and MASE.")] = 1,
     lookback: Lookback = None,
     cell: Cell = "lstm",
-    head: Head = "direct",
+    head: Head = "decoder",
     hidden_size: Hidden = 32,
     quantiles: Quantiles = "0.1,0.5,0.9",
     past: Past = "",
     future: Future = "",
     ensemble: Ensemble = 3,
-    minutes: Annotated[float, typer.Option(help="Training budget per window.")] = 1.0,
+    minutes: Annotated[float, typer.Option(help="Wall-clock training budget per window.")] = 2.0,
     baselines: Annotated[str, typer.Option(help="Comma-separated: naive, seasonal_naive, AutoARIMA, AutoETS; "
                                            "auto = both statsforecast models when installed.")] = "naive,seasonal_naive,auto",
     out: Annotated[Optional[Path], typer.Option(help="CSV of per-window, per-series, per-model metrics.")] = None,

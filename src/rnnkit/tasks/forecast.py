@@ -8,6 +8,7 @@ A thin estimator (``fit`` / ``predict`` / ``backtest`` / ``save``) over the torc
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -61,6 +62,10 @@ class Forecaster:
 
     def fit(self, frame: pd.DataFrame) -> "Forecaster":
         """Train on every series of a long frame (``unique_id, ds, y`` and the covariate columns)."""
+        with torch_threads(self.config.threads):
+            return self._fit(frame)
+
+    def _fit(self, frame: pd.DataFrame) -> "Forecaster":
         cfg = self.config
         frame = validate_long_frame(frame, covariates=self.covariates)
         series = split_series(frame)
@@ -205,8 +210,9 @@ class Forecaster:
             scaler = SeriesScaler({**SeriesScaler.fit(series).stats, **known})
         saved, self.scaler = self.scaler, scaler
         try:
-            rows = [self._predict_one(str(uid), group.iloc[-cfg.lookback:], future)
-                    for uid, group in frame.groupby("unique_id", sort=False)]
+            with torch_threads(cfg.threads):
+                rows = [self._predict_one(str(uid), group.iloc[-cfg.lookback:], future)
+                        for uid, group in frame.groupby("unique_id", sort=False)]
         finally:
             self.scaler = saved
         return pd.concat(rows, ignore_index=True)
@@ -280,3 +286,15 @@ class Forecaster:
 
 
 register(MODEL_TYPE)(Forecaster.from_bundle)
+
+
+@contextmanager
+def torch_threads(count: Optional[int]):
+    """Run the block with ``count`` torch threads (``None``: leave them), then restore the previous number."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
