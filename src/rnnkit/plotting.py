@@ -17,29 +17,37 @@ from .files import atomic_write_bytes  # noqa: E402
 
 def plot_forecast(
     history: pd.DataFrame,
-    forecast: pd.DataFrame,
+    forecast: Optional[pd.DataFrame],
     path: Union[str, Path],
     *,
     actual: Optional[pd.DataFrame] = None,
+    backtest: Optional[pd.DataFrame] = None,
     title: str = "",
     max_history: int = 120,
 ) -> Path:
     """History, median forecast, the outermost quantile band and (if given) the actual values.
 
     Frames are long (``unique_id, ds, y`` / ``y_hat, y_hat_qNN``); one panel per series.
+    ``backtest`` holds earlier forecasts (a ``window`` column tells them apart), drawn in
+    green with their band, so they can be read against ``actual`` over the same dates;
+    with it, ``forecast`` may be ``None``.
     """
-    series = list(forecast["unique_id"].unique())
+    forecast = forecast if forecast is not None else backtest.iloc[:0]
+    series = list(dict.fromkeys(forecast["unique_id"] if len(forecast) else backtest["unique_id"]))
     figure, axes = plt.subplots(len(series), 1, figsize=(10, 3.2 * len(series)), squeeze=False)
     for ax, uid in zip(axes[:, 0], series):
         past = history[history["unique_id"] == uid].tail(max_history)
         pred = forecast[forecast["unique_id"] == uid]
         ax.plot(past["ds"], past["y"], color="0.25", lw=1.2, label="history")
         bands = sorted(c for c in pred.columns if c.startswith("y_hat_q"))
-        if len(bands) >= 2:
+        if len(bands) >= 2 and len(pred):
             low, high = bands[0], bands[-1]
             ax.fill_between(pred["ds"], pred[low], pred[high], color="tab:blue", alpha=0.2,
                             label=f"interval {low[7:]}-{high[7:]} %")
-        ax.plot(pred["ds"], pred["y_hat"], color="tab:blue", lw=2, label="forecast (median)")
+        if len(pred):
+            ax.plot(pred["ds"], pred["y_hat"], color="tab:blue", lw=2, label="forecast (median)")
+        if backtest is not None:
+            _plot_backtest(ax, backtest[backtest["unique_id"] == uid])
         if actual is not None:
             truth = actual[actual["unique_id"] == uid]
             ax.plot(truth["ds"], truth["y"], "o-", color="tab:orange", ms=3, lw=1, label="actual")
@@ -108,3 +116,13 @@ def _save(figure, path: Union[str, Path]) -> Path:
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
     return atomic_write_bytes(path, buffer.getvalue())  # never half a PNG
+
+
+def _plot_backtest(ax, windows: pd.DataFrame) -> None:
+    """Each backtest window's median and outermost band, labelled once."""
+    for k, (_, window) in enumerate(windows.groupby("window", sort=True) if "window" in windows else [(0, windows)]):
+        bands = sorted(c for c in window.columns if c.startswith("y_hat_q"))
+        if len(bands) >= 2:
+            ax.fill_between(window["ds"], window[bands[0]], window[bands[-1]], color="tab:green", alpha=0.15)
+        ax.plot(window["ds"], window["y_hat"], "--", color="tab:green", lw=1.5,
+                label="backtest forecasts" if k == 0 else None)

@@ -68,15 +68,22 @@ def _macrodata() -> pd.DataFrame:
 
 
 def _airpassengers() -> pd.DataFrame:
+    # The Box-Jenkins airline series ships in several packages; take the first installed.
+    # statsforecast's copy is dated at month ends: moved to month starts like the others.
     try:
-        from sktime.datasets import load_airline
+        from statsforecast.utils import AirPassengersDF
+
+        return _long(AirPassengersDF["ds"] - pd.offsets.MonthBegin(1), AirPassengersDF["y"], "airpassengers")
     except ImportError:
+        pass
+    for module in ("sktime.datasets", "aeon.datasets"):
         try:
-            from aeon.datasets import load_airline
-        except ImportError as exc:
-            raise DataError("dataset 'airpassengers' needs sktime or aeon; install with `pip install aeon`") from exc
-    series = load_airline()
-    return _long(pd.Series(series.index.to_timestamp()), series, "airpassengers")
+            series = __import__(module, fromlist=["load_airline"]).load_airline()
+        except ImportError:
+            continue
+        return _long(pd.Series(series.index.to_timestamp()), series, "airpassengers")
+    raise DataError("dataset 'airpassengers' needs statsforecast, sktime or aeon; install the lightest with "
+                    "`pip install statsforecast` (or `pip install 'rnnkit[bench]'`)")
 
 
 def _stocks() -> pd.DataFrame:
@@ -95,7 +102,7 @@ DATASETS: dict[str, Dataset] = {
         Dataset("co2", "weekly Mauna Loa CO2, 1958-2001 (2,284 points; gaps interpolated)", "W-SAT", 52, "statsmodels", _co2),
         Dataset("elnino", "monthly Pacific sea-surface temperature, 1950-2010 (732 points)", "MS", 12, "statsmodels", _elnino),
         Dataset("macrodata", "quarterly US real GDP, 1959-2009 (203 points)", "QS", 4, "statsmodels", _macrodata),
-        Dataset("airpassengers", "monthly airline passengers, 1949-1960 (144 points)", "MS", 12, "sktime or aeon (optional)", _airpassengers),
+        Dataset("airpassengers", "monthly airline passengers, 1949-1960 (144 points)", "MS", 12, "statsforecast, sktime or aeon (optional)", _airpassengers),
         Dataset("stocks", "monthly prices of 5 stocks, 2000-2010", "MS", 12, "vega_datasets (optional)", _stocks),
     )
 }

@@ -1,13 +1,14 @@
-"""Forecasting: a global LSTM/GRU/RNN over many series, direct multi-horizon quantile output.
+"""Forecasting: a global LSTM/GRU/RNN over many series, multi-horizon quantiles, covariates.
 
-A thin estimator (``fit`` / ``predict`` / ``backtest`` / ``save``) over a plain torch
-module: the :class:`~rnnkit.topologies.ManyToOne` topology reads a window of
-``lookback`` scaled values and emits all ``horizon`` steps for every quantile at once.
+A thin estimator (``fit`` / ``predict`` / ``backtest`` / ``save``) over the torch modules of
+:mod:`rnnkit.tasks.forecast_model`; evaluation and baselines live in
+:mod:`rnnkit.tasks.forecast_eval`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -16,243 +17,267 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .. import metrics
 from ..bundle import Bundle, load_weights, register, save_bundle
-from ..data.series import (SeriesScaler, check_length, future_dates, infer_frequency, sliding_windows,
+from ..data.series import (SeriesScaler, calendar_features, check_length, future_dates, infer_frequency,
                            split_series, validate_long_frame)
-from ..errors import RnnkitError
-from ..topologies import ManyToOne
+from ..errors import DataError, RnnkitError
 from ..training import TrainConfig, TrainResult, fit
+from .forecast_model import ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
 
 MODEL_TYPE = "forecaster"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ForecasterConfig:
-    """Everything that defines a forecaster; saved in its bundle as ``config.json``."""
-
-    horizon: int = 12  # steps forecast at once, from one window
-    lookback: int = 36  # input window; about three seasons sees the season repeat
-    cell: str = "lstm"  # "lstm", "gru" or "rnn"
-    hidden_size: int = 64  # small series overfit wider models
-    num_layers: int = 1
-    dropout: float = 0.0
-    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)  # 0.5 is the point forecast; 0.1-0.9 an 80 % interval
-    epochs: int = 300  # an upper bound: early stopping or the time budget usually ends first
-    minutes: Optional[float] = 2.0  # wall-clock budget of one fit
-    batch_size: int = 32
-    lr: float = 3e-3
-    patience: Optional[int] = 30  # validations (epochs) without improvement before stopping
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "quantiles", tuple(sorted(float(q) for q in self.quantiles)))
-        for name in ("horizon", "lookback", "hidden_size", "num_layers", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise RnnkitError(f"{name} must be a positive integer, got {value!r}")
-        if 0.5 not in self.quantiles or any(not 0 < q < 1 for q in self.quantiles):
-            raise RnnkitError(f"quantiles must lie in (0, 1) and include 0.5, got {list(self.quantiles)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["quantiles"] = list(self.quantiles)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ForecasterConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise RnnkitError(f"unknown forecaster option(s): {', '.join(sorted(unknown))}")
-        return cls(**{**data, "quantiles": tuple(data.get("quantiles", (0.1, 0.5, 0.9)))})
-
-
-class QuantileForecastNet(nn.Module):
-    """Window ``(B, lookback)`` to quantiles ``(B, horizon, Q)`` that never cross.
-
-    The head emits the lowest quantile and non-negative gaps (softplus) to each next
-    one; a cumulative sum makes the quantiles ordered by construction.
-    """
-
-    def __init__(self, config: ForecasterConfig) -> None:
-        super().__init__()
-        self.horizon, self.num_quantiles = config.horizon, len(config.quantiles)
-        self.body = ManyToOne(1, config.horizon * self.num_quantiles, config.hidden_size, cell=config.cell,
-                              num_layers=config.num_layers, dropout=config.dropout)
-
-    def forward(self, window: Tensor) -> Tensor:
-        raw = self.body(window.unsqueeze(2)).view(-1, self.horizon, self.num_quantiles)  # (B, H, Q)
-        gaps = nn.functional.softplus(raw[:, :, 1:])
-        return torch.cat([raw[:, :, :1], raw[:, :, :1] + gaps.cumsum(dim=2)], dim=2)
-
-
-def pinball_loss(predicted: Tensor, target: Tensor, quantiles: Tensor) -> Tensor:
-    """Mean quantile loss: ``predicted`` ``(B, H, Q)``, ``target`` ``(B, H)``."""
-    diff = target.unsqueeze(2) - predicted  # (B, H, Q)
-    return torch.maximum(quantiles * diff, (quantiles - 1) * diff).mean()
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # y (T,), past (T, P), known (T, K)
 
 
 class Forecaster:
     """A global recurrent forecaster: fit on a long frame, forecast ``horizon`` steps per series.
 
-    Windows are scaled twice: per series (mean and standard deviation of its history,
+    Targets are scaled twice: per series (mean and standard deviation of its history,
     kept in the bundle) and per window (the last input value subtracted), so one model
-    serves series of any level and follows trends past the training range.
+    serves series of any level and follows trends past the training range. Covariates
+    are standardised per column. Calendar features (sin/cos of month, week, ...) come
+    from the timestamps, so they are known for the horizon too.
 
     Example::
 
-        fc = Forecaster(horizon=11, lookback=33).fit(frame)
+        fc = Forecaster(horizon=11).fit(frame)
         fc.predict()            # unique_id, ds, y_hat, y_hat_q10, y_hat_q90
         fc.save("sunspots.rnnkit")
     """
 
     def __init__(self, config: Optional[ForecasterConfig] = None, **options: Any) -> None:
         self.config = config or ForecasterConfig(**options)
-        self.model: Optional[QuantileForecastNet] = None
+        self.model: Optional[ForecastEnsemble] = None
         self.scaler: Optional[SeriesScaler] = None
-        self.history: dict[str, dict[str, Any]] = {}  # per series: freq, last_ds, tail of raw values
-        self.train_result: Optional[TrainResult] = None
+        self.covariate_stats: dict[str, tuple[float, float]] = {}  # per covariate column: mean, std
+        self.freq: Optional[str] = None
+        self.num_features: tuple[int, int] = (0, 0)  # past covariates P, known-future features K
+        self.history: dict[str, dict[str, Any]] = {}  # per series: last_ds and the last lookback rows
+        self.train_results: list[TrainResult] = []
+
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        return self.config.past_covariates + self.config.future_covariates
 
     # --------------------------------------------------------------------- training
 
     def fit(self, frame: pd.DataFrame) -> "Forecaster":
-        """Train on every series of a long frame (``unique_id, ds, y``)."""
+        """Train on every series of a long frame (``unique_id, ds, y`` and the covariate columns)."""
+        with torch_threads(self.config.threads):
+            return self._fit(frame)
+
+    def _fit(self, frame: pd.DataFrame) -> "Forecaster":
         cfg = self.config
-        frame = validate_long_frame(frame)
+        frame = validate_long_frame(frame, covariates=self.covariates)
         series = split_series(frame)
-        check_length(series, cfg.lookback + 2 * cfg.horizon, f"lookback + 2 x horizon (training and validation)")
+        check_length(series, cfg.lookback + cfg.horizon, "one training window (lookback + horizon)")
+        if max(len(v) for v in series.values()) < cfg.lookback + 2 * cfg.horizon:
+            raise DataError(f"no series has lookback + 2 x horizon = {cfg.lookback + 2 * cfg.horizon} points, "
+                            f"needed to train and validate; use a shorter lookback or horizon")
+        self.freq = self._common_frequency(frame)
         self.scaler = SeriesScaler.fit(series)
-        train_x, train_y, val_x, val_y = [], [], [], []
-        for uid, values in series.items():
-            inputs, targets = self._windows(uid, values)
+        self.covariate_stats = {c: (float(frame[c].mean()), float(frame[c].std()) or 1.0) for c in self.covariates}
+        train, val = [], []
+        for uid, group in frame.groupby("unique_id", sort=False):
+            windows = self._windows(*self._arrays(str(uid), group))
             # The windows whose targets end in the last `horizon` steps validate; the rest train.
-            train_x.append(inputs[: -cfg.horizon]), train_y.append(targets[: -cfg.horizon])
-            val_x.append(inputs[-cfg.horizon:]), val_y.append(targets[-cfg.horizon:])
-        torch.manual_seed(cfg.seed)
-        self.model = QuantileForecastNet(cfg)
+            # A series too short to spare them (shorter than lookback + 2 x horizon) only trains.
+            split = len(windows[0]) - cfg.horizon if len(windows[0]) > cfg.horizon else len(windows[0])
+            train.append([t[:split] for t in windows])
+            val.append([t[split:] for t in windows])
+        train_data = tuple(torch.cat(parts) for parts in zip(*train))
+        val_data = tuple(torch.cat(parts) for parts in zip(*val))
+        num_past, num_known = self.num_features = train_data[1].size(2), train_data[2].size(2)
+        self.model = ForecastEnsemble(cfg, num_past, num_known)
+        self.train_results = []
+        start = time.monotonic()
+        for k, member in enumerate(self.model.members):
+            left = None if cfg.minutes is None else max(cfg.minutes - (time.monotonic() - start) / 60, 1e-3)
+            budget = None if left is None else left / (cfg.ensemble - k)
+            torch.manual_seed(cfg.seed + k)
+            member.load_state_dict(ForecastNet(cfg, num_past, num_known).state_dict())
+            self.train_results.append(self._train_member(member, train_data, val_data, cfg.seed + k, budget))
+        self.model.cpu().eval()
+        if cfg.calibrate:
+            self.model.calibrate(val_data, cfg.quantiles)
+        self.history = {str(uid): self._tail_of(group) for uid, group in frame.groupby("unique_id", sort=False)}
+        return self
+
+    def _train_member(self, member: nn.Module, train: tuple[Tensor, ...], val: tuple[Tensor, ...], seed: int,
+                      minutes: Optional[float]) -> TrainResult:
+        cfg = self.config
         quantiles = torch.tensor(cfg.quantiles)
 
         def loss_fn(model: nn.Module, batch: tuple[Tensor, ...], state: Any):
-            window, target = batch
-            return pinball_loss(model(window), target, quantiles.to(window.device)), None
+            y, past, known, target = batch
+            return pinball_loss(model(y, past, known), target, quantiles.to(y.device)), None
 
-        train_config = TrainConfig(epochs=cfg.epochs, minutes=cfg.minutes, batch_size=cfg.batch_size, lr=cfg.lr,
-                                   patience=cfg.patience, seed=cfg.seed, progress=cfg.progress)
-        self.train_result = fit(self.model, loss_fn, (torch.cat(train_x), torch.cat(train_y)),
-                                (torch.cat(val_x), torch.cat(val_y)), train_config)
-        self.model.cpu().eval()
-        self.history = self._history_of(frame)
-        return self
+        steps_per_epoch = -(-len(train[0]) // cfg.batch_size)
+        train_config = TrainConfig(epochs=-(-cfg.max_steps // steps_per_epoch), max_steps=cfg.max_steps,
+                                   minutes=minutes, batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.patience,
+                                   eval_every=20, seed=seed, progress=cfg.progress)
+        return fit(member, loss_fn, train, val, train_config)
 
-    def _windows(self, uid: str, values: np.ndarray) -> tuple[Tensor, Tensor]:
-        """Scaled (input, target) windows of one series, each relative to its last input value."""
-        inputs, targets = sliding_windows(self.scaler.transform(uid, values), self.config.lookback, self.config.horizon)
-        level = inputs[:, -1:]  # (N, 1)
-        return inputs - level, targets - level
+    def _common_frequency(self, frame: pd.DataFrame) -> str:
+        freqs = {infer_frequency(g["ds"], f"series {uid!r}") for uid, g in frame.groupby("unique_id", sort=False)}
+        if len(freqs) > 1:
+            raise DataError(f"series have different frequencies ({', '.join(sorted(freqs))}); one model needs "
+                            f"one frequency: resample them or fit one forecaster per frequency")
+        return freqs.pop()
 
-    def _history_of(self, frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
-        history = {}
-        for uid, group in frame.groupby("unique_id", sort=False):
-            history[str(uid)] = {
-                "freq": infer_frequency(group["ds"], f"series {uid!r}"),
-                "last_ds": group["ds"].iloc[-1].isoformat(),
-                "tail": group["y"].to_numpy(dtype=float)[-self.config.lookback:].tolist(),
-            }
-        return history
+    def _arrays(self, uid: str, group: pd.DataFrame, future: Optional[pd.DataFrame] = None) -> Arrays:
+        """Scaled target ``(T,)``, past covariates ``(T, P)`` and known features ``(T [+ H], K)``.
+
+        With ``future`` (the horizon's rows), the known features also cover the horizon.
+        """
+        cfg = self.config
+        y = self.scaler.transform(uid, group["y"].to_numpy(dtype=float))
+        past = self._scaled(group, cfg.past_covariates)
+        ds = pd.DatetimeIndex(group["ds"])
+        futr = self._scaled(group, cfg.future_covariates)
+        if future is not None:
+            ds = ds.append(pd.DatetimeIndex(future["ds"]))
+            futr = np.concatenate([futr, self._scaled(future, cfg.future_covariates)])
+        calendar = calendar_features(ds, self.freq) if cfg.calendar else np.zeros((len(ds), 0))
+        return y, past, np.concatenate([calendar, futr], axis=1)
+
+    def _scaled(self, frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+        values = frame[list(columns)].to_numpy(dtype=float, copy=True).reshape(len(frame), len(columns))
+        for j, column in enumerate(columns):
+            mean, std = self.covariate_stats[column]
+            values[:, j] = (values[:, j] - mean) / std
+        return values
+
+    def _windows(self, y: np.ndarray, past: np.ndarray, known: np.ndarray) -> tuple[Tensor, ...]:
+        """All windows of one series: y ``(N, L)``, past ``(N, L, P)``, known ``(N, L+H, K)``, target ``(N, H)``."""
+        span = self.config.lookback + self.config.horizon
+        as_windows = lambda a: torch.as_tensor(a, dtype=torch.float32).unfold(0, span, 1)  # (N, [F,] L+H)
+        y_w, past_w, known_w = as_windows(y), as_windows(past), as_windows(known)
+        inputs, targets = y_w[:, : self.config.lookback], y_w[:, self.config.lookback:]
+        level, scale = self._window_norm(inputs)
+        past_w = past_w[:, :, : self.config.lookback].transpose(1, 2)  # (N, L, P)
+        return (inputs - level) / scale, past_w, known_w.transpose(1, 2), (targets - level) / scale
+
+    def _window_norm(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Per window ``(N, L)``: the level (last value) and, with ``window_scale``, the spread, both ``(N, 1)``.
+
+        Dividing by the window's own spread (at least 0.1 series standard deviations, so a
+        flat stretch does not blow up) lets one model serve a season whose amplitude grows
+        with the level, as RevIN and NeuralForecast's per-window scalers do.
+        """
+        level = inputs[:, -1:]
+        if not self.config.window_scale:
+            return level, torch.ones_like(level)
+        return level, inputs.std(dim=1, keepdim=True).clamp_min(0.1)
+
+    def _tail_of(self, group: pd.DataFrame) -> dict[str, Any]:
+        tail = group.iloc[-self.config.lookback:]
+        return {"last_ds": tail["ds"].iloc[-1].isoformat(), "y": tail["y"].tolist(),
+                **{c: tail[c].tolist() for c in self.covariates}}
 
     def history_frame(self) -> pd.DataFrame:
-        """The end of each training series kept in the model (its last ``lookback`` points)."""
+        """The end of each training series kept in the model (its last ``lookback`` rows)."""
         frames = []
         for uid, info in self.history.items():
-            dates = pd.date_range(end=pd.Timestamp(info["last_ds"]), periods=len(info["tail"]), freq=info["freq"])
-            frames.append(pd.DataFrame({"unique_id": uid, "ds": dates, "y": info["tail"]}))
+            dates = pd.date_range(end=pd.Timestamp(info["last_ds"]), periods=len(info["y"]), freq=self.freq)
+            frames.append(pd.DataFrame({"unique_id": uid, "ds": dates, "y": info["y"],
+                                        **{c: info[c] for c in self.covariates}}))
         return pd.concat(frames, ignore_index=True)
 
     # ------------------------------------------------------------------- prediction
 
     @torch.no_grad()
-    def predict(self, frame: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    def predict(self, frame: Optional[pd.DataFrame] = None, future: Optional[pd.DataFrame] = None) -> pd.DataFrame:
         """Forecast the ``horizon`` steps after each series ends.
 
-        Without ``frame``, continues the series seen in training; with it, forecasts
-        after the end of each series in ``frame`` (new series are scaled by their own
-        history).
+        Without ``frame``, continues the series seen in training; with it, forecasts after
+        the end of each series in ``frame`` (new series are scaled by their own history).
+        ``future`` holds the future covariates for the horizon (``unique_id, ds`` and the
+        ``future_covariates`` columns, ``horizon`` rows per series); it is needed exactly
+        when the model has future covariates.
 
         Returns columns ``unique_id, ds, y_hat`` and ``y_hat_qNN`` per other quantile.
         """
         self._require_fitted()
         cfg = self.config
-        history = self.history
         scaler = self.scaler
-        if frame is not None:
-            frame = validate_long_frame(frame)
+        if frame is None:
+            frame = self.history_frame()
+        else:
+            frame = validate_long_frame(frame, covariates=self.covariates)
             series = split_series(frame)
             check_length(series, cfg.lookback, "a forecast window (lookback)")
             known = {uid: self.scaler.stats[uid] for uid in series if uid in self.scaler.stats}
             scaler = SeriesScaler({**SeriesScaler.fit(series).stats, **known})
-            history = self._history_of(frame)
-        rows = []
-        for uid, info in history.items():
-            scaled = scaler.transform(uid, np.asarray(info["tail"][-cfg.lookback:]))
-            window = torch.as_tensor(scaled, dtype=torch.float32)[None]  # (1, lookback)
-            level = window[:, -1:]
-            quantiles = (self.model(window - level) + level.unsqueeze(2))[0].numpy()  # (H, Q)
-            values = scaler.inverse(uid, quantiles)
-            dates = future_dates(pd.Timestamp(info["last_ds"]), info["freq"], cfg.horizon)
-            row = {"unique_id": uid, "ds": dates}
-            for k, q in enumerate(cfg.quantiles):
-                row["y_hat" if q == 0.5 else quantile_column(q)] = values[:, k]
-            rows.append(pd.DataFrame(row))
+        saved, self.scaler = self.scaler, scaler
+        try:
+            with torch_threads(cfg.threads):
+                rows = [self._predict_one(str(uid), group.iloc[-cfg.lookback:], future)
+                        for uid, group in frame.groupby("unique_id", sort=False)]
+        finally:
+            self.scaler = saved
         return pd.concat(rows, ignore_index=True)
 
-    def backtest(self, frame: pd.DataFrame, windows: int = 3, season_length: int = 1) -> pd.DataFrame:
-        """Rolling-origin evaluation: refit before each of the last ``windows`` horizons, forecast it.
+    def _predict_one(self, uid: str, window: pd.DataFrame, future: Optional[pd.DataFrame]) -> pd.DataFrame:
+        cfg = self.config
+        dates = future_dates(window["ds"].iloc[-1], self.freq, cfg.horizon)
+        horizon_rows = self._future_rows(uid, dates, future)
+        y, past, known = self._arrays(uid, window, horizon_rows)
+        as_batch = lambda a: torch.as_tensor(a, dtype=torch.float32)[None]  # (1, ...)
+        level, scale = self._window_norm(as_batch(y))
+        out = self.model((as_batch(y) - level) / scale, as_batch(past), as_batch(known))  # (1, H, Q)
+        quantiles = (out * scale.unsqueeze(2) + level.unsqueeze(2))[0].numpy()  # (H, Q)
+        values = self.scaler.inverse(uid, quantiles)
+        return pd.DataFrame({"unique_id": uid, "ds": dates,
+                             **{quantile_column(q): values[:, k] for k, q in enumerate(cfg.quantiles)}})
 
-        Returns one row per window and series with the forecast's MAE, RMSE, sMAPE, MASE,
-        mean pinball loss and interval coverage, next to the naive and seasonal-naive
-        forecasts' MAE.
-        """
-        frame = validate_long_frame(frame)
-        horizon = self.config.horizon
-        rows = []
-        position = frame.groupby("unique_id").cumcount()
-        from_end = frame.groupby("unique_id")["y"].transform("size") - position  # 1 at each series' last point
-        for window in range(windows, 0, -1):
-            cut = window * horizon
-            train = frame[from_end > cut]
-            actual = frame[(from_end <= cut) & (from_end > cut - horizon)]
-            forecast = Forecaster(self.config).fit(train).predict()
-            for uid, truth in actual.groupby("unique_id"):
-                pred = forecast[forecast["unique_id"] == uid]
-                past = train[train["unique_id"] == uid]["y"].to_numpy()
-                rows.append({"window": windows - window + 1, "unique_id": uid, "cutoff": str(past.size),
-                             **evaluate_forecast(truth["y"].to_numpy(), pred, past, self.config.quantiles,
-                                                 season_length)})
-        return pd.DataFrame(rows)
+    def _future_rows(self, uid: str, dates: pd.DatetimeIndex, future: Optional[pd.DataFrame]) -> pd.DataFrame:
+        """The horizon's rows with the future covariates of series ``uid``."""
+        columns = self.config.future_covariates
+        if not columns:
+            return pd.DataFrame({"ds": dates})
+        if future is None:
+            raise DataError(f"this model uses future covariates ({', '.join(columns)}); pass their values for "
+                            f"the {len(dates)} forecast steps (future=... / --future FILE)")
+        rows = future[future["unique_id"].astype(str) == uid].assign(ds=lambda f: pd.to_datetime(f["ds"]))
+        rows = rows.set_index("ds").reindex(dates)
+        missing = [c for c in columns if c not in rows.columns]
+        if missing or rows[list(columns)].isna().any().any():
+            raise DataError(f"future covariates for series {uid!r} must give {', '.join(columns)} at each of "
+                            f"{dates[0].date()} .. {dates[-1].date()}; some are missing")
+        return rows.rename_axis("ds").reset_index()
+
+    def backtest(self, frame: pd.DataFrame, windows: int = 3, season_length: int = 1,
+                 baselines: tuple[str, ...] = ("naive", "seasonal_naive", "auto")):
+        """Rolling-origin evaluation; see :func:`rnnkit.tasks.forecast_eval.backtest`."""
+        from .forecast_eval import backtest
+
+        return backtest(self.config, frame, windows=windows, season_length=season_length, baselines=baselines)
 
     # ----------------------------------------------------------------------- bundles
 
     def save(self, path: Union[str, Path]) -> Path:
-        """Write a bundle directory (config, safetensors weights, scaler and history as JSON, metrics)."""
+        """Write a bundle directory (config, safetensors weights, scalers and history as JSON, metrics)."""
         self._require_fitted()
-        result = self.train_result
-        metrics_json = {"best_val_loss": result.best_val_loss, "steps": result.steps,
-                        "stopped": result.stopped, "history": result.history} if result else {}
+        metrics_json = {"members": [{"best_val_loss": r.best_val_loss, "steps": r.steps, "stopped": r.stopped}
+                                    for r in self.train_results]}
+        preprocessing = {"scaler": self.scaler.to_dict(), "covariates": self.covariate_stats, "freq": self.freq,
+                         "num_features": list(self.num_features),
+                         "series": self.history}
         return save_bundle(path, model_type=MODEL_TYPE, config=self.config.to_dict(), model=self.model,
-                           preprocessing={"scaler": self.scaler.to_dict(), "series": self.history},
-                           metrics=metrics_json)
+                           preprocessing=preprocessing, metrics=metrics_json)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "Forecaster":
         """Rebuild a fitted forecaster from a bundle read by :func:`rnnkit.bundle.read_bundle`."""
         forecaster = cls(ForecasterConfig.from_dict(bundle.config))
-        forecaster.model = QuantileForecastNet(forecaster.config)
+        pre = bundle.preprocessing
+        forecaster.num_features = tuple(pre["num_features"])
+        forecaster.model = ForecastEnsemble(forecaster.config, *forecaster.num_features)
         load_weights(forecaster.model, bundle)
         forecaster.model.eval()
-        forecaster.scaler = SeriesScaler.from_dict(bundle.preprocessing["scaler"])
-        forecaster.history = bundle.preprocessing["series"]
+        forecaster.scaler = SeriesScaler.from_dict(pre["scaler"])
+        forecaster.covariate_stats = {c: (float(m), float(s)) for c, (m, s) in pre["covariates"].items()}
+        forecaster.freq, forecaster.history = pre["freq"], pre["series"]
         return forecaster
 
     def _require_fitted(self) -> None:
@@ -263,23 +288,13 @@ class Forecaster:
 register(MODEL_TYPE)(Forecaster.from_bundle)
 
 
-def quantile_column(q: float) -> str:
-    """``0.1`` to ``"y_hat_q10"``."""
-    return f"y_hat_q{round(q * 100):02d}"
-
-
-def evaluate_forecast(y: np.ndarray, forecast: pd.DataFrame, past: np.ndarray, quantiles: tuple[float, ...],
-                      season_length: int) -> dict[str, float]:
-    """Metrics of one series' forecast against the truth, with naive baselines for scale."""
-    y_hat = forecast["y_hat"].to_numpy()[: len(y)]
-    lower, upper = quantile_column(quantiles[0]), quantile_column(quantiles[-1])
-    naive = np.repeat(past[-1], len(y))
-    seasonal = np.resize(past[-season_length:], len(y)) if len(past) >= season_length else naive
-    losses = [metrics.pinball(y, forecast["y_hat" if q == 0.5 else quantile_column(q)].to_numpy()[: len(y)], q)
-              for q in quantiles]
-    return {
-        "mae": metrics.mae(y, y_hat), "rmse": metrics.rmse(y, y_hat), "smape": metrics.smape(y, y_hat),
-        "mase": metrics.mase(y, y_hat, past, season_length), "quantile_loss": float(np.mean(losses)),
-        "coverage": metrics.coverage(y, forecast[lower].to_numpy()[: len(y)], forecast[upper].to_numpy()[: len(y)]),
-        "naive_mae": metrics.mae(y, naive), "seasonal_naive_mae": metrics.mae(y, seasonal),
-    }
+@contextmanager
+def torch_threads(count: Optional[int]):
+    """Run the block with ``count`` torch threads (``None``: leave them), then restore the previous number."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,192 @@
+"""Forecasting: scaling, non-crossing quantiles, learning a seasonal series, covariates, bundles, backtests."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.data.series import SeriesScaler, calendar_features
+from rnnkit.errors import DataError, RnnkitError
+from rnnkit.tasks import Forecaster, ForecasterConfig
+from rnnkit.tasks.forecast_eval import backtest_plot_frames, coverage_report, evaluate_forecast
+from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet
+from rnnkit.plotting import plot_forecast
+
+FAST = dict(hidden_size=16, ensemble=1, max_steps=60, progress=False, minutes=None)
+
+
+def seasonal_frame(n: int = 120, series: int = 1, noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """Monthly series: level + trend + a yearly sine, one per ``unique_id``."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(series):
+        t = np.arange(n)
+        y = 50 + 10 * k + 0.2 * t + 8 * np.sin(2 * np.pi * t / 12) + noise * rng.standard_normal(n)
+        frames.append(pd.DataFrame({"unique_id": f"s{k}", "ds": pd.date_range("2000-01-01", periods=n, freq="MS"),
+                                    "y": y}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_scaler_round_trip_and_json() -> None:
+    rng = np.random.default_rng(0)
+    series = {"a": rng.normal(1000, 50, 40), "flat": np.full(10, 3.0)}
+    scaler = SeriesScaler.fit(series)
+    for uid, values in series.items():
+        scaled = scaler.transform(uid, values)
+        np.testing.assert_allclose(scaler.inverse(uid, scaled), values, rtol=1e-12)
+    assert abs(scaler.transform("a", series["a"]).mean()) < 1e-9
+    assert np.all(scaler.transform("flat", series["flat"]) == 0)  # a flat series stays flat, no division by 0
+    assert SeriesScaler.from_dict(scaler.to_dict()).stats == scaler.stats
+
+
+@pytest.mark.parametrize("window_scale", [False, True])
+def test_window_scaling_is_relative_to_the_last_input(window_scale: bool) -> None:
+    fc = Forecaster(horizon=3, lookback=4, window_scale=window_scale, **FAST)
+    y = np.arange(10.0)  # an already standardised series
+    y_w, past, known, target = fc._windows(y, np.zeros((10, 0)), np.zeros((10, 2)))
+    assert y_w.shape == (4, 4) and past.shape == (4, 4, 0) and known.shape == (4, 7, 2) and target.shape == (4, 3)
+    spread = float(np.std([0, 1, 2, 3], ddof=1)) if window_scale else 1.0
+    torch.testing.assert_close(y_w[0], torch.tensor([-3.0, -2.0, -1.0, 0.0]) / spread)
+    torch.testing.assert_close(target[0], torch.tensor([1.0, 2.0, 3.0]) / spread)
+    level, scale = fc._window_norm(torch.zeros(2, 4))  # a flat window: the spread floor, no division by 0
+    assert torch.all(scale == (0.1 if window_scale else 1.0))
+
+
+@pytest.mark.parametrize("head", ["direct", "decoder"])
+def test_quantiles_never_cross(head: str) -> None:
+    config = ForecasterConfig(horizon=5, lookback=7, head=head, quantiles=(0.05, 0.1, 0.5, 0.9, 0.95), hidden_size=8)
+    torch.manual_seed(0)
+    net = ForecastNet(config, num_past=2, num_known=3)
+    for param in net.parameters():  # wild weights: ordering must hold by construction, not by luck
+        torch.nn.init.normal_(param, std=3.0)
+    out = net(torch.randn(64, 7) * 10, torch.randn(64, 7, 2), torch.randn(64, 12, 3))
+    assert out.shape == (64, 5, 5)
+    assert torch.all(out[..., 1:] >= out[..., :-1])
+
+
+def test_calibration_puts_the_nominal_share_below_each_quantile() -> None:
+    config = ForecasterConfig(horizon=4, lookback=6, quantiles=(0.1, 0.5, 0.9), hidden_size=8, ensemble=2)
+    torch.manual_seed(0)
+    model = ForecastEnsemble(config, num_past=0, num_known=0).eval()
+    data = (torch.randn(500, 6), torch.zeros(500, 6, 0), torch.zeros(500, 10, 0), 3 * torch.randn(500, 4))
+    model.calibrate(data, config.quantiles)
+    assert model.calibration[1] == 0  # the median is left alone
+    predicted = model(*data[:3])  # (500, 4, 3)
+    below = (data[3].unsqueeze(2) <= predicted).float().mean(dim=(0, 1))
+    torch.testing.assert_close(below[[0, 2]], torch.tensor([0.1, 0.9]), atol=0.01, rtol=0)
+    assert torch.all(predicted[..., 1:] >= predicted[..., :-1])
+
+
+def test_calendar_features() -> None:
+    monthly = calendar_features(pd.date_range("2001-01-01", periods=13, freq="MS"), "MS")
+    assert monthly.shape == (13, 2)
+    np.testing.assert_allclose(monthly[0], [0.0, 1.0], atol=1e-12)  # January
+    np.testing.assert_allclose(monthly[12], monthly[0])  # a year later: the same point on the circle
+    np.testing.assert_allclose(monthly[3], [1.0, 0.0], atol=1e-12)  # April: a quarter round
+    assert calendar_features(pd.date_range("2001-01-01", periods=5, freq="YS"), "YS").shape == (5, 0)
+    assert calendar_features(pd.date_range("2001-01-01", periods=5, freq="D"), "D").shape == (5, 4)
+    assert calendar_features(pd.date_range("2001-01-06", periods=5, freq="W-SAT"), "W-SAT").shape == (5, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["direct", "decoder"])
+def test_learns_a_seasonal_series_almost_exactly(head: str) -> None:
+    frame = seasonal_frame(n=132)
+    train, test = frame.iloc[:-12], frame.iloc[-12:]
+    fc = Forecaster(horizon=12, head=head, hidden_size=32, ensemble=1, max_steps=400, progress=False,
+                    minutes=None).fit(train)
+    forecast = fc.predict()
+    assert list(forecast["ds"]) == list(test["ds"])
+    mae = np.abs(forecast["y_hat"].to_numpy() - test["y"].to_numpy()).mean()
+    assert mae < 0.6, mae  # amplitude 8: within a few percent of it
+    assert np.all(forecast["y_hat_q10"] <= forecast["y_hat"]) and np.all(forecast["y_hat"] <= forecast["y_hat_q90"])
+
+
+def test_bundle_predictions_equal_those_before_saving(tmp_path: Path) -> None:
+    frame = seasonal_frame(n=60, series=2, noise=0.5)
+    frame["price"] = np.tile(np.arange(60.0) % 7, 2)
+    frame["visits"] = np.tile(np.arange(60.0) % 5, 2)
+    fc = Forecaster(horizon=6, lookback=12, past_covariates=("visits",), future_covariates=("price",), **FAST)
+    fc.fit(frame.iloc[:].groupby("unique_id").head(54))
+    future = frame.groupby("unique_id").tail(6)
+    before = fc.predict(future=future)
+    loaded = rnnkit.load(fc.save(tmp_path / "m.rnnkit"))
+    after = loaded.predict(future=future)
+    pd.testing.assert_frame_equal(before, after)
+    assert list(after.columns) == ["unique_id", "ds", "y_hat_q10", "y_hat", "y_hat_q90"]
+    newer = loaded.predict(frame, future=future.assign(ds=future["ds"] + pd.DateOffset(months=6)))
+    assert newer["ds"].min() == pd.Timestamp("2005-01-01")
+
+
+@pytest.mark.slow
+def test_future_covariates_are_required_and_used() -> None:
+    rng = np.random.default_rng(1)
+    n = 150
+    promo = rng.integers(0, 2, n).astype(float)
+    frame = pd.DataFrame({"unique_id": "shop", "ds": pd.date_range("2010-01-04", periods=n, freq="W-MON"),
+                          "y": 20 + 6 * promo, "promo": promo})
+    train, test = frame.iloc[:-4], frame.iloc[-4:]
+    options = dict(horizon=4, lookback=8, calendar=False, hidden_size=16, ensemble=1, max_steps=500, lr=1e-2,
+                   progress=False, minutes=None)
+    with_promo = Forecaster(future_covariates=("promo",), **options).fit(train)
+    with pytest.raises(DataError, match="future covariates"):
+        with_promo.predict()
+    with pytest.raises(DataError, match="some are missing"):
+        with_promo.predict(future=test.iloc[:2])
+    error = np.abs(with_promo.predict(future=test)["y_hat"].to_numpy() - test["y"].to_numpy()).mean()
+    blind = Forecaster(**options).fit(train).predict()
+    blind_error = np.abs(blind["y_hat"].to_numpy() - test["y"].to_numpy()).mean()
+    assert error < 0.5 * blind_error, (error, blind_error)  # the promotions explain y; without them, guesses
+
+
+def test_global_model_over_series_of_different_lengths() -> None:
+    frame = seasonal_frame(n=80, series=3)
+    frame = frame[~((frame["unique_id"] == "s2") & (frame["ds"] < "2003-07-01"))]  # s2: 38 points, train-only
+    forecast = Forecaster(horizon=6, lookback=24, **FAST).fit(frame).predict()
+    assert forecast.groupby("unique_id").size().to_dict() == {"s0": 6, "s1": 6, "s2": 6}
+
+
+def test_config_round_trip_and_bad_options() -> None:
+    config = ForecasterConfig(horizon=6, head="direct", past_covariates=["a"], quantiles=(0.9, 0.5, 0.1))
+    assert config.lookback == 18 and config.quantiles == (0.1, 0.5, 0.9)
+    assert ForecasterConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(RnnkitError, match="include 0.5"):
+        ForecasterConfig(quantiles=(0.1, 0.9))
+    with pytest.raises(RnnkitError, match="head must be"):
+        ForecasterConfig(head="attention")
+    with pytest.raises(RnnkitError, match="distinct"):
+        ForecasterConfig(past_covariates=("a",), future_covariates=("a",))
+    with pytest.raises(RnnkitError, match="not fitted"):
+        Forecaster().predict()
+
+
+def test_backtest_reports_baselines_coverage_and_plots(tmp_path: Path) -> None:
+    frame = seasonal_frame(n=72, noise=0.3)
+    result = Forecaster(horizon=6, lookback=12, **FAST).backtest(frame, windows=2, season_length=12)
+    models = set(result.metrics["model"])
+    assert {"rnnkit", "naive", "seasonal_naive"} <= models
+    if importlib.util.find_spec("statsforecast"):
+        assert {"AutoARIMA", "AutoETS"} <= models
+    assert set(result.metrics["window"]) == {1, 2}
+    assert {"mae", "rmse", "smape", "mase", "quantile_loss", "coverage", "below_q10", "fit_s"} <= set(result.metrics)
+    summary = result.summary()
+    assert summary["mase"].is_monotonic_increasing and "rnnkit" in set(summary["model"])
+    assert "80% interval covered" in coverage_report(result, (0.1, 0.5, 0.9))
+    forecasts, actual = backtest_plot_frames(result)
+    assert len(forecasts) == 12 and np.allclose(actual["y"], frame["y"].iloc[-12:])
+    path = plot_forecast(frame.iloc[:-12], None, tmp_path / "bt.png", actual=actual, backtest=forecasts)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_forecast_metrics() -> None:
+    y = np.array([10.0, 20.0, 30.0, 40.0])
+    forecast = pd.DataFrame({"y_hat": y + 1, "y_hat_q10": y - 5, "y_hat_q90": y + 0.5})
+    scores = evaluate_forecast(y, forecast, np.arange(10.0), (0.1, 0.5, 0.9), 1)
+    assert scores["mae"] == 1.0 and scores["mase"] == 1.0 and scores["coverage"] == 1.0
+    assert scores["below_q10"] == 0.0 and scores["below_q90"] == 1.0

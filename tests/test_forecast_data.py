@@ -1,0 +1,127 @@
+"""Forecast input: every malformed CSV gets its own one-line error; the forecast CLI end to end; datasets."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from rnnkit.cli import app
+from rnnkit.data import load_dataset
+from rnnkit.data.series import read_series_csv
+from rnnkit.errors import DataError
+from rnnkit.tasks import Forecaster
+
+runner = CliRunner()
+
+
+def write(tmp_path: Path, text: str, name: str = "data.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def monthly_csv(tmp_path: Path, n: int = 48, series: int = 2) -> Path:
+    t = np.arange(n)
+    frames = [pd.DataFrame({"unique_id": f"shop{k}", "ds": pd.date_range("2015-01-01", periods=n, freq="MS"),
+                            "y": 100 + 10 * k + t + 10 * np.sin(2 * np.pi * t / 12)}) for k in range(series)]
+    path = tmp_path / "sales.csv"
+    pd.concat(frames).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,date,value\na,2020-01-01,1\n", "lacks column(s) unique_id, ds, y"),
+    ("unique_id,ds,y\na,2020-01-01,1\na,2020-02-01,2\na,yesterday,3\n", "unparsable date 'yesterday' in column ds (row 3)"),
+    ("unique_id,ds,y\na,2020-01-01,1\na,2020-02-01,2\na,2020-02-01,3\na,2020-03-01,4\n",
+     "duplicated timestamp 2020-02-01 00:00:00 in series 'a'"),
+    ("unique_id,ds,y\na,2020-01-01,1\na,2020-02-01,2\na,2020-03-01,3\na,2020-05-01,5\na,2020-06-01,6\n",
+     "not evenly spaced (a gap or jump at 2020-05-01 00:00:00, after 2020-03-01 00:00:00; expected 2020-04-01"),
+    ("unique_id,ds,y\na,2020-01-01,1\na,2020-02-01,two\na,2020-03-01,3\n", "non-numeric value 'two' in column y (row 2)"),
+    ("unique_id,ds,y\na,2020-01-01,1\na,2020-02-01,\na,2020-03-01,3\n",
+     "1 missing value(s) (NaN) in column y, first at row 2; fill them (e.g. interpolate) or drop those rows"),
+    ("unique_id,ds,y\na,2020-01-01,1\na,2020-02-01,2\n", "only 2 timestamp(s); need at least 3"),
+    ("", "is not a readable CSV"),
+], ids=["missing-columns", "unparsable-date", "duplicated-timestamp", "gap", "non-numeric", "nan", "too-few-dates",
+        "empty-file"])
+def test_each_malformed_csv_has_its_own_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(DataError) as info:
+        read_series_csv(write(tmp_path, text))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_series_too_short_for_lookback_and_horizon(tmp_path: Path) -> None:
+    frame = read_series_csv(monthly_csv(tmp_path, n=20, series=1))
+    with pytest.raises(DataError, match=r"series 'shop0' has 20 points; one training window \(lookback \+ horizon\) "
+                                        r"needs at least 48; use a shorter lookback or horizon"):
+        Forecaster(horizon=12, progress=False).fit(frame)
+
+
+def test_missing_covariate_column_and_nan_covariate(tmp_path: Path) -> None:
+    path = write(tmp_path, "unique_id,ds,y,price\na,2020-01-01,1,3\na,2020-02-01,2,\na,2020-03-01,3,4\n")
+    with pytest.raises(DataError, match="lacks column"):
+        read_series_csv(path, covariates=("promo",))
+    with pytest.raises(DataError, match="missing value.*in column price"):
+        read_series_csv(path, covariates=("price",))
+
+
+def test_two_column_csv_is_one_series(tmp_path: Path) -> None:
+    frame = read_series_csv(write(tmp_path, "month,passengers\n1949-01,112\n1949-02,118\n1949-03,132\n", "air.csv"))
+    assert list(frame.columns) == ["unique_id", "ds", "y"] and set(frame["unique_id"]) == {"air"}
+
+
+def test_mixed_frequencies_are_refused(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"unique_id": ["m"] * 40 + ["q"] * 40,
+                          "ds": list(pd.date_range("2000-01-01", periods=40, freq="MS"))
+                          + list(pd.date_range("2000-01-01", periods=40, freq="QS")), "y": np.arange(80.0)})
+    with pytest.raises(DataError, match="different frequencies"):
+        Forecaster(horizon=2, lookback=4, progress=False).fit(frame)
+
+
+@pytest.mark.slow
+def test_cli_train_predict_backtest(tmp_path: Path) -> None:
+    data = monthly_csv(tmp_path)
+    bundle, out, plot = tmp_path / "sales.rnnkit", tmp_path / "forecast.csv", tmp_path / "forecast.png"
+    fast = ["--horizon", "6", "--hidden-size", "8", "--ensemble", "1", "--minutes", "0.05"]
+    result = runner.invoke(app, ["forecast", "train", str(data), "--out", str(bundle), *fast])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["forecast", "predict", str(bundle), "--out", str(out), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    forecast = pd.read_csv(out)
+    assert list(forecast.columns) == ["unique_id", "ds", "y_hat_q10", "y_hat", "y_hat_q90"]
+    assert forecast.groupby("unique_id").size().to_dict() == {"shop0": 6, "shop1": 6}
+    assert forecast["ds"].iloc[0] == "2019-01-01" and plot.read_bytes()[:4] == b"\x89PNG"
+    metrics, bt_plot = tmp_path / "bt.csv", tmp_path / "bt.png"
+    result = runner.invoke(app, ["forecast", "backtest", str(data), "--windows", "2", "--season-length", "12",
+                                 "--baselines", "naive,seasonal_naive",
+                                 "--out", str(metrics), "--plot", str(bt_plot), *fast])
+    assert result.exit_code == 0, result.output
+    assert "seasonal_naive" in result.stdout and "interval covered" in result.stdout
+    assert set(pd.read_csv(metrics)["window"]) == {1, 2} and bt_plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_bad_csv_is_one_line_exit_2(tmp_path: Path) -> None:
+    data = write(tmp_path, "unique_id,ds,y\na,2020-01-01,1\na,2020-01-01,2\na,2020-03-01,3\n")
+    result = runner.invoke(app, ["forecast", "train", str(data), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error: ") and "duplicated timestamp" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("name, series", [("sunspots", 1), ("co2", 1), ("elnino", 1), ("macrodata", 1),
+                                          ("airpassengers", 1), ("stocks", 5)])
+def test_datasets_load_as_long_frames(name: str, series: int) -> None:
+    needs = {"airpassengers": ("statsforecast", "sktime", "aeon"), "stocks": ("vega_datasets",)}.get(name, ())
+    if needs and not any(importlib.util.find_spec(m) for m in needs):
+        pytest.skip(f"{name} needs one of {', '.join(needs)} (pip install 'rnnkit[bench]')")
+    frame = load_dataset(name)
+    assert list(frame.columns) == ["unique_id", "ds", "y"] and frame["unique_id"].nunique() == series
+    assert not frame["y"].isna().any()
+    if name == "airpassengers":
+        assert len(frame) == 144 and frame["y"].iloc[0] == 112 and frame["ds"].iloc[0] == pd.Timestamp("1949-01-01")
