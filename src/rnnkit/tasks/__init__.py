@@ -2,8 +2,9 @@
 
 from .classify import SequenceClassifier, SequenceClassifierConfig
 from .forecast import Forecaster, ForecasterConfig
+from .memory import LabConfig, MemoryLab
 from .textgen import TextGenerator, TextGeneratorConfig
 from .translate import Translator, TranslatorConfig
 
-__all__ = ["Forecaster", "ForecasterConfig", "SequenceClassifier", "SequenceClassifierConfig", "TextGenerator",
-           "TextGeneratorConfig", "Translator", "TranslatorConfig"]
+__all__ = ["Forecaster", "ForecasterConfig", "LabConfig", "MemoryLab", "SequenceClassifier",
+           "SequenceClassifierConfig", "TextGenerator", "TextGeneratorConfig", "Translator", "TranslatorConfig"]

@@ -21,6 +21,8 @@ from ..bundle import Bundle, load_weights, register, save_bundle
 from ..data.series import (SeriesScaler, check_length, future_dates, infer_frequency, sliding_windows,
                            split_series, validate_long_frame)
 from ..errors import RnnkitError
+from ..inspection import InspectionInput, parse_series
+from ..layers import Recurrent
 from ..topologies import ManyToOne
 from ..training import TrainConfig, TrainResult, fit
 
@@ -258,6 +260,20 @@ class Forecaster:
     def _require_fitted(self) -> None:
         if self.model is None:
             raise RnnkitError("this forecaster is not fitted yet; call fit(frame) or load a bundle")
+
+    # -------------------------------------------------------------------- inspection
+
+    def inspection_recurrent(self) -> Recurrent:
+        """The recurrent stack, for ``rnnkit inspect`` (see :class:`rnnkit.inspection.Inspectable`)."""
+        self._require_fitted()
+        return self.model.body.recurrent
+
+    def inspection_input(self, source: str) -> InspectionInput:
+        """A series (values, or a CSV with a ``y`` or ``value`` column) scaled as the model reads a window."""
+        values = parse_series(source, "forecaster input")
+        scaled = SeriesScaler.fit({"input": values}).transform("input", values)
+        x = torch.as_tensor(scaled - scaled[-1], dtype=torch.float32)[None, :, None]  # (1, T, 1)
+        return InspectionInput(x, [f"{v:.4g}" for v in values], {"value": values}, "forecaster")
 
 
 register(MODEL_TYPE)(Forecaster.from_bundle)
