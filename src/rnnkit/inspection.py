@@ -112,16 +112,15 @@ def hidden_gradient_norms(model: nn.Module, loss: Callable[[], Tensor], *,
     Args:
         model: any module holding a :class:`~rnnkit.layers.Recurrent` (found automatically
             when there is exactly one; else pass ``recurrent``).
-        loss: a closure that runs ``model`` on a batch and returns the scalar loss, e.g.
+        loss: a closure that runs ``model`` once on a batch and returns the scalar loss, e.g.
             ``lambda: loss_fn(model, batch, None)[0]``.
 
     Returns:
         ``{"l0": norms, ...}``, each ``(T,)``: the Frobenius norm over batch and units of
-        the gradient at step ``t`` (reverse directions indexed by input position too). The
-        parameters' ``.grad`` are left as they were.
+        the gradient at step ``t`` (reverse directions indexed by input position too).
+        ``torch.autograd.grad`` computes it, so the parameters' ``.grad`` stay as they were.
     """
     recurrent = recurrent or _single_recurrent(model)
-    grads_before = {p: p.grad for p in model.parameters()}
     with _probe_hidden(recurrent) as probes:
         value = loss()
         if not isinstance(value, Tensor) or value.dim() != 0:
@@ -130,8 +129,6 @@ def hidden_gradient_norms(model: nn.Module, loss: Callable[[], Tensor], *,
         if not steps:
             raise RnnkitError("loss() never ran the model's recurrent stack; call the model inside loss()")
         grads = torch.autograd.grad(value, steps, allow_unused=True)
-    for p, g in grads_before.items():
-        p.grad = g
     norms, position = {}, 0
     for key, trace in probes.items():
         chunk = grads[position:position + len(trace)]

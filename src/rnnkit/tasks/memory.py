@@ -242,14 +242,15 @@ class MemoryLab:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg)
         train = make_data(cfg.task, cfg.train_size, cfg.length, seed=cfg.seed)
-        test = self.test_data()
-        val = tuple(t[: min(500, cfg.test_size)] for t in test)  # picks the best weights; cheap to evaluate
-        train_config = TrainConfig(epochs=10_000, max_steps=cfg.steps, minutes=cfg.minutes, batch_size=cfg.batch_size,
-                                   lr=cfg.lr, schedule=cfg.schedule, weight_decay=0.0, clip_norm=cfg.clip_norm, seed=cfg.seed,
+        # Validation (which picks the best weights) has its own seed, so the test set stays unseen.
+        val = make_data(cfg.task, min(500, cfg.test_size), cfg.length, seed=cfg.seed + 2_000_003)
+        train_config = TrainConfig(epochs=10_000, max_steps=cfg.steps, minutes=cfg.minutes,
+                                   batch_size=cfg.batch_size, lr=cfg.lr, schedule=cfg.schedule, weight_decay=0.0,
+                                   clip_norm=cfg.clip_norm, seed=cfg.seed,
                                    eval_every=max(1, min(100, cfg.steps // 10)), progress=cfg.progress)
         self.train_result = fit(self.model, lab_loss(cfg.task), train, val, train_config)
         self.model.cpu().eval()
-        scores = score(cfg.task, self.model, *test)
+        scores = score(cfg.task, self.model, *self.test_data())
         self.result = {"task": cfg.task, "cell": cfg.cell, "length": cfg.length, "hidden_size": cfg.width,
                        "params": sum(p.numel() for p in self.model.parameters()), "metric": self.spec.metric,
                        "error": scores["error"], "baseline": scores["baseline"],
