@@ -233,3 +233,12 @@ def test_lab_prints_the_error_next_to_the_baseline_and_saves_a_bundle(tmp_path):
     assert shown.exit_code == 0 and "cells tracking marked_sum (hidden state)" in shown.output
     bad = runner.invoke(app, ["lab", "sum"])
     assert bad.exit_code == 2 and "unknown lab task 'sum'; choose one of adding, copy, order" in bad.output
+
+
+def test_demo_part_shows_the_rnn_gradient_vanishing_first(tmp_path, capsys):
+    from rnnkit.cli.demo import memory_gradient_flow
+
+    memory_gradient_flow(tmp_path, length=40)
+    shown = capsys.readouterr().out
+    assert "Memory: gradient flow through time" in shown and "│ RNN  │   130 │" in shown
+    assert (tmp_path / "memory_gradient_flow.png").read_bytes()[:4] == b"\x89PNG"
