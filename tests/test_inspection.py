@@ -144,6 +144,7 @@ def test_value_parsing_says_what_form_is_expected():
         parse_values("1,2,3", 2)
 
 
+@pytest.mark.slow
 def test_plots_are_written_as_png(tmp_path):
     traces = gate_traces(Recurrent(2, 30, cell="lstm"), torch.randn(1, 12, 2))
     path = plot_gates(traces, list("hello world!"), tmp_path / "gates.png", units=8)
@@ -162,6 +163,7 @@ def order_bundle(tmp_path_factory):
     return lab.save(tmp_path_factory.mktemp("lab") / "order.rnnkit")
 
 
+@pytest.mark.slow
 def test_inspect_plots_gates_and_names_feature_cells(order_bundle, tmp_path):
     result = runner.invoke(app, ["inspect", str(order_bundle), "--input", "BacXdbcYdaE", "--plot",
                                  str(tmp_path / "gates.png"), "--units", "10"])
@@ -171,6 +173,7 @@ def test_inspect_plots_gates_and_names_feature_cells(order_bundle, tmp_path):
     assert (tmp_path / "gates.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_inspect_refuses_input_in_the_wrong_form(order_bundle, tmp_path):
     result = runner.invoke(app, ["inspect", str(order_bundle), "--input", "BacXdzcYdaE", "--plot",
                                  str(tmp_path / "g.png")])
@@ -204,6 +207,7 @@ def test_inspect_refuses_a_bundle_without_a_recurrent_cell(tmp_path):
                                       "inspection_input": lambda self, s: None})())
 
 
+@pytest.mark.slow
 def test_inspect_reads_a_forecaster_bundle_and_a_series_csv(tmp_path):
     y = 10 + np.sin(np.arange(60) / 3)
     frame = pd.DataFrame({"unique_id": "s", "ds": pd.date_range("2000-01-01", periods=60, freq="MS"), "y": y})
@@ -219,6 +223,7 @@ def test_inspect_reads_a_forecaster_bundle_and_a_series_csv(tmp_path):
     assert bad.exit_code == 2 and "forecaster input must be numbers" in bad.output
 
 
+@pytest.mark.slow
 def test_lab_prints_the_error_next_to_the_baseline_and_saves_a_bundle(tmp_path):
     result = runner.invoke(app, ["lab", "adding", "--cell", "rnn", "--length", "10", "--steps", "20",
                                  "--no-progress", "--out", str(tmp_path / "add.rnnkit")])
