@@ -131,8 +131,6 @@ def text_demo(out: Path, progress: bool, seconds: float = 14.0) -> None:
 
 def memory_gradient_flow(out: Path, length: int = 100) -> None:
     """Why LSTM, in seconds: how much of the loss's gradient reaches the first step, per cell."""
-    import torch
-
     from ..inspection import plot_gradient_flow
     from ..tasks.memory import LabConfig, build_model, gradient_profile, make_data
 
