@@ -103,6 +103,7 @@ def _add_commands(root: typer.Typer) -> None:
     from .translate import app as translate
     from .textgen import app as textgen
     from .classify import app as classify
+    from .lab import inspect, lab
 
     root.command("info")(info)
     root.command("demo")(demo)
@@ -111,6 +112,8 @@ def _add_commands(root: typer.Typer) -> None:
     root.add_typer(translate, name="translate")
     root.add_typer(textgen, name="textgen")
     root.add_typer(classify, name="classify")
+    root.command("lab")(lab)
+    root.command("inspect")(inspect)
 
 
 _add_commands(app)

@@ -31,6 +31,7 @@ def demo(
     forecast_sunspots(out, minutes, progress)
     translate_dates(out, progress)
     text_demo(out, progress)
+    memory_gradient_flow(out)
 
 
 def forecast_sunspots(out: Path, minutes: float, progress: bool) -> None:
@@ -127,3 +128,26 @@ def text_demo(out: Path, progress: bool, seconds: float = 14.0) -> None:
     for example, (_, row) in zip(examples, clf.predict_proba(examples).iterrows()):
         probs = ", ".join(f"{c} {row[f'prob_{c}']:.0%}" for c in clf.classes)
         console.print(f"  {example!r}: [bold]{row['label']}[/bold] ({probs})")
+
+
+def memory_gradient_flow(out: Path, length: int = 100) -> None:
+    """Why LSTM, in seconds: how much of the loss's gradient reaches the first step, per cell."""
+    from ..inspection import plot_gradient_flow
+    from ..tasks.memory import LabConfig, build_model, gradient_profile, make_data
+
+    console.rule(f"[bold]Memory: gradient flow through time, adding problem, T = {length}")
+    x, y = make_data("adding", 64, length, seed=0)
+    table = Table(title="|dL/dh_1| / |dL/dh_T| at initialisation, equal parameter budgets")
+    for column in ("cell", "units", "ratio"):
+        table.add_column(column, justify="left" if column == "cell" else "right")
+    curves = {}
+    for cell in ("lstm", "gru", "rnn"):
+        config = LabConfig(task="adding", cell=cell, length=length)
+        torch.manual_seed(0)
+        profile = gradient_profile("adding", build_model(config), x, y)
+        curves[cell.upper()] = [n / profile["norms"][-1] for n in profile["norms"]]
+        table.add_row(cell.upper(), str(config.width), f"{profile['ratio']:.1e}")
+    console.print(table)
+    plot = plot_gradient_flow(curves, out / "memory_gradient_flow.png",
+                              title=f"adding problem, T = {length}: |dL/dh_t| / |dL/dh_T| at initialisation")
+    console.print(f"plot: {plot}; train and compare them: rnnkit lab adding --cell rnn --length {length}")

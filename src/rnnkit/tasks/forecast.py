@@ -7,6 +7,7 @@ A thin estimator (``fit`` / ``predict`` / ``backtest`` / ``save``) over the torc
 
 from __future__ import annotations
 
+import io
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,8 @@ from ..bundle import Bundle, load_weights, register, save_bundle
 from ..data.series import (SeriesScaler, calendar_features, check_length, future_dates, infer_frequency,
                            split_series, validate_long_frame)
 from ..errors import DataError, RnnkitError
+from ..inspection import InspectionInput, parse_series
+from ..layers import Recurrent
 from ..training import TrainConfig, TrainResult, fit
 from .forecast_model import ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
 
@@ -284,6 +287,34 @@ class Forecaster:
         if self.model is None:
             raise RnnkitError("this forecaster is not fitted yet; call fit(frame) or load a bundle")
 
+    # -------------------------------------------------------------------- inspection
+
+    def inspection_recurrent(self) -> Recurrent:
+        """The first ensemble member's encoder, for ``rnnkit inspect`` (see :class:`rnnkit.inspection.Inspectable`)."""
+        self._require_fitted()
+        return self.model.members[0].encoder
+
+    def inspection_input(self, source: str) -> InspectionInput:
+        """A series as the encoder reads a window: scaled, relative to its last value, with calendar features.
+
+        ``source``: numbers, or a CSV with a value column (``y`` or ``value``) and, when the
+        model reads calendar features, a date column (``ds``, ``date`` or the first one).
+        """
+        self._require_fitted()
+        if self.covariates:
+            raise DataError(f"inspect feeds the series alone, but this forecaster also reads covariates "
+                            f"{', '.join(self.covariates)}; inspect a forecaster trained without them")
+        values = parse_series(source, "forecaster input")
+        scaled = SeriesScaler.fit({"input": values}).transform("input", values)
+        y = torch.as_tensor(scaled, dtype=torch.float32)[None]  # (1, T)
+        level, scale = self._window_norm(y)
+        channels = [((y - level) / scale).unsqueeze(2)]  # (1, T, 1)
+        if self.config.calendar:
+            calendar = calendar_features(_dates_in(source, len(values)), self.freq)  # (T, K)
+            channels.append(torch.as_tensor(calendar, dtype=torch.float32)[None])
+        return InspectionInput(torch.cat(channels, dim=2), [f"{v:.4g}" for v in values], {"value": values},
+                               "forecaster")
+
 
 register(MODEL_TYPE)(Forecaster.from_bundle)
 
@@ -298,3 +329,18 @@ def torch_threads(count: Optional[int]):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _dates_in(source: str, count: int) -> pd.DatetimeIndex:
+    """The ``count`` dates of a series CSV given as text: column ``ds``, ``date``, or the first."""
+    hint = "this forecaster reads calendar features: give a CSV with a date column (ds) and a value column (y)"
+    try:
+        frame = pd.read_csv(io.StringIO(source))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError):
+        raise DataError(hint) from None
+    column = next((c for c in ("ds", "date") if c in frame.columns), frame.columns[0])
+    dates = pd.to_datetime(frame[column], errors="coerce")
+    if len(dates) != count or dates.isna().any():
+        raise DataError(hint)
+    return pd.DatetimeIndex(dates)
+
