@@ -211,7 +211,7 @@ def test_inspect_refuses_a_bundle_without_a_recurrent_cell(tmp_path):
 def test_inspect_reads_a_forecaster_bundle_and_a_series_csv(tmp_path):
     y = 10 + np.sin(np.arange(60) / 3)
     frame = pd.DataFrame({"unique_id": "s", "ds": pd.date_range("2000-01-01", periods=60, freq="MS"), "y": y})
-    rnnkit.Forecaster(horizon=3, lookback=9, hidden_size=8, epochs=1, progress=False).fit(frame).save(
+    rnnkit.Forecaster(horizon=3, lookback=9, hidden_size=8, ensemble=1, max_steps=5, progress=False).fit(frame).save(
         tmp_path / "fc.rnnkit")
     csv = tmp_path / "series.csv"
     frame[["ds", "y"]].rename(columns={"ds": "date", "y": "value"}).to_csv(csv, index=False)
