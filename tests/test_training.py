@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rnnkit import LSTM, RnnkitError
+from rnnkit.batching import epoch_order
 from rnnkit.training import TrainConfig, evaluate, fit, lr_at
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -215,6 +216,46 @@ def test_shuffled_batches_follow_the_seeded_permutation_and_keep_the_last_partia
     for epoch in range(2):
         order = torch.randperm(70, generator=torch.Generator().manual_seed(5 + epoch)).tolist()
         assert seen[3 * epoch:3 * epoch + 3] == [order[:32], order[32:64], order[64:]]
+
+
+def test_length_grouping_keeps_every_sample_once_and_packs_batches_of_near_equal_length():
+    lengths = torch.randint(1, 200, (1000,), generator=torch.Generator().manual_seed(0))
+    order = epoch_order(1000, 8, seed=3, lengths=lengths)
+    assert sorted(order.tolist()) == list(range(1000))
+    assert torch.equal(order, epoch_order(1000, 8, seed=3, lengths=lengths))  # a resumed run rebuilds it
+    assert not torch.equal(order, epoch_order(1000, 8, seed=4, lengths=lengths))
+    batches = order.split(8)
+    spread = torch.stack([lengths[b].max() - lengths[b].min() for b in batches]).float().mean()
+    random_spread = torch.stack([lengths[b].max() - lengths[b].min() for b in torch.randperm(1000).split(8)])
+    assert spread < random_spread.float().mean() / 5  # padding to the longest costs little
+    first = [int(lengths[b].max()) for b in batches[:20]]
+    assert first != sorted(first, reverse=True)  # batches still come in random order
+
+
+def test_length_grouping_keeps_the_partial_batch_last_and_reaches_the_loss_fn():
+    lengths = torch.arange(70) % 13
+    order = epoch_order(70, 32, seed=0, lengths=lengths)
+    assert lengths[order[64:]].max() <= lengths[order[:64]].min()  # the shortest samples fill the partial batch
+    seen = []
+
+    def recording(model, batch, state):
+        seen.append(batch[2].tolist())
+        return mse(model, batch[:2], state)
+
+    x, y = delayed_copy(70)
+    fit(Tagger(hidden=4), recording, (x, y, torch.arange(70)), config=quiet(epochs=2, seed=5), lengths=lengths)
+    for epoch in range(2):
+        expected = epoch_order(70, 32, 5 + epoch, lengths).tolist()
+        assert seen[3 * epoch:3 * epoch + 3] == [expected[:32], expected[32:64], expected[64:]]
+
+
+def test_length_grouping_errors_are_clear():
+    x, y = delayed_copy(8)
+    with pytest.raises(RnnkitError, match=r"lengths must be a tensor of one length per training sample, "
+                                          r"shape \(8,\), got \(7,\)"):
+        fit(Tagger(hidden=4), mse, (x, y), config=quiet(), lengths=torch.ones(7))
+    with pytest.raises(RnnkitError, match="stateful=True keeps batches in order"):
+        fit(Tagger(hidden=4), mse, (x, y), config=quiet(stateful=True, batch_size=4), lengths=torch.ones(8))
 
 
 # ------------------------------------------------------------------------------ stopping

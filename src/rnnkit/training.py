@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .batching import batch_pieces, check_lengths, split_time, time_steps
 from .checkpoints import history_files, load_checkpoint, prepare_directory, publish, save_checkpoint
 from .errors import RnnkitError
 
@@ -182,11 +183,11 @@ def evaluate(model: nn.Module, loss_fn: LossFn, data: Data, config: TrainConfig 
     model.eval()
     try:
         for start in range(0, samples, size):
-            pieces = _split_time(tuple(t[start:start + size].to(device) for t in data), config.tbptt)
-            steps, state = sum(_time_steps(p) for p in pieces), state if config.stateful else None
+            pieces = split_time(tuple(t[start:start + size].to(device) for t in data), config.tbptt)
+            steps, state = sum(time_steps(p) for p in pieces), state if config.stateful else None
             for piece in pieces:
                 loss, state = loss_fn(model, piece, state)
-                total += loss.item() * len(piece[0]) * _time_steps(piece) / steps
+                total += loss.item() * len(piece[0]) * time_steps(piece) / steps
     finally:
         model.train(was_training)
     return total / samples
@@ -202,6 +203,7 @@ def fit(
     checkpoint_dir: Optional[Union[Path, str]] = None,
     resume: bool = False,
     callbacks: Sequence[Callable[[dict], None]] = (),
+    lengths: Optional[Tensor] = None,
 ) -> TrainResult:
     """Train ``model`` in place with AdamW, minimising ``loss_fn`` over ``train`` (see the module doc).
 
@@ -211,10 +213,13 @@ def fit(
     and ``history.csv`` every ``checkpoint_every`` steps and at the end. ``resume=True``
     continues the run checkpointed there, bit-identical to an uninterrupted run, provided the
     model is built as before. Each callback gets a copy of every history row as it is logged.
+    ``lengths`` (one per training sample) groups each epoch's batches by length, so that a
+    batch trimmed to its longest sample wastes little time on padding (see ``epoch_order``).
     """
     if not isinstance(config, TrainConfig):
         raise RnnkitError(f"config must be a TrainConfig, got {type(config).__name__}")
     train = _as_data(train, "train", config)
+    lengths = check_lengths(lengths, len(train[0]), config.stateful)
     val = None if val is None else _as_data(val, "val", config)
     if config.patience is not None and val is None:
         raise RnnkitError(f"patience={config.patience} needs validation data; pass val=... or patience=None")
@@ -223,7 +228,7 @@ def fit(
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = n // config.batch_size if config.stateful else math.ceil(n / config.batch_size)
-    pieces = len(_split_time(tuple(t[:1] for t in train), config.tbptt))
+    pieces = len(split_time(tuple(t[:1] for t in train), config.tbptt))
     total = min(batches * pieces * config.epochs, config.max_steps or math.inf)
     run = _Run(loss_sum=torch.zeros((), device=device))
     if resume:
@@ -240,7 +245,7 @@ def fit(
             callback(dict(row))
 
     with closing(_ProgressBar(config.progress, total, run.step)) as bar:
-        for (epoch, batch, piece), tensors in _pieces(train, config, batches, run.done, device):
+        for (epoch, batch, piece), tensors in batch_pieces(train, config, batches, run.done, device, lengths):
             stopped = _stop_reason(run, config, elapsed())
             if stopped:
                 break
@@ -283,46 +288,6 @@ def fit(
 
 
 # ------------------------------------------------------------------------ the loop's parts
-
-
-def _pieces(data: tuple[Tensor, ...], config: TrainConfig, batches: int, done: tuple[int, ...],
-            device: torch.device):
-    """Yield ``((epoch, batch, piece), tensors)`` for every optimizer step after ``done``.
-
-    Epoch ``e`` takes the samples in the order ``randperm(n)`` drawn from its own generator
-    seeded ``seed + e`` (in order when stateful), so a resumed run rebuilds the same batches.
-    """
-    size = config.batch_size
-    for epoch in range(done[0], config.epochs):
-        order = None
-        for b in range(batches):
-            if (epoch, b) < done[:2]:
-                continue
-            if config.stateful:
-                batch = tuple(t[b * size:(b + 1) * size] for t in data)
-            else:
-                if order is None:
-                    generator = torch.Generator().manual_seed(config.seed + epoch)
-                    order = torch.randperm(len(data[0]), generator=generator)
-                index = order[b * size:(b + 1) * size]
-                batch = tuple(t.index_select(0, index.to(t.device)) for t in data)
-            batch = tuple(t.to(device, non_blocking=True) for t in batch)
-            for p, tensors in enumerate(_split_time(batch, config.tbptt)):
-                if (epoch, b, p) > done:
-                    yield (epoch, b, p), tensors
-
-
-def _split_time(batch: tuple[Tensor, ...], tbptt: Optional[int]) -> list[tuple[Tensor, ...]]:
-    """Cut a batch into ``tbptt``-long pieces along time (dim 1); 1-D tensors go whole with each."""
-    if tbptt is None or not any(t.dim() >= 2 for t in batch):
-        return [batch]
-    steps = _time_steps(batch)
-    return [tuple(t.narrow(1, s, min(tbptt, steps - s)) if t.dim() >= 2 else t for t in batch)
-            for s in range(0, steps, tbptt)]
-
-
-def _time_steps(batch: tuple[Tensor, ...]) -> int:
-    return next((t.size(1) for t in batch if t.dim() >= 2), 1)
 
 
 def _detach(state: Any) -> Any:

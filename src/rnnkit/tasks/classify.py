@@ -177,7 +177,8 @@ class SequenceClassifier:
         train_config = TrainConfig(epochs=cfg.epochs, minutes=cfg.minutes, batch_size=cfg.batch_size, lr=cfg.lr,
                                    patience=cfg.patience, seed=cfg.seed, progress=cfg.progress,
                                    decay_over_budget=cfg.minutes is not None)
-        self.train_result = fit(self.model, loss_fn, part(keep), part(held), train_config)
+        # Batches of texts of near-equal length: each is cut to its longest text, so little is padding.
+        self.train_result = fit(self.model, loss_fn, part(keep), part(held), train_config, lengths=lengths[keep])
         self.model.eval()
         result = self.train_result
         scores = self.evaluate([texts[i] for i in held], labels[held].tolist())

@@ -132,7 +132,9 @@ class Translator:
         train_config = TrainConfig(epochs=cfg.epochs, minutes=cfg.minutes, batch_size=cfg.batch_size, lr=cfg.lr,
                                    patience=cfg.patience if val else None, seed=cfg.seed, progress=cfg.progress,
                                    eval_every=min(steps_per_epoch, 200) if val else None)
-        self.train_result = fit(self.model, self._loss_fn, train, val, train_config)
+        # Batches of near-equal lengths: each is trimmed to its longest pair, so little is padding.
+        pair_lengths = train[1] + (train[3] != PAD).sum(dim=1)
+        self.train_result = fit(self.model, self._loss_fn, train, val, train_config, lengths=pair_lengths)
         self.model.cpu().eval()
         return self
 
