@@ -33,12 +33,13 @@ Shapes: ``src`` ``(B, S)`` ids, ``src_lengths`` ``(B,)``, ``tgt_in`` ``(B, T)`` 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, NamedTuple, Optional
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
+from .config import JsonConfig
 from .data.tokenizers import BOS, EOS, PAD
 from .errors import RnnkitError
 from .layers import LayerState, Recurrent
@@ -47,8 +48,10 @@ ATTENTIONS = ("luong", "bahdanau", "none")
 
 
 @dataclass(frozen=True, kw_only=True)
-class Seq2SeqConfig:
+class Seq2SeqConfig(JsonConfig):
     """The shape of a :class:`Seq2Seq` model; ``to_dict`` / ``from_dict`` round-trip exactly."""
+
+    KIND = "Seq2Seq"
 
     src_vocab_size: int
     tgt_vocab_size: int
@@ -79,16 +82,6 @@ class Seq2SeqConfig:
     def feeds_context(self) -> bool:
         """Whether each decoder step reads a vector besides the previous token's embedding."""
         return self.attention == "bahdanau" or (self.attention == "luong" and self.input_feeding)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Seq2SeqConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise RnnkitError(f"unknown Seq2Seq option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 class Encoded(NamedTuple):

@@ -26,13 +26,14 @@ from __future__ import annotations
 import math
 import time
 from contextlib import closing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from .config import JsonConfig
 from .batching import batch_pieces, check_lengths, split_time, time_steps
 from .checkpoints import history_files, load_checkpoint, prepare_directory, publish, save_checkpoint
 from .errors import RnnkitError
@@ -50,8 +51,10 @@ def _device(name: str) -> torch.device:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """How to train: optimiser, schedule, batching, stopping, checkpoints. Validated on construction."""
+
+    KIND = "TrainConfig"
 
     epochs: int = 20                        # enough for the small data sets of the demos
     max_steps: Optional[int] = None         # cap on optimizer steps across epochs; None = epochs decide
@@ -104,19 +107,6 @@ class TrainConfig:
     def _check(self, name: str, ok: bool, expected: str) -> None:
         if not ok:
             raise RnnkitError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types; ``TrainConfig.from_dict(c.to_dict()) == c``."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """The inverse of ``to_dict``; missing fields take their defaults, unknown ones raise."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise RnnkitError(f"TrainConfig has no field(s) {unknown}; known fields: {', '.join(known)}")
-        return cls(**values)
 
 
 @dataclass

@@ -8,7 +8,7 @@ counter imbalance; a stratified slice of the training data picks the best epoch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ..config import JsonConfig
 from .. import metrics
 from ..bundle import Bundle, load_weights, register, save_bundle
 from ..data.tokenizers import KINDS, UNK, Tokenizer, build_tokenizer, tokenizer_from_dict
@@ -28,8 +29,10 @@ MODEL_TYPE = "sequence_classifier"
 
 
 @dataclass(frozen=True, kw_only=True)
-class SequenceClassifierConfig:
+class SequenceClassifierConfig(JsonConfig):
     """Everything that defines a text classifier; saved in its bundle as ``config.json``."""
+
+    KIND = "sequence classifier"
 
     tokenizer: str = "word"          # sentiment lives in words; "bpe" for rich morphology, "char" for codes
     vocab_size: int = 20000          # words seen less often fall to <unk>
@@ -66,16 +69,6 @@ class SequenceClassifierConfig:
             raise RnnkitError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise RnnkitError(f"dropout must be in [0, 1), got {self.dropout!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SequenceClassifierConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise RnnkitError(f"unknown sequence classifier option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 class TextClassifierNet(nn.Module):

@@ -18,12 +18,13 @@ net starts as a linear autoregression and the recurrence learns what that misses
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..config import JsonConfig
 from ..errors import RnnkitError
 from ..layers import Recurrent
 
@@ -31,8 +32,10 @@ HEADS = ("direct", "decoder")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ForecasterConfig:
+class ForecasterConfig(JsonConfig):
     """Everything that defines a forecaster; saved in its bundle as ``config.json``."""
+
+    KIND = "forecaster"
 
     horizon: int = 12  # steps forecast at once, from one window
     lookback: Optional[int] = None  # input window; None = 3 x horizon, about three seasons
@@ -76,20 +79,6 @@ class ForecasterConfig:
         if clash or {"unique_id", "ds", "y"} & set(self.past_covariates + self.future_covariates):
             raise RnnkitError(f"covariate columns must be distinct and not unique_id/ds/y, got "
                               f"past={list(self.past_covariates)} future={list(self.future_covariates)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        for name in ("quantiles", "past_covariates", "future_covariates"):
-            data[name] = list(data[name])
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ForecasterConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise RnnkitError(f"unknown forecaster option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 class ForecastNet(nn.Module):

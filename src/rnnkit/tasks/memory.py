@@ -11,7 +11,7 @@ error next to the error of the best answer that ignores the sequence.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..config import JsonConfig
 from ..bundle import Bundle, load_weights, register, save_bundle
 from ..cells import CELLS
 from ..data.memory import (COPY_DELIMITER, COPY_VOCAB, ORDER_ALPHABET, adding_problem, copy_task,
@@ -52,8 +53,10 @@ TASKS: dict[str, TaskSpec] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class LabConfig:
+class LabConfig(JsonConfig):
     """One memory-lab experiment; saved in its bundle as ``config.json``."""
+
+    KIND = "lab"
 
     task: str = "adding"            # "adding", "copy" or "order"
     length: int = 100               # T: the span the memory has to bridge
@@ -95,16 +98,6 @@ class LabConfig:
         """The hidden size used: ``hidden_size`` or the budget's."""
         spec = TASKS[self.task]
         return self.hidden_size or hidden_for_budget(self.cell, spec.input_size, spec.output_size, self.params)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LabConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise RnnkitError(f"unknown lab option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 def parameter_count(cell: str, input_size: int, output_size: int, hidden_size: int) -> int:

@@ -10,13 +10,14 @@ is scored in bits per character; generation steps the trained layer token by tok
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..config import JsonConfig
 from ..bundle import Bundle, load_weights, register, save_bundle
 from ..data.tokenizers import KINDS, SPECIALS, Tokenizer, build_tokenizer, tokenizer_from_dict
 from ..errors import DataError, RnnkitError
@@ -27,8 +28,10 @@ MODEL_TYPE = "text_generator"
 
 
 @dataclass(frozen=True, kw_only=True)
-class TextGeneratorConfig:
+class TextGeneratorConfig(JsonConfig):
     """Everything that defines a language model; saved in its bundle as ``config.json``."""
+
+    KIND = "text generator"
 
     tokenizer: str = "char"              # char-rnn's choice: any text, tiny vocabulary, bits per character
     vocab_size: int = 4000               # word/bpe vocabulary; a char vocabulary is what the text holds
@@ -63,16 +66,6 @@ class TextGeneratorConfig:
         if self.tie_weights and self.embedding_size not in (None, self.hidden_size):
             raise RnnkitError(f"tie_weights needs embedding_size == hidden_size ({self.hidden_size}), got "
                               f"{self.embedding_size}; drop embedding_size or set tie_weights=False")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TextGeneratorConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise RnnkitError(f"unknown text generator option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 def language_model(config: TextGeneratorConfig, vocab_size: int) -> ManyToMany:

@@ -11,13 +11,14 @@ than ``max_length`` tokens raises a :class:`~rnnkit.errors.DataError` naming it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..config import JsonConfig
 from .. import metrics
 from ..bundle import Bundle, load_weights, register, save_bundle
 from ..data.tokenizers import BOS, EOS, PAD, Tokenizer, build_tokenizer, tokenizer_from_dict
@@ -31,8 +32,10 @@ Pair = tuple[str, str]
 
 
 @dataclass(frozen=True, kw_only=True)
-class TranslatorConfig:
+class TranslatorConfig(JsonConfig):
     """Everything that defines a translator; saved in its bundle as ``config.json``."""
+
+    KIND = "translator"
 
     cell: str = "lstm"  # "lstm" or "gru"
     attention: str = "luong"  # "luong", "bahdanau" or "none"
@@ -78,16 +81,6 @@ class TranslatorConfig:
                              encoder_layers=self.encoder_layers, decoder_layers=self.decoder_layers,
                              bidirectional=self.bidirectional, attention=self.attention,
                              input_feeding=self.input_feeding, dropout=self.dropout)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TranslatorConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise RnnkitError(f"unknown translator option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 class Translator:
