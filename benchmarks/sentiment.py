@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4,000 tweets, 0.4 min budget")
     parser.add_argument("--minutes", type=float, default=10.0, help="rnnkit's training budget")
     parser.add_argument("--cell", default="lstm")
+    parser.add_argument("--ensemble", type=int, default=1, help="members averaged (the budget is shared)")
+    parser.add_argument("--tokenizer", default="word", help="word, bpe or char")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the CPU is shared)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -69,7 +71,8 @@ def main() -> None:
           f"(stratified, seed {args.seed}); classes {({k: int(v) for k, v in frame['label'].value_counts().items()})}")
 
     started = time.monotonic()
-    clf = SequenceClassifier(cell=args.cell, minutes=minutes, seed=args.seed, progress=not args.quiet)
+    clf = SequenceClassifier(cell=args.cell, minutes=minutes, seed=args.seed, ensemble=args.ensemble,
+                             tokenizer=args.tokenizer, progress=not args.quiet)
     clf.fit(train["text"].tolist(), train["label"].tolist())
     seconds = time.monotonic() - started
     plot = args.out.with_name("sentiment_confusion.png")
@@ -91,7 +94,7 @@ def main() -> None:
               "test": len(test), "seed": args.seed, "classes": classes, "threads": args.threads,
               "rnnkit": {"model": rows[0][0], "accuracy": ours["accuracy"], "macro_f1": ours["macro_f1"],
                          "confusion_matrix": ours["confusion_matrix"], "train_seconds": seconds,
-                         "epochs_completed": clf.metrics["epochs_completed"], "stopped": clf.metrics["stopped"]},
+                         "ensemble": args.ensemble, "members": clf.metrics["members"]},
               "baseline": {"model": rows[1][0], **base, "train_seconds": baseline_seconds},
               "macro_f1_ratio": ratio, "target_met": ratio >= 1, "confusion_plot": plot.name}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -247,3 +247,17 @@ def test_macro_f1_and_confusion_matrix() -> None:
     assert metrics.confusion_matrix(y, y_hat, 3).tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
     assert metrics.macro_f1(y, y_hat, 3) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
     assert metrics.accuracy(y, y_hat) == pytest.approx(0.6)
+
+
+def test_an_ensemble_averages_its_members_probabilities_and_round_trips(tmp_path: Path) -> None:
+    texts, labels = toy_reviews()
+    clf = SequenceClassifier(**{**TINY_CLF, "ensemble": 2}).fit(texts, labels)
+    assert len(clf.model.members) == 2 and len(clf.metrics["members"]) == 2
+    ids, lengths = pad_ids([clf.tokenizer.encode(t) for t in texts], 10)
+    with torch.no_grad():
+        each = [member(ids, lengths=lengths).softmax(-1) for member in clf.model.members]
+        assert not torch.allclose(each[0], each[1])  # different seeds, different members
+        torch.testing.assert_close(clf.model(ids, lengths=lengths).softmax(-1), (each[0] + each[1]) / 2)
+    assert clf.predict(["a great film", "an awful plot"]) == ["pos", "neg"]
+    again = rnnkit.load(clf.save(tmp_path / "clf.rnnkit"))
+    np.testing.assert_allclose(again.predict_proba(texts).iloc[:, 1:], clf.predict_proba(texts).iloc[:, 1:])

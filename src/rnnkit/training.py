@@ -28,7 +28,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -181,6 +181,18 @@ def evaluate(model: nn.Module, loss_fn: LossFn, data: Data, config: TrainConfig 
     finally:
         model.train(was_training)
     return total / samples
+
+
+def budget_shares(minutes: Optional[float], parts: int) -> Iterator[Optional[float]]:
+    """The budget of each of ``parts`` runs made one after another: an equal share of what is left
+    of ``minutes`` when it starts, so time one run leaves unused goes to the next (``None``: no budget)."""
+    start = time.monotonic()
+    for k in range(parts):
+        if minutes is None:
+            yield None
+        else:
+            left = max(minutes - (time.monotonic() - start) / 60, 1e-3)
+            yield left / (parts - k)
 
 
 def fit(
@@ -373,4 +385,4 @@ def _as_data(data: Data, name: str, config: TrainConfig) -> tuple[Tensor, ...]:
     return tuple(data)
 
 
-__all__ = ["LossFn", "TrainConfig", "TrainResult", "evaluate", "fit", "lr_at"]
+__all__ = ["LossFn", "TrainConfig", "TrainResult", "budget_shares", "evaluate", "fit", "lr_at"]

@@ -34,13 +34,14 @@ def train(
     class_weights: Annotated[bool, typer.Option(help="Weigh classes inversely to their frequency.")] = True,
     encoding: Annotated[str, typer.Option(help="Text encoding of DATA.")] = "utf-8",
     plot: Annotated[Optional[Path], typer.Option(help="PNG confusion matrix on the validation slice.")] = None,
+    ensemble: Annotated[int, typer.Option(help="Members from different seeds, averaged; they share --minutes.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Train a classifier on DATA and write a bundle; report validation accuracy and macro-F1."""
     config = SequenceClassifierConfig(tokenizer=tokenizer, cell=cell, hidden_size=hidden_size,
                                       bidirectional=bidirectional, class_weights="balanced" if class_weights else None,
-                                      minutes=minutes, seed=seed, progress=progress)
+                                      ensemble=ensemble, minutes=minutes, seed=seed, progress=progress)
     frame = read_text_csv(data, text_col, label_col, encoding)
     clf = SequenceClassifier(config).fit(frame["text"].tolist(), frame["label"].tolist())
     m = clf.metrics

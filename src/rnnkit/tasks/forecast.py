@@ -8,7 +8,6 @@ A thin estimator (``fit`` / ``predict`` / ``backtest`` / ``save``) over the torc
 from __future__ import annotations
 
 import io
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -24,7 +23,7 @@ from ..data.series import (SeriesScaler, calendar_features, check_length, future
 from ..errors import DataError, RnnkitError
 from ..inspection import InspectionInput, parse_series
 from ..layers import Recurrent
-from ..training import TrainConfig, TrainResult, fit
+from ..training import TrainConfig, TrainResult, budget_shares, fit
 from .forecast_model import ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
 
 MODEL_TYPE = "forecaster"
@@ -92,10 +91,7 @@ class Forecaster:
         num_past, num_known = self.num_features = train_data[1].size(2), train_data[2].size(2)
         self.model = ForecastEnsemble(cfg, num_past, num_known)
         self.train_results = []
-        start = time.monotonic()
-        for k, member in enumerate(self.model.members):
-            left = None if cfg.minutes is None else max(cfg.minutes - (time.monotonic() - start) / 60, 1e-3)
-            budget = None if left is None else left / (cfg.ensemble - k)
+        for k, (member, budget) in enumerate(zip(self.model.members, budget_shares(cfg.minutes, cfg.ensemble))):
             torch.manual_seed(cfg.seed + k)
             member.load_state_dict(ForecastNet(cfg, num_past, num_known).state_dict())
             self.train_results.append(self._train_member(member, train_data, val_data, cfg.seed + k, budget))
