@@ -102,6 +102,7 @@ def test_lr_at_constant():
     (dict(weight_decay=-0.1), "TrainConfig.weight_decay must be a number >= 0, got -0.1"),
     (dict(clip_norm=0), "TrainConfig.clip_norm must be None or a number > 0, got 0"),
     (dict(minutes="5"), "TrainConfig.minutes must be None or a number > 0, got '5'"),
+    (dict(clock="gpu"), "TrainConfig.clock must be 'wall' or 'cpu', got 'gpu'"),
     (dict(schedule="linear"), "TrainConfig.schedule must be 'cosine' or 'constant', got 'linear'"),
     (dict(tbptt=0), "TrainConfig.tbptt must be None or an integer >= 1, got 0"),
     (dict(stateful="yes"), "TrainConfig.stateful must be True or False, got 'yes'"),
@@ -310,6 +311,18 @@ def test_time_budget_stops_cleanly_and_keeps_the_best_weights():
 
 
 # --------------------------------------------------------------------------- checkpoints
+
+
+def test_a_cpu_clock_budget_does_not_count_time_spent_waiting():
+    def sleepy(model, batch, state):
+        time.sleep(0.05)  # what a busy machine does to a wall-clock budget
+        return mse(model, batch, state)
+
+    budget = dict(epochs=1, batch_size=8, minutes=0.005)  # 0.3 s; eight steps sleep 0.4 s
+    wall = fit(Tagger(hidden=4), sleepy, delayed_copy(64), config=quiet(**budget))
+    cpu = fit(Tagger(hidden=4), sleepy, delayed_copy(64), config=quiet(clock="cpu", **budget))
+    assert wall.stopped == "time_budget" and wall.steps < 8
+    assert cpu.stopped == "completed" and cpu.steps == 8
 
 
 def test_checkpoint_files_are_complete_and_no_temporary_is_left(tmp_path):

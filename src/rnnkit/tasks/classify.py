@@ -49,7 +49,8 @@ class SequenceClassifierConfig(JsonConfig):
     ensemble: int = 1                # members from different seeds, probabilities averaged: steadier, a
     # point or two of macro-F1 for ensemble x the training time (the budget is shared among them)
     epochs: int = 20                 # an upper bound: early stopping usually ends first
-    minutes: Optional[float] = 3.0   # wall-clock budget of one fit
+    minutes: Optional[float] = 3.0   # time budget of one fit (all ensemble members)
+    clock: str = "wall"              # what minutes count: "wall" or this process's "cpu" time (see TrainConfig)
     batch_size: int = 128            # texts are short: big batches keep a CPU busy, epochs quick
     lr: float = 5e-3
     patience: Optional[int] = 3      # epochs without a better validation loss before stopping
@@ -184,10 +185,10 @@ class SequenceClassifier:
 
         part = lambda index: (ids[index], lengths[index], targets[index])  # noqa: E731
         self.train_results = []
-        for k, (member, minutes) in enumerate(zip(self.model.members, budget_shares(cfg.minutes, cfg.ensemble))):
+        for k, (member, minutes) in enumerate(zip(self.model.members, budget_shares(cfg.minutes, cfg.ensemble, cfg.clock))):
             train_config = TrainConfig(epochs=cfg.epochs, minutes=minutes, batch_size=cfg.batch_size, lr=cfg.lr,
                                        patience=cfg.patience, seed=cfg.seed + k, progress=cfg.progress,
-                                       decay_over_budget=minutes is not None)
+                                       decay_over_budget=minutes is not None, clock=cfg.clock)
             # Batches of texts of near-equal length: each is cut to its longest text, so little is padding.
             self.train_results.append(fit(member, loss_fn, part(keep), part(held), train_config,
                                           lengths=lengths[keep]))

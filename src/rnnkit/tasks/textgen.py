@@ -47,7 +47,8 @@ class TextGeneratorConfig(JsonConfig):
     batch_size: int = 32                 # parallel streams: more is faster per token, fewer updates
     lr: float = 3e-3                     # AdamW for small recurrent nets; decays over the run
     epochs: int = 10                     # an upper bound: the time budget usually ends first
-    minutes: Optional[float] = 5.0       # wall-clock budget of one fit
+    minutes: Optional[float] = 5.0       # time budget of one fit
+    clock: str = "wall"                  # what minutes count: "wall" or this process's "cpu" time (see TrainConfig)
     val_fraction: float = 0.05           # the last 5 % of the text, contiguous, is held out
     seed: int = 0
     progress: bool = True
@@ -163,7 +164,7 @@ class TextGenerator:
         self.model = language_model(cfg, self.tokenizer.vocab_size)
         train_config = TrainConfig(epochs=cfg.epochs, minutes=cfg.minutes, batch_size=rows, lr=cfg.lr,
                                    tbptt=cfg.seq_len, stateful=True, decay_over_budget=cfg.minutes is not None,
-                                   seed=cfg.seed, progress=cfg.progress)
+                                   clock=cfg.clock, seed=cfg.seed, progress=cfg.progress)
         self.train_result = result = fit(self.model, with_state_resets(cfg.reset_prob), streams(ids, rows), None,
                                                    train_config)
         self.model.eval()
