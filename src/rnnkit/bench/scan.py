@@ -5,6 +5,10 @@ layer, input 256, interleaved with ``torch.nn.LSTM`` on the same shapes, on 1 an
 (the GUIDE's figures are on 2; a scan's large ops use both cores, an LSTM's small
 per-step products at batch 16 hardly can).
 
+The speed figures depend on the compiled scan kernel (``cells/kernels/linear_scan.cpp``):
+the benchmark builds it when it can (cached) and records which path ran in
+``"scan_path"``; ``RNNKIT_KERNELS=0`` measures the Python-ops path instead.
+
 Learning: the adding problem (Hochreiter & Schmidhuber, 1997): two channels, random values
 in [0, 1] and a marker that is 1 at two positions, one in each half of the sequence; the
 target is the sum of the two marked values. Predicting the mean, 1, scores MSE 1/6 ~ 0.167;
@@ -14,11 +18,13 @@ optimiser; 2 layers each (one minGRU layer is a gated running average and cannot
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 from torch import nn
 
+from ..errors import RnnkitError
 from ..layers import Recurrent
 from .timing import interleaved, threads
 
@@ -110,10 +116,23 @@ def adding_problem(quick: bool) -> dict:
             "optimizer": "Adam lr 3e-3, clip 1.0", "chance_mse": CHANCE_MSE, "results": results}
 
 
+def scan_path() -> str:
+    """Which minGRU/minLSTM scan runs here: the compiled kernel (built now if need be) or Python ops."""
+    from ..cells import kernels
+
+    if os.environ.get("RNNKIT_KERNELS", "1") == "0":
+        return "python ops (RNNKIT_KERNELS=0)"
+    try:
+        kernels.build(names=["scan"])
+    except RnnkitError as exc:
+        return f"python ops ({exc})"
+    return "compiled kernel" if kernels.scan_kernel() is not None else "python ops"
+
+
 def run(quick: bool = False) -> dict:
     """The whole scan-cell benchmark (what ``benchmarks/scan_cells.py`` writes): speed on 1 and
     2 threads (the quick run: 2), then the adding problem."""
-    result = {"throughput": {f"{n}_threads": throughput(quick, n) for n in ((2,) if quick else (1, 2))},
+    result = {"scan_path": scan_path(), "throughput": {f"{n}_threads": throughput(quick, n) for n in ((2,) if quick else (1, 2))},
               "adding_problem": adding_problem(quick)}
     result["ratios"] = {}
     for key, speed in result["throughput"].items():
