@@ -97,6 +97,30 @@ def test_compiled_scan_float32_saturated_gates(scan_kernel, cls):
     _assert_close([g.double() for g in got], want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
+def test_reused_buffers_survive_retain_graph_and_are_reused(scan_kernel):
+    """The kernel path reuses its big temporaries: a graph kept with ``retain_graph`` must keep
+    its own (a second backward after another forward gives the same gradients), and a plain
+    training loop must not grow the pool."""
+    from rnnkit.cells import minimal
+
+    cell = rnnkit.MinGRU(I, H)
+    x = torch.randn(B, T, I, requires_grad=True)
+    out, _ = cell(x)
+    first = torch.autograd.grad(out.square().sum(), x, retain_graph=True)[0]
+    for _ in range(3):  # other graphs come and go meanwhile
+        other, _ = cell(torch.randn(B, T, I) * 5)
+        other.sum().backward()
+    again = torch.autograd.grad(out.square().sum(), x)[0]
+    assert torch.equal(first, again)
+    pool = minimal._pools.buffers
+    sizes = len(pool)
+    for _ in range(3):
+        other, _ = cell(torch.randn(B, T, I))
+        other.sum().backward()
+    assert len(pool) == sizes <= 4
+
+
 def test_without_the_scan_kernel_the_python_scan_runs(monkeypatch, caplog):
     monkeypatch.setenv("RNNKIT_KERNELS", "0")
     monkeypatch.setattr(kernels, "_loaded", {})

@@ -181,7 +181,8 @@ class _CompiledScan(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor, kernel) -> Tensor:
         B, T, I = x.shape
         x2 = x.reshape(B * T, I)  # (B*T, I), rows ordered (b, t)
-        xw = torch.mm(x2, weight.t())  # (B*T, C*H): every gate's input half; the kernel adds the bias
+        xw = _reused_buffer((B * T, weight.size(0)), x.dtype)  # (B*T, C*H)
+        torch.mm(x2, weight.t(), out=xw)  # every gate's input half; the kernel adds the bias
         bias_ = bias if bias is not None else xw.new_zeros(weight.size(0))
         h0 = h0.contiguous()
         h = kernel.scan_forward(xw, bias_, h0, weight.size(0) // h0.size(1))  # (B, T, H)
@@ -193,28 +194,41 @@ class _CompiledScan(torch.autograd.Function):
     def backward(ctx, dh: Tensor):
         x2, weight, bias, xw, h, h0 = ctx.saved_tensors
         chunks = weight.size(0) // h0.size(1)
-        dk = _scratch_like(xw)  # (B*T, C*H): dL/d(x W^T + b)
+        dk = _reused_buffer(xw.shape, xw.dtype)  # (B*T, C*H): dL/d(x W^T + b)
         _, dbias, dh0 = ctx.kernel.scan_backward(xw, bias, h, h0, dh.contiguous(), dk, chunks)
         dx = dk.mm(weight).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
         dweight = dk.t().mm(x2) if ctx.needs_input_grad[1] else None
         return dx, dweight, dbias if ctx.has_bias else None, dh0, None
 
 
-_scratch = threading.local()
+_pools = threading.local()
 
 
-def _scratch_like(xw: Tensor) -> Tensor:
-    """A tensor shaped like ``xw`` whose memory is reused by the next backward on this thread.
+def _reused_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An uninitialised CPU tensor of ``shape`` whose memory is reused once nobody holds it.
 
-    ``dk`` lives only inside one backward (both GEMMs that read it return new tensors), and
-    a fresh 30-50 MB tensor costs more in page faults than the whole kernel pass that
-    fills it (malloc returns such blocks to the OS on free). One buffer per thread, kept
-    at the largest size asked for.
+    The scan's two big temporaries, ``x W^T`` (kept for backward) and ``dk`` (inside
+    backward), are 30-50 MB at T=1024, H=256, batch 16: malloc hands such blocks back to the
+    OS on free, and touching a fresh one costs more in page faults than the kernel pass
+    over it. So each thread keeps a few buffers and hands out a new view of a free one; a
+    buffer is free when no other tensor shares its storage any more (the autograd graph
+    that saved it has been freed: ``retain_graph`` keeps it taken, as it must). At most 4
+    buffers per thread stay allocated between calls (what training needs at its peak
+    anyway). Without the storage use count (a private torch API) every call allocates.
     """
-    buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.dtype != xw.dtype or buffer.numel() < xw.numel():
-        buffer = _scratch.buffer = torch.empty(xw.numel(), dtype=xw.dtype)
-    return buffer[: xw.numel()].view(xw.shape)
+    numel = math.prod(shape)
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return torch.empty(shape, dtype=dtype)
+    pool = _pools.__dict__.setdefault("buffers", [])
+    for buffer in pool:
+        # 2 = the pool's own tensor + the temporary storage object asking
+        if buffer.dtype == dtype and buffer.numel() >= numel and use_count(buffer.untyped_storage()._cdata) == 2:
+            return buffer[:numel].view(shape)
+    buffer = torch.empty(numel, dtype=dtype)
+    if len(pool) < 4:  # a few layers' x W^T and one dk; beyond that, plain allocations
+        pool.append(buffer)
+    return buffer.view(shape)
 
 
 def _compiled_scan(x: Tensor, lengths: Optional[Tensor]):
