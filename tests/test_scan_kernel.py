@@ -28,17 +28,16 @@ def scan_kernel():
     return kernels.build(names=["scan"])[0]
 
 
-def _run(cell, x0, h0_0, path: dict):
-    """Outputs, final state and the gradients w.r.t. x, h0 and every parameter, on ``path``
-    (``kernels._loaded``: ``{}`` finds the built kernel, ``{"scan": None}`` turns it off)."""
+def _run(cell, x0, h0_0, kernel):
+    """Outputs, final state and the gradients w.r.t. x, h0 and every parameter, with the scan
+    kernel ``kernel`` (the built module, or ``None``: the Python scan)."""
     saved = dict(kernels._loaded)
-    kernels._loaded.clear()
-    kernels._loaded.update(path)
+    kernels._loaded["scan"] = kernel
     try:
         x, h0 = x0.clone().requires_grad_(True), h0_0.clone().requires_grad_(True)
         out, h = cell(x, h0)
         compiled = type(out.grad_fn).__name__ == "_CompiledScanBackward"
-        assert compiled == ("scan" not in path and cell.uses_fused), "ran on the wrong path"
+        assert compiled == (kernel is not None and cell.uses_fused), "ran on the wrong path"
         weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
         loss = (out * weights).sum() + (h * 1.5).sum()
         return [out, h, *torch.autograd.grad(loss, [x, h0, *cell.parameters()])]
@@ -62,9 +61,9 @@ def test_compiled_scan_equals_python_scan_and_reference(scan_kernel, cls, bias):
     reference = cls(I, H, bias=bias, backend="reference").double()
     reference.load_state_dict(cell.state_dict())
     x, h0 = torch.randn(B, T, I, dtype=torch.float64) * 2, torch.randn(B, H, dtype=torch.float64)
-    compiled = _run(cell, x, h0, {})
-    _assert_close(compiled, _run(cell, x, h0, {"scan": None}), atol=1e-12)
-    _assert_close(compiled, _run(reference, x, h0, {"scan": None}), atol=1e-12)
+    compiled = _run(cell, x, h0, scan_kernel)
+    _assert_close(compiled, _run(cell, x, h0, None), atol=1e-12)
+    _assert_close(compiled, _run(reference, x, h0, None), atol=1e-12)
 
 
 @pytest.mark.slow
@@ -91,22 +90,24 @@ def test_compiled_scan_float32_saturated_gates(scan_kernel, cls):
     with torch.no_grad():
         extreme = torch.nn.functional.linear(x, cell.weight_ih, cell.bias_ih).abs().max()
     assert extreme > 100, "the test must reach pre-activations beyond the float32 exp's range"
-    got = _run(cell, x, h0, {})
-    want = _run(reference, x.double(), h0.double(), {"scan": None})
+    got = _run(cell, x, h0, scan_kernel)
+    want = _run(reference, x.double(), h0.double(), None)
     assert all(torch.isfinite(g).all() for g in got)
     _assert_close([g.double() for g in got], want, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow
-def test_reused_buffers_survive_retain_graph_and_are_reused(scan_kernel):
+def test_reused_buffers_survive_retain_graph_and_are_reused(scan_kernel, monkeypatch):
     """The kernel path reuses its big temporaries: a graph kept with ``retain_graph`` must keep
     its own (a second backward after another forward gives the same gradients), and a plain
     training loop must not grow the pool."""
     from rnnkit.cells import minimal
 
+    monkeypatch.setitem(kernels._loaded, "scan", scan_kernel)
     cell = rnnkit.MinGRU(I, H)
     x = torch.randn(B, T, I, requires_grad=True)
     out, _ = cell(x)
+    assert type(out.grad_fn).__name__ == "_CompiledScanBackward"
     first = torch.autograd.grad(out.square().sum(), x, retain_graph=True)[0]
     for _ in range(3):  # other graphs come and go meanwhile
         other, _ = cell(torch.randn(B, T, I) * 5)
