@@ -3,7 +3,16 @@
 Speed: training tokens/s (forward + backward + SGD step) at T=1024, H=256, batch 16, one
 layer, input 256, interleaved with ``torch.nn.LSTM`` on the same shapes, on 1 and 2 threads
 (the GUIDE's figures are on 2; a scan's large ops use both cores, an LSTM's small
-per-step products at batch 16 hardly can).
+per-step products at batch 16 hardly can). Timed in the same rotation: each cell's two
+projection GEMMs alone (forward and weight gradient), the ceiling of its ratio: with
+I = H, a training step of minLSTM costs 3/10 of the LSTM's matrix FLOPs and minGRU 1/5
+(2BT·H²·6 and ·4 against ·20: no recurrent product, no gradient through one), so where
+``torch.nn.LSTM`` runs at ~2/3 of a large GEMM's FLOP rate (one thread here) the
+ceilings are ~5x (minLSTM) and ~7x (minGRU) before any gate, scan or loss is paid.
+
+The speed figures depend on the compiled scan kernel (``cells/kernels/linear_scan.cpp``):
+the benchmark builds it when it can (cached) and records which path ran in
+``"scan_path"``; ``RNNKIT_KERNELS=0`` measures the Python-ops path instead.
 
 Learning: the adding problem (Hochreiter & Schmidhuber, 1997): two channels, random values
 in [0, 1] and a marker that is 1 at two positions, one in each half of the sequence; the
@@ -14,11 +23,14 @@ optimiser; 2 layers each (one minGRU layer is a gated running average and cannot
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Callable
 
 import torch
 from torch import nn
 
+from ..errors import RnnkitError
 from ..layers import Recurrent
 from .timing import interleaved, threads
 
@@ -37,6 +49,20 @@ def _train_step(model: nn.Module, x: torch.Tensor):
     return step
 
 
+def _gemms_only(x: torch.Tensor, chunks: int) -> Callable[[], None]:
+    """The floor under a minGRU (2 chunks) / minLSTM (3) training step: its two projection GEMMs,
+    ``x W^T`` forward and ``dW = dk^T x`` backward (the input needs no gradient), alone."""
+    x2 = x.reshape(-1, x.size(-1))  # (B*T, I)
+    weight = torch.randn(chunks * x.size(-1), x.size(-1))
+    xw, dweight = torch.empty(x2.size(0), weight.size(0)), torch.empty_like(weight)
+
+    def step():
+        torch.mm(x2, weight.t(), out=xw)
+        torch.mm(xw.t(), x2, out=dweight)
+
+    return step
+
+
 def throughput(quick: bool, n_threads: int = 1) -> dict:
     batch, steps, hidden = 16, 1024, 256
     torch.manual_seed(0)
@@ -45,6 +71,8 @@ def throughput(quick: bool, n_threads: int = 1) -> dict:
         "torch.nn.LSTM": _train_step(nn.LSTM(hidden, hidden, batch_first=True), x),
         "rnnkit minGRU": _train_step(Recurrent(hidden, hidden, cell="mingru"), x),
         "rnnkit minLSTM": _train_step(Recurrent(hidden, hidden, cell="minlstm"), x),
+        "minGRU GEMMs only": _gemms_only(x, 2),
+        "minLSTM GEMMs only": _gemms_only(x, 3),
     }
     with threads(n_threads):
         timed = interleaved(candidates, {n: "torch.nn.LSTM" for n in candidates},
@@ -110,10 +138,23 @@ def adding_problem(quick: bool) -> dict:
             "optimizer": "Adam lr 3e-3, clip 1.0", "chance_mse": CHANCE_MSE, "results": results}
 
 
+def scan_path() -> str:
+    """Which minGRU/minLSTM scan runs here: the compiled kernel (built now if need be) or Python ops."""
+    from ..cells import kernels
+
+    if os.environ.get("RNNKIT_KERNELS", "1") == "0":
+        return "python ops (RNNKIT_KERNELS=0)"
+    try:
+        kernels.build(names=["scan"])
+    except RnnkitError as exc:
+        return f"python ops ({exc})"
+    return "compiled kernel" if kernels.scan_kernel() is not None else "python ops"
+
+
 def run(quick: bool = False) -> dict:
     """The whole scan-cell benchmark (what ``benchmarks/scan_cells.py`` writes): speed on 1 and
     2 threads (the quick run: 2), then the adding problem."""
-    result = {"throughput": {f"{n}_threads": throughput(quick, n) for n in ((2,) if quick else (1, 2))},
+    result = {"scan_path": scan_path(), "throughput": {f"{n}_threads": throughput(quick, n) for n in ((2,) if quick else (1, 2))},
               "adding_problem": adding_problem(quick)}
     result["ratios"] = {}
     for key, speed in result["throughput"].items():
@@ -121,6 +162,9 @@ def run(quick: bool = False) -> dict:
         for cell in ("minGRU", "minLSTM"):
             name = f"{cell} training tokens/s vs torch.nn.LSTM, T=1024, {key.replace('_', ' ')} (target >= 5x)"
             result["ratios"][name] = speed[f"rnnkit {cell}"]
+        for cell in ("minGRU", "minLSTM"):  # the ceiling: what the ratio would be if only the GEMMs cost
+            name = f"  ceiling: {cell}'s projection GEMMs alone vs torch.nn.LSTM, {key.replace('_', ' ')}"
+            result["ratios"][name] = speed[f"{cell} GEMMs only"]
     result["ratios"].update(adding_problem_summary(result))
     return result
 

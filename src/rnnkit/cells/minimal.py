@@ -11,7 +11,9 @@ scan: with ``A_t = a_1 ⊙ ... ⊙ a_t``,
 computed for all ``t`` at once in log space (Heinsen, 2023) by one ``cumsum`` and one
 ``logcumsumexp``: no time loop, only large elementwise ops and one input projection. On a
 CPU, where ATen's ``logcumsumexp`` is a slow scalar loop, the same scan runs in blocks
-(:func:`chunked_scan`, ~2 sqrt(T) sequential small ops); both are tested against the step. The
+(:func:`_blocked_scan`, ~2 sqrt(T) sequential small ops), or, when the optional compiled
+kernel is built (``kernels/linear_scan.cpp``), as one fused pass over time forward and one
+backward (:class:`_CompiledScan`); all are tested against the step. The
 candidates ``g(.)`` are positive, so their logs exist; the initial state, of any sign,
 enters through the separate ``A_t ⊙ h_0`` term. Inference steps one token at a time with
 the same equations (the "reference" path, also what ``backend="reference"`` trains on).
@@ -23,6 +25,7 @@ so the state passes through unchanged and the padding outputs are zeroed.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional
 
 import torch
@@ -30,6 +33,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .base import Backend, RecurrentCell, States, valid_steps
+from .kernels import scan_kernel
 
 
 def g(v: Tensor) -> Tensor:
@@ -47,7 +51,7 @@ def log_space_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
 
     Heinsen's form: one ``cumsum`` and one ``logcumsumexp`` over time. Fast where
     ``logcumsumexp`` is a parallel kernel (GPU); on a CPU ATen's is a scalar loop (~0.2 s
-    for 4M elements), so CPUs run :func:`chunked_scan`.
+    for 4M elements), so CPUs run :func:`_blocked_scan` or the compiled kernel.
     """
     log_A = log_a.cumsum(dim=1)  # (B, T, H): log of the running product A_t
     h = torch.exp(log_A + torch.logcumsumexp(log_b - log_A, dim=1))  # the scan from a zero state
@@ -161,6 +165,81 @@ class _MinLSTMCoefficients(torch.autograd.Function):
         return dk_f, dk_i, (db * i).div_(total).mul_(slope)
 
 
+class _CompiledScan(torch.autograd.Function):
+    """The whole cell in one function, on the compiled kernel (``kernels/linear_scan.cpp``):
+    ``h = scan(gates(x W^T + b), h0)``, ``(B, T, H)``.
+
+    Forward: one GEMM for every gate, then one pass over time that computes the gates and the
+    scan together; backward: one reverse pass that produces the gates' pre-activation
+    gradients ``dk`` (and ``db``, ``dh0``), then the GEMMs ``dW = dk^T x`` and ``dx = dk W``.
+    Only ``x W^T`` and ``h`` are kept in between; the gates are recomputed. The same
+    equations as :class:`LinearScan` with ``_MinGRUCoefficients``/``_MinLSTMCoefficients``,
+    which tests check it against.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor, kernel) -> Tensor:
+        B, T, I = x.shape
+        x2 = x.reshape(B * T, I)  # (B*T, I), rows ordered (b, t)
+        xw = _reused_buffer((B * T, weight.size(0)), x.dtype)  # (B*T, C*H)
+        torch.mm(x2, weight.t(), out=xw)  # every gate's input half; the kernel adds the bias
+        bias_ = bias if bias is not None else xw.new_zeros(weight.size(0))
+        h0 = h0.contiguous()
+        h = kernel.scan_forward(xw, bias_, h0, weight.size(0) // h0.size(1))  # (B, T, H)
+        ctx.save_for_backward(x2, weight, bias_, xw, h, h0)
+        ctx.kernel, ctx.has_bias, ctx.input_shape = kernel, bias is not None, x.shape
+        return h
+
+    @staticmethod
+    def backward(ctx, dh: Tensor):
+        x2, weight, bias, xw, h, h0 = ctx.saved_tensors
+        chunks = weight.size(0) // h0.size(1)
+        dk = _reused_buffer(xw.shape, xw.dtype)  # (B*T, C*H): dL/d(x W^T + b)
+        _, dbias, dh0 = ctx.kernel.scan_backward(xw, bias, h, h0, dh.contiguous(), dk, chunks)
+        dx = dk.mm(weight).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
+        dweight = dk.t().mm(x2) if ctx.needs_input_grad[1] else None
+        return dx, dweight, dbias if ctx.has_bias else None, dh0, None
+
+
+_pools = threading.local()
+
+
+def _reused_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An uninitialised CPU tensor of ``shape`` whose memory is reused once nobody holds it.
+
+    The scan's two big temporaries, ``x W^T`` (kept for backward) and ``dk`` (inside
+    backward), are 30-50 MB at T=1024, H=256, batch 16: malloc hands such blocks back to the
+    OS on free, and touching a fresh one costs more in page faults than the kernel pass
+    over it. So each thread keeps a few buffers and hands out a new view of a free one; a
+    buffer is free when no other tensor shares its storage any more (the autograd graph
+    that saved it has been freed: ``retain_graph`` keeps it taken, as it must). At most 4
+    buffers per thread stay allocated between calls (what training needs at its peak
+    anyway). Without the storage use count (a private torch API) every call allocates.
+    """
+    numel = math.prod(shape)
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return torch.empty(shape, dtype=dtype)
+    pool = _pools.__dict__.setdefault("buffers", [])
+    for buffer in pool:
+        # 2 = the pool's own tensor + the temporary storage object asking
+        if buffer.dtype == dtype and buffer.numel() >= numel and use_count(buffer.untyped_storage()._cdata) == 2:
+            return buffer[:numel].view(shape)
+    buffer = torch.empty(numel, dtype=dtype)
+    if len(pool) < 4:  # a few layers' x W^T and one dk; beyond that, plain allocations
+        pool.append(buffer)
+    return buffer.view(shape)
+
+
+def _compiled_scan(x: Tensor, lengths: Optional[Tensor]):
+    """The compiled scan kernel if it can run this call, else ``None`` (then Python ops run)."""
+    if x.device.type != "cpu" or lengths is not None or x.dtype not in (torch.float32, torch.float64):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        return None  # autocast decides the GEMM's dtype: leave it to the Python path
+    return scan_kernel()
+
+
 class _MinimalCell(RecurrentCell):
     """What minGRU and minLSTM share: no recurrent weights, a parallel scan, a sequential step."""
 
@@ -182,6 +261,10 @@ class _MinimalCell(RecurrentCell):
         raise NotImplementedError
 
     def _run_fused(self, x: Tensor, states: States, lengths: Optional[Tensor]):
+        kernel = _compiled_scan(x, lengths)
+        if kernel is not None and x.dtype == self.weight_ih.dtype == states[0].dtype:
+            h = _CompiledScan.apply(x, self.weight_ih, self.bias_ih, states[0], kernel)  # (B, T, H)
+            return h, (h[:, -1],)
         xw = self._project_input(x)  # (B, T, chunks*H)
         # The scans need float32 at least (bfloat16 under autocast would round a 1000-step
         # product to nothing).

@@ -1,13 +1,20 @@
 """Optional compiled kernels: built ahead of time, only ever loaded at run time.
 
-``build()`` compiles ``stream_step.cpp`` (a C++ compiler and ninja needed; ~30 s of CPU)
-into rnnkit's cache directory (``$RNNKIT_CACHE``, default ``~/.cache/rnnkit``), under a
-name keyed by the torch and Python versions and the source's hash. ``rnnkit bench``
-builds it; so does ``python -m rnnkit.cells.kernels``.
+Two small C++ extensions, each one source file here:
 
-At run time :func:`stream_kernel` only loads an already-built module, so a user's machine
-needs no compiler: without a built kernel (or with ``RNNKIT_KERNELS=0``) the same
-equations run as Python ops (``cells/streaming.py``), and rnnkit says so once (logging).
+- ``stream``: ``stream_step.cpp``, one step of a stack of LSTM layers (``cells/streaming.py``);
+- ``scan``: ``linear_scan.cpp``, minGRU/minLSTM gates and linear scan over a whole sequence,
+  forward and backward (``cells/minimal.py``).
+
+``build()`` compiles them (a C++ compiler and ninja needed; ~30 s of CPU each) into rnnkit's
+cache directory (``$RNNKIT_CACHE``, default ``~/.cache/rnnkit``), under a name keyed by the
+torch and Python versions, the source's hash and, for ``scan`` (compiled for this CPU's
+vector instructions), the CPU. ``rnnkit bench`` builds them; so does
+``python -m rnnkit.cells.kernels``.
+
+At run time :func:`kernel` only loads an already-built module, so a user's machine needs no
+compiler: without a built kernel (or with ``RNNKIT_KERNELS=0``) the same equations run as
+Python ops, and rnnkit says so once (logging).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import platform
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -25,56 +33,87 @@ import torch
 
 from ...errors import RnnkitError
 
-SOURCE = Path(__file__).with_name("stream_step.cpp")
+#: kernel name -> (source file, extra compiler flags, what runs without it)
+KERNELS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "stream": ("stream_step.cpp", ("-O3",), "LSTM steps run as Python ops"),
+    # -march=native: the inner loops over H are vectorised for the CPU that builds (and, the
+    # cache key says, runs) it; -fopenmp-simd honours `#pragma omp simd` without OpenMP.
+    "scan": ("linear_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"), "minGRU/minLSTM scan in Python ops"),
+}
 log = logging.getLogger("rnnkit")
 _loaded: dict[str, Optional[ModuleType]] = {}
 
 
-def build_directory() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+def _cpu() -> str:
+    try:
+        return next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def build_directory(name: str = "stream") -> Path:
+    source, flags, _ = KERNELS[name]
+    key = Path(__file__).with_name(source).read_bytes()
+    if "-march=native" in flags:  # a build for this CPU only
+        key += " ".join(flags).encode() + _cpu().encode()
+    digest = hashlib.sha256(key).hexdigest()[:12]
     tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{digest}".replace("+", "_")
     return Path(os.environ.get("RNNKIT_CACHE", Path.home() / ".cache" / "rnnkit")) / "kernels" / tag
 
 
-def _name() -> str:
-    return "rnnkit_stream_step_" + build_directory().name.rsplit("-", 1)[1]
+def _module_name(name: str) -> str:
+    return f"rnnkit_{Path(KERNELS[name][0]).stem}_" + build_directory(name).name.rsplit("-", 1)[1]
 
 
-def build(verbose: bool = False) -> ModuleType:
-    """Compile the streaming kernel into the cache (a no-op when it is already built) and load it."""
+def build(verbose: bool = False, names: Optional[list[str]] = None) -> list[ModuleType]:
+    """Compile the kernels (all, or ``names``) into the cache (a no-op when built) and load them."""
     from torch.utils import cpp_extension
 
-    directory = build_directory()
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        module = cpp_extension.load(_name(), [str(SOURCE)], extra_cflags=["-O3"],
-                                    build_directory=str(directory), verbose=verbose)
-    except (RuntimeError, OSError, ImportError) as exc:  # no compiler, no ninja, failed build
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RnnkitError(f"cannot build rnnkit's streaming kernel ({first}); "
-                          "install a C++ compiler and ninja, or keep the Python path") from None
-    _loaded["stream"] = module
-    return module
+    modules = []
+    for name in names or list(KERNELS):
+        source, flags, _ = KERNELS[name]
+        directory = build_directory(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            module = cpp_extension.load(_module_name(name), [str(Path(__file__).with_name(source))],
+                                        extra_cflags=list(flags), build_directory=str(directory), verbose=verbose)
+        except (RuntimeError, OSError, ImportError) as exc:  # no compiler, no ninja, failed build
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RnnkitError(f"cannot build rnnkit's {name} kernel ({first}); "
+                              "install a C++ compiler and ninja, or keep the Python path") from None
+        _loaded[name] = module
+        modules.append(module)
+    return modules
 
 
-def stream_kernel() -> Optional[ModuleType]:
-    """The built streaming kernel, or ``None`` (then the Python path runs; logged once)."""
-    if "stream" in _loaded:
-        return _loaded["stream"]
+def kernel(name: str) -> Optional[ModuleType]:
+    """The built kernel ``name``, or ``None`` (then the Python path runs; logged once)."""
+    if name in _loaded:
+        return _loaded[name]
     module, reason = None, None
-    path = build_directory() / f"{_name()}.so"
+    path = build_directory(name) / f"{_module_name(name)}.so"
     if os.environ.get("RNNKIT_KERNELS", "1") == "0":
         reason = "RNNKIT_KERNELS=0"
     elif not path.exists():
         reason = f"not built (run `python -m rnnkit.cells.kernels` once; looked in {path.parent})"
     else:
         try:
-            spec = importlib.util.spec_from_file_location(_name(), path)
+            spec = importlib.util.spec_from_file_location(_module_name(name), path)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         except ImportError as exc:  # built for another torch or machine
             module, reason = None, f"cannot load {path}: {exc}"
     if reason:
-        log.info("rnnkit's compiled streaming kernel is off (%s): LSTM steps run as Python ops", reason)
-    _loaded["stream"] = module
+        log.info("rnnkit's compiled %s kernel is off (%s): %s", name, reason, KERNELS[name][2])
+    _loaded[name] = module
     return module
+
+
+def stream_kernel() -> Optional[ModuleType]:
+    """The built streaming kernel, or ``None``."""
+    return kernel("stream")
+
+
+def scan_kernel() -> Optional[ModuleType]:
+    """The built minGRU/minLSTM scan kernel, or ``None``."""
+    return kernel("scan")

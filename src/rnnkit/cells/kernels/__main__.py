@@ -2,4 +2,5 @@
 
 from . import build
 
-print(f"built {build(verbose=True).__file__}")
+for module in build(verbose=True):
+    print(f"built {module.__file__}")

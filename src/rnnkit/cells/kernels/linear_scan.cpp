@@ -1,0 +1,257 @@
+// minGRU / minLSTM over a whole sequence on a CPU: the gates and the linear scan
+//   h_t = a_t * h_{t-1} + b_t
+// fused into one pass over time forward and one pass backward (cells/minimal.py, `_FusedScan`).
+//
+// Input: the gate pre-activations without their bias, xw = x W^T, (B*T, C*H) with rows
+// ordered (b, t) (C = 2 for minGRU [k_z | k_h], 3 for minLSTM [k_f | k_i | k_h]); the bias
+// (C*H) is added on the fly. For a fixed b the rows of every tensor follow each other in
+// memory, so each batch row is one sequential sweep over T; the inner loop runs over H
+// (vectorised), batch rows are split across threads (at::parallel_for).
+//
+//   minGRU:  z = s(k_z), a = 1 - z,          b = z g(k_h)
+//   minLSTM: f, i = s(k_f), s(k_i), a = f/(f+i), b = i/(f+i) g(k_h)
+//   g(v) = v + 1/2 for v >= 0, s(v) below; s = sigmoid
+//
+// Backward, with G_t = dL/dh_t over every path: G_t = dh_t + a_{t+1} G_{t+1} (reverse scan),
+// then the gates' derivatives (written out in the cell functions below) and dh_0 = a_1 G_1.
+// Nothing but xw and h is kept between the passes: the gates are recomputed, which costs
+// less than writing and reading them back.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+// exp for float as plain arithmetic, so that `omp simd` loops vectorise it (glibc's expf
+// does not): Cephes' range reduction x = n ln2 + r and degree-6 polynomial, ~1 ulp.
+inline float exp_simd(float x) {
+  x = x < -87.3f ? -87.3f : (x > 87.0f ? 87.0f : x);  // 2^n stays normal; 1 + 2 e^x stays finite
+  const float shift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + shift) - shift;
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const std::int32_t bits = (static_cast<std::int32_t>(n) + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline double exp_simd(double x) {  // float64: for gradcheck, not speed
+  return std::exp(x < -708.0 ? -708.0 : (x > 708.0 ? 708.0 : x));
+}
+
+template <typename T>
+inline T sigmoid(T v) {
+  return T(1) / (T(1) + exp_simd(-v));
+}
+
+// g(v) and g'(v) from s = sigmoid(v)
+template <typename T>
+inline T candidate(T v, T s) {
+  return v >= T(0) ? v + T(0.5) : s;
+}
+template <typename T>
+inline T candidate_slope(T v, T s) {
+  return v >= T(0) ? T(1) : s * (T(1) - s);
+}
+
+// One element of a minGRU step. k points at the row's k_z; k_h is H further on.
+template <typename T>
+struct MinGRU {
+  static constexpr int chunks = 2;
+
+  static inline T step(const T* k, const T* bias, int64_t H, int64_t j, T h_prev) {
+    const T z = sigmoid(k[j] + bias[j]);
+    const T v = k[H + j] + bias[H + j];
+    return (T(1) - z) * h_prev + z * candidate(v, sigmoid(v));
+  }
+
+  // dk (same layout as k) from G = dL/dh_t; returns a_t for the step before.
+  static inline T grad(const T* k, const T* bias, int64_t H, int64_t j, T h_prev, T G, T* dk) {
+    const T z = sigmoid(k[j] + bias[j]);
+    const T v = k[H + j] + bias[H + j];
+    const T s = sigmoid(v);
+    const T c = candidate(v, s);
+    dk[j] = G * (c - h_prev) * z * (T(1) - z);  // dh/dz = c - h_{t-1}
+    dk[H + j] = G * z * candidate_slope(v, s);
+    return T(1) - z;
+  }
+};
+
+// With u = 1 + e^{-k_f}, w = 1 + e^{-k_i} (f = 1/u, i = 1/w) the normalised gates are
+// a = f/(f+i) = w/(u+w) and i/(f+i) = u/(u+w): one division instead of three. Backward:
+// dk_f = G e^{-k_f} w (h_{t-1} - c)/(u+w)^2, dk_i = -G e^{-k_i} u (h_{t-1} - c)/(u+w)^2,
+// dk_h = G u/(u+w) g'. u and w are scaled by e^{-m}, m = max(0, -k_f, -k_i), so that no
+// exponent is positive: when both gates are shut (k < -87) their ratio stays exact.
+template <typename T>
+struct MinLSTM {
+  static constexpr int chunks = 3;
+
+  struct Gates {
+    T ef, ei, u, w, r;  // e^{-k_f - m}, e^{-k_i - m}, u e^{-m}, w e^{-m}, 1/(u + w) e^{m}
+  };
+
+  static inline Gates gates(T k_f, T k_i) {
+    const T m = std::max(T(0), std::max(-k_f, -k_i));
+    const T one = exp_simd(-m);
+    Gates g;
+    g.ef = exp_simd(-k_f - m);
+    g.ei = exp_simd(-k_i - m);
+    g.u = one + g.ef;
+    g.w = one + g.ei;
+    g.r = T(1) / (g.u + g.w);
+    return g;
+  }
+
+  static inline T step(const T* k, const T* bias, int64_t H, int64_t j, T h_prev) {
+    const Gates g = gates(k[j] + bias[j], k[H + j] + bias[H + j]);
+    const T v = k[2 * H + j] + bias[2 * H + j];
+    return g.w * g.r * h_prev + g.u * g.r * candidate(v, sigmoid(v));
+  }
+
+  static inline T grad(const T* k, const T* bias, int64_t H, int64_t j, T h_prev, T G, T* dk) {
+    const Gates g = gates(k[j] + bias[j], k[H + j] + bias[H + j]);
+    const T v = k[2 * H + j] + bias[2 * H + j];
+    const T s = sigmoid(v);
+    const T q = G * (h_prev - candidate(v, s));
+    dk[j] = q * (g.ef * g.r) * (g.w * g.r);
+    dk[H + j] = -q * (g.ei * g.r) * (g.u * g.r);
+    dk[2 * H + j] = G * g.u * g.r * candidate_slope(v, s);
+    return g.w * g.r;
+  }
+};
+
+template <typename Cell, typename T>
+void forward_rows(const T* xw, const T* bias, const T* h0, T* h, int64_t b0, int64_t b1, int64_t T_, int64_t H) {
+  const int64_t width = Cell::chunks * H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* h_prev = h0 + b * H;
+    for (int64_t t = 0; t < T_; ++t) {
+      const T* k = xw + (b * T_ + t) * width;
+      T* out = h + (b * T_ + t) * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) out[j] = Cell::step(k, bias, H, j, h_prev[j]);
+      h_prev = out;
+    }
+  }
+}
+
+// Backward walks time in reverse, which the hardware prefetchers follow poorly: fetch the
+// rows kAhead steps back explicitly (a cache line is 64 bytes).
+constexpr int64_t kAhead = 4;
+
+template <typename T>
+inline void prefetch_rows(const T* k, int64_t width, const T* g, const T* h_prev, int64_t H) {
+  constexpr int64_t line = 64 / sizeof(T);
+  for (int64_t j = 0; j < width; j += line) __builtin_prefetch(k + j);
+  for (int64_t j = 0; j < H; j += line) {
+    __builtin_prefetch(g + j);
+    __builtin_prefetch(h_prev + j);
+  }
+}
+
+// carry (2H scratch): a_{t+1} and G_{t+1}; dbias (C*H) accumulates this thread's rows.
+template <typename Cell, typename T>
+void backward_rows(const T* xw, const T* bias, const T* h, const T* h0, const T* dh, T* dk, T* dh0, T* dbias,
+                   T* carry, int64_t b0, int64_t b1, int64_t T_, int64_t H) {
+  const int64_t width = Cell::chunks * H;
+  T* a_next = carry;
+  T* G_next = carry + H;
+  for (int64_t b = b0; b < b1; ++b) {
+    std::fill(carry, carry + 2 * H, T(0));  // nothing flows back past the last step
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+      const int64_t row = b * T_ + t;
+      const T* k = xw + row * width;
+      T* d = dk + row * width;
+      const T* g_out = dh + row * H;
+      const T* h_prev = t > 0 ? h + (row - 1) * H : h0 + b * H;
+      if (t >= kAhead + 1) prefetch_rows(xw + (row - kAhead) * width, width, dh + (row - kAhead) * H,
+                                         h + (row - kAhead - 1) * H, H);
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        const T G = g_out[j] + a_next[j] * G_next[j];
+        a_next[j] = Cell::grad(k, bias, H, j, h_prev[j], G, d);
+        G_next[j] = G;
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) dbias[j] += d[j];
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) dh0[b * H + j] = a_next[j] * G_next[j];
+  }
+}
+
+void check(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h0, int64_t chunks) {
+  TORCH_CHECK(chunks == 2 || chunks == 3, "chunks must be 2 (minGRU) or 3 (minLSTM)");
+  TORCH_CHECK(xw.dim() == 2 && xw.is_contiguous() && h0.is_contiguous() && bias.is_contiguous(),
+              "contiguous xw (B*T, C*H), bias (C*H), h0 (B, H) expected");
+  TORCH_CHECK(xw.size(1) == chunks * h0.size(1) && bias.numel() == xw.size(1) && xw.size(0) % h0.size(0) == 0,
+              "xw, bias and h0 do not fit together");
+  TORCH_CHECK(xw.scalar_type() == bias.scalar_type() && xw.scalar_type() == h0.scalar_type(), "one dtype expected");
+}
+
+}  // namespace
+
+// xw (B*T, C*H) = x W^T without the bias; bias (C*H,); h0 (B, H). Returns h (B, T, H).
+at::Tensor scan_forward(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h0, int64_t chunks) {
+  check(xw, bias, h0, chunks);
+  const int64_t B = h0.size(0), H = h0.size(1), T_ = xw.size(0) / B;
+  auto h = at::empty({B, T_, H}, xw.options());
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "scan_forward", [&] {
+    const auto *k = xw.data_ptr<scalar_t>(), *bi = bias.data_ptr<scalar_t>(), *h0_ = h0.data_ptr<scalar_t>();
+    auto* out = h.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      if (chunks == 2)
+        forward_rows<MinGRU<scalar_t>>(k, bi, h0_, out, b0, b1, T_, H);
+      else
+        forward_rows<MinLSTM<scalar_t>>(k, bi, h0_, out, b0, b1, T_, H);
+    });
+  });
+  return h;
+}
+
+// The gradients of scan_forward from dh (B, T, H): (dxw (B*T, C*H), dbias (C*H,), dh0 (B, H));
+// dk: where dxw goes, like xw (the caller may reuse it across calls: a fresh 32 MB tensor
+// costs more in page faults than this whole pass).
+std::vector<at::Tensor> scan_backward(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h,
+                                      const at::Tensor& h0, const at::Tensor& dh, at::Tensor dk, int64_t chunks) {
+  check(xw, bias, h0, chunks);
+  TORCH_CHECK(h.is_contiguous() && dh.is_contiguous() && dh.sizes() == h.sizes(), "contiguous h, dh expected");
+  TORCH_CHECK(dk.is_contiguous() && dk.sizes() == xw.sizes() && dk.scalar_type() == xw.scalar_type(),
+              "dk must be like xw");
+  const int64_t B = h0.size(0), H = h0.size(1), T_ = xw.size(0) / B, width = xw.size(1);
+  auto dh0 = at::empty_like(h0);
+  auto dbias_rows = at::zeros({B, width}, xw.options());  // per batch row: no two threads share one
+  auto carry = at::empty({B, 2 * H}, xw.options());
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "scan_backward", [&] {
+    const auto *k = xw.data_ptr<scalar_t>(), *bi = bias.data_ptr<scalar_t>(), *h_ = h.data_ptr<scalar_t>(),
+               *h0_ = h0.data_ptr<scalar_t>(), *dh_ = dh.data_ptr<scalar_t>();
+    auto *d = dk.data_ptr<scalar_t>(), *dh0_ = dh0.data_ptr<scalar_t>(), *db = dbias_rows.data_ptr<scalar_t>(),
+         *c = carry.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {  // one row at a time: its own dbias row and scratch
+        if (chunks == 2)
+          backward_rows<MinGRU<scalar_t>>(k, bi, h_, h0_, dh_, d, dh0_, db + b * width, c + b * 2 * H, b, b + 1, T_, H);
+        else
+          backward_rows<MinLSTM<scalar_t>>(k, bi, h_, h0_, dh_, d, dh0_, db + b * width, c + b * 2 * H, b, b + 1, T_, H);
+      }
+    });
+  });
+  return {dk, dbias_rows.sum(0), dh0};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("scan_forward", &scan_forward, "minGRU/minLSTM gates and linear scan over a sequence");
+  m.def("scan_backward", &scan_backward, "the gradient of scan_forward");
+}

@@ -1,0 +1,135 @@
+"""The compiled minGRU/minLSTM scan (``cells/kernels/linear_scan.cpp``) against the Python scan
+and the sequential reference step: outputs, final state and every gradient, ``gradcheck`` in
+float64, float32 with inputs that saturate the gates, and the fallback without the kernel.
+
+The kernel is optional: building it needs a C++ compiler and ninja (~30 s of CPU, cached),
+so the tests that build it are slow and skip without a compiler.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.cells import kernels
+from rnnkit.cells.minimal import _CompiledScan
+
+B, T, I, H = 3, 11, 4, 5
+MINIMAL = pytest.mark.parametrize("cls", [rnnkit.MinGRU, rnnkit.MinLSTM], ids=["mingru", "minlstm"])
+
+
+@pytest.fixture(scope="module")
+def scan_kernel():
+    if shutil.which("c++") is None or shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or ninja: the kernel is optional and the Python scan runs")
+    return kernels.build(names=["scan"])[0]
+
+
+def _run(cell, x0, h0_0, kernel):
+    """Outputs, final state and the gradients w.r.t. x, h0 and every parameter, with the scan
+    kernel ``kernel`` (the built module, or ``None``: the Python scan)."""
+    saved = dict(kernels._loaded)
+    kernels._loaded["scan"] = kernel
+    try:
+        x, h0 = x0.clone().requires_grad_(True), h0_0.clone().requires_grad_(True)
+        out, h = cell(x, h0)
+        compiled = type(out.grad_fn).__name__ == "_CompiledScanBackward"
+        assert compiled == (kernel is not None and cell.uses_fused), "ran on the wrong path"
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        loss = (out * weights).sum() + (h * 1.5).sum()
+        return [out, h, *torch.autograd.grad(loss, [x, h0, *cell.parameters()])]
+    finally:
+        kernels._loaded.clear()
+        kernels._loaded.update(saved)
+
+
+def _assert_close(got, want, atol, rtol=0.0):
+    names = ["outputs", "final state", "grad x", "grad h0", "grad weight", "grad bias"]
+    for a, b, name in zip(got, want, names):
+        assert torch.allclose(a, b, atol=atol, rtol=rtol), f"{name}: max abs diff {(a - b).abs().max():.3g}"
+
+
+@pytest.mark.slow
+@MINIMAL
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_compiled_scan_equals_python_scan_and_reference(scan_kernel, cls, bias):
+    torch.manual_seed(1)
+    cell = cls(I, H, bias=bias).double()
+    reference = cls(I, H, bias=bias, backend="reference").double()
+    reference.load_state_dict(cell.state_dict())
+    x, h0 = torch.randn(B, T, I, dtype=torch.float64) * 2, torch.randn(B, H, dtype=torch.float64)
+    compiled = _run(cell, x, h0, scan_kernel)
+    _assert_close(compiled, _run(cell, x, h0, None), atol=1e-12)
+    _assert_close(compiled, _run(reference, x, h0, None), atol=1e-12)
+
+
+@pytest.mark.slow
+@MINIMAL
+def test_compiled_scan_gradcheck_float64(scan_kernel, cls):
+    torch.manual_seed(2)
+    chunks = cls.num_chunks
+    double = dict(dtype=torch.float64, requires_grad=True)
+    args = (torch.randn(2, 6, 3, **double), torch.randn(chunks * 4, 3, **double),
+            torch.randn(chunks * 4, **double), torch.randn(2, 4, **double))
+    assert torch.autograd.gradcheck(lambda *a: _CompiledScan.apply(*a, scan_kernel), args)
+
+
+@pytest.mark.slow
+@MINIMAL
+def test_compiled_scan_float32_saturated_gates(scan_kernel, cls):
+    """Float32 (the kernel's own exp) with pre-activations up to +-100: every gate saturates in
+    both directions, where a careless exp overflows. Compared with the float64 reference."""
+    torch.manual_seed(3)
+    cell = cls(I, H)
+    reference = cls(I, H, backend="reference").double()
+    reference.load_state_dict(cell.state_dict())
+    x, h0 = torch.randn(B, 40, I) * 60, torch.randn(B, H)
+    with torch.no_grad():
+        extreme = torch.nn.functional.linear(x, cell.weight_ih, cell.bias_ih).abs().max()
+    assert extreme > 100, "the test must reach pre-activations beyond the float32 exp's range"
+    got = _run(cell, x, h0, scan_kernel)
+    want = _run(reference, x.double(), h0.double(), None)
+    assert all(torch.isfinite(g).all() for g in got)
+    _assert_close([g.double() for g in got], want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_reused_buffers_survive_retain_graph_and_are_reused(scan_kernel, monkeypatch):
+    """The kernel path reuses its big temporaries: a graph kept with ``retain_graph`` must keep
+    its own (a second backward after another forward gives the same gradients), and a plain
+    training loop must not grow the pool."""
+    from rnnkit.cells import minimal
+
+    monkeypatch.setitem(kernels._loaded, "scan", scan_kernel)
+    cell = rnnkit.MinGRU(I, H)
+    x = torch.randn(B, T, I, requires_grad=True)
+    out, _ = cell(x)
+    assert type(out.grad_fn).__name__ == "_CompiledScanBackward"
+    first = torch.autograd.grad(out.square().sum(), x, retain_graph=True)[0]
+    for _ in range(3):  # other graphs come and go meanwhile
+        other, _ = cell(torch.randn(B, T, I) * 5)
+        other.sum().backward()
+    again = torch.autograd.grad(out.square().sum(), x)[0]
+    assert torch.equal(first, again)
+    pool = minimal._pools.buffers
+    sizes = len(pool)
+    for _ in range(3):
+        other, _ = cell(torch.randn(B, T, I))
+        other.sum().backward()
+    assert len(pool) == sizes <= 4
+
+
+def test_without_the_scan_kernel_the_python_scan_runs(monkeypatch, caplog):
+    monkeypatch.setenv("RNNKIT_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_loaded", {})
+    cell = rnnkit.MinLSTM(I, H)
+    x = torch.randn(B, T, I, requires_grad=True)
+    with caplog.at_level("INFO", logger="rnnkit"):
+        out, h = cell(x)
+    out.sum().backward()
+    assert kernels.scan_kernel() is None
+    assert "scan kernel is off (RNNKIT_KERNELS=0)" in caplog.text
+    assert out.shape == (B, T, H) and x.grad.shape == x.shape
