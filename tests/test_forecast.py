@@ -14,6 +14,7 @@ import rnnkit
 from rnnkit.data.series import SeriesScaler, calendar_features
 from rnnkit.errors import DataError, RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
+from rnnkit.tasks.forecast import blocked_fold
 from rnnkit.tasks.forecast_eval import backtest_plot_frames, coverage_report, evaluate_forecast
 from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet
 from rnnkit.plotting import plot_forecast
@@ -71,16 +72,35 @@ def test_quantiles_never_cross(head: str) -> None:
 
 
 def test_calibration_puts_the_nominal_share_below_each_quantile() -> None:
-    config = ForecasterConfig(horizon=4, lookback=6, quantiles=(0.1, 0.5, 0.9), hidden_size=8, ensemble=2)
+    config = ForecasterConfig(horizon=4, lookback=6, quantiles=(0.1, 0.5, 0.9), hidden_size=8, ensemble=1)
     torch.manual_seed(0)
     model = ForecastEnsemble(config, num_past=0, num_known=0).eval()
     data = (torch.randn(500, 6), torch.zeros(500, 6, 0), torch.zeros(500, 10, 0), 3 * torch.randn(500, 4))
-    model.calibrate(data, config.quantiles)
+    model.calibrate([data], config.quantiles)  # the held-out windows of the one member
     assert model.calibration[1] == 0  # the median is left alone
     predicted = model(*data[:3])  # (500, 4, 3)
     below = (data[3].unsqueeze(2) <= predicted).float().mean(dim=(0, 1))
     torch.testing.assert_close(below[[0, 2]], torch.tensor([0.1, 0.9]), atol=0.01, rtol=0)
     assert torch.all(predicted[..., 1:] >= predicted[..., :-1])
+
+
+def test_each_member_validates_on_its_own_block_and_never_trains_on_its_targets() -> None:
+    horizon, n = 3, 20
+    window_ids = torch.arange(n)  # window i forecasts the series at i + lookback ... + horizon - 1
+    series = (window_ids.float()[:, None], window_ids)  # any per-window tensors, first dim = windows
+    for k, block in ((0, range(17, 20)), (1, range(14, 17)), (2, range(11, 14))):
+        train, val = blocked_fold([series], horizon, k, purge=True)
+        assert val[1].tolist() == list(block)
+        # purged: no training window's targets overlap a validation window's targets
+        assert all(abs(i - j) >= horizon for i in train[1].tolist() for j in block)
+        assert len(train[1]) == n - horizon - 2 * (horizon - 1) + (2 if k == 0 else 0)
+    train, val = blocked_fold([series], horizon, 0, purge=False)
+    assert val[1].tolist() == [17, 18, 19] and train[1].tolist() == list(range(17))
+    short = (torch.arange(4).float()[:, None], torch.arange(4))  # 4 windows: too short to purge
+    train, val = blocked_fold([short], horizon, 5, purge=True)
+    assert val[1].tolist() == [1, 2, 3] and train[1].tolist() == [0]
+    train, val = blocked_fold([short[:1] + short[1:], (torch.zeros(2, 1), torch.arange(2))], horizon, 0)
+    assert train[1].tolist() == [0, 0, 1] and val[1].tolist() == [1, 2, 3]  # 2 windows: it only trains
 
 
 def test_calendar_features() -> None:

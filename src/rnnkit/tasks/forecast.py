@@ -78,26 +78,20 @@ class Forecaster:
         self.freq = self._common_frequency(frame)
         self.scaler = SeriesScaler.fit(series)
         self.covariate_stats = {c: (float(frame[c].mean()), float(frame[c].std()) or 1.0) for c in self.covariates}
-        train, val = [], []
-        for uid, group in frame.groupby("unique_id", sort=False):
-            windows = self._windows(*self._arrays(str(uid), group))
-            # The windows whose targets end in the last `horizon` steps validate; the rest train.
-            # A series too short to spare them (shorter than lookback + 2 x horizon) only trains.
-            split = len(windows[0]) - cfg.horizon if len(windows[0]) > cfg.horizon else len(windows[0])
-            train.append([t[:split] for t in windows])
-            val.append([t[split:] for t in windows])
-        train_data = tuple(torch.cat(parts) for parts in zip(*train))
-        val_data = tuple(torch.cat(parts) for parts in zip(*val))
-        num_past, num_known = self.num_features = train_data[1].size(2), train_data[2].size(2)
+        windows = [self._windows(*self._arrays(str(uid), group))  # per series, in time order
+                   for uid, group in frame.groupby("unique_id", sort=False)]
+        num_past, num_known = self.num_features = windows[0][1].size(2), windows[0][2].size(2)
         self.model = ForecastEnsemble(cfg, num_past, num_known)
-        self.train_results = []
+        self.train_results, held_out = [], []
         for k, (member, budget) in enumerate(zip(self.model.members, budget_shares(cfg.minutes, cfg.ensemble))):
+            train_data, val_data = blocked_fold(windows, cfg.horizon, k, cfg.purge)
             torch.manual_seed(cfg.seed + k)
             member.load_state_dict(ForecastNet(cfg, num_past, num_known).state_dict())
             self.train_results.append(self._train_member(member, train_data, val_data, cfg.seed + k, budget))
+            held_out.append(val_data)
         self.model.cpu().eval()
         if cfg.calibrate:
-            self.model.calibrate(val_data, cfg.quantiles)
+            self.model.calibrate(held_out, cfg.quantiles)
         self.history = {str(uid): self._tail_of(group) for uid, group in frame.groupby("unique_id", sort=False)}
         return self
 
@@ -112,8 +106,9 @@ class Forecaster:
 
         steps_per_epoch = -(-len(train[0]) // cfg.batch_size)
         train_config = TrainConfig(epochs=-(-cfg.max_steps // steps_per_epoch), max_steps=cfg.max_steps,
-                                   minutes=minutes, batch_size=cfg.batch_size, lr=cfg.lr, patience=cfg.patience,
-                                   eval_every=20, seed=seed, progress=cfg.progress)
+                                   minutes=minutes, batch_size=cfg.batch_size, lr=cfg.lr,
+                                   patience=cfg.patience if val is not None else None, eval_every=20, seed=seed,
+                                   progress=cfg.progress)
         return fit(member, loss_fn, train, val, train_config)
 
     def _common_frequency(self, frame: pd.DataFrame) -> str:
@@ -313,6 +308,38 @@ class Forecaster:
 
 
 register(MODEL_TYPE)(Forecaster.from_bundle)
+
+
+def blocked_fold(windows: list[tuple[Tensor, ...]], horizon: int, k: int, purge: bool = False
+                 ) -> tuple[tuple[Tensor, ...], Optional[tuple[Tensor, ...]]]:
+    """``(train, val)`` of ensemble member ``k``: in every series, the ``k``-th block of ``horizon``
+    windows from the end validates, and the others train.
+
+    ``windows`` holds each series' windows in time order (``_windows``). Member 0 validates on
+    the most recent windows, member 1 on the block before, and so on: together the members are
+    checked on several stretches of the past, which calibrates the intervals on more than one
+    year's luck, and all but one member train on the most recent windows. With ``purge`` the
+    windows whose targets overlap the block's targets are left out of training too, so neither
+    early stopping nor calibration sees a value the member was trained to predict (a series
+    shorter than two blocks is not purged). A series too short for block ``k`` uses an
+    earlier block; one too short for any only trains.
+    """
+    train, val = [], []
+    for series in windows:
+        n = len(series[0])
+        gap = horizon - 1 if purge and n >= 2 * horizon else 0
+        blocks = (n - 1 - gap) // horizon  # each block leaves at least one window to train on
+        if blocks == 0:
+            train.append(series)
+            continue
+        end = n - (k % blocks) * horizon
+        start = end - horizon
+        index = torch.arange(n)
+        keep = (index < start - gap) | (index >= end + gap)
+        train.append(tuple(t[keep] for t in series))
+        val.append(tuple(t[start:end] for t in series))
+    join = lambda parts: tuple(torch.cat(p) for p in zip(*parts))  # noqa: E731
+    return join(train), (join(val) if val else None)
 
 
 @contextmanager

@@ -45,7 +45,9 @@ class ForecasterConfig(JsonConfig):
     num_layers: int = 1  # one layer suffices for a few hundred points per series
     dropout: float = 0.0  # between stacked layers only; early stopping and the ensemble regularise
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)  # 0.5 is the point forecast; 0.1-0.9 an 80 % interval
-    calibrate: bool = True  # shift the quantiles so validation windows are covered at their nominal rates
+    calibrate: bool = True  # shift the quantiles so held-out windows are covered at their nominal rates
+    purge: bool = False  # also leave out of training the windows whose targets overlap a member's validation
+    # targets: stricter, but it cost 6 % of validation MASE (0.788 vs 0.744) by dropping recent windows
     window_scale: bool = True  # also divide each window by its own spread; halved AirPassengers' validation MASE
     calendar: bool = True  # add sin/cos calendar features of the timestamps (known in the future)
     past_covariates: tuple[str, ...] = ()  # columns known only up to the forecast origin
@@ -136,17 +138,22 @@ class ForecastEnsemble(nn.Module):
         return (mean + self.calibration).cummax(dim=2).values
 
     @torch.no_grad()
-    def calibrate(self, data: tuple[Tensor, ...], quantiles: tuple[float, ...]) -> None:
+    def calibrate(self, held_out: list[Optional[tuple[Tensor, ...]]], quantiles: tuple[float, ...]) -> None:
         """Shift each quantile but the median so that a share ``q`` of held-out targets falls below it.
 
-        One-sided split-conformal calibration on ``data`` (``y, past, known, target``):
-        ``calibration[k]`` is the ``q_k``-quantile of ``target - prediction_k`` over every
-        window and step. Quantile regression fitted on training windows is usually too
-        confident; this widens (or narrows) the interval from evidence it was not trained on.
+        One-sided split-conformal calibration: ``held_out[m]`` (``y, past, known, target``,
+        or ``None``) holds windows member ``m`` was not trained on; ``calibration[k]`` is the
+        ``q_k``-quantile of ``target - prediction_k`` of each member on its own held-out
+        windows, over every window and step. Quantile regression fitted on training windows is
+        usually too confident; this widens (or narrows) the interval from evidence no member
+        was trained on. A member is less accurate than the mean of all, so the shift errs wide.
         """
         self.calibration.zero_()
-        y, past, known, target = data
-        residual = (target.unsqueeze(2) - self(y, past, known)).flatten(0, 1)  # (N * H, Q)
+        residuals = [target.unsqueeze(2) - member(y, past, known)
+                     for member, (y, past, known, target) in zip(self.members, held_out) if held_out is not None]
+        if not residuals:
+            return
+        residual = torch.cat(residuals).flatten(0, 1)  # (N * H, Q)
         for k, q in enumerate(quantiles):
             if q != 0.5:
                 self.calibration[k] = torch.quantile(residual[:, k], q)
