@@ -33,17 +33,6 @@ stacks = pytest.mark.parametrize(
 )
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seeded, and on one thread: every tensor here is tiny, so one thread is as fast and immune
-    to OpenMP spin-wait thrashing on an oversubscribed CI box (seen: 0.01 s -> 1.7 s per test)."""
-    torch.manual_seed(0)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make(cell="lstm", *, backend="auto", num_layers=1, bidirectional=False, seed=1, **options) -> Recurrent:
     torch.manual_seed(seed)
     return Recurrent(I, H, cell=cell, num_layers=num_layers, bidirectional=bidirectional, backend=backend, **options)

@@ -24,17 +24,6 @@ B, T, I, H, O, V = 4, 7, 5, 6, 3, 11
 LENGTHS = [7, 3, 5, 1]
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seeded, and on one thread: every tensor here is tiny, so one thread is as fast and immune
-    to OpenMP spin-wait thrashing on an oversubscribed CI box (seen: 0.01 s -> 1.7 s per test)."""
-    torch.manual_seed(0)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def assert_close(a, b, what, atol=ATOL):
     assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
     diff = (a - b).abs().max().item()
