@@ -145,3 +145,17 @@ def test_step_keeps_gradients_where_asked(path, frozen):
     (y.sum() + c2.sum()).backward()
     assert h.grad is not None and h.grad.abs().sum() > 0
     assert (layer.cells[0].weight_hh.grad is None) == frozen
+
+
+def test_a_stepped_stack_deep_copies_and_the_copy_steps_its_own_weights(path):
+    import copy
+
+    torch.manual_seed(4)
+    layer = Recurrent(5, 20, num_layers=2).eval()
+    x = torch.randn(1, 4, 5)
+    _stepped(layer, x)
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        twin.cells[0].weight_ih.mul_(-1)
+    _assert_equals_torch_nn(twin, x, f"{path} path, a deep copy")
+    _assert_equals_torch_nn(layer, x, f"{path} path, the original")

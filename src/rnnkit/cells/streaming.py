@@ -95,8 +95,12 @@ def stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> Optional[tuple[Tenso
                                     or any(p.requires_grad for p in params)):
         return None  # autograd must see the step: the cells' differentiable path runs
     if x_t.size(0) <= BLOCKED_MAX_BATCH:
-        blocked = _blocked_weights(cells, params)
-        return None if blocked is None else tuple(kernel.lstm_stack_step_blocked(x_t, h, c, *blocked))
+        stack = cells.__dict__.get("_stream_blocked", _NO_CACHE).get("stack")
+        out = stack.step(x_t, h, c, params) if stack is not None else None  # None: stale weights
+        if out is None:
+            stack = _blocked_stack(kernel, cells, params)
+            out = stack.step(x_t, h, c, params) if stack is not None else None
+        return out
     weights, biases, packed = zip(*(_stream_weights(cell, x_t.size(0)) for cell in cells))
     packed = [p if p is not None else _EMPTY for p in packed]
     y, h, c = kernel.lstm_stack_step(x_t, h, c, list(weights), list(biases), packed)
@@ -111,17 +115,31 @@ BLOCKED_MAX_BATCH = 256
 LANES = 16  # hidden units per block of the kernel's weight layout: one 16-float vector per gate
 
 
-def _blocked_weights(cells, params: list[Tensor]) -> Optional[tuple[list[Tensor], list[Tensor]]]:
-    """Every layer's weights and bias in the kernel's layout (:func:`_blocked`), or ``None`` if
-    they are not float32 on the CPU. Cached on the stack until a parameter changes (its
-    storage or ``_version``: an optimiser step, ``load_state_dict``, ``.to()``)."""
-    key = [(p.data_ptr(), p._version) for p in params]
-    entry = cells.__dict__.get("_stream_blocked")
-    if entry is None or entry[0] != key:
-        usable = all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params)
-        blocked = [list(layers) for layers in zip(*(_blocked(cell) for cell in cells))] if usable else None
-        entry = cells.__dict__["_stream_blocked"] = (key, blocked)
-    return entry[1]
+def _blocked_stack(kernel, cells, params: list[Tensor]):
+    """The kernel's ``BlockedStack``: every layer's weights in its layout (:func:`_blocked`),
+    checked fresh by the kernel at each step against ``params`` (storage and version), and
+    cached on the stack; ``None`` if the weights are not float32 on the CPU."""
+    if not all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params):
+        return None
+    weights, biases = zip(*(_blocked(cell) for cell in cells))
+    stack = kernel.BlockedStack(list(weights), list(biases), params)
+    cells.__dict__["_stream_blocked"] = _Cache(stack=stack)
+    return stack
+
+
+class _Cache(dict):
+    """Re-laid-out weights kept on a module. A copy or a pickle of the module carries none:
+    MKL's packed weights and the kernel's objects neither copy nor pickle, and a copy has
+    new parameters anyway (it rebuilds its own at its first step)."""
+
+    def __deepcopy__(self, memo) -> "_Cache":
+        return _Cache()
+
+    def __reduce__(self):
+        return _Cache, ()
+
+
+_NO_CACHE = _Cache()
 
 
 @torch.no_grad()
@@ -142,7 +160,7 @@ def _blocked(cell) -> tuple[Tensor, Tensor]:
 def _stream_weights(cell, batch: int) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """``(W, b, packed W or None)`` for ``batch``, cached on the cell until a parameter changes."""
     key = [(p.data_ptr(), p._version) for p in cell._flat_weights()]
-    cache = cell.__dict__.setdefault("_stream_cache", {})
+    cache = cell.__dict__.setdefault("_stream_cache", _Cache())
     entry = cache.get("weights")
     if entry is None or entry[0] != key:
         entry = (key, *_reordered(cell))

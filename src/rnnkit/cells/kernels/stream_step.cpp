@@ -4,7 +4,7 @@
 //   c' = f * c + i * g;       h' = o * tanh(c')
 //
 // Two ways to compute it:
-// - lstm_stack_step_blocked (small batches): our own matrix-vector product, fused with the gates
+// - BlockedStack.step (small batches): our own matrix-vector product, fused with the gates
 //   and the state update, over weights laid out for it (see blocked_layer). Each layer is ONE
 //   pass over its weights in the order they sit in memory, so a step costs what reading the
 //   weights costs (the memory floor), and no ATen op is dispatched.
@@ -21,6 +21,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <tuple>
 
 namespace {
 
@@ -157,41 +159,88 @@ void blocked_layer(const float* weight, int64_t blocks, const float* bias, const
 
 }  // namespace
 
-// x (B, I); h, c (L, B, H); weights[l] (U, I_l + H, 4, 16) and biases[l] (U, 4, 16), U = ceil(H / 16):
-// row k of block u holds the i, f, g, o weights of units 16u..16u+15 for input k (zero past H).
-// Returns (h'[L-1], h' (L, B, H), c' (L, B, H)).
-std::vector<at::Tensor> lstm_stack_step_blocked(const at::Tensor& x, const at::Tensor& h,
-                                                const at::Tensor& c,
-                                                const std::vector<at::Tensor>& weights,
-                                                const std::vector<at::Tensor>& biases) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && h.scalar_type() == at::kFloat && c.scalar_type() == at::kFloat,
-              "the blocked streaming kernel runs float32 only");
-  TORCH_CHECK(x.device().is_cpu() && h.device().is_cpu() && c.device().is_cpu(), "CPU tensors expected");
-  TORCH_CHECK(x.dim() == 2 && h.dim() == 3 && h.sizes() == c.sizes() && h.size(1) == x.size(0),
-              "x (B, I) and h, c (L, B, H) expected");
-  const int64_t layers = h.size(0), batch = x.size(0), hidden = h.size(2), plane = batch * hidden;
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == layers && static_cast<int64_t>(biases.size()) == layers,
-              "one blocked weight and bias per layer expected");
-  const auto hc = h.contiguous(), cc = c.contiguous(), xc = x.contiguous();
-  auto h_out = at::empty(h.sizes(), h.options()), c_out = at::empty(h.sizes(), h.options());
-  const float* input = xc.data_ptr<float>();
-  int64_t input_size = x.size(1);
-  for (int64_t l = 0; l < layers; ++l) {
-    const auto &w = weights[l], &b = biases[l];
-    TORCH_CHECK(w.is_contiguous() && w.dim() == 4 && w.size(0) == (hidden + kLanes - 1) / kLanes &&
-                    w.size(1) == input_size + hidden && w.size(2) == 4 && w.size(3) == kLanes &&
-                    w.scalar_type() == at::kFloat && b.is_contiguous() && b.numel() == w.size(0) * kBlock &&
-                    b.scalar_type() == at::kFloat,
-                "layer ", l, ": float32 blocked weight (U, I + H, 4, 16) and bias (U, 4, 16) expected");
-    float *h_next = h_out.data_ptr<float>() + l * plane, *c_next = c_out.data_ptr<float>() + l * plane;
-    blocked_layer(w.data_ptr<float>(), w.size(0), b.data_ptr<float>(), input, input_size,
-                  hc.data_ptr<float>() + l * plane, cc.data_ptr<float>() + l * plane, batch, hidden,
-                  h_next, c_next);
-    input = h_next;
-    input_size = hidden;
+using Step = std::tuple<at::Tensor, at::Tensor, at::Tensor>;  // (h'[L-1], h' (L, B, H), c' (L, B, H))
+
+// A stack's weights in the blocked layout, with the parameters they were made from (storage
+// and version counter of each), so that every step checks in C++ that they are still fresh:
+// an optimiser step, load_state_dict or a .data swap changes one or the other.
+class BlockedStack {
+ public:
+  // weights[l] (U, I_l + H, 4, 16) and biases[l] (U, 4, 16), U = ceil(H / 16): row k of block u
+  // holds the i, f, g, o weights of units 16u..16u+15 for input k (zero past H).
+  BlockedStack(std::vector<at::Tensor> weights, std::vector<at::Tensor> biases,
+               const std::vector<at::Tensor>& params)
+      : weights_(std::move(weights)), biases_(std::move(biases)), sources_(sources_of(params)) {
+    TORCH_CHECK(!weights_.empty() && weights_.size() == biases_.size(), "one weight and bias per layer expected");
+    const int64_t blocks = weights_[0].size(0);
+    for (size_t l = 0; l < weights_.size(); ++l) {
+      const auto &w = weights_[l], &b = biases_[l];
+      TORCH_CHECK(w.is_contiguous() && w.dim() == 4 && w.size(0) == blocks && w.size(2) == 4 &&
+                      w.size(3) == kLanes && w.scalar_type() == at::kFloat && w.device().is_cpu() &&
+                      b.is_contiguous() && b.numel() == blocks * kBlock && b.scalar_type() == at::kFloat,
+                  "layer ", l, ": float32 blocked weight (U, I + H, 4, 16) and bias (U, 4, 16) expected");
+    }
   }
-  return {h_out[layers - 1], h_out, c_out};
-}
+
+  // x (B, I); h, c (L, B, H). None when a parameter changed since this was built (rebuild it).
+  std::optional<Step> step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
+                           const std::vector<at::Tensor>& params) const {
+    if (!fresh(params)) return std::nullopt;
+    TORCH_CHECK(x.scalar_type() == at::kFloat && h.scalar_type() == at::kFloat && c.scalar_type() == at::kFloat &&
+                    x.device().is_cpu() && h.device().is_cpu() && c.device().is_cpu(),
+                "the blocked streaming kernel runs float32 CPU tensors only");
+    const int64_t layers = h.size(0), batch = x.size(0), hidden = h.size(2), plane = batch * hidden;
+    TORCH_CHECK(x.dim() == 2 && h.dim() == 3 && h.sizes() == c.sizes() && h.size(1) == batch &&
+                    layers == static_cast<int64_t>(weights_.size()) &&
+                    weights_[0].size(0) == (hidden + kLanes - 1) / kLanes &&
+                    weights_[0].size(1) == x.size(1) + hidden,
+                "x (B, I) and h, c (L, B, H) matching the weights expected");
+    const auto hc = h.contiguous(), cc = c.contiguous(), xc = x.contiguous();
+    auto h_out = at::empty(h.sizes(), h.options()), c_out = at::empty(h.sizes(), h.options());
+    const float* input = xc.data_ptr<float>();
+    int64_t input_size = x.size(1);
+    for (int64_t l = 0; l < layers; ++l) {
+      TORCH_CHECK(weights_[l].size(1) == input_size + hidden, "layer ", l, ": input size mismatch");
+      float *h_next = h_out.data_ptr<float>() + l * plane, *c_next = c_out.data_ptr<float>() + l * plane;
+      blocked_layer(weights_[l].data_ptr<float>(), weights_[l].size(0), biases_[l].data_ptr<float>(), input,
+                    input_size, hc.data_ptr<float>() + l * plane, cc.data_ptr<float>() + l * plane, batch,
+                    hidden, h_next, c_next);
+      input = h_next;
+      input_size = hidden;
+    }
+    return Step{h_out[layers - 1], h_out, c_out};
+  }
+
+ private:
+  // What a parameter was when the weights were laid out. Holding its tensor and storage keeps
+  // both alive, so a new parameter or new data can never reuse their addresses unnoticed.
+  struct Source {
+    at::Tensor param;
+    c10::Storage storage;
+    const void* data;
+    int64_t version;
+    bool same(const at::Tensor& p) const {
+      return p.unsafeGetTensorImpl() == param.unsafeGetTensorImpl() && p.const_data_ptr() == data &&
+             p._version() == version && p.storage().unsafeGetStorageImpl() == storage.unsafeGetStorageImpl();
+    }
+  };
+
+  bool fresh(const std::vector<at::Tensor>& params) const {
+    if (params.size() != sources_.size()) return false;
+    for (size_t i = 0; i < params.size(); ++i)
+      if (!sources_[i].same(params[i])) return false;
+    return true;
+  }
+
+  static std::vector<Source> sources_of(const std::vector<at::Tensor>& params) {
+    std::vector<Source> sources;
+    for (const auto& p : params) sources.push_back({p, p.storage(), p.const_data_ptr(), p._version()});
+    return sources;
+  }
+
+  std::vector<at::Tensor> weights_, biases_;
+  std::vector<Source> sources_;
+};
 
 // x (B, I); h, c (L, B, H); weights[l] (4H, I_l + H), rows i, f, o, g; biases[l] (4H,); packed[l] or empty.
 // Returns (h'[L-1], h' (L, B, H), c' (L, B, H)).
@@ -239,8 +288,9 @@ double stream_read(const at::Tensor& t) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("lstm_stack_step_blocked", &lstm_stack_step_blocked,
-        "one step of a stack of plain LSTM layers, small batches: blocked weights, one pass per layer");
+  pybind11::class_<BlockedStack>(m, "BlockedStack", "a stack's weights in the blocked layout, for small batches")
+      .def(pybind11::init<std::vector<at::Tensor>, std::vector<at::Tensor>, const std::vector<at::Tensor>&>())
+      .def("step", &BlockedStack::step, "one step of every layer; None if a parameter changed since");
   m.def("lstm_stack_step", &lstm_stack_step, "one step of a stack of plain LSTM layers: MKL packed GEMM");
   m.def("stream_read", &stream_read, "sum of a contiguous float32 tensor, read once");
 }
