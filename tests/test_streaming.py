@@ -90,7 +90,7 @@ def test_step_equals_torch_nn_lstm_over_many_steps(path, batch, input_size, hidd
 @pytest.mark.slow
 def test_kernel_above_the_blocked_batch_runs_mkl_and_equals_torch_nn(built_kernel, monkeypatch):
     monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
-    monkeypatch.setattr(streaming, "BLOCKED_MAX_BATCH", 2)
+    monkeypatch.setattr(streaming, "BLOCKED_MAX_BATCH", {built_kernel.LANES: 2})
     torch.manual_seed(1)
     layer = Recurrent(6, 24, num_layers=2).eval()
     _assert_equals_torch_nn(layer, torch.randn(4, 12, 6), "MKL path")

@@ -28,8 +28,8 @@ Python), and MKL's product itself reads the weights at about half the speed of a
 :func:`stack_step` therefore runs a whole stack of plain LSTM layers in ONE call of a
 compiled kernel (``kernels/stream_step.cpp``) when one has been built ahead of time:
 
-- up to ``BLOCKED_MAX_BATCH`` streams, its own product over weights laid out for it
-  (:func:`_blocked`: 16 units x 4 gates contiguous per input), fused with the gates and
+- up to ``BLOCKED_MAX_BATCH`` streams (256 with AVX-512), its own product over weights laid out for it
+  (:func:`_blocked`: 4 gates x one vector of units contiguous per input), fused with the gates and
   the state update: each layer is one front-to-back pass over its weights, so a batch-1
   step costs about what reading the weights once costs (the floor);
 - above that, the MKL path above with its ops dispatched from C++.
@@ -94,7 +94,7 @@ def stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> Optional[tuple[Tenso
     if torch.is_grad_enabled() and (x_t.requires_grad or h.requires_grad or c.requires_grad
                                     or any(p.requires_grad for p in params)):
         return None  # autograd must see the step: the cells' differentiable path runs
-    if x_t.size(0) <= BLOCKED_MAX_BATCH:
+    if x_t.size(0) <= BLOCKED_MAX_BATCH.get(kernel.LANES, 8):
         stack = cells.__dict__.get("_stream_blocked", _NO_CACHE).get("stack")
         out = stack.step(x_t, h, c, params) if stack is not None else None  # None: stale weights
         if out is None:
@@ -108,11 +108,12 @@ def stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> Optional[tuple[Tenso
 
 
 _EMPTY = torch.empty(0)
-#: Up to this many streams the kernel's own product (one pass over the weights per layer,
-#: fused with the gates) runs; above it MKL's GEMM. Measured (2-layer, H=256, 1 thread, AVX-512):
-#: the kernel's product is 1.9x MKL's at 1 stream and still 1.16x at 64 and 256 streams.
-BLOCKED_MAX_BATCH = 256
-LANES = 16  # hidden units per block of the kernel's weight layout: one 16-float vector per gate
+#: Up to how many streams the kernel's own product (one pass over the weights per layer, fused
+#: with the gates) runs, by its vector width (``kernel.LANES``); above, MKL's GEMM. Measured on a
+#: 2-layer H=256 stack, 1 thread, against MKL: with AVX-512 (4 rows per pass) it is 1.9x faster
+#: at 1 stream and still 1.16x at 64 and 256; built for AVX2 (2 rows per pass) 2.5x at 1, 1.6x
+#: at 16, 0.88x at 64. Four lanes (SSE, NEON): not measured, MKL from 9 streams.
+BLOCKED_MAX_BATCH = {16: 256, 8: 32, 4: 8}
 
 
 def _blocked_stack(kernel, cells, params: list[Tensor]):
@@ -121,7 +122,7 @@ def _blocked_stack(kernel, cells, params: list[Tensor]):
     cached on the stack; ``None`` if the weights are not float32 on the CPU."""
     if not all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params):
         return None
-    weights, biases = zip(*(_blocked(cell) for cell in cells))
+    weights, biases = zip(*(_blocked(cell, kernel.LANES) for cell in cells))
     stack = kernel.BlockedStack(list(weights), list(biases), params)
     cells.__dict__["_stream_blocked"] = _Cache(stack=stack)
     return stack
@@ -143,17 +144,18 @@ _NO_CACHE = _Cache()
 
 
 @torch.no_grad()
-def _blocked(cell) -> tuple[Tensor, Tensor]:
-    """``W`` ``(U, I+H, 4, 16)`` and ``b`` ``(U, 4, 16)``, ``U = ceil(H / 16)``: block ``u``, row ``k``
-    holds the i, f, g, o weights from input ``k`` (x, then h) to units ``16u .. 16u+15``, so
-    the kernel reads each block front to back, 16 units x 4 gates per input; zero past ``H``."""
+def _blocked(cell, lanes: int) -> tuple[Tensor, Tensor]:
+    """``W`` ``(U, I+H, 4, lanes)`` and ``b`` ``(U, 4, lanes)``, ``U = ceil(H / lanes)``: block ``u``,
+    row ``k`` holds the i, f, g, o weights from input ``k`` (x, then h) to units ``lanes*u`` to
+    ``lanes*u + lanes-1``, so the kernel reads each block front to back, 4 gates x one vector of
+    units (``lanes``: the kernel's vector width, 16 floats with AVX-512) per input; zero past ``H``."""
     H = cell.hidden_size
-    blocks = -(-H // LANES)
+    blocks = -(-H // lanes)
     weight = torch.cat([cell.weight_ih, cell.weight_hh], dim=1).view(4, H, -1)  # (4, H, I+H)
     bias = (cell.bias_ih + cell.bias_hh) if cell.bias else weight.new_zeros(4 * H)
-    pad = blocks * LANES - H
-    weight = F.pad(weight, (0, 0, 0, pad)).view(4, blocks, LANES, -1)  # (4, U, 16, I+H)
-    bias = F.pad(bias.view(4, H), (0, pad)).view(4, blocks, LANES)  # (4, U, 16)
+    pad = blocks * lanes - H
+    weight = F.pad(weight, (0, 0, 0, pad)).view(4, blocks, lanes, -1)  # (4, U, lanes, I+H)
+    bias = F.pad(bias.view(4, H), (0, pad)).view(4, blocks, lanes)  # (4, U, lanes)
     return weight.permute(1, 3, 0, 2).contiguous(), bias.permute(1, 0, 2).contiguous()
 
 

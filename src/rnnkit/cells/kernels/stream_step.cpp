@@ -11,9 +11,9 @@
 // - lstm_stack_step (larger batches): MKL's packed GEMM on [W_ih | W_hh] (rows i, f, o, g), then a
 //   handful of ATen ops dispatched from C++; there the product is compute-bound and MKL wins.
 //
-// Built ahead of time on the machine that runs it, with -O3 -march=native: the 16-float vectors
-// below (GCC/Clang vector extensions) compile to AVX-512 where the CPU has it, to two AVX2
-// halves (or NEON quarters) where it does not.
+// Built ahead of time on the machine that runs it, with -O3 -march=native: the vectors below
+// (GCC/Clang vector extensions) are as wide as the CPU's (AVX-512, AVX2, SSE/NEON), and so are
+// the blocks of the weight layout (LANES, read by cells/streaming.py).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -40,13 +40,16 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const at
 
 // ------------------------------------------------------------- blocked path (small batches)
 
-constexpr int kLanes = 16;             // hidden units per block: one 16-float vector per gate
-constexpr int kBlock = 4 * kLanes;     // floats per (block, k): gates i, f, g, o of 16 units
+// One vector of the widest kind the CPU has; the weight layout follows it (LANES units per block).
+// kTile: batch rows sharing one pass over the weights, 4 accumulators each, all in registers.
 #if defined(__AVX512F__)
-constexpr int kTile = 4;               // batch rows sharing one pass over the weights: 16 accumulators
+constexpr int kLanes = 16, kTile = 4;  // 16 of 32 zmm registers accumulate
+#elif defined(__AVX__)
+constexpr int kLanes = 8, kTile = 2;   // 8 of 16 ymm registers
 #else
-constexpr int kTile = 2;               // 8 accumulators: fits 16 AVX2 (or 32 NEON) registers
+constexpr int kLanes = 4, kTile = 2;   // SSE or NEON
 #endif
+constexpr int kBlock = 4 * kLanes;     // floats per (block, k): gates i, f, g, o of kLanes units
 
 typedef float vec __attribute__((vector_size(4 * kLanes)));
 typedef int ivec __attribute__((vector_size(4 * kLanes)));
@@ -77,7 +80,7 @@ inline vec vexp(vec x) {
 inline vec vsigmoid(vec x) { return 1.0f / (1.0f + vexp(-x)); }
 inline vec vtanh(vec x) { return 2.0f / (1.0f + vexp(-2.0f * x)) - 1.0f; }  // absolute error ~1e-7
 
-// 16 floats of a row from `from` (only `n` <= 16 of them exist there)
+// kLanes floats of a row from `from` (only `n` <= kLanes of them exist there)
 inline vec load_part(const float* from, int n) {
   if (n == kLanes) return load(from);
   float buffer[kLanes] = {};
@@ -93,7 +96,7 @@ inline void store_part(float* to, vec v, int n) {
 }
 
 // Accumulate `length` inputs of `rows` batch rows (row b at in + b * stride) against the
-// blocked weights w (length, 4, 16): acc[b][gate] += sum_k w[k][gate] * in[b][k].
+// blocked weights w (length, 4, kLanes): acc[b][gate] += sum_k w[k][gate] * in[b][k].
 template <int Rows>
 inline void accumulate(vec (&acc)[kTile][4], const float* w, const float* in, int64_t stride,
                        int64_t length) {
@@ -109,8 +112,8 @@ inline void accumulate(vec (&acc)[kTile][4], const float* w, const float* in, in
   }
 }
 
-// One layer for `Rows` batch rows and the unit blocks [first, last): weights (U, I + H, 4, 16),
-// bias (U, 4, 16); x (Rows, I), h and c (Rows, H) row-major; writes h_out, c_out (Rows, H).
+// One layer for `Rows` batch rows and the unit blocks [first, last): weights (U, I + H, 4, kLanes),
+// bias (U, 4, kLanes); x (Rows, I), h and c (Rows, H) row-major; writes h_out, c_out (Rows, H).
 template <int Rows>
 void blocked_rows(const float* weight, const float* bias, const float* x, int64_t input_size,
                   const float* h, const float* c, int64_t hidden, float* h_out, float* c_out,
@@ -147,7 +150,7 @@ void blocked_layer(const float* weight, int64_t blocks, const float* bias, const
       float *hor = h_out + row * hidden, *cor = c_out + row * hidden;
       switch (std::min<int64_t>(kTile, batch - row)) {  // the row count is a compile-time constant inside
         case 1: blocked_rows<1>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
-#if defined(__AVX512F__)
+#if defined(__AVX512F__)  // kTile == 4
         case 3: blocked_rows<3>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
         case 4: blocked_rows<4>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
 #endif
@@ -166,8 +169,8 @@ using Step = std::tuple<at::Tensor, at::Tensor, at::Tensor>;  // (h'[L-1], h' (L
 // an optimiser step, load_state_dict or a .data swap changes one or the other.
 class BlockedStack {
  public:
-  // weights[l] (U, I_l + H, 4, 16) and biases[l] (U, 4, 16), U = ceil(H / 16): row k of block u
-  // holds the i, f, g, o weights of units 16u..16u+15 for input k (zero past H).
+  // weights[l] (U, I_l + H, 4, LANES) and biases[l] (U, 4, LANES), U = ceil(H / LANES): row k of
+  // block u holds the i, f, g, o weights of units LANES*u .. LANES*u + LANES-1 from input k (zero past H).
   BlockedStack(std::vector<at::Tensor> weights, std::vector<at::Tensor> biases,
                const std::vector<at::Tensor>& params)
       : weights_(std::move(weights)), biases_(std::move(biases)), sources_(sources_of(params)) {
@@ -178,7 +181,7 @@ class BlockedStack {
       TORCH_CHECK(w.is_contiguous() && w.dim() == 4 && w.size(0) == blocks && w.size(2) == 4 &&
                       w.size(3) == kLanes && w.scalar_type() == at::kFloat && w.device().is_cpu() &&
                       b.is_contiguous() && b.numel() == blocks * kBlock && b.scalar_type() == at::kFloat,
-                  "layer ", l, ": float32 blocked weight (U, I + H, 4, 16) and bias (U, 4, 16) expected");
+                  "layer ", l, ": float32 blocked weight (U, I + H, 4, LANES) and bias (U, 4, LANES) expected");
     }
   }
 
@@ -293,4 +296,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("step", &BlockedStack::step, "one step of every layer; None if a parameter changed since");
   m.def("lstm_stack_step", &lstm_stack_step, "one step of a stack of plain LSTM layers: MKL packed GEMM");
   m.def("stream_read", &stream_read, "sum of a contiguous float32 tensor, read once");
+  m.attr("LANES") = kLanes;
 }
