@@ -55,12 +55,14 @@ typedef float vec __attribute__((vector_size(4 * kLanes)));
 typedef int ivec __attribute__((vector_size(4 * kLanes)));
 typedef float uvec __attribute__((vector_size(4 * kLanes), aligned(4)));  // an unaligned load/store
 
+#define HOT inline __attribute__((always_inline))  // in the step's loop: never a call
+
 inline vec load(const float* p) { return *reinterpret_cast<const uvec*>(p); }
 inline void store(float* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
 
 // exp(x) to ~1 ulp (Cephes' expf): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7 polynomial,
 // 2^n built in the exponent bits. x is clamped to [-87, 88], where float's exp is finite.
-inline vec vexp(vec x) {
+HOT vec vexp(vec x) {
   const vec lo = vec{} - 87.0f, hi = vec{} + 88.0f;
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
@@ -77,8 +79,8 @@ inline vec vexp(vec x) {
   return p * reinterpret_cast<const vec&>(bits);
 }
 
-inline vec vsigmoid(vec x) { return 1.0f / (1.0f + vexp(-x)); }
-inline vec vtanh(vec x) { return 2.0f / (1.0f + vexp(-2.0f * x)) - 1.0f; }  // absolute error ~1e-7
+HOT vec vsigmoid(vec x) { return 1.0f / (1.0f + vexp(-x)); }
+HOT vec vtanh(vec x) { return 2.0f / (1.0f + vexp(-2.0f * x)) - 1.0f; }  // absolute error ~1e-7
 
 // kLanes floats of a row from `from` (only `n` <= kLanes of them exist there)
 inline vec load_part(const float* from, int n) {
@@ -98,7 +100,7 @@ inline void store_part(float* to, vec v, int n) {
 // Accumulate `length` inputs of `rows` batch rows (row b at in + b * stride) against the
 // blocked weights w (length, 4, kLanes): acc[b][gate] += sum_k w[k][gate] * in[b][k].
 template <int Rows>
-inline void accumulate(vec (&acc)[kTile][4], const float* w, const float* in, int64_t stride,
+HOT void accumulate(vec (&acc)[kTile][4], const float* w, const float* in, int64_t stride,
                        int64_t length) {
   for (int64_t k = 0; k < length; ++k, w += kBlock) {
     const vec wi = load(w), wf = load(w + kLanes), wg = load(w + 2 * kLanes), wo = load(w + 3 * kLanes);
