@@ -60,7 +60,7 @@ def _stepped(layer: Recurrent, x: torch.Tensor, state=None):
 
 
 def _assert_equals_torch_nn(layer: Recurrent, x: torch.Tensor, what: str):
-    reference = layer.to_torch().eval()
+    reference = layer.to_torch().to(x.dtype).eval()
     state = layer.initial_state(x.size(0), x)
     state = (torch.randn_like(state[0]), torch.randn_like(state[1]))
     got, (h, c) = _stepped(layer, x, state)
@@ -159,3 +159,10 @@ def test_a_stepped_stack_deep_copies_and_the_copy_steps_its_own_weights(path):
         twin.cells[0].weight_ih.mul_(-1)
     _assert_equals_torch_nn(twin, x, f"{path} path, a deep copy")
     _assert_equals_torch_nn(layer, x, f"{path} path, the original")
+
+
+def test_float64_steps_outside_the_kernel_and_equals_torch_nn(path):
+    torch.manual_seed(5)
+    layer = Recurrent(3, 10, num_layers=2).double().eval()
+    _assert_equals_torch_nn(layer, torch.randn(2, 8, 3, dtype=torch.float64), f"{path} path, float64")
+    assert "_stream_blocked" not in layer.cells.__dict__
