@@ -4,7 +4,8 @@ Per-step latency, batch 1, one thread, state carried from step to step, of
 
 - ``torch.nn.LSTM`` called on one step at a time (what a serving loop does with torch.nn);
 - ATen's ``_VF.lstm_cell`` per layer (the fused cell op ``torch.nn.LSTMCell`` calls);
-- ``rnnkit.layers.Recurrent.step`` (the streaming path, ``cells/streaming.py``);
+- ``rnnkit.layers.Recurrent.step`` (the streaming path, ``cells/streaming.py``) and, with the
+  compiled kernel, ``stack_step`` alone (the kernel call under it, without its Python checks);
 
 next to the memory-bandwidth floor of reading the weights once per step, measured on the
 same bytes (all four weight matrices, fp32, 4 MB: more than one core's L2, so they come
@@ -24,6 +25,7 @@ import torch
 from torch import _VF, nn
 
 from ..cells.kernels import stream_kernel
+from ..cells.streaming import stack_step
 from ..layers import Recurrent
 from .timing import interleaved, threads
 
@@ -68,7 +70,11 @@ def latency(quick: bool) -> dict:
         "floor: one matvec over all weights": lambda: torch.mv(all_weights, vector),
     }
     kernel = stream_kernel()
-    if kernel is not None:  # the tightest floor: a plain read with no per-call dispatch
+    if kernel is not None:
+        # what Recurrent.step costs beyond its kernel call (its argument checks, in Python)
+        candidates["rnnkit stack_step (the kernel call under Recurrent.step)"] = lambda: stack_step(
+            rnnkit_lstm.cells, x, zeros, zeros)
+        # the tightest floor: a plain read with no per-call dispatch
         candidates["floor: stream-read the weights (kernel, no dispatch)"] = lambda: kernel.stream_read(all_weights)
     base = "torch.nn.LSTM, one step per call"
     with torch.no_grad(), threads(1):
