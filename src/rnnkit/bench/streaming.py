@@ -4,11 +4,14 @@ Per-step latency, batch 1, one thread, state carried from step to step, of
 
 - ``torch.nn.LSTM`` called on one step at a time (what a serving loop does with torch.nn);
 - ATen's ``_VF.lstm_cell`` per layer (the fused cell op ``torch.nn.LSTMCell`` calls);
-- ``rnnkit.layers.Recurrent.step`` (the streaming path, ``cells/streaming.py``);
+- ``rnnkit.layers.Recurrent.step`` (the streaming path, ``cells/streaming.py``) and, with the
+  compiled kernel, ``stack_step`` alone (the kernel call under it, without its Python checks);
 
-next to the memory-bandwidth floor of reading the weights once per step, measured two
-ways on the same bytes (all four weight matrices, fp32): a reduction that streams them
-(``sum``) and one matrix-vector product over them all. The floor is the faster of the two.
+next to the memory-bandwidth floor of reading the weights once per step, measured on the
+same bytes (all four weight matrices, fp32, 4 MB: more than one core's L2, so they come
+from L3 or RAM each step) three ways: ``torch.sum`` over them, the compiled kernel's own
+plain read (a sum with four vector accumulators, no dispatch; when the kernel is built)
+and one ``torch.mv`` over them all. The floor is the fastest, per repeat.
 
 Then batched generation: 64 streams of a character-level LM (embedding, the same 2-layer
 LSTM, a linear head, sampling), tokens/s with rnnkit's step against torch.nn.LSTM's.
@@ -21,6 +24,8 @@ from typing import Callable
 import torch
 from torch import _VF, nn
 
+from ..cells.kernels import stream_kernel
+from ..cells.streaming import stack_step
 from ..layers import Recurrent
 from .timing import interleaved, threads
 
@@ -64,6 +69,13 @@ def latency(quick: bool) -> dict:
         "floor: stream-read the weights (sum)": lambda: all_weights.sum(),
         "floor: one matvec over all weights": lambda: torch.mv(all_weights, vector),
     }
+    kernel = stream_kernel()
+    if kernel is not None:
+        # what Recurrent.step costs beyond its kernel call (its argument checks, in Python)
+        candidates["rnnkit stack_step (the kernel call under Recurrent.step)"] = lambda: stack_step(
+            rnnkit_lstm.cells, x, zeros, zeros)
+        # the tightest floor: a plain read with no per-call dispatch
+        candidates["floor: stream-read the weights (kernel, no dispatch)"] = lambda: kernel.stream_read(all_weights)
     base = "torch.nn.LSTM, one step per call"
     with torch.no_grad(), threads(1):
         timed = interleaved(candidates, {n: base for n in candidates}, repeats=5 if quick else 15,
@@ -74,12 +86,18 @@ def latency(quick: bool) -> dict:
         floors = [min(timed[n]["samples"][r] for n in floor_names) for r in range(len(ours))]
     per_step = {name: 1e6 * row["seconds_per_call"] for name, row in timed.items()}
     over_floor = sorted(o / f for o, f in zip(ours, floors))
+    weight_bytes = all_weights.numel() * all_weights.element_size()
+    floor_us = min(per_step[n] for n in floor_names)
     return {
         "shape": {"layers": LAYERS, "hidden": HIDDEN, "input": HIDDEN, "batch": 1, "threads": 1},
-        "weight_bytes": all_weights.numel() * all_weights.element_size(),
+        "compiled_kernel": kernel is not None,
+        "weight_bytes": weight_bytes,
+        "floor": "reading the fp32 weights (W_ih, W_hh of both layers) once: the fastest of the "
+                 "'floor:' candidates, per repeat",
         "per_step_us_median": per_step,
         "speedup_vs_torch_nn_lstm": {n: r["speedup_vs_baseline"] for n, r in timed.items()},
-        "floor_us_median": min(per_step[n] for n in floor_names),
+        "floor_us_median": floor_us,
+        "floor_read_GB_per_s": weight_bytes / floor_us / 1e3,
         "rnnkit_step_over_floor": over_floor[len(over_floor) // 2],
         "raw": timed,
     }

@@ -8,8 +8,8 @@ Two small C++ extensions, each one source file here:
 
 ``build()`` compiles them (a C++ compiler and ninja needed; ~30 s of CPU each) into rnnkit's
 cache directory (``$RNNKIT_CACHE``, default ``~/.cache/rnnkit``), under a name keyed by the
-torch and Python versions, the source's hash and, for ``scan`` (compiled for this CPU's
-vector instructions), the CPU. ``rnnkit bench`` builds them; so does
+torch and Python versions, the source's hash and the CPU (both are compiled for this CPU's
+vector instructions). ``rnnkit bench`` builds them; so does
 ``python -m rnnkit.cells.kernels``.
 
 At run time :func:`kernel` only loads an already-built module, so a user's machine needs no
@@ -35,7 +35,9 @@ from ...errors import RnnkitError
 
 #: kernel name -> (source file, extra compiler flags, what runs without it)
 KERNELS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "stream": ("stream_step.cpp", ("-O3",), "LSTM steps run as Python ops"),
+    # -march=native: vectors as wide as the CPU's (AVX-512 here); -ffp-contract=fast: fused
+    # multiply-adds in the matrix-vector product (ISO C++ mode turns them off otherwise).
+    "stream": ("stream_step.cpp", ("-O3", "-march=native", "-ffp-contract=fast"), "LSTM steps run as Python ops"),
     # -march=native: the inner loops over H are vectorised for the CPU that builds (and, the
     # cache key says, runs) it; -fopenmp-simd honours `#pragma omp simd` without OpenMP.
     "scan": ("linear_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"), "minGRU/minLSTM scan in Python ops"),

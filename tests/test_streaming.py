@@ -1,0 +1,168 @@
+"""The streaming step (``cells/streaming.py``) against ``torch.nn.LSTM``, step after step.
+
+Both paths: the compiled kernel (its own blocked product for small batches, MKL's for
+larger ones) and the Python fallback (``RNNKIT_KERNELS=0`` or no built kernel). And the
+cache of re-laid-out weights must never serve stale weights: after an optimiser step,
+``load_state_dict``, a ``.data`` swap or a replaced parameter the step follows.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from rnnkit.cells import kernels, streaming
+from rnnkit.layers import Recurrent
+
+STEPS = 40
+
+
+def _close(a, b, what, atol=1e-5):
+    diff = (a - b).abs().max().item()
+    assert diff <= atol, f"{what}: max abs diff {diff:.3g} > {atol}"
+
+
+@pytest.fixture(scope="module")
+def built_kernel():
+    """The compiled kernel (built once into the cache; ~30 s of CPU the first time)."""
+    if shutil.which("c++") is None or shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or ninja: the kernel is optional and the Python step runs")
+    saved = dict(kernels._loaded)
+    module = kernels.build(names=["stream"])[0]
+    kernels._loaded.clear()
+    kernels._loaded.update(saved)
+    return module
+
+
+@pytest.fixture(params=[pytest.param("kernel", marks=pytest.mark.slow), "python"])
+def path(request, monkeypatch):
+    """Run the test once with the compiled kernel and once on the Python fallback."""
+    if request.param == "kernel":
+        module = request.getfixturevalue("built_kernel")
+        monkeypatch.setattr(kernels, "_loaded", {"stream": module})
+    else:
+        monkeypatch.setenv("RNNKIT_KERNELS", "0")
+        monkeypatch.setattr(kernels, "_loaded", {})
+    return request.param
+
+
+def _stepped(layer: Recurrent, x: torch.Tensor, state=None):
+    """``layer.step`` over every step of ``x`` ``(B, T, I)``: outputs ``(B, T, H)`` and final state."""
+    outputs = []
+    with torch.no_grad():
+        for t in range(x.size(1)):
+            y, state = layer.step(x[:, t], state)
+            outputs.append(y)
+    return torch.stack(outputs, 1), state
+
+
+def _assert_equals_torch_nn(layer: Recurrent, x: torch.Tensor, what: str):
+    reference = layer.to_torch().to(x.dtype).eval()
+    state = layer.initial_state(x.size(0), x)
+    state = (torch.randn_like(state[0]), torch.randn_like(state[1]))
+    got, (h, c) = _stepped(layer, x, state)
+    with torch.no_grad():
+        want, (want_h, want_c) = reference(x, state)
+    _close(got, want, f"{what}: outputs over {x.size(1)} steps")
+    _close(h, want_h, f"{what}: final h")
+    _close(c, want_c, f"{what}: final c")
+
+
+@pytest.mark.parametrize(
+    "batch, input_size, hidden, layers, bias",
+    [(1, 256, 256, 2, True),  # the benchmark's shape
+     (1, 7, 32, 2, True),
+     (5, 3, 20, 3, True),  # a batch tile plus a remainder; H not a multiple of 16
+     (3, 16, 16, 1, False)],
+    ids=["b1-h256", "b1-h32", "b5-h20-3layers", "b3-h16-nobias"],
+)
+def test_step_equals_torch_nn_lstm_over_many_steps(path, batch, input_size, hidden, layers, bias):
+    torch.manual_seed(0)
+    layer = Recurrent(input_size, hidden, num_layers=layers, bias=bias).eval()
+    _assert_equals_torch_nn(layer, torch.randn(batch, STEPS, input_size), f"{path} path")
+    blocked = layer.cells.__dict__.get("_stream_blocked")
+    assert (blocked is not None) == (path == "kernel"), "the step did not run the path under test"
+
+
+@pytest.mark.slow
+def test_kernel_above_the_blocked_batch_runs_mkl_and_equals_torch_nn(built_kernel, monkeypatch):
+    monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
+    monkeypatch.setattr(streaming, "BLOCKED_MAX_BATCH", {built_kernel.LANES: 2})
+    torch.manual_seed(1)
+    layer = Recurrent(6, 24, num_layers=2).eval()
+    _assert_equals_torch_nn(layer, torch.randn(4, 12, 6), "MKL path")
+    assert "_stream_blocked" not in layer.cells.__dict__
+    assert layer.cells[0].__dict__.get("_stream_cache"), "the MKL path did not run"
+
+
+def test_step_sees_fresh_weights(path):
+    """The re-laid-out weights are a cache: every way of changing a parameter must refresh it."""
+    torch.manual_seed(2)
+    layer = Recurrent(5, 20, num_layers=2)
+    x = torch.randn(2, 6, 5)
+
+    def check(what):
+        layer.eval()
+        _assert_equals_torch_nn(layer, x, f"{path} path, {what}")
+
+    check("first steps")
+    optimiser = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer.train()
+    out, _ = layer(x)
+    out.square().mean().backward()
+    optimiser.step()  # in place: only the parameters' _version changes
+    check("after an optimiser step")
+    layer.load_state_dict(Recurrent(5, 20, num_layers=2).state_dict())
+    check("after load_state_dict")
+    with torch.no_grad():
+        layer.cells[1].weight_hh.data = torch.randn_like(layer.cells[1].weight_hh)
+    check("after swapping .data")
+    layer.cells[0].bias_hh = nn.Parameter(torch.randn(4 * 20))
+    check("after replacing a parameter")
+
+
+def test_kernels_off_by_environment_runs_the_python_step(monkeypatch, caplog):
+    monkeypatch.setenv("RNNKIT_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_loaded", {})
+    layer = Recurrent(4, 8, num_layers=2).eval()
+    with caplog.at_level("INFO", logger="rnnkit"), torch.no_grad():
+        y, _ = layer.step(torch.randn(1, 4))
+    assert kernels.stream_kernel() is None and "RNNKIT_KERNELS=0" in caplog.text
+    assert "_stream_blocked" not in layer.cells.__dict__ and y.shape == (1, 8)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen-weights"])
+def test_step_keeps_gradients_where_asked(path, frozen):
+    """With gradients on, the step is differentiable: through the weights, or through the state alone."""
+    torch.manual_seed(3)
+    layer = Recurrent(4, 8, num_layers=2)
+    layer.requires_grad_(not frozen)
+    h = torch.randn(2, 3, 8, requires_grad=True)
+    y, (h2, c2) = layer.step(torch.randn(3, 4), (h, torch.randn(2, 3, 8)))
+    (y.sum() + c2.sum()).backward()
+    assert h.grad is not None and h.grad.abs().sum() > 0
+    assert (layer.cells[0].weight_hh.grad is None) == frozen
+
+
+def test_a_stepped_stack_deep_copies_and_the_copy_steps_its_own_weights(path):
+    import copy
+
+    torch.manual_seed(4)
+    layer = Recurrent(5, 20, num_layers=2).eval()
+    x = torch.randn(1, 4, 5)
+    _stepped(layer, x)
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        twin.cells[0].weight_ih.mul_(-1)
+    _assert_equals_torch_nn(twin, x, f"{path} path, a deep copy")
+    _assert_equals_torch_nn(layer, x, f"{path} path, the original")
+
+
+def test_float64_steps_outside_the_kernel_and_equals_torch_nn(path):
+    torch.manual_seed(5)
+    layer = Recurrent(3, 10, num_layers=2).double().eval()
+    _assert_equals_torch_nn(layer, torch.randn(2, 8, 3, dtype=torch.float64), f"{path} path, float64")
+    assert "_stream_blocked" not in layer.cells.__dict__
