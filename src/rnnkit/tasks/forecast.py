@@ -95,8 +95,8 @@ class Forecaster:
         self.history = {str(uid): self._tail_of(group) for uid, group in frame.groupby("unique_id", sort=False)}
         return self
 
-    def _train_member(self, member: nn.Module, train: tuple[Tensor, ...], val: tuple[Tensor, ...], seed: int,
-                      minutes: Optional[float]) -> TrainResult:
+    def _train_member(self, member: nn.Module, train: tuple[Tensor, ...], val: Optional[tuple[Tensor, ...]],
+                      seed: int, minutes: Optional[float]) -> TrainResult:
         cfg = self.config
         quantiles = torch.tensor(cfg.quantiles)
 
