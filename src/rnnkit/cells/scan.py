@@ -197,7 +197,9 @@ class GRUScan(torch.autograd.Function):
         d_out = _time_major(d_out)
         dh = d_hT
         dhw_all = torch.empty_like(gates)  # d(W_hh h + b_hh): (T, B, 3H)
-        dn_all = torch.empty_like(h_prev)  # d(n's pre-activation), the input's share of it
+        # d(W_ih x + b_ih): the r, z columns equal dhw's; the n columns are dn (dhw's are dn * r).
+        # Written step by step while they are in cache: one concatenation at the end cost ~5 %.
+        dxw_all = torch.empty_like(gates)
         for t in reversed(range(T)):
             r, z, n = gates[t].view(B, 3, H).unbind(1)
             dh_new = d_out[t] + dh
@@ -206,14 +208,15 @@ class GRUScan(torch.autograd.Function):
                 dh_new = torch.where(m, dh_new, 0.0)
             dhw = dhw_all[t]
             torch.mul(dh_new * (h_prev[t] - n), z * (1 - z), out=dhw[:, H : 2 * H])
-            dn = torch.mul(dh_new * (1 - z), 1 - n * n, out=dn_all[t])
+            dn = torch.mul(dh_new * (1 - z), 1 - n * n, out=dxw_all[t, :, 2 * H :])
             torch.mul(dn * hns[t], r * (1 - r), out=dhw[:, :H])
             torch.mul(dn, r, out=dhw[:, 2 * H :])
+            dxw_all[t, :, : 2 * H].copy_(dhw[:, : 2 * H])
             dh_prev = torch.addcmul(torch.mm(dhw, weight_hh), dh_new, z)
             if valid is not None:
                 dh_prev = dh_prev + torch.where(m, 0.0, dh)
             dh = dh_prev
         flat = dhw_all.reshape(T * B, 3 * H)
         d_weight_hh = flat.t().mm(h_prev.reshape(T * B, H))
-        d_xw = torch.cat([dhw_all[:, :, : 2 * H], dn_all], dim=2).transpose(0, 1)  # (B, T, 3H)
+        d_xw = dxw_all.transpose(0, 1)  # (B, T, 3H)
         return d_xw, dh, d_weight_hh, flat.sum(0) if ctx.has_bias else None, None
