@@ -77,6 +77,11 @@ def test_calibration_puts_the_nominal_share_below_each_quantile() -> None:
     model = ForecastEnsemble(config, num_past=0, num_known=0).eval()
     data = (torch.randn(500, 6), torch.zeros(500, 6, 0), torch.zeros(500, 10, 0), 3 * torch.randn(500, 4))
     model.calibrate([data], config.quantiles)  # the held-out windows of the one member
+    shift = model.calibration.clone()
+    model.calibrate([None], config.quantiles)  # a member with nothing held out calibrates nothing
+    assert torch.equal(model.calibration, torch.zeros(3))
+    model.calibrate([data], config.quantiles)
+    assert torch.equal(model.calibration, shift)
     assert model.calibration[1] == 0  # the median is left alone
     predicted = model(*data[:3])  # (500, 4, 3)
     below = (data[3].unsqueeze(2) <= predicted).float().mean(dim=(0, 1))

@@ -149,8 +149,8 @@ class ForecastEnsemble(nn.Module):
         was trained on. A member is less accurate than the mean of all, so the shift errs wide.
         """
         self.calibration.zero_()
-        residuals = [target.unsqueeze(2) - member(y, past, known)
-                     for member, (y, past, known, target) in zip(self.members, held_out) if held_out is not None]
+        residuals = [data[3].unsqueeze(2) - member(*data[:3])  # (N_m, H, Q)
+                     for member, data in zip(self.members, held_out) if data is not None]
         if not residuals:
             return
         residual = torch.cat(residuals).flatten(0, 1)  # (N * H, Q)
