@@ -240,6 +240,10 @@ def test_classifier_input_errors() -> None:
         SequenceClassifier(**TINY_CLF).fit(["a", "b"], ["x", "y", "x"])
     with pytest.raises(RnnkitError, match="class_weights must be 'balanced' or None"):
         SequenceClassifier(class_weights="auto")
+    with pytest.raises(RnnkitError, match="ensemble must be a positive integer, got 0"):
+        SequenceClassifier(ensemble=0)
+    with pytest.raises(RnnkitError, match="SequenceClassifierConfig.clock must be 'wall' or 'cpu', got 'gpu'"):
+        SequenceClassifier(clock="gpu")  # at construction, not after tokenising
 
 
 def test_macro_f1_and_confusion_matrix() -> None:

@@ -33,16 +33,24 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .config import JsonConfig
 from .batching import batch_pieces, check_lengths, split_time, time_steps
 from .checkpoints import history_files, load_checkpoint, prepare_directory, publish, save_checkpoint
+from .config import JsonConfig
 from .errors import RnnkitError
 
 #: what ``TrainConfig.minutes`` counts: seconds of wall-clock time, or CPU time of this process
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.monotonic, "cpu": time.process_time}
 
+
+def check_clock(clock: Any, owner: str) -> None:
+    """Raise the one-line error for a ``clock`` that is not a key of ``CLOCKS``."""
+    if clock not in CLOCKS:
+        raise RnnkitError(f"{owner}.clock must be 'wall' or 'cpu', got {clock!r}")
+
+
 LossFn = Callable[[nn.Module, tuple[Tensor, ...], Any], tuple[Tensor, Any]]
 Data = Union[Tensor, Sequence[Tensor]]
+
 
 def _is_int(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
@@ -98,7 +106,7 @@ class TrainConfig(JsonConfig):
             self._check(name, number and (value >= 0 if allow_zero else value > 0), expected)
             object.__setattr__(self, name, float(value))  # lr=1 and lr=1.0 are the same config
         self._check("schedule", self.schedule in ("cosine", "constant"), "'cosine' or 'constant'")
-        self._check("clock", self.clock in CLOCKS, "'wall' or 'cpu'")
+        check_clock(self.clock, "TrainConfig")
         if self.decay_over_budget and self.minutes is None:
             raise RnnkitError("TrainConfig.decay_over_budget needs a time budget; set minutes=... or "
                               "decay_over_budget=False")
@@ -193,6 +201,7 @@ def budget_shares(minutes: Optional[float], parts: int, clock: str = "wall") -> 
     """The budget of each of ``parts`` runs made one after another: an equal share of what is left
     of ``minutes`` (on ``clock``) when it starts, so time one run leaves unused goes to the next
     (``None``: no budget)."""
+    check_clock(clock, "budget_shares")
     now = CLOCKS[clock]
     start = now()
     for k in range(parts):
@@ -394,4 +403,4 @@ def _as_data(data: Data, name: str, config: TrainConfig) -> tuple[Tensor, ...]:
     return tuple(data)
 
 
-__all__ = ["LossFn", "TrainConfig", "TrainResult", "budget_shares", "evaluate", "fit", "lr_at"]
+__all__ = ["LossFn", "TrainConfig", "TrainResult", "budget_shares", "check_clock", "evaluate", "fit", "lr_at"]

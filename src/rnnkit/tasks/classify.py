@@ -17,13 +17,13 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..config import JsonConfig
 from .. import metrics
 from ..bundle import Bundle, load_weights, register, save_bundle
+from ..config import JsonConfig
 from ..data.tokenizers import KINDS, UNK, Tokenizer, build_tokenizer, tokenizer_from_dict
 from ..errors import DataError, RnnkitError
 from ..topologies import ManyToOne
-from ..training import TrainConfig, TrainResult, budget_shares, fit
+from ..training import TrainConfig, TrainResult, budget_shares, check_clock, fit
 
 MODEL_TYPE = "sequence_classifier"
 
@@ -59,6 +59,7 @@ class SequenceClassifierConfig(JsonConfig):
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_clock(self.clock, "SequenceClassifierConfig")  # here, not when fit() starts after tokenising
         if self.tokenizer not in KINDS:
             raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
         for name in ("vocab_size", "min_count", "embedding_size", "hidden_size", "num_layers", "max_len", "epochs",
@@ -148,7 +149,7 @@ class SequenceClassifier:
         self.config = config or SequenceClassifierConfig(**options)
         self.tokenizer: Optional[Tokenizer] = None
         self.classes: list[str] = []
-        self.model: Optional[TextClassifierNet] = None
+        self.model: Optional[ClassifierEnsemble] = None
         self.metrics: dict[str, Any] = {}
         self.train_results: list[TrainResult] = []  # one per ensemble member
 
@@ -183,15 +184,15 @@ class SequenceClassifier:
             w = None if weights is None else weights.to(logits.device)
             return nn.functional.cross_entropy(logits, target, weight=w), None
 
-        part = lambda index: (ids[index], lengths[index], targets[index])  # noqa: E731
+        train, val = (ids[keep], lengths[keep], targets[keep]), (ids[held], lengths[held], targets[held])
+        budgets = budget_shares(cfg.minutes, cfg.ensemble, cfg.clock)
         self.train_results = []
-        for k, (member, minutes) in enumerate(zip(self.model.members, budget_shares(cfg.minutes, cfg.ensemble, cfg.clock))):
+        for k, (member, minutes) in enumerate(zip(self.model.members, budgets)):
             train_config = TrainConfig(epochs=cfg.epochs, minutes=minutes, batch_size=cfg.batch_size, lr=cfg.lr,
                                        patience=cfg.patience, seed=cfg.seed + k, progress=cfg.progress,
                                        decay_over_budget=minutes is not None, clock=cfg.clock)
             # Batches of texts of near-equal length: each is cut to its longest text, so little is padding.
-            self.train_results.append(fit(member, loss_fn, part(keep), part(held), train_config,
-                                          lengths=lengths[keep]))
+            self.train_results.append(fit(member, loss_fn, train, val, train_config, lengths=train[1]))
         self.model.eval()
         scores = self.evaluate([texts[i] for i in held], labels[held].tolist())
         members = [{"steps": r.steps, "epochs_completed": r.epochs_completed, "stopped": r.stopped,

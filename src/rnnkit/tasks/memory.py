@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import JsonConfig
 from ..bundle import Bundle, load_weights, register, save_bundle
 from ..cells import CELLS
+from ..config import JsonConfig
 from ..data.memory import (COPY_DELIMITER, COPY_VOCAB, ORDER_ALPHABET, adding_problem, copy_task,
                            temporal_order)
 from ..errors import DataError, RnnkitError

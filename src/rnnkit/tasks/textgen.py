@@ -17,12 +17,12 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..config import JsonConfig
 from ..bundle import Bundle, load_weights, register, save_bundle
+from ..config import JsonConfig
 from ..data.tokenizers import KINDS, SPECIALS, Tokenizer, build_tokenizer, tokenizer_from_dict
 from ..errors import DataError, RnnkitError
 from ..topologies import ManyToMany
-from ..training import TrainConfig, TrainResult, evaluate, fit
+from ..training import TrainConfig, TrainResult, check_clock, evaluate, fit
 
 MODEL_TYPE = "text_generator"
 
@@ -54,6 +54,7 @@ class TextGeneratorConfig(JsonConfig):
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_clock(self.clock, "TextGeneratorConfig")  # here, not when fit() starts after tokenising
         if self.tokenizer not in KINDS:
             raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
         for name in ("vocab_size", "hidden_size", "num_layers", "seq_len", "batch_size", "epochs"):

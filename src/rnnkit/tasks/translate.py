@@ -18,14 +18,14 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..config import JsonConfig
 from .. import metrics
 from ..bundle import Bundle, load_weights, register, save_bundle
+from ..config import JsonConfig
 from ..data.tokenizers import BOS, EOS, PAD, Tokenizer, build_tokenizer, tokenizer_from_dict
 from ..errors import DataError, RnnkitError
 from ..plotting import plot_attention
 from ..seq2seq import Seq2Seq, Seq2SeqConfig
-from ..training import TrainConfig, TrainResult, fit
+from ..training import TrainConfig, TrainResult, check_clock, fit
 
 MODEL_TYPE = "translator"
 Pair = tuple[str, str]
@@ -64,6 +64,7 @@ class TranslatorConfig(JsonConfig):
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_clock(self.clock, "TranslatorConfig")  # here, not when fit() starts after tokenising
         for name in ("hidden_size", "embedding_size", "vocab_size", "max_length", "epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
