@@ -166,3 +166,53 @@ def test_float64_steps_outside_the_kernel_and_equals_torch_nn(path):
     layer = Recurrent(3, 10, num_layers=2).double().eval()
     _assert_equals_torch_nn(layer, torch.randn(2, 8, 3, dtype=torch.float64), f"{path} path, float64")
     assert "_stream_blocked" not in layer.cells.__dict__
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "batch, input_size, hidden, layers",
+    [(1, 256, 256, 2),  # the benchmark's shape
+     (1, 7, 33, 2),  # odd input and hidden sizes: a bfloat16 pair with a zero partner
+     (5, 3, 20, 3)],  # a batch tile plus a remainder
+    ids=["b1-h256", "b1-i7-h33", "b5-h20-3layers"],
+)
+def test_bfloat16_autocast_step_equals_torch_nn_with_bfloat16_weights(built_kernel, monkeypatch, batch, input_size,
+                                                                       hidden, layers):
+    """Under bfloat16 autocast the blocked kernel reads bfloat16 weights and computes in float32:
+    exactly torch.nn.LSTM (float32) run with the weights rounded to bfloat16 (biases kept)."""
+    monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
+    torch.manual_seed(6)
+    layer = Recurrent(input_size, hidden, num_layers=layers).eval()
+    x = torch.randn(batch, STEPS, input_size)
+    rounded = layer.to_torch().eval()
+    with torch.no_grad():
+        for name, p in rounded.named_parameters():
+            if name.startswith("weight"):
+                p.copy_(p.bfloat16().float())
+        want, (want_h, want_c) = rounded(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, (h, c) = _stepped(layer, x)
+    assert got.dtype == h.dtype == torch.float32, "the state must stay float32 under autocast"
+    _close(got, want, "bfloat16 weights: outputs", atol=2e-5)
+    _close(c, want_c, "bfloat16 weights: final c", atol=2e-5)
+    assert set(layer.cells.__dict__["_stream_blocked"]) == {True}, "the bfloat16 stack did not run"
+    plain, _ = _stepped(layer, x)  # autocast off again: the float32 weights, no rounding
+    with torch.no_grad():
+        exact, _ = layer.to_torch().eval()(x)
+    _close(plain, exact, "float32 after bfloat16")
+    assert (plain - got).abs().max() > 1e-4, "autocast made no difference: the float32 stack ran both times"
+
+
+def test_bfloat16_step_sees_fresh_weights(built_kernel, monkeypatch):
+    monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
+    torch.manual_seed(7)
+    layer = Recurrent(4, 16, num_layers=2).eval()
+    x = torch.randn(1, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before, _ = layer.step(x)
+        layer.cells[1].weight_ih.mul_(-1)  # in place: only the version counter changes
+        after, _ = layer.step(x)
+        layer.cells[1].weight_ih.mul_(-1)
+        again, _ = layer.step(x)
+    assert (before - after).abs().max() > 1e-3, "the step served the stale bfloat16 weights"
+    _close(again, before, "the weights restored")

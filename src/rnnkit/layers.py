@@ -219,7 +219,7 @@ class Recurrent(nn.Module):
             return tuple(x.new_zeros(count, batch, self.hidden_size) for _ in range(self.num_states))
         parts = (state,) if isinstance(state, Tensor) else tuple(state)
         expected = (count, batch, self.hidden_size)
-        if len(parts) != self.num_states or any(tuple(p.shape) != expected for p in parts):
+        if len(parts) != self.num_states or not all(p.shape == expected for p in parts):
             want = "(h, c), each" if self.num_states == 2 else "a tensor"
             raise RnnkitError(
                 f"expected state {want} of shape (layers*directions, batch, hidden) = {expected}, "

@@ -13,8 +13,13 @@ from L3 or RAM each step) three ways: ``torch.sum`` over them, the compiled kern
 plain read (a sum with four vector accumulators, no dispatch; when the kernel is built)
 and one ``torch.mv`` over them all. The floor is the fastest, per repeat.
 
+Under bfloat16 autocast, the same step for ``torch.nn.LSTM`` (all in bfloat16) and rnnkit
+(bfloat16 weights, float32 state and arithmetic), next to the floor of reading the
+bfloat16 weights, and each one's output error against float32 over 200 steps. Each timed
+call runs ``STEPS_PER_CALL`` steps, so autocast is entered once per 8 steps, not per step.
+
 Then batched generation: 64 streams of a character-level LM (embedding, the same 2-layer
-LSTM, a linear head, sampling), tokens/s with rnnkit's step against torch.nn.LSTM's.
+LSTM, a linear head, sampling), tokens/s with rnnkit's step (float32, and bfloat16 autocast) against torch.nn.LSTM's.
 """
 
 from __future__ import annotations
@@ -43,6 +48,20 @@ def _stepper(step: Callable, state) -> Callable[[torch.Tensor], torch.Tensor]:
     return call
 
 
+STEPS_PER_CALL = 8  # steps per timed call: a bfloat16 candidate enters autocast once per call, as a generation loop would
+
+
+def _steps(step: Callable[[], object], bf16: bool = False) -> Callable[[], None]:
+    """``STEPS_PER_CALL`` calls of ``step``, under bfloat16 autocast if ``bf16``."""
+
+    def call():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            for _ in range(STEPS_PER_CALL):
+                step()
+
+    return call
+
+
 def latency(quick: bool) -> dict:
     torch.manual_seed(0)
     rnnkit_lstm = Recurrent(HIDDEN, HIDDEN, cell="lstm", num_layers=LAYERS).eval()
@@ -51,6 +70,8 @@ def latency(quick: bool) -> dict:
     zeros = torch.zeros(LAYERS, 1, HIDDEN)
     rnnkit_step = _stepper(rnnkit_lstm.step, (zeros, zeros))
     torch_step = _stepper(lambda x, s: torch_lstm(x[:, None], s), (zeros, zeros))
+    rnnkit_bf16_step = _stepper(rnnkit_lstm.step, (zeros, zeros))
+    torch_bf16_step = _stepper(lambda x, s: torch_lstm(x[:, None], s), (zeros, zeros))
     weights = [[c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh] for c in rnnkit_lstm.cells]
     cell_state = [(torch.zeros(1, HIDDEN), torch.zeros(1, HIDDEN)) for _ in range(LAYERS)]
 
@@ -63,34 +84,39 @@ def latency(quick: bool) -> dict:
     all_weights = torch.cat([torch.cat([c.weight_ih, c.weight_hh], 1) for c in rnnkit_lstm.cells]).detach()
     vector = torch.randn(all_weights.size(1))
     candidates = {
-        "torch.nn.LSTM, one step per call": lambda: torch_step(x),
-        "ATen lstm_cell per layer": aten_cells,
-        "rnnkit Recurrent.step": lambda: rnnkit_step(x),
-        "floor: stream-read the weights (sum)": lambda: all_weights.sum(),
-        "floor: one matvec over all weights": lambda: torch.mv(all_weights, vector),
+        "torch.nn.LSTM, one step per call": _steps(lambda: torch_step(x)),
+        "ATen lstm_cell per layer": _steps(aten_cells),
+        "rnnkit Recurrent.step": _steps(lambda: rnnkit_step(x)),
+        "floor: stream-read the weights (sum)": _steps(lambda: all_weights.sum()),
+        "floor: one matvec over all weights": _steps(lambda: torch.mv(all_weights, vector)),
+        # bfloat16 autocast: torch.nn.LSTM's whole step in bfloat16, rnnkit's weights only
+        "torch.nn.LSTM, bfloat16 autocast": _steps(lambda: torch_bf16_step(x), bf16=True),
+        "rnnkit Recurrent.step, bfloat16 autocast": _steps(lambda: rnnkit_bf16_step(x), bf16=True),
     }
     kernel = stream_kernel()
     if kernel is not None:
         # what Recurrent.step costs beyond its kernel call (its argument checks, in Python)
-        candidates["rnnkit stack_step (the kernel call under Recurrent.step)"] = lambda: stack_step(
-            rnnkit_lstm.cells, x, zeros, zeros)
+        candidates["rnnkit stack_step (the kernel call under Recurrent.step)"] = _steps(lambda: stack_step(
+            rnnkit_lstm.cells, x, zeros, zeros))
         # the tightest floor: a plain read with no per-call dispatch
-        candidates["floor: stream-read the weights (kernel, no dispatch)"] = lambda: kernel.stream_read(all_weights)
+        candidates["floor: stream-read the weights (kernel, no dispatch)"] = _steps(
+            lambda: kernel.stream_read(all_weights))
+        # the bfloat16 step's floor: the same read of the weights' bfloat16 bytes (half as many)
+        bf16_bytes = all_weights.bfloat16().view(torch.float32)
+        candidates["bf16 floor: stream-read the bfloat16 weights (kernel)"] = _steps(
+            lambda: kernel.stream_read(bf16_bytes))
     base = "torch.nn.LSTM, one step per call"
     with torch.no_grad(), threads(1):
         timed = interleaved(candidates, {n: base for n in candidates}, repeats=5 if quick else 15,
                             seconds=0.05 if quick else 0.25)
-        # The floor ratio per repeat, like every other ratio: rnnkit's step / the faster floor.
-        floor_names = [n for n in candidates if n.startswith("floor")]
-        ours = timed["rnnkit Recurrent.step"]["samples"]
-        floors = [min(timed[n]["samples"][r] for n in floor_names) for r in range(len(ours))]
-    per_step = {name: 1e6 * row["seconds_per_call"] for name, row in timed.items()}
-    over_floor = sorted(o / f for o, f in zip(ours, floors))
+    per_step = {name: 1e6 * row["seconds_per_call"] / STEPS_PER_CALL for name, row in timed.items()}
     weight_bytes = all_weights.numel() * all_weights.element_size()
+    floor_names = [n for n in candidates if n.startswith("floor")]
     floor_us = min(per_step[n] for n in floor_names)
-    return {
+    result = {
         "shape": {"layers": LAYERS, "hidden": HIDDEN, "input": HIDDEN, "batch": 1, "threads": 1},
         "compiled_kernel": kernel is not None,
+        "steps_per_timed_call": STEPS_PER_CALL,
         "weight_bytes": weight_bytes,
         "floor": "reading the fp32 weights (W_ih, W_hh of both layers) once: the fastest of the "
                  "'floor:' candidates, per repeat",
@@ -98,9 +124,41 @@ def latency(quick: bool) -> dict:
         "speedup_vs_torch_nn_lstm": {n: r["speedup_vs_baseline"] for n, r in timed.items()},
         "floor_us_median": floor_us,
         "floor_read_GB_per_s": weight_bytes / floor_us / 1e3,
-        "rnnkit_step_over_floor": over_floor[len(over_floor) // 2],
+        # The floor ratio per repeat, like every other ratio: rnnkit's step / the faster floor.
+        "rnnkit_step_over_floor": _over_floor(timed, "rnnkit Recurrent.step", floor_names),
+        "bfloat16": bf16_accuracy(rnnkit_lstm, torch_lstm),
         "raw": timed,
     }
+    if kernel is not None:
+        result["bfloat16"]["step_over_bf16_floor"] = _over_floor(
+            timed, "rnnkit Recurrent.step, bfloat16 autocast", ["bf16 floor: stream-read the bfloat16 weights (kernel)"])
+    return result
+
+
+def _over_floor(timed: dict, name: str, floor_names: list[str]) -> float:
+    """Median over repeats of ``name``'s time over the fastest floor's in the same repeat."""
+    ours = timed[name]["samples"]
+    floors = [min(timed[n]["samples"][r] for n in floor_names) for r in range(len(ours))]
+    ratios = sorted(o / f for o, f in zip(ours, floors))
+    return ratios[len(ratios) // 2]
+
+
+@torch.no_grad()
+def bf16_accuracy(rnnkit_lstm: Recurrent, torch_lstm: nn.LSTM, steps: int = 200) -> dict:
+    """Relative error of each bfloat16-autocast step's outputs against float32 torch.nn.LSTM,
+    stepping ``steps`` random inputs with the state carried (errors compound over time)."""
+    xs = torch.randn(4, steps, HIDDEN, generator=torch.Generator().manual_seed(1))
+    reference, _ = torch_lstm(xs)
+    outputs = {"rnnkit Recurrent.step": [], "torch.nn.LSTM": []}
+    states = dict.fromkeys(outputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for t in range(steps):
+            y, states["rnnkit Recurrent.step"] = rnnkit_lstm.step(xs[:, t], states["rnnkit Recurrent.step"])
+            outputs["rnnkit Recurrent.step"].append(y)
+            y, states["torch.nn.LSTM"] = torch_lstm(xs[:, t:t + 1], states["torch.nn.LSTM"])
+            outputs["torch.nn.LSTM"].append(y[:, 0])
+    return {"steps": steps, "outputs_rel_error_vs_float32": {
+        name: float((torch.stack(ys, 1).float() - reference).norm() / reference.norm()) for name, ys in outputs.items()}}
 
 
 class _CharLM(nn.Module):
@@ -118,16 +176,17 @@ def generation(quick: bool) -> dict:
     theirs.head.load_state_dict(ours.head.state_dict())
     tokens_per_call = 16
 
-    def sampler(model: _CharLM, step: Callable) -> Callable[[], None]:
+    def sampler(model: _CharLM, step: Callable, bf16: bool = False) -> Callable[[], None]:
         zeros = torch.zeros(LAYERS, STREAMS, HIDDEN)
         box = [torch.zeros(STREAMS, dtype=torch.long), (zeros, zeros)]
 
         def generate():
             token, state = box
-            for _ in range(tokens_per_call):
-                h, state = step(model.embed(token), state)  # (S, H)
-                probs = torch.softmax(model.head(h), dim=-1)
-                token = torch.multinomial(probs, 1).squeeze(1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                for _ in range(tokens_per_call):
+                    h, state = step(model.embed(token), state)  # (S, H)
+                    probs = torch.softmax(model.head(h).float(), dim=-1)
+                    token = torch.multinomial(probs, 1).squeeze(1)
             box[:] = [token, state]
 
         return generate
@@ -135,6 +194,7 @@ def generation(quick: bool) -> dict:
     candidates = {
         "torch.nn.LSTM": sampler(theirs, lambda e, s: (lambda o, s2: (o[:, 0], s2))(*theirs.recurrent(e[:, None], s))),
         "rnnkit Recurrent.step": sampler(ours, ours.recurrent.step),
+        "rnnkit Recurrent.step, bfloat16 autocast": sampler(ours, ours.recurrent.step, bf16=True),
     }
     with torch.no_grad(), threads(1):
         timed = interleaved(candidates, {n: "torch.nn.LSTM" for n in candidates},
@@ -144,6 +204,7 @@ def generation(quick: bool) -> dict:
         "streams": STREAMS, "vocab": VOCAB, "threads": 1,
         "tokens_per_s_median": tokens,
         "speedup_vs_torch_nn_lstm": timed["rnnkit Recurrent.step"]["speedup_vs_baseline"],
+        "bf16_speedup_vs_torch_nn_lstm": timed["rnnkit Recurrent.step, bfloat16 autocast"]["speedup_vs_baseline"],
         "raw": timed,
     }
 
@@ -156,7 +217,17 @@ def run(quick: bool = False) -> dict:
         "step speed-up vs torch.nn.LSTM per step (target >= 10x)":
             lat["speedup_vs_torch_nn_lstm"]["rnnkit Recurrent.step"],
         "step time / memory floor (target <= 2x)": lat["rnnkit_step_over_floor"],
+        "bfloat16 autocast step speed-up vs torch.nn.LSTM (float32) per step":
+            lat["speedup_vs_torch_nn_lstm"]["rnnkit Recurrent.step, bfloat16 autocast"],
+        "bfloat16 autocast step speed-up vs torch.nn.LSTM under bfloat16 autocast": (
+            lat["per_step_us_median"]["torch.nn.LSTM, bfloat16 autocast"]
+            / lat["per_step_us_median"]["rnnkit Recurrent.step, bfloat16 autocast"]),
+        "bfloat16 step output relative error after 200 steps":
+            lat["bfloat16"]["outputs_rel_error_vs_float32"]["rnnkit Recurrent.step"],
+        "bfloat16 step time / bfloat16 memory floor": lat["bfloat16"].get("step_over_bf16_floor"),
         "ATen lstm_cell speed-up vs torch.nn.LSTM": lat["speedup_vs_torch_nn_lstm"]["ATen lstm_cell per layer"],
         "generation tokens/s, 64 streams, vs torch.nn.LSTM": result["generation_64_streams"]["speedup_vs_torch_nn_lstm"],
+        "generation tokens/s, 64 streams, bfloat16 autocast vs torch.nn.LSTM (float32)":
+            result["generation_64_streams"]["bf16_speedup_vs_torch_nn_lstm"],
     }
     return result

@@ -11,6 +11,10 @@
 // - lstm_stack_step (larger batches): MKL's packed GEMM on [W_ih | W_hh] (rows i, f, o, g), then a
 //   handful of ATen ops dispatched from C++; there the product is compute-bound and MKL wins.
 //
+// Under bfloat16 autocast the blocked product reads its weights stored as bfloat16 (half the
+// bytes: a step costs about half) and widens each to float32 exactly on load (a bfloat16 is the
+// top half of a float32); x, h, c, the sums and the gates stay float32 (BlockedStackBF16).
+//
 // Built ahead of time on the machine that runs it, with -O3 -march=native: the vectors below
 // (GCC/Clang vector extensions) are as wide as the CPU's (AVX-512, AVX2, SSE/NEON), and so are
 // the blocks of the weight layout (LANES, read by cells/streaming.py).
@@ -20,9 +24,11 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 namespace {
 
@@ -114,20 +120,69 @@ HOT void accumulate(vec (&acc)[kTile][4], const float* w, const float* in, int64
   }
 }
 
+// Weights stored as float32 (BlockedStack) or bfloat16 (BlockedStackBF16). A bfloat16 block
+// row holds TWO inputs: (4, kLanes, 2) with inputs k, k+1 side by side in one 32-bit word,
+// so one load yields both as float32 by one shift (input k, the low half) and one mask (k+1).
+typedef unsigned int wvec __attribute__((vector_size(4 * kLanes), aligned(4)));  // 2 bfloat16 per lane
+
+template <typename W>
+struct Layout;
+template <>
+struct Layout<float> {  // (U, I + H, 4, kLanes)
+  static int64_t rows(int64_t inputs) { return inputs; }
+  static constexpr int64_t row = kBlock;
+};
+template <>
+struct Layout<std::uint16_t> {  // (U, ceil(I/2) + ceil(H/2), 4, kLanes, 2)
+  static int64_t rows(int64_t inputs) { return (inputs + 1) / 2; }
+  static constexpr int64_t row = 2 * kBlock;
+};
+
+template <int Rows>
+HOT void accumulate(vec (&acc)[kTile][4], const std::uint16_t* w, const float* in, int64_t stride,
+                    int64_t length) {
+  // Rows == 1 has too few independent sums to hide the FMA latency (two FMAs per sum per
+  // row of weights): the odd inputs get their own accumulators, added at the end.
+  constexpr bool split = Rows == 1;
+  vec odd[kTile][4] = {};
+  const int64_t pairs = length / 2;
+  for (int64_t p = 0; p < pairs; ++p, w += 2 * kBlock) {
+    for (int gate = 0; gate < 4; ++gate) {
+      const wvec words = *reinterpret_cast<const wvec*>(w + gate * 2 * kLanes);
+      const vec even_w = (vec)(words << 16), odd_w = (vec)(words & 0xFFFF0000u);
+      for (int b = 0; b < Rows; ++b) {
+        acc[b][gate] += even_w * in[b * stride + 2 * p];
+        (split ? odd[b][gate] : acc[b][gate]) += odd_w * in[b * stride + 2 * p + 1];
+      }
+    }
+  }
+  if (length % 2) {  // the last input alone: its partner's weights are zero, and never read
+    for (int gate = 0; gate < 4; ++gate) {
+      const vec even_w = (vec)(*reinterpret_cast<const wvec*>(w + gate * 2 * kLanes) << 16);
+      for (int b = 0; b < Rows; ++b) acc[b][gate] += even_w * in[b * stride + length - 1];
+    }
+  }
+  if (split)
+    for (int b = 0; b < Rows; ++b)
+      for (int gate = 0; gate < 4; ++gate) acc[b][gate] += odd[b][gate];
+}
+
 // One layer for `Rows` batch rows and the unit blocks [first, last): weights (U, I + H, 4, kLanes),
 // bias (U, 4, kLanes); x (Rows, I), h and c (Rows, H) row-major; writes h_out, c_out (Rows, H).
-template <int Rows>
-void blocked_rows(const float* weight, const float* bias, const float* x, int64_t input_size,
+// (or its bfloat16 Layout);
+template <int Rows, typename W>
+void blocked_rows(const W* weight, const float* bias, const float* x, int64_t input_size,
                   const float* h, const float* c, int64_t hidden, float* h_out, float* c_out,
                   int64_t first, int64_t last) {
-  const int64_t width = input_size + hidden;
+  using L = Layout<W>;
+  const int64_t input_rows = L::rows(input_size), width = input_rows + L::rows(hidden);
   for (int64_t u = first; u < last; ++u) {
-    const float* w = weight + u * width * kBlock;
+    const W* w = weight + u * width * L::row;
     vec acc[kTile][4];
     for (int b = 0; b < Rows; ++b)
       for (int gate = 0; gate < 4; ++gate) acc[b][gate] = load(bias + u * kBlock + gate * kLanes);
     accumulate<Rows>(acc, w, x, input_size, input_size);
-    accumulate<Rows>(acc, w + input_size * kBlock, h, hidden, hidden);
+    accumulate<Rows>(acc, w + input_rows * L::row, h, hidden, hidden);
     const int64_t unit = u * kLanes;
     const int n = static_cast<int>(std::min<int64_t>(kLanes, hidden - unit));
     for (int b = 0; b < Rows; ++b) {
@@ -141,10 +196,12 @@ void blocked_rows(const float* weight, const float* bias, const float* x, int64_
 
 // One layer for the whole batch: batch tiles of kTile rows, each one pass over the weights;
 // the unit blocks split across torch's intra-op threads (each takes >= ~256 KB of weights).
-void blocked_layer(const float* weight, int64_t blocks, const float* bias, const float* x,
+template <typename W>
+void blocked_layer(const W* weight, int64_t blocks, const float* bias, const float* x,
                    int64_t input_size, const float* h, const float* c, int64_t batch, int64_t hidden,
                    float* h_out, float* c_out) {
-  const int64_t block_bytes = (input_size + hidden) * kBlock * static_cast<int64_t>(sizeof(float));
+  using L = Layout<W>;
+  const int64_t block_bytes = (L::rows(input_size) + L::rows(hidden)) * L::row * static_cast<int64_t>(sizeof(W));
   const int64_t grain = std::max<int64_t>(1, (256 << 10) / block_bytes);
   at::parallel_for(0, blocks, grain, [&](int64_t first, int64_t last) {
     for (int64_t row = 0; row < batch; row += kTile) {
@@ -168,22 +225,29 @@ using Step = std::tuple<at::Tensor, at::Tensor, at::Tensor>;  // (h'[L-1], h' (L
 
 // A stack's weights in the blocked layout, with the parameters they were made from (storage
 // and version counter of each), so that every step checks in C++ that they are still fresh:
-// an optimiser step, load_state_dict or a .data swap changes one or the other.
+// an optimiser step, load_state_dict or a .data swap changes one or the other. W: the
+// weights' storage type, float (float32) or std::uint16_t (bfloat16 bits).
+template <typename W>
 class BlockedStack {
  public:
   // weights[l] (U, I_l + H, 4, LANES) and biases[l] (U, 4, LANES), U = ceil(H / LANES): row k of
-  // block u holds the i, f, g, o weights of units LANES*u .. LANES*u + LANES-1 from input k (zero past H).
-  BlockedStack(std::vector<at::Tensor> weights, std::vector<at::Tensor> biases,
+  // block u holds the i, f, g, o weights of units LANES*u .. LANES*u + LANES-1 from input k (zero
+  // past H). As bfloat16: (U, ceil(I_l/2) + ceil(H/2), 4, LANES, 2), inputs 2k and 2k+1 side by side.
+  BlockedStack(std::vector<at::Tensor> weights, std::vector<at::Tensor> biases, std::vector<int64_t> input_sizes,
                const std::vector<at::Tensor>& params)
-      : weights_(std::move(weights)), biases_(std::move(biases)), sources_(sources_of(params)) {
-    TORCH_CHECK(!weights_.empty() && weights_.size() == biases_.size(), "one weight and bias per layer expected");
-    const int64_t blocks = weights_[0].size(0);
+      : weights_(std::move(weights)), biases_(std::move(biases)), input_sizes_(std::move(input_sizes)),
+        sources_(sources_of(params)) {
+    TORCH_CHECK(!weights_.empty() && weights_.size() == biases_.size() && weights_.size() == input_sizes_.size(),
+                "one weight, bias and input size per layer expected");
+    const auto type = std::is_same_v<W, float> ? at::kFloat : at::kBFloat16;
+    const int64_t blocks = weights_[0].size(0), hidden_rows = weights_[0].size(1) - Layout<W>::rows(input_sizes_[0]);
     for (size_t l = 0; l < weights_.size(); ++l) {
       const auto &w = weights_[l], &b = biases_[l];
-      TORCH_CHECK(w.is_contiguous() && w.dim() == 4 && w.size(0) == blocks && w.size(2) == 4 &&
-                      w.size(3) == kLanes && w.scalar_type() == at::kFloat && w.device().is_cpu() &&
+      TORCH_CHECK(w.is_contiguous() && w.size(0) == blocks && w.size(1) == Layout<W>::rows(input_sizes_[l]) + hidden_rows &&
+                      w.numel() == blocks * w.size(1) * Layout<W>::row && w.scalar_type() == type && w.device().is_cpu() &&
                       b.is_contiguous() && b.numel() == blocks * kBlock && b.scalar_type() == at::kFloat,
-                  "layer ", l, ": float32 blocked weight (U, I + H, 4, LANES) and bias (U, 4, LANES) expected");
+                  "layer ", l, ": blocked weight (", std::is_same_v<W, float> ? "float32" : "bfloat16",
+                  ") and float32 bias (U, 4, LANES) expected");
     }
   }
 
@@ -196,19 +260,19 @@ class BlockedStack {
                 "the blocked streaming kernel runs float32 CPU tensors only");
     const int64_t layers = h.size(0), batch = x.size(0), hidden = h.size(2), plane = batch * hidden;
     TORCH_CHECK(x.dim() == 2 && h.dim() == 3 && h.sizes() == c.sizes() && h.size(1) == batch &&
-                    layers == static_cast<int64_t>(weights_.size()) &&
+                    layers == static_cast<int64_t>(weights_.size()) && x.size(1) == input_sizes_[0] &&
                     weights_[0].size(0) == (hidden + kLanes - 1) / kLanes &&
-                    weights_[0].size(1) == x.size(1) + hidden,
+                    weights_[0].size(1) == Layout<W>::rows(x.size(1)) + Layout<W>::rows(hidden),
                 "x (B, I) and h, c (L, B, H) matching the weights expected");
     const auto hc = h.contiguous(), cc = c.contiguous(), xc = x.contiguous();
     auto h_out = at::empty(h.sizes(), h.options()), c_out = at::empty(h.sizes(), h.options());
     const float* input = xc.data_ptr<float>();
     int64_t input_size = x.size(1);
     for (int64_t l = 0; l < layers; ++l) {
-      TORCH_CHECK(weights_[l].size(1) == input_size + hidden, "layer ", l, ": input size mismatch");
+      TORCH_CHECK(input_sizes_[l] == input_size, "layer ", l, ": input size mismatch");
       float *h_next = h_out.data_ptr<float>() + l * plane, *c_next = c_out.data_ptr<float>() + l * plane;
-      blocked_layer(weights_[l].data_ptr<float>(), weights_[l].size(0), biases_[l].data_ptr<float>(), input,
-                    input_size, hc.data_ptr<float>() + l * plane, cc.data_ptr<float>() + l * plane, batch,
+      blocked_layer(static_cast<const W*>(weights_[l].data_ptr()), weights_[l].size(0), biases_[l].data_ptr<float>(),
+                    input, input_size, hc.data_ptr<float>() + l * plane, cc.data_ptr<float>() + l * plane, batch,
                     hidden, h_next, c_next);
       input = h_next;
       input_size = hidden;
@@ -244,8 +308,17 @@ class BlockedStack {
   }
 
   std::vector<at::Tensor> weights_, biases_;
+  std::vector<int64_t> input_sizes_;
   std::vector<Source> sources_;
 };
+
+template <typename W>
+void bind_stack(pybind11::module& m, const char* name, const char* doc) {
+  pybind11::class_<BlockedStack<W>>(m, name, doc)
+      .def(pybind11::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<int64_t>,
+                          const std::vector<at::Tensor>&>())
+      .def("step", &BlockedStack<W>::step, "one step of every layer; None if a parameter changed since");
+}
 
 // x (B, I); h, c (L, B, H); weights[l] (4H, I_l + H), rows i, f, o, g; biases[l] (4H,); packed[l] or empty.
 // Returns (h'[L-1], h' (L, B, H), c' (L, B, H)).
@@ -293,9 +366,8 @@ double stream_read(const at::Tensor& t) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  pybind11::class_<BlockedStack>(m, "BlockedStack", "a stack's weights in the blocked layout, for small batches")
-      .def(pybind11::init<std::vector<at::Tensor>, std::vector<at::Tensor>, const std::vector<at::Tensor>&>())
-      .def("step", &BlockedStack::step, "one step of every layer; None if a parameter changed since");
+  bind_stack<float>(m, "BlockedStack", "a stack's weights in the blocked layout, for small batches");
+  bind_stack<std::uint16_t>(m, "BlockedStackBF16", "the same, weights stored as bfloat16 (autocast)");
   m.def("lstm_stack_step", &lstm_stack_step, "one step of a stack of plain LSTM layers: MKL packed GEMM");
   m.def("stream_read", &stream_read, "sum of a contiguous float32 tensor, read once");
   m.attr("LANES") = kLanes;
