@@ -122,6 +122,25 @@ def test_reused_buffers_survive_retain_graph_and_are_reused(scan_kernel, monkeyp
     assert len(pool) == sizes <= 4
 
 
+@pytest.mark.slow
+@MINIMAL
+def test_compiled_scan_under_bfloat16_autocast_runs_its_gemms_in_bfloat16(scan_kernel, cls):
+    """Under autocast the kernel path still runs (it used to fall back to the slower Python
+    scan): its two GEMMs in bfloat16, the scan in float32. Close to float32, and as close as
+    the Python path under autocast, but not equal (the bfloat16 GEMMs did run)."""
+    torch.manual_seed(3)
+    cell = cls(16, 32)
+    x, h0 = torch.randn(4, 50, 16), torch.randn(4, 32)
+    exact = _run(cell, x, h0, scan_kernel)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = _run(cell, x, h0, scan_kernel)
+        python = _run(cell, x, h0, None)
+    assert low[0].dtype == torch.float32
+    for got, want, py, name in zip(low, exact, python, ["outputs", "final state", "grad x", "grad h0", "grad weight"]):
+        error, python_error = ((got - want).norm() / want.norm()).item(), ((py - want).norm() / want.norm()).item()
+        assert 1e-5 < error < max(2e-2, 3 * python_error), f"{name}: relative error {error:.2g} (Python path {python_error:.2g})"
+
+
 def test_without_the_scan_kernel_the_python_scan_runs(monkeypatch, caplog):
     monkeypatch.setenv("RNNKIT_KERNELS", "0")
     monkeypatch.setattr(kernels, "_loaded", {})

@@ -10,6 +10,9 @@ I = H, a training step of minLSTM costs 3/10 of the LSTM's matrix FLOPs and minG
 ``torch.nn.LSTM`` runs at ~2/3 of a large GEMM's FLOP rate (one thread here) the
 ceilings are ~5x (minLSTM) and ~7x (minGRU) before any gate, scan or loss is paid.
 
+On 1 thread also under bfloat16 autocast, each cell against ``torch.nn.LSTM`` under autocast
+(``speedup_vs_torch_nn_lstm`` of an autocast row is against that baseline).
+
 The speed figures depend on the compiled scan kernel (``cells/kernels/linear_scan.cpp``):
 the benchmark builds it when it can (cached) and records which path ran in
 ``"scan_path"``; ``RNNKIT_KERNELS=0`` measures the Python-ops path instead.
@@ -37,13 +40,14 @@ from .timing import interleaved, threads
 CHANCE_MSE = 1 / 6  # variance of the sum of two U(0, 1)
 
 
-def _train_step(model: nn.Module, x: torch.Tensor):
+def _train_step(model: nn.Module, x: torch.Tensor, bf16: bool = False):
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        outputs, _ = model(x)
-        outputs.square().mean().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outputs, _ = model(x)
+        outputs.float().square().mean().backward()
         opt.step()
 
     return step
@@ -74,8 +78,15 @@ def throughput(quick: bool, n_threads: int = 1) -> dict:
         "minGRU GEMMs only": _gemms_only(x, 2),
         "minLSTM GEMMs only": _gemms_only(x, 3),
     }
+    baselines = {n: "torch.nn.LSTM" for n in candidates}
+    if n_threads == 1:  # bfloat16 autocast on both sides: the GEMMs in bfloat16, the scans in float32
+        candidates["torch.nn.LSTM, bf16 autocast"] = _train_step(nn.LSTM(hidden, hidden, batch_first=True), x, bf16=True)
+        for cell in ("minGRU", "minLSTM"):
+            candidates[f"rnnkit {cell}, bf16 autocast"] = _train_step(Recurrent(hidden, hidden, cell=cell.lower()), x, bf16=True)
+            baselines[f"rnnkit {cell}, bf16 autocast"] = "torch.nn.LSTM, bf16 autocast"
+        baselines["torch.nn.LSTM, bf16 autocast"] = "torch.nn.LSTM"
     with threads(n_threads):
-        timed = interleaved(candidates, {n: "torch.nn.LSTM" for n in candidates},
+        timed = interleaved(candidates, baselines,
                             repeats=3 if quick else 7, seconds=0.3 if quick else 1.0, warmup=1)
     return {
         "shape": {"batch": batch, "time": steps, "hidden": hidden, "input": hidden, "threads": n_threads},
@@ -165,6 +176,11 @@ def run(quick: bool = False) -> dict:
         for cell in ("minGRU", "minLSTM"):  # the ceiling: what the ratio would be if only the GEMMs cost
             name = f"  ceiling: {cell}'s projection GEMMs alone vs torch.nn.LSTM, {key.replace('_', ' ')}"
             result["ratios"][name] = speed[f"{cell} GEMMs only"]
+    autocast = result["throughput"].get("1_threads", {}).get("speedup_vs_torch_nn_lstm", {})
+    for cell in ("minGRU", "minLSTM"):
+        if f"rnnkit {cell}, bf16 autocast" in autocast:
+            name = f"{cell} vs torch.nn.LSTM, both under bf16 autocast, 1 threads"
+            result["ratios"][name] = autocast[f"rnnkit {cell}, bf16 autocast"]
     result["ratios"].update(adding_problem_summary(result))
     return result
 

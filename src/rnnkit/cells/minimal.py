@@ -172,7 +172,8 @@ class _CompiledScan(torch.autograd.Function):
     Forward: one GEMM for every gate, then one pass over time that computes the gates and the
     scan together; backward: one reverse pass that produces the gates' pre-activation
     gradients ``dk`` (and ``db``, ``dh0``), then the GEMMs ``dW = dk^T x`` and ``dx = dk W``.
-    Only ``x W^T`` and ``h`` are kept in between; the gates are recomputed. The same
+    Only ``x W^T`` and ``h`` are kept in between; the gates are recomputed. Under CPU
+    autocast the two GEMMs run in its dtype (:func:`_autocast_dtype`). The same
     equations as :class:`LinearScan` with ``_MinGRUCoefficients``/``_MinLSTMCoefficients``,
     which tests check it against.
     """
@@ -182,12 +183,18 @@ class _CompiledScan(torch.autograd.Function):
         B, T, I = x.shape
         x2 = x.reshape(B * T, I)  # (B*T, I), rows ordered (b, t)
         xw = _reused_buffer((B * T, weight.size(0)), x.dtype)  # (B*T, C*H)
-        torch.mm(x2, weight.t(), out=xw)  # every gate's input half; the kernel adds the bias
+        low = _autocast_dtype(x)
+        if low is None:
+            torch.mm(x2, weight.t(), out=xw)  # every gate's input half; the kernel adds the bias
+        else:  # autocast: the GEMMs in its dtype, the gates and the scan in float32 (see _autocast_dtype)
+            x2 = x2.to(low)
+            with torch.autocast("cpu", enabled=False):
+                xw.copy_(torch.mm(x2, weight.to(low).t()))
         bias_ = bias if bias is not None else xw.new_zeros(weight.size(0))
         h0 = h0.contiguous()
         h = kernel.scan_forward(xw, bias_, h0, weight.size(0) // h0.size(1))  # (B, T, H)
         ctx.save_for_backward(x2, weight, bias_, xw, h, h0)
-        ctx.kernel, ctx.has_bias, ctx.input_shape = kernel, bias is not None, x.shape
+        ctx.kernel, ctx.has_bias, ctx.input_shape, ctx.low = kernel, bias is not None, x.shape, low
         return h
 
     @staticmethod
@@ -196,9 +203,19 @@ class _CompiledScan(torch.autograd.Function):
         chunks = weight.size(0) // h0.size(1)
         dk = _reused_buffer(xw.shape, xw.dtype)  # (B*T, C*H): dL/d(x W^T + b)
         _, dbias, dh0 = ctx.kernel.scan_backward(xw, bias, h, h0, dh.contiguous(), dk, chunks)
-        dx = dk.mm(weight).view(ctx.input_shape) if ctx.needs_input_grad[0] else None
-        dweight = dk.t().mm(x2) if ctx.needs_input_grad[1] else None
+        dk_ = dk if ctx.low is None else dk.to(ctx.low)  # the GEMMs in the forward's dtype
+        dx = dk_.mm(weight.to(dk_.dtype)).view(ctx.input_shape).to(weight.dtype) if ctx.needs_input_grad[0] else None
+        dweight = dk_.t().mm(x2).to(weight.dtype) if ctx.needs_input_grad[1] else None
         return dx, dweight, dbias if ctx.has_bias else None, dh0, None
+
+
+def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype CPU autocast runs ``x``'s projections in (``None``: no autocast, or ``x`` is not
+    float32). Only the two GEMMs follow it: ``x W^T`` rounded to bfloat16 costs ~3 significant
+    digits per gate input, while a scan in bfloat16 would round a 1000-step product to nothing."""
+    if x.dtype != torch.float32 or not torch.is_autocast_enabled("cpu"):
+        return None
+    return torch.get_autocast_dtype("cpu")
 
 
 _pools = threading.local()
@@ -235,8 +252,6 @@ def _compiled_scan(x: Tensor, lengths: Optional[Tensor]):
     """The compiled scan kernel if it can run this call, else ``None`` (then Python ops run)."""
     if x.device.type != "cpu" or lengths is not None or x.dtype not in (torch.float32, torch.float64):
         return None
-    if torch.is_autocast_enabled("cpu"):
-        return None  # autocast decides the GEMM's dtype: leave it to the Python path
     return scan_kernel()
 
 
