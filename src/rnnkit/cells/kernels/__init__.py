@@ -2,7 +2,8 @@
 
 Two small C++ extensions, each one source file here:
 
-- ``stream``: ``stream_step.cpp``, one step of a stack of LSTM layers (``cells/streaming.py``);
+- ``stream``: ``stream_step.cpp``, one step of a stack of LSTM layers (``cells/streaming.py``),
+  its weights read as float32 or, under bfloat16 autocast, bfloat16;
 - ``scan``: ``linear_scan.cpp``, minGRU/minLSTM gates and linear scan over a whole sequence,
   forward and backward (``cells/minimal.py``).
 
