@@ -66,9 +66,18 @@ def _candidates(x: torch.Tensor, quick: bool) -> tuple[dict, dict]:
 
 
 def bf16_accuracy() -> dict:
-    """Relative error of bf16-autocast outputs and gradients against float32, same weights and batch."""
+    """Relative error of bf16-autocast outputs and gradients against float32, same weights and batch.
+
+    Also the error at the first step, and how much the model itself amplifies a perturbation
+    over the sequence: a float32 run with the input nudged by 1e-5 (relative), its output
+    error at the last step divided by 1e-5. A freshly initialised LayerNorm LSTM is chaotic
+    (layer norm holds the recurrent half at unit variance, a gain above 1): any rounding, bf16's
+    or another float32 kernel's, grows along the sequence, which is what its output error shows.
+    """
     torch.manual_seed(0)
     x = torch.randn(BATCH, STEPS, HIDDEN)
+    nudge = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    nudge *= 1e-5 * x.norm() / nudge.norm()
     errors = {}
     for name, options in (("lstm", {}), ("lstm layer_norm", {"layer_norm": True})):
         torch.manual_seed(0)
@@ -81,11 +90,15 @@ def bf16_accuracy() -> dict:
             outputs.float().square().mean().backward()
             runs.append((outputs.float().detach(), cell.weight_hh.grad.clone()))
         (out32, grad32), (out16, grad16) = runs
+        with torch.no_grad():
+            nudged, _ = cell(x + nudge)
 
         def rel(a, b):
             return ((a - b).abs().max() / b.abs().max()).item()
 
-        errors[name] = {"outputs_rel_error": rel(out16, out32), "grad_weight_hh_rel_error": rel(grad16, grad32)}
+        errors[name] = {"outputs_rel_error": rel(out16, out32), "grad_weight_hh_rel_error": rel(grad16, grad32),
+                        "first_step_outputs_rel_error": rel(out16[:, 0], out32[:, 0]),
+                        "float32_nudge_amplification_over_sequence": rel(nudged[:, -1], out32[:, -1]) / 1e-5}
     return errors
 
 
@@ -119,6 +132,9 @@ def run(quick: bool = False) -> dict:
                 speed["rnnkit LSTM layer_norm reference"]
     ratios["LSTM bf16 autocast output relative error"] = accuracy["lstm"]["outputs_rel_error"]
     ratios["LayerNorm LSTM bf16 autocast output relative error"] = accuracy["lstm layer_norm"]["outputs_rel_error"]
+    ratios["  same, first step only"] = accuracy["lstm layer_norm"]["first_step_outputs_rel_error"]
+    ratios["  how much the fresh LayerNorm LSTM itself amplifies a float32 input nudge over 100 steps"] = (
+        accuracy["lstm layer_norm"]["float32_nudge_amplification_over_sequence"])
     return {
         "shape": {"batch": BATCH, "time": STEPS, "hidden": HIDDEN, "input": HIDDEN},
         "tokens_per_s_median": {key: {n: BATCH * STEPS / r["seconds_per_call"] for n, r in timed.items()}
