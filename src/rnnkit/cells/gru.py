@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, _VF
 
 from .base import Backend, RecurrentCell, States, valid_steps
-from .scan import GRUScan
+from .kernels import gru_kernel
+from .scan import CompiledGRUScan, GRUScan
 
 
 class GRU(RecurrentCell):
@@ -71,7 +72,9 @@ class GRU(RecurrentCell):
             xw = self._project_input(x)  # (B, T, 3H): W_ih x + b_ih for every step at once
             with torch.autocast("cpu", enabled=False):  # mixed dtypes would break its small ops
                 xw = xw.to(self.weight_hh.dtype)
-                outputs, h = GRUScan.apply(xw, states[0], self.weight_hh, self.bias_hh, valid_steps(lengths, x))
+                args = (xw, states[0], self.weight_hh, self.bias_hh, valid_steps(lengths, x))
+                kernel = _compiled_gru(*args[:3])
+                outputs, h = GRUScan.apply(*args) if kernel is None else CompiledGRUScan.apply(*args, kernel)
             return outputs, (h,)
         return super()._run_fused(x, states, lengths)
 
@@ -82,3 +85,10 @@ class GRU(RecurrentCell):
 
     def _fused_step(self, x_t: Tensor, states: States) -> States:
         return (_VF.gru_cell(x_t, states[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh),)
+
+
+def _compiled_gru(xw: Tensor, h0: Tensor, weight_hh: Tensor):
+    """The compiled GRU kernel if it can run this call (CPU, one float32/float64 dtype), else ``None``."""
+    if weight_hh.dtype not in (torch.float32, torch.float64) or not xw.dtype == h0.dtype == weight_hh.dtype:
+        return None
+    return gru_kernel()

@@ -220,3 +220,26 @@ class GRUScan(torch.autograd.Function):
         d_weight_hh = flat.t().mm(h_prev.reshape(T * B, H))
         d_xw = dxw_all.transpose(0, 1)  # (B, T, 3H)
         return d_xw, dh, d_weight_hh, flat.sum(0) if ctx.has_bias else None, None
+
+
+class CompiledGRUScan(torch.autograd.Function):
+    """:class:`GRUScan` on the compiled kernel (``kernels/gru_scan.cpp``): the same inputs, plus
+    the kernel module, and the same outputs. Each time loop is one C++ call: per step one GEMM
+    and one fused pass of gate math, nothing allocated; ``xw``, the outputs and their gradients
+    stay batch-first, so no transposing copy is made on either side."""
+
+    @staticmethod
+    def forward(ctx, xw, h0, weight_hh, bias_hh, valid, kernel):
+        valid = None if valid is None else valid.squeeze(2).contiguous()  # (B, T)
+        outs, h, *kept = kernel.gru_forward(xw.contiguous(), h0.contiguous(), weight_hh, bias_hh, valid)
+        ctx.save_for_backward(*kept, weight_hh, valid)  # gates, W_hn h + b_hn, states: (T, B, .)
+        ctx.has_bias, ctx.kernel = bias_hh is not None, kernel
+        return outs, h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hT):
+        gates, hns, states, weight_hh, valid = ctx.saved_tensors
+        d_xw, dh0, d_weight_hh, d_bias = ctx.kernel.gru_backward(
+            d_out.contiguous(), d_hT, gates, hns, states, weight_hh, valid, ctx.has_bias, ctx.needs_input_grad[1])
+        return d_xw, dh0, d_weight_hh, d_bias, None, None

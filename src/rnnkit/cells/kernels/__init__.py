@@ -1,16 +1,18 @@
 """Optional compiled kernels: built ahead of time, only ever loaded at run time.
 
-Two small C++ extensions, each one source file here:
+Three small C++ extensions, each one source file here (plus the headers it includes):
 
 - ``stream``: ``stream_step.cpp``, one step of a stack of LSTM layers (``cells/streaming.py``),
   its weights read as float32 or, under bfloat16 autocast, bfloat16;
 - ``scan``: ``linear_scan.cpp``, minGRU/minLSTM gates and linear scan over a whole sequence,
-  forward and backward (``cells/minimal.py``).
+  forward and backward (``cells/minimal.py``);
+- ``gru``: ``gru_scan.cpp``, the GRU recurrence's time loop, forward and backward: one GEMM
+  and one fused pass of gate math per step (``cells/scan.py``, ``CompiledGRUScan``).
 
 ``build()`` compiles them (a C++ compiler and ninja needed; ~30 s of CPU each) into rnnkit's
 cache directory (``$RNNKIT_CACHE``, default ``~/.cache/rnnkit``), under a name keyed by the
-torch and Python versions, the source's hash and the CPU (both are compiled for this CPU's
-vector instructions). ``rnnkit bench`` builds them; so does
+torch and Python versions, the hash of the source and its headers, and the CPU (all are
+compiled for this CPU's vector instructions). ``rnnkit bench`` builds them; so does
 ``python -m rnnkit.cells.kernels``.
 
 At run time :func:`kernel` only loads an already-built module, so a user's machine needs no
@@ -25,6 +27,7 @@ import importlib.util
 import logging
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +45,8 @@ KERNELS: dict[str, tuple[str, tuple[str, ...], str]] = {
     # -march=native: the inner loops over H are vectorised for the CPU that builds (and, the
     # cache key says, runs) it; -fopenmp-simd honours `#pragma omp simd` without OpenMP.
     "scan": ("linear_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"), "minGRU/minLSTM scan in Python ops"),
+    # The same flags: the fused gate passes are `omp simd` loops over H.
+    "gru": ("gru_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"), "the GRU's time loop runs as Python ops"),
 }
 log = logging.getLogger("rnnkit")
 _loaded: dict[str, Optional[ModuleType]] = {}
@@ -57,6 +62,8 @@ def _cpu() -> str:
 def build_directory(name: str = "stream") -> Path:
     source, flags, _ = KERNELS[name]
     key = Path(__file__).with_name(source).read_bytes()
+    for header in re.findall(rb'^#include "([^"]+)"', key, flags=re.MULTILINE):  # ours, next to it
+        key += Path(__file__).with_name(header.decode()).read_bytes()
     if "-march=native" in flags:  # a build for this CPU only
         key += " ".join(flags).encode() + _cpu().encode()
     digest = hashlib.sha256(key).hexdigest()[:12]
@@ -120,3 +127,8 @@ def stream_kernel() -> Optional[ModuleType]:
 def scan_kernel() -> Optional[ModuleType]:
     """The built minGRU/minLSTM scan kernel, or ``None``."""
     return kernel("scan")
+
+
+def gru_kernel() -> Optional[ModuleType]:
+    """The built GRU recurrence kernel, or ``None``."""
+    return kernel("gru")

@@ -25,36 +25,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "simd_math.h"
+
 namespace {
 
-// exp for float as plain arithmetic, so that `omp simd` loops vectorise it (glibc's expf
-// does not): Cephes' range reduction x = n ln2 + r and degree-6 polynomial, ~1 ulp.
-inline float exp_simd(float x) {
-  x = x < -87.3f ? -87.3f : (x > 87.0f ? 87.0f : x);  // 2^n stays normal; 1 + 2 e^x stays finite
-  const float shift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float n = (x * 1.44269504088896341f + shift) - shift;
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const std::int32_t bits = (static_cast<std::int32_t>(n) + 127) << 23;  // 2^n
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-inline double exp_simd(double x) {  // float64: for gradcheck, not speed
-  return std::exp(x < -708.0 ? -708.0 : (x > 708.0 ? 708.0 : x));
-}
-
-template <typename T>
-inline T sigmoid(T v) {
-  return T(1) / (T(1) + exp_simd(-v));
-}
+using rnnkit_simd::exp_simd;
+using rnnkit_simd::sigmoid;
 
 // g(v) and g'(v) from s = sigmoid(v)
 template <typename T>
