@@ -28,6 +28,23 @@ SUITES: dict[str, tuple[str, str]] = {
 }
 
 
+def kernel_path(name: str) -> str:
+    """Which path a suite measures for the optional compiled kernel ``name`` (built now if need
+    be and possible): ``"compiled kernel"`` or ``"python ops (why)"``."""
+    import os
+
+    from ..cells import kernels
+    from ..errors import RnnkitError
+
+    if os.environ.get("RNNKIT_KERNELS", "1") == "0":
+        return "python ops (RNNKIT_KERNELS=0)"
+    try:
+        kernels.build(names=[name])
+    except RnnkitError as exc:
+        return f"python ops ({exc})"
+    return "compiled kernel" if kernels.kernel(name) is not None else "python ops"
+
+
 def run_suite(name: str, quick: bool, out_dir: Optional[Path]) -> dict:
     """Run one suite, write ``out_dir/<file>.json`` (if given) and return its result."""
     import importlib

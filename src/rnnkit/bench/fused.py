@@ -5,7 +5,9 @@ layer, interleaved in one run, on 1 and then 2 threads:
 
 - LayerNorm and peephole LSTMs on rnnkit's fused recurrence (``cells/scan.py``) and on the
   reference path (the equations as a Python loop under autograd), against ``torch.nn.LSTM``;
-- rnnkit's GRU (fused path) against ``torch.nn.GRU``;
+- rnnkit's GRU (fused path) against ``torch.nn.GRU``: on the compiled GRU kernel
+  (``cells/kernels/gru_scan.cpp``) when it can be built (the benchmark builds it, cached, and
+  records which path ran in ``"gru_path"``; ``RNNKIT_KERNELS=0`` measures the Python loop);
 - rnnkit's LSTM under ``torch.autocast("cpu", dtype=torch.bfloat16)`` against float32.
 
 bfloat16 accuracy: the same LSTM's outputs and weight gradients under autocast, relative
@@ -24,6 +26,7 @@ from torch import nn
 
 import rnnkit
 
+from . import kernel_path
 from .timing import interleaved, threads
 
 BATCH, STEPS, HIDDEN = 64, 100, 256
@@ -113,6 +116,7 @@ def _timed(quick: bool, n_threads: int) -> dict:
 def run(quick: bool = False) -> dict:
     """The fused-cell and bf16 benchmark (what ``benchmarks/fused_cells.py`` writes), on 1 and
     2 threads (the quick run: 1)."""
+    gru_path = kernel_path("gru")
     timed_by_threads = {f"{n}_threads": _timed(quick, n) for n in ((1,) if quick else (1, 2))}
     with threads(1):
         accuracy = bf16_accuracy()
@@ -137,6 +141,7 @@ def run(quick: bool = False) -> dict:
         accuracy["lstm layer_norm"]["float32_nudge_amplification_over_sequence"])
     return {
         "shape": {"batch": BATCH, "time": STEPS, "hidden": HIDDEN, "input": HIDDEN},
+        "gru_path": gru_path,
         "tokens_per_s_median": {key: {n: BATCH * STEPS / r["seconds_per_call"] for n, r in timed.items()}
                                 for key, timed in timed_by_threads.items()},
         "bf16_accuracy": accuracy,

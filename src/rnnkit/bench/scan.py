@@ -26,15 +26,14 @@ optimiser; 2 layers each (one minGRU layer is a gated running average and cannot
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..errors import RnnkitError
 from ..layers import Recurrent
+from . import kernel_path
 from .timing import interleaved, threads
 
 CHANCE_MSE = 1 / 6  # variance of the sum of two U(0, 1)
@@ -151,15 +150,7 @@ def adding_problem(quick: bool) -> dict:
 
 def scan_path() -> str:
     """Which minGRU/minLSTM scan runs here: the compiled kernel (built now if need be) or Python ops."""
-    from ..cells import kernels
-
-    if os.environ.get("RNNKIT_KERNELS", "1") == "0":
-        return "python ops (RNNKIT_KERNELS=0)"
-    try:
-        kernels.build(names=["scan"])
-    except RnnkitError as exc:
-        return f"python ops ({exc})"
-    return "compiled kernel" if kernels.scan_kernel() is not None else "python ops"
+    return kernel_path("scan")
 
 
 def run(quick: bool = False) -> dict:

@@ -231,7 +231,8 @@ class CompiledGRUScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xw, h0, weight_hh, bias_hh, valid, kernel):
         valid = None if valid is None else valid.squeeze(2).contiguous()  # (B, T)
-        outs, h, *kept = kernel.gru_forward(xw.contiguous(), h0.contiguous(), weight_hh, bias_hh, valid)
+        with torch.autocast("cpu", enabled=False):  # its products stay in xw's dtype
+            outs, h, *kept = kernel.gru_forward(xw.contiguous(), h0.contiguous(), weight_hh, bias_hh, valid)
         ctx.save_for_backward(*kept, weight_hh, valid)  # gates, W_hn h + b_hn, states: (T, B, .)
         ctx.has_bias, ctx.kernel = bias_hh is not None, kernel
         return outs, h
@@ -240,6 +241,7 @@ class CompiledGRUScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_out, d_hT):
         gates, hns, states, weight_hh, valid = ctx.saved_tensors
-        d_xw, dh0, d_weight_hh, d_bias = ctx.kernel.gru_backward(
-            d_out.contiguous(), d_hT, gates, hns, states, weight_hh, valid, ctx.has_bias, ctx.needs_input_grad[1])
+        with torch.autocast("cpu", enabled=False):  # even when backward is called under autocast
+            d_xw, dh0, d_weight_hh, d_bias = ctx.kernel.gru_backward(
+                d_out.contiguous(), d_hT, gates, hns, states, weight_hh, valid, ctx.has_bias, ctx.needs_input_grad[1])
         return d_xw, dh0, d_weight_hh, d_bias, None, None
