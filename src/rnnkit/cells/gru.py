@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Optional
 
 import torch
@@ -37,9 +38,10 @@ class GRU(RecurrentCell):
     - ``bias_ih``, ``bias_hh`` ``(3H,)``
 
     The fused path trains on a CPU with rnnkit's own recurrence (``scan.py``: these
-    equations with a hand-written backward) and otherwise runs ATen's fused GRU kernel
-    (what ``torch.nn.GRU`` runs); ``backend="reference"`` or gate traces run the equations
-    step by step.
+    equations with a hand-written backward; its time loops in C++ when the optional compiled
+    kernel ``kernels/gru_scan.cpp`` is built, for float32 and float64) and otherwise runs
+    ATen's fused GRU kernel (what ``torch.nn.GRU`` runs); ``backend="reference"`` or gate
+    traces run the equations step by step.
 
     Gate traces (``return_gates=True``): ``reset`` r, ``update`` z and ``candidate`` n,
     each ``(B, T, H)``.
@@ -67,7 +69,8 @@ class GRU(RecurrentCell):
 
     def _run_fused(self, x: Tensor, states: States, lengths: Optional[Tensor]):
         # Training on a CPU: rnnkit's own recurrence (scan.py), whose backward computes the
-        # weight gradient in one product over all steps; elsewhere ATen's kernel (cuDNN on GPU).
+        # weight gradient in one product over all steps, on the compiled kernel if built;
+        # elsewhere ATen's kernel (cuDNN on GPU).
         if x.device.type == "cpu" and torch.is_grad_enabled() and self.weight_hh.requires_grad:
             xw = self._project_input(x)  # (B, T, 3H): W_ih x + b_ih for every step at once
             with torch.autocast("cpu", enabled=False):  # mixed dtypes would break its small ops
@@ -87,8 +90,8 @@ class GRU(RecurrentCell):
         return (_VF.gru_cell(x_t, states[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh),)
 
 
-def _compiled_gru(xw: Tensor, h0: Tensor, weight_hh: Tensor):
-    """The compiled GRU kernel if it can run this call (CPU, one float32/float64 dtype), else ``None``."""
+def _compiled_gru(xw: Tensor, h0: Tensor, weight_hh: Tensor) -> Optional[ModuleType]:
+    """The compiled GRU kernel if it can run this CPU call (one dtype, float32 or float64), else ``None``."""
     if weight_hh.dtype not in (torch.float32, torch.float64) or not xw.dtype == h0.dtype == weight_hh.dtype:
         return None
     return gru_kernel()

@@ -12,6 +12,10 @@ Each function here is a ``torch.autograd.Function`` with a hand-written backward
   pointwise derivatives; every parameter gradient (``dW_hh``, the bias, layer-norm and
   peephole gradients) is then ONE large product or reduction over all steps at once.
 
+:class:`CompiledGRUScan` runs GRUScan's two time loops in C++ (the optional kernel
+``kernels/gru_scan.cpp``): per step the same GEMM, then one fused pass for all the pointwise
+math instead of ~10 small ATen ops, and no copy into or out of time-major layout.
+
 Same equations as the cells' reference steps (tests compare outputs and gradients, and
 gradcheck in float64); once differentiable (no double backward).
 
