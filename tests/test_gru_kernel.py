@@ -104,6 +104,23 @@ def test_compiled_gru_equals_python_recurrence_and_torch_nn(gru_kernel, B, T, I,
 
 
 @pytest.mark.slow
+def test_compiled_gru_on_two_threads_splits_the_batch_and_still_agrees(gru_kernel):
+    """With 2 threads and enough rows (the kernel splits from ~4K elements a step), each thread
+    takes a block of batch rows and sums its own bias gradient: the totals must not change."""
+    torch.manual_seed(5)
+    cell = rnnkit.GRU(8, 64)
+    x, h0 = torch.randn(50, 6, 8), torch.randn(50, 64)
+    lengths = torch.randint(1, 7, (50,))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        compiled = _run(cell, x, h0, gru_kernel, lengths)
+    finally:
+        torch.set_num_threads(previous)
+    _assert_close(compiled, _run(cell, x, h0, None, lengths), atol=1e-5, rtol=1e-5)  # sums up to ~40
+
+
+@pytest.mark.slow
 def test_compiled_gru_float64_matches_to_rounding_without_h0_gradient(gru_kernel):
     """float64 (std::exp, std::tanh in the kernel) agrees with the Python path to ~1e-12; with
     no initial state given, no h0 gradient is wanted and the kernel skips its last product."""
