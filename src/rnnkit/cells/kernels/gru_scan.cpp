@@ -48,7 +48,6 @@ struct Forward {
   int64_t T_, H, t;
 
   void rows(int64_t b0, int64_t b1) const {
-    const int64_t H = this->H;  // a local: the loop's stores might alias a member, as far as GCC knows
     for (int64_t b = b0; b < b1; ++b) {
       const T* x = xw + (b * T_ + t) * 3 * H;
       const T* g = hw + b * 3 * H;
@@ -91,7 +90,6 @@ struct Backward {
   int64_t T_, H, t;
 
   void rows(int64_t b0, int64_t b1) const {
-    const int64_t H = this->H;
     T* db = dbias + b0 * 3 * H;
     for (int64_t b = b0; b < b1; ++b) {
       T* dw = dhw + b * 3 * H;
