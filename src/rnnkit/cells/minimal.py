@@ -25,7 +25,6 @@ so the state passes through unchanged and the padding outputs are zeroed.
 from __future__ import annotations
 
 import math
-import threading
 from typing import Optional
 
 import torch
@@ -33,6 +32,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .base import Backend, RecurrentCell, States, valid_steps
+from .buffers import _pools, reused_buffer as _reused_buffer  # noqa: F401 (_pools: tests look at it)
 from .kernels import scan_kernel
 
 
@@ -216,36 +216,6 @@ def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
     if x.dtype != torch.float32 or not torch.is_autocast_enabled("cpu"):
         return None
     return torch.get_autocast_dtype("cpu")
-
-
-_pools = threading.local()
-
-
-def _reused_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """An uninitialised CPU tensor of ``shape`` whose memory is reused once nobody holds it.
-
-    The scan's two big temporaries, ``x W^T`` (kept for backward) and ``dk`` (inside
-    backward), are 30-50 MB at T=1024, H=256, batch 16: malloc hands such blocks back to the
-    OS on free, and touching a fresh one costs more in page faults than the kernel pass
-    over it. So each thread keeps a few buffers and hands out a new view of a free one; a
-    buffer is free when no other tensor shares its storage any more (the autograd graph
-    that saved it has been freed: ``retain_graph`` keeps it taken, as it must). At most 4
-    buffers per thread stay allocated between calls (what training needs at its peak
-    anyway). Without the storage use count (a private torch API) every call allocates.
-    """
-    numel = math.prod(shape)
-    use_count = getattr(torch._C, "_storage_Use_Count", None)
-    if use_count is None:
-        return torch.empty(shape, dtype=dtype)
-    pool = _pools.__dict__.setdefault("buffers", [])
-    for buffer in pool:
-        # 2 = the pool's own tensor + the temporary storage object asking
-        if buffer.dtype == dtype and buffer.numel() >= numel and use_count(buffer.untyped_storage()._cdata) == 2:
-            return buffer[:numel].view(shape)
-    buffer = torch.empty(numel, dtype=dtype)
-    if len(pool) < 4:  # a few layers' x W^T and one dk; beyond that, plain allocations
-        pool.append(buffer)
-    return buffer.view(shape)
 
 
 def _compiled_scan(x: Tensor, lengths: Optional[Tensor]):

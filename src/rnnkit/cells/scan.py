@@ -33,6 +33,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .buffers import reused_buffer
+from .kernels import lstm_kernel
+
 _EPS = 1e-5  # nn.LayerNorm's default, what the cells' reference path uses
 
 
@@ -62,9 +65,14 @@ class LSTMScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xw, h0, c0, weight_hh, bias, peephole, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, valid):
+        layer_norm = ln_hh_w is not None
+        kernel = _compiled_lstm(xw, h0, c0, weight_hh, bias, peephole, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b)
+        ctx.compiled, ctx.has_bias, ctx.layer_norm = kernel is not None, bias is not None, layer_norm
+        if kernel is not None:  # the same loop in C++: one GEMM + one fused pass per step
+            return _compiled_lstm_forward(ctx, kernel, xw, h0, c0, weight_hh, bias, peephole,
+                                          ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, valid)
         B, T, H4 = xw.shape
         H = H4 // 4
-        layer_norm = ln_hh_w is not None
         xw = _time_major(xw)  # (T, B, 4H)
         valid = None if valid is None else _time_major(valid)  # (T, B, 1)
         gates = torch.empty_like(xw)  # i, f, g, o of every step
@@ -99,12 +107,13 @@ class LSTMScan(torch.autograd.Function):
             outs *= valid
         ctx.save_for_backward(h_prev, c_prev, gates, tcs, weight_hh, peephole, ln_hh_w, ln_c_w, valid,
                               a_hats, a_rstds, c_hats, c_rstds)
-        ctx.has_bias, ctx.layer_norm = bias is not None, layer_norm
         return outs.transpose(0, 1), h.clone(), c  # h may be a view of outs: keep them apart
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_hT, d_cT):
+        if ctx.compiled:
+            return _compiled_lstm_backward(ctx, d_out, d_hT, d_cT)
         h_prev, c_prev, gates, tcs, weight_hh, peephole, ln_hh_w, ln_c_w, valid, *norms = ctx.saved_tensors
         a_hats, a_rstds, c_hats, c_rstds = norms
         T, B, H = h_prev.shape
@@ -161,6 +170,51 @@ class LSTMScan(torch.autograd.Function):
             d_ln_c_w, d_ln_c_b = (dc_out_all * c_hats).sum((0, 1)), dc_out_all.sum((0, 1))
         d_xw = dz_all.transpose(0, 1)
         return (d_xw, dh, dc, d_weight_hh, d_bias, d_peephole, d_ln_hh_w, d_ln_hh_b, d_ln_c_w, d_ln_c_b, None)
+
+
+def _compiled_lstm_forward(ctx, kernel, xw, h0, c0, weight_hh, bias, peephole, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, valid):
+    """LSTMScan.forward on the compiled kernel: what it keeps lives in one reused buffer."""
+    B, T, H4 = xw.shape
+    valid = None if valid is None else _time_major(valid)  # (T, B, 1)
+    workspace = reused_buffer((kernel.lstm_workspace_size(B, T, H4 // 4, ln_hh_w is not None, False),), xw.dtype)
+    outs, hs, cs, gates, tcs, *norms = kernel.lstm_forward(
+        xw if xw.stride(-1) == 1 else xw.contiguous(), h0, c0, weight_hh, bias, peephole,
+        ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, valid, workspace)
+    ctx.save_for_backward(hs[:T], cs[:T], gates, tcs, weight_hh, peephole, ln_hh_w, ln_c_w, valid, *norms)
+    return outs, hs[T].clone(), cs[T].clone()  # apart from the saved buffer
+
+
+def _compiled_lstm_backward(ctx, d_out, d_hT, d_cT):
+    """LSTMScan.backward on the compiled kernel: its time loop also sums the bias, layer-norm and
+    peephole gradients; ``dW_hh`` is one product over all steps here."""
+    h_prev, c_prev, gates, tcs, weight_hh, peephole, ln_hh_w, ln_c_w, valid, *norms = ctx.saved_tensors
+    T, B, H = h_prev.shape
+    kernel = lstm_kernel()
+    workspace = reused_buffer((kernel.lstm_workspace_size(B, T, H, ctx.layer_norm, True),), gates.dtype)
+    dz, da, dh, dc, sums = kernel.lstm_backward(
+        d_out if d_out.stride(-1) == 1 else d_out.contiguous(), d_hT, d_cT, c_prev, gates, tcs, weight_hh,
+        peephole, ln_hh_w, ln_c_w, valid, *norms, workspace)
+    if da is None:  # dz (B, T, 4H) is also the recurrent product's gradient
+        d_weight_hh = dz.reshape(B * T, 4 * H).t().mm(h_prev.transpose(0, 1).reshape(B * T, H))
+    else:  # da (T, B, 4H)
+        d_weight_hh = da.reshape(T * B, 4 * H).t().mm(h_prev.reshape(T * B, H))
+    sum_dz, ln_hh_w_grad, ln_c, peephole_grad = sums.split([4 * H, 4 * H, 2 * H, 3 * H])
+    d_bias = sum_dz if ctx.has_bias else None
+    d_peephole = peephole_grad.view(3, H) if peephole is not None else None
+    d_ln = (None,) * 4
+    if ctx.layer_norm:  # LN_hh's bias gets dz's sum too: a copy, so that the two .grad never share memory
+        d_ln = (ln_hh_w_grad, sum_dz.clone(), *ln_c.split(H))
+    return (dz, dh, dc, d_weight_hh, d_bias, d_peephole, *d_ln, None)
+
+
+def _compiled_lstm(xw: Tensor, *tensors: Optional[Tensor]):
+    """The compiled LSTM kernel if it can run this call (CPU, float32/float64, one dtype, no
+    autocast), else ``None`` (then the Python loops run)."""
+    if xw.device.type != "cpu" or xw.dtype not in (torch.float32, torch.float64) or torch.is_autocast_enabled("cpu"):
+        return None
+    if any(t is not None and (t.dtype != xw.dtype or t.device != xw.device) for t in tensors):
+        return None
+    return lstm_kernel()
 
 
 class GRUScan(torch.autograd.Function):

@@ -1,13 +1,16 @@
 """Optional compiled kernels: built ahead of time, only ever loaded at run time.
 
-Three small C++ extensions, each one source file here (plus the headers it includes):
+Four small C++ extensions, each one source file here (plus the headers it includes):
 
 - ``stream``: ``stream_step.cpp``, one step of a stack of LSTM layers (``cells/streaming.py``),
   its weights read as float32 or, under bfloat16 autocast, bfloat16;
 - ``scan``: ``linear_scan.cpp``, minGRU/minLSTM gates and linear scan over a whole sequence,
   forward and backward (``cells/minimal.py``);
 - ``gru``: ``gru_scan.cpp``, the GRU recurrence's time loop, forward and backward: one GEMM
-  and one fused pass of gate math per step (``cells/scan.py``, ``CompiledGRUScan``).
+  and one fused pass of gate math per step (``cells/scan.py``, ``CompiledGRUScan``);
+- ``lstm``: ``lstm_scan.cpp``, the LayerNorm/peephole LSTM's time loop, forward and backward:
+  one GEMM and one fused pass of gate and layer-norm math per step (``cells/scan.py``,
+  ``LSTMScan``).
 
 ``build()`` compiles them (a C++ compiler and ninja needed; ~30 s of CPU each) into rnnkit's
 cache directory (``$RNNKIT_CACHE``, default ``~/.cache/rnnkit``), under a name keyed by the
@@ -47,6 +50,9 @@ KERNELS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "scan": ("linear_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"), "minGRU/minLSTM scan in Python ops"),
     # The same flags: the fused gate passes are `omp simd` loops over H.
     "gru": ("gru_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"), "the GRU's time loop runs as Python ops"),
+    # The same flags: the fused passes (gates, layer norms) are `omp simd` loops over H.
+    "lstm": ("lstm_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"),
+             "the LayerNorm/peephole LSTM's time loop runs as Python ops"),
 }
 log = logging.getLogger("rnnkit")
 _loaded: dict[str, Optional[ModuleType]] = {}
@@ -132,3 +138,8 @@ def scan_kernel() -> Optional[ModuleType]:
 def gru_kernel() -> Optional[ModuleType]:
     """The built GRU recurrence kernel, or ``None``."""
     return kernel("gru")
+
+
+def lstm_kernel() -> Optional[ModuleType]:
+    """The built LayerNorm/peephole LSTM recurrence kernel, or ``None``."""
+    return kernel("lstm")

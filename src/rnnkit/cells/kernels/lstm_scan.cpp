@@ -1,0 +1,413 @@
+// The LSTM recurrence with optional peepholes and layer norm over a whole sequence on a CPU,
+// forward and backward, each one C++ loop over time (cells/scan.py, `LSTMScan`; the equations
+// are cells/lstm.py's). Gates in torch's order i, f, g, o; with x the input half (LN(W_ih x)
+// with layer norm, else W_ih x + b_ih), precomputed for every step (one large product, outside):
+//   a = W_hh h,  r = LN_hh(a) (layer norm over 4H) or a,  z = x + r + bias
+//   i = s(z_i [+ p_i c]),  f = s(z_f [+ p_f c]),  g = tanh(z_g),  c' = f c + i g
+//   o = s(z_o [+ p_o c']),  h' = o tanh(LN_c(c') (over H) or c'),  s = sigmoid
+//
+// Per step: one GEMM for a (MKL, through ATen, into a preallocated buffer), then ONE fused
+// pass per batch row for everything pointwise (both layer norms, the gates, the cell update,
+// the output), the rows split across threads (at::parallel_for). No tensor is allocated and
+// no pointwise ATen op dispatched inside the loop. Backward, per step: one pass per row for
+// every pointwise derivative (both layer-norm backwards included), then dh_{t-1} = da W_hh as
+// one GEMM. The parameter gradients are large products and reductions over all steps, left to
+// the caller (scan.py), which reads the per-step tensors this file writes.
+//
+// Layouts: xw and d_out are batch-first (B, T, .) with any row strides; everything kept for the
+// backward is time-major (T, B, .), exactly what the Python backward of scan.py reads, so each
+// step's rows are one contiguous matrix for the GEMMs. The states live in (T + 1, B, H)
+// buffers: hs[t] is the state entering step t (hs[0] = h0), hs[T] the final one.
+//
+// valid (T, B) bool, optional: a padded step keeps the state and outputs 0 (and passes the
+// state's gradient straight through).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+#include "simd_math.h"
+
+namespace {
+
+using rnnkit_simd::sigmoid;
+using rnnkit_simd::tanh_simd;
+
+constexpr double kEps = 1e-5;  // nn.LayerNorm's default, as scan.py
+
+// Batch rows per thread chunk: below ~8K elements a step's pass is cheaper than a thread wake-up.
+int64_t grain(int64_t H) { return std::max<int64_t>(1, 8192 / (4 * H)); }
+
+// The mean and 1 / sqrt(var + eps) of n values (two passes: no cancellation).
+template <typename T>
+inline void moments(const T* x, int64_t n, T& mean, T& rstd) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += x[j];
+  const T m = s / T(n);
+  T v = 0;
+#pragma omp simd reduction(+ : v)
+  for (int64_t j = 0; j < n; ++j) v += (x[j] - m) * (x[j] - m);
+  mean = m;
+  rstd = T(1) / std::sqrt(v / T(n) + T(kEps));
+}
+
+// d(input) of y = w * x_hat + b from dy, over n values: rstd (g - mean(g) - x_hat mean(g x_hat)),
+// g = dy w; and the parameters' gradients accumulated: dw += dy x_hat, db += dy.
+template <typename T>
+inline void layer_norm_backward(const T* dy, const T* x_hat, const T* w, T rstd, int64_t n, T* dx, T* dw, T* db) {
+  T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t j = 0; j < n; ++j) {
+    const T g = dy[j] * w[j];
+    s1 += g;
+    s2 += g * x_hat[j];
+    dw[j] += dy[j] * x_hat[j];
+    db[j] += dy[j];
+  }
+  const T m1 = s1 / T(n), m2 = s2 / T(n);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dy[j] * w[j] - m1 - x_hat[j] * m2);
+}
+
+// Where each parameter gradient sits in a batch row's accumulators (13H), in units of H: the sum
+// of dz (the bias's, also LN_hh's bias's), of dz x_hat (LN_hh's weight's), of dc_out c_hat and
+// dc_out (LN_c's weight's and bias's), and the peepholes' (3H).
+constexpr int64_t kSumDz = 0, kLnHhW = 4, kLnCW = 8, kLnCB = 9, kPeep = 10, kAcc = 13;
+
+// The parameters as raw pointers: bias (4H) is zeros when absent; the others null when absent.
+template <typename T>
+struct Weights {
+  const T* bias;
+  const T* peephole;  // (3, H): p_i, p_f, p_o
+  const T *ln_hh_w, *ln_hh_b, *ln_c_w, *ln_c_b;
+};
+
+// What one step writes, time-major rows of step t (the batch row is added in the pass).
+template <typename T>
+struct Step {
+  T *gates, *tcs, *a_hats, *a_rstds, *c_hats, *c_rstds;
+};
+
+template <typename T, bool LN, bool PEEP>
+void forward_row(const Weights<T>& w, const T* x, const T* a, const T* h, const T* c, T* h_next, T* c_next,
+                 T* out, const Step<T>& s, int64_t b, bool valid, const int64_t H) {
+  T* gate = s.gates + b * 4 * H;
+  T* tc = s.tcs + b * H;
+  T* a_hat = LN ? s.a_hats + b * 4 * H : nullptr;
+  T mean = 0, rstd = 1;
+  if (LN) {
+    moments(a, 4 * H, mean, rstd);
+    s.a_rstds[b] = rstd;
+  }
+  const T *bias = w.bias, *p = w.peephole;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    T z[4];
+    for (int k = 0; k < 4; ++k) {
+      const int64_t q = k * H + j;
+      T r = a[q];
+      if (LN) {
+        const T ah = (r - mean) * rstd;
+        a_hat[q] = ah;
+        r = w.ln_hh_b[q] + ah * w.ln_hh_w[q];
+      }
+      z[k] = x[q] + r + bias[q];
+    }
+    const T cp = c[j];
+    const T i = sigmoid(PEEP ? z[0] + p[j] * cp : z[0]);
+    const T f = sigmoid(PEEP ? z[1] + p[H + j] * cp : z[1]);
+    const T g = tanh_simd(z[2]);
+    const T cn = f * cp + i * g;
+    const T o = sigmoid(PEEP ? z[3] + p[2 * H + j] * cn : z[3]);
+    gate[j] = i;
+    gate[H + j] = f;
+    gate[2 * H + j] = g;
+    gate[3 * H + j] = o;
+    c_next[j] = cn;
+    if (!LN) {
+      const T t = tanh_simd(cn);
+      tc[j] = t;
+      h_next[j] = o * t;
+    }
+  }
+  if (LN) {
+    T cm, cr;
+    moments(c_next, H, cm, cr);
+    s.c_rstds[b] = cr;
+    T* c_hat = s.c_hats + b * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const T ch = (c_next[j] - cm) * cr;
+      c_hat[j] = ch;
+      const T t = tanh_simd(w.ln_c_b[j] + ch * w.ln_c_w[j]);
+      tc[j] = t;
+      h_next[j] = gate[3 * H + j] * t;
+    }
+  }
+  if (valid) {
+    std::copy(h_next, h_next + H, out);
+  } else {  // padding: the state stays, the output is 0
+    std::fill(out, out + H, T(0));
+    std::copy(h, h + H, h_next);
+    std::copy(c, c + H, c_next);
+  }
+}
+
+// One step back for one batch row. dh: dL/dh_t from later steps; dc: dL/dc_t in, dL/dc_{t-1}
+// out. Writes dz (4H, the gate pre-activations' gradient) and with layer norm da (4H, the
+// recurrent product's, before its layer norm); adds this step's share of every parameter
+// gradient to acc (kAcc H). scratch: H.
+template <typename T, bool LN, bool PEEP>
+void backward_row(const Weights<T>& w, const T* d_out, const T* dh, T* dc, const T* c, const T* gate, const T* tc,
+                  const T* a_hat, T a_rstd, const T* c_hat, T c_rstd, T* dz, T* da, T* acc, T* scratch, bool valid,
+                  const int64_t H) {
+  if (!valid) {  // nothing flows into a padded step's gates; dc passes through unchanged
+    std::fill(dz, dz + 4 * H, T(0));
+    if (LN) std::fill(da, da + 4 * H, T(0));
+    return;
+  }
+  const T* p = w.peephole;
+  T* dc_out = scratch;  // d(the cell's output, tanh's input)
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T dhn = d_out[j] + dh[j], o = gate[3 * H + j], t = tc[j];
+    dc_out[j] = dhn * o * (T(1) - t * t);
+    dz[3 * H + j] = dhn * t * (o * (T(1) - o));
+  }
+  T* dcn = LN ? dz : dc_out;  // d(c_t) before the carry: in dz's first H while it is free
+  if (LN) layer_norm_backward(dc_out, c_hat, w.ln_c_w, c_rstd, H, dcn, acc + kLnCW * H, acc + kLnCB * H);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = gate[j], f = gate[H + j], g = gate[2 * H + j];
+    T d = dcn[j] + dc[j];
+    if (PEEP) d += dz[3 * H + j] * p[2 * H + j];
+    const T dzi = d * g * (i * (T(1) - i));
+    const T dzf = d * c[j] * (f * (T(1) - f));
+    dz[j] = dzi;
+    dz[H + j] = dzf;
+    dz[2 * H + j] = d * i * (T(1) - g * g);
+    dc[j] = PEEP ? d * f + dzi * p[j] + dzf * p[H + j] : d * f;
+    if (PEEP) {
+      T* dp = acc + kPeep * H;
+      dp[j] += dzi * c[j];
+      dp[H + j] += dzf * c[j];
+      dp[2 * H + j] += dz[3 * H + j] * (f * c[j] + i * g);  // p_o reads c_t = f c + i g
+    }
+  }
+  if (LN) {
+    layer_norm_backward(dz, a_hat, w.ln_hh_w, a_rstd, 4 * H, da, acc + kLnHhW * H, acc + kSumDz * H);
+  } else {
+#pragma omp simd
+    for (int64_t q = 0; q < 4 * H; ++q) acc[kSumDz * H + q] += dz[q];
+  }
+}
+
+// Calls fn(std::bool_constant<LN>, std::bool_constant<PEEP>) with the runtime flags as types.
+template <typename F>
+void with_options(bool layer_norm, bool peephole, F&& fn) {
+  if (layer_norm) {
+    peephole ? fn(std::true_type{}, std::true_type{}) : fn(std::true_type{}, std::false_type{});
+  } else {
+    peephole ? fn(std::false_type{}, std::true_type{}) : fn(std::false_type{}, std::false_type{});
+  }
+}
+
+template <typename T>
+const T* ptr(const std::optional<at::Tensor>& x) {
+  return x.has_value() && x->defined() ? x->data_ptr<T>() : nullptr;
+}
+
+bool given(const std::optional<at::Tensor>& x) { return x.has_value() && x->defined(); }
+
+void check_options(const at::Tensor& like, int64_t H, const std::optional<at::Tensor>& peephole,
+                   const std::optional<at::Tensor>& ln_hh_w, const std::optional<at::Tensor>& ln_c_w,
+                   const std::optional<at::Tensor>& valid, int64_t T_, int64_t B) {
+  if (given(peephole))
+    TORCH_CHECK(peephole->is_contiguous() && peephole->numel() == 3 * H && peephole->scalar_type() == like.scalar_type(),
+                "peephole must be a contiguous (3, H) tensor of the inputs' dtype");
+  if (given(ln_hh_w))
+    TORCH_CHECK(ln_hh_w->is_contiguous() && ln_hh_w->numel() == 4 * H && given(ln_c_w) && ln_c_w->numel() == H &&
+                    ln_c_w->is_contiguous() && ln_hh_w->scalar_type() == like.scalar_type() &&
+                    ln_c_w->scalar_type() == like.scalar_type(),
+                "layer-norm weights (4H,) and (H,) of the inputs' dtype expected");
+  if (given(valid))
+    TORCH_CHECK(valid->scalar_type() == at::kBool && valid->is_contiguous() && valid->numel() == T_ * B,
+                "valid must be a contiguous bool (T, B) tensor");
+}
+
+// Hands out consecutive views of one preallocated 1-D buffer (the caller's, reused across calls:
+// a fresh 85 MB of per-step tensors costs more in page faults than the whole forward pass).
+struct Carver {
+  at::Tensor buffer;
+  int64_t used = 0;
+  at::Tensor take(at::IntArrayRef shape) {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    TORCH_CHECK(used + n <= buffer.numel(), "workspace too small (see lstm_workspace_size)");
+    auto view = buffer.narrow(0, used, n).view(shape);
+    used += n;
+    return view;
+  }
+};
+
+}  // namespace
+
+// Elements of the workspace: forward, what backward keeps (hs, cs, gates, tcs and the layer-norm
+// statistics); backward, dz, da, the accumulators and the scratch.
+int64_t lstm_workspace_size(int64_t B, int64_t T_, int64_t H, bool layer_norm, bool backward) {
+  if (backward) return B * T_ * 4 * H * (layer_norm ? 2 : 1) + B * (kAcc + 1) * H;
+  return 2 * (T_ + 1) * B * H + T_ * B * 5 * H + (layer_norm ? T_ * B * (5 * H + 2) : 0);
+}
+
+// xw (B, T, 4H), h0, c0 (B, H), weight_hh (4H, H); the options as in scan.py's LSTMScan;
+// workspace: a 1-D tensor of at least lstm_workspace_size(B, T, H, layer_norm, false) elements.
+// Returns outs (B, T, H), then views of the workspace: hs, cs (T + 1, B, H), gates (T, B, 4H),
+// tcs = tanh of the cell's output (T, B, H), and with layer norm a_hats (T, B, 4H), a_rstds
+// (T, B, 1), c_hats (T, B, H), c_rstds (T, B, 1) (else None).
+std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0, const at::Tensor& c0,
+                                     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias,
+                                     const std::optional<at::Tensor>& peephole,
+                                     const std::optional<at::Tensor>& ln_hh_w, const std::optional<at::Tensor>& ln_hh_b,
+                                     const std::optional<at::Tensor>& ln_c_w, const std::optional<at::Tensor>& ln_c_b,
+                                     const std::optional<at::Tensor>& valid, const at::Tensor& workspace) {
+  TORCH_CHECK(xw.dim() == 3 && xw.stride(2) == 1, "xw (B, T, 4H) with contiguous rows expected");
+  const int64_t B = xw.size(0), T_ = xw.size(1), H = xw.size(2) / 4;
+  TORCH_CHECK(xw.size(2) == 4 * H && weight_hh.sizes() == at::IntArrayRef({4 * H, H}) && h0.sizes() == c0.sizes() &&
+                  h0.size(0) == B && h0.size(1) == H,
+              "xw, h0, c0 and weight_hh do not fit together");
+  const bool layer_norm = given(ln_hh_w);
+  check_options(xw, H, peephole, ln_hh_w, ln_c_w, valid, T_, B);
+  for (const auto* v : {&bias, &ln_hh_b, &ln_c_b})
+    TORCH_CHECK(!given(*v) || ((*v)->is_contiguous() && (*v)->scalar_type() == xw.scalar_type()),
+                "biases must be contiguous and of the inputs' dtype");
+  TORCH_CHECK(!given(bias) || bias->numel() == 4 * H, "bias (4H,) expected");
+  TORCH_CHECK(given(ln_hh_b) == layer_norm && given(ln_c_b) == layer_norm, "layer norm needs all four tensors");
+  TORCH_CHECK(workspace.dim() == 1 && workspace.is_contiguous() && workspace.scalar_type() == xw.scalar_type(),
+              "workspace: a contiguous 1-D tensor of the inputs' dtype");
+  auto opt = xw.options();
+  Carver ws{workspace};
+  auto hs = ws.take({T_ + 1, B, H}), cs = ws.take({T_ + 1, B, H});
+  auto gates = ws.take({T_, B, 4 * H}), tcs = ws.take({T_, B, H});
+  hs[0].copy_(h0);
+  cs[0].copy_(c0);
+  at::Tensor a_hats, a_rstds, c_hats, c_rstds;
+  if (layer_norm) {
+    a_hats = ws.take({T_, B, 4 * H});
+    c_hats = ws.take({T_, B, H});
+    a_rstds = ws.take({T_, B, 1});
+    c_rstds = ws.take({T_, B, 1});
+  }
+  auto outs = at::empty({B, T_, H}, opt);  // not in the workspace: the caller may change it in place
+  auto a = at::empty({B, 4 * H}, opt);
+  const auto zeros = at::zeros({4 * H}, opt);
+  const auto weight_t = weight_hh.t();
+  const bool* mask = given(valid) ? valid->data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "lstm_forward", [&] {
+    using T = scalar_t;
+    const Weights<T> w{given(bias) ? ptr<T>(bias) : zeros.data_ptr<T>(), ptr<T>(peephole), ptr<T>(ln_hh_w),
+                       ptr<T>(ln_hh_b), ptr<T>(ln_c_w), ptr<T>(ln_c_b)};
+    const T* x = xw.data_ptr<T>();
+    const int64_t sb = xw.stride(0), st = xw.stride(1);
+    T *h_ = hs.data_ptr<T>(), *c_ = cs.data_ptr<T>(), *o_ = outs.data_ptr<T>(), *a_ = a.data_ptr<T>();
+    with_options(layer_norm, given(peephole), [&](auto ln, auto peep) {
+      constexpr bool LN = decltype(ln)::value, PEEP = decltype(peep)::value;
+      for (int64_t t = 0; t < T_; ++t) {
+        at::mm_out(a, hs[t], weight_t);  // (B, 4H): the recurrent half
+        const Step<T> s{gates[t].data_ptr<T>(), tcs[t].data_ptr<T>(), LN ? a_hats[t].data_ptr<T>() : nullptr,
+                        LN ? a_rstds[t].data_ptr<T>() : nullptr, LN ? c_hats[t].data_ptr<T>() : nullptr,
+                        LN ? c_rstds[t].data_ptr<T>() : nullptr};
+        at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t now = (t * B + b) * H, next = ((t + 1) * B + b) * H;
+            forward_row<T, LN, PEEP>(w, x + b * sb + t * st, a_ + b * 4 * H, h_ + now, c_ + now, h_ + next,
+                                     c_ + next, o_ + (b * T_ + t) * H, s, b, mask == nullptr || mask[t * B + b], H);
+          }
+        });
+      }
+    });
+  });
+  return {outs, hs, cs, gates, tcs, a_hats, a_rstds, c_hats, c_rstds};
+}
+
+// The time loop of LSTMScan's backward, from what lstm_forward kept: d_out (B, T, H) batch-first
+// with any row strides, d_hT, d_cT (B, H), c_prev = cs[:T]; workspace: at least
+// lstm_workspace_size(B, T, H, layer_norm, true) elements. Returns dz (B, T, 4H) (the gate
+// pre-activations' gradient, a workspace view), da (T, B, 4H) (the recurrent product's, before
+// its layer norm; None without), dh0, dc0 (B, H), and the sums over all steps that make the
+// parameter gradients (13H: see kSumDz ... kPeep).
+std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out, const at::Tensor& d_hT, const at::Tensor& d_cT,
+                                      const at::Tensor& c_prev, const at::Tensor& gates, const at::Tensor& tcs,
+                                      const at::Tensor& weight_hh, const std::optional<at::Tensor>& peephole,
+                                      const std::optional<at::Tensor>& ln_hh_w, const std::optional<at::Tensor>& ln_c_w,
+                                      const std::optional<at::Tensor>& valid, const std::optional<at::Tensor>& a_hats,
+                                      const std::optional<at::Tensor>& a_rstds, const std::optional<at::Tensor>& c_hats,
+                                      const std::optional<at::Tensor>& c_rstds, const at::Tensor& workspace) {
+  const int64_t T_ = gates.size(0), B = gates.size(1), H = gates.size(2) / 4;
+  TORCH_CHECK(d_out.dim() == 3 && d_out.size(0) == B && d_out.size(1) == T_ && d_out.size(2) == H &&
+                  d_out.stride(2) == 1 && d_out.scalar_type() == gates.scalar_type(),
+              "d_out (B, T, H) with contiguous rows expected");
+  TORCH_CHECK(c_prev.is_contiguous() && gates.is_contiguous() && tcs.is_contiguous() && c_prev.size(0) == T_,
+              "the saved tensors must be contiguous and time-major");
+  TORCH_CHECK(workspace.dim() == 1 && workspace.is_contiguous() && workspace.scalar_type() == gates.scalar_type(),
+              "workspace: a contiguous 1-D tensor of the inputs' dtype");
+  const bool layer_norm = given(ln_hh_w);
+  check_options(gates, H, peephole, ln_hh_w, ln_c_w, valid, T_, B);
+  if (layer_norm)
+    TORCH_CHECK(given(a_hats) && given(a_rstds) && given(c_hats) && given(c_rstds) && a_hats->is_contiguous() &&
+                    c_hats->is_contiguous() && a_rstds->is_contiguous() && c_rstds->is_contiguous(),
+                "layer norm needs its saved statistics");
+  auto opt = gates.options();
+  Carver ws{workspace};
+  auto dz = ws.take({B, T_, 4 * H});
+  at::Tensor da = layer_norm ? ws.take({T_, B, 4 * H}) : at::Tensor();
+  auto acc = ws.take({B, kAcc * H}), scratch = ws.take({B, H});
+  acc.zero_();
+  auto dh = d_hT.contiguous().clone(), dh_next = at::empty({B, H}, opt), dc = d_cT.contiguous().clone();
+  const bool* mask = given(valid) ? valid->data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
+    using T = scalar_t;
+    const Weights<T> w{nullptr, ptr<T>(peephole), ptr<T>(ln_hh_w), nullptr, ptr<T>(ln_c_w), nullptr};
+    const T *g_ = gates.data_ptr<T>(), *c_ = c_prev.data_ptr<T>(), *tc_ = tcs.data_ptr<T>(), *dy = d_out.data_ptr<T>();
+    const T *ah_ = ptr<T>(a_hats), *ar_ = ptr<T>(a_rstds), *ch_ = ptr<T>(c_hats), *cr_ = ptr<T>(c_rstds);
+    T *dz_ = dz.data_ptr<T>(), *da_ = layer_norm ? da.data_ptr<T>() : nullptr, *dc_ = dc.data_ptr<T>();
+    T *acc_ = acc.data_ptr<T>(), *scratch_ = scratch.data_ptr<T>();
+    const int64_t sb = d_out.stride(0), st = d_out.stride(1);
+    with_options(layer_norm, given(peephole), [&](auto ln, auto peep) {
+      constexpr bool LN = decltype(ln)::value, PEEP = decltype(peep)::value;
+      for (int64_t t = T_ - 1; t >= 0; --t) {
+        const T* dh_ = dh.data_ptr<T>();
+        at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t row = t * B + b, n = row * H, n4 = row * 4 * H;
+            backward_row<T, LN, PEEP>(w, dy + b * sb + t * st, dh_ + b * H, dc_ + b * H, c_ + n, g_ + n4, tc_ + n,
+                                      LN ? ah_ + n4 : nullptr, LN ? ar_[row] : T(1), LN ? ch_ + n : nullptr,
+                                      LN ? cr_[row] : T(1), dz_ + (b * T_ + t) * 4 * H, LN ? da_ + n4 : nullptr,
+                                      acc_ + b * kAcc * H, scratch_ + b * H, mask == nullptr || mask[row], H);
+          }
+        });
+        at::mm_out(dh_next, LN ? da[t] : dz.select(1, t), weight_hh);  // dh_{t-1} = da W_hh
+        if (mask != nullptr) {  // a padded step passed dh straight through
+          T* dn = dh_next.data_ptr<T>();
+          for (int64_t b = 0; b < B; ++b)
+            if (!mask[t * B + b])
+              for (int64_t j = 0; j < H; ++j) dn[b * H + j] += dh_[b * H + j];
+        }
+        std::swap(dh, dh_next);
+      }
+    });
+  });
+  return {dz, da, dh, dc, acc.sum(0)};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lstm_workspace_size", &lstm_workspace_size, "elements of lstm_forward's (backward=False) or "
+        "lstm_backward's workspace");
+  m.def("lstm_forward", &lstm_forward, "LSTMScan's forward time loop (peepholes, layer norm)");
+  m.def("lstm_backward", &lstm_backward, "LSTMScan's backward time loop and parameter-gradient sums");
+}
