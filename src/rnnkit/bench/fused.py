@@ -5,6 +5,9 @@ layer, interleaved in one run, on 1 and then 2 threads:
 
 - LayerNorm and peephole LSTMs on rnnkit's fused recurrence (``cells/scan.py``) and on the
   reference path (the equations as a Python loop under autograd), against ``torch.nn.LSTM``;
+  the fused recurrence on the compiled LSTM kernel (``cells/kernels/lstm_scan.cpp``) when it
+  can be built (the benchmark builds it, cached, and records which path ran in
+  ``"lstm_path"``; ``RNNKIT_KERNELS=0`` measures the Python loops);
 - rnnkit's GRU (fused path) against ``torch.nn.GRU``: on the compiled GRU kernel
   (``cells/kernels/gru_scan.cpp``) when it can be built (the benchmark builds it, cached, and
   records which path ran in ``"gru_path"``; ``RNNKIT_KERNELS=0`` measures the Python loop);
@@ -117,6 +120,7 @@ def run(quick: bool = False) -> dict:
     """The fused-cell and bf16 benchmark (what ``benchmarks/fused_cells.py`` writes), on 1 and
     2 threads (the quick run: 1)."""
     gru_path = kernel_path("gru")
+    lstm_path = kernel_path("lstm")
     timed_by_threads = {f"{n}_threads": _timed(quick, n) for n in ((1,) if quick else (1, 2))}
     with threads(1):
         accuracy = bf16_accuracy()
@@ -142,6 +146,7 @@ def run(quick: bool = False) -> dict:
     return {
         "shape": {"batch": BATCH, "time": STEPS, "hidden": HIDDEN, "input": HIDDEN},
         "gru_path": gru_path,
+        "lstm_path": lstm_path,
         "tokens_per_s_median": {key: {n: BATCH * STEPS / r["seconds_per_call"] for n, r in timed.items()}
                                 for key, timed in timed_by_threads.items()},
         "bf16_accuracy": accuracy,

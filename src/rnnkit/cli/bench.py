@@ -20,7 +20,7 @@ def bench(
         "--out", help="Directory for the JSON results (one file per suite); none written if omitted.")] = None,
     build_kernel: Annotated[bool, typer.Option(
         "--build-kernel/--no-build-kernel",
-        help="Build the optional compiled kernels first (streaming, scan, GRU; needs a C++ compiler; cached).")] = True,
+        help="Build the optional compiled kernels first (streaming, scan, GRU, LSTM; needs a C++ compiler; cached).")] = True,
 ) -> None:
     """Benchmark rnnkit against torch.nn on this machine: streaming, fused cells, scan cells."""
     from ..bench import SUITES, run_suite
@@ -30,8 +30,8 @@ def bench(
     if unknown:
         raise RnnkitError(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
     console = Console()
-    wanted = [kernel for suite, kernel in (("streaming", "stream"), ("scan", "scan"), ("fused", "gru"))
-              if suite in suites]
+    pairs = (("streaming", "stream"), ("scan", "scan"), ("fused", "gru"), ("fused", "lstm"))
+    wanted = [kernel for suite, kernel in pairs if suite in suites]
     if build_kernel and wanted:
         from ..cells import kernels
 
