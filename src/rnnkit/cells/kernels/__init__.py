@@ -50,8 +50,10 @@ KERNELS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "scan": ("linear_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"), "minGRU/minLSTM scan in Python ops"),
     # The same flags: the fused gate passes are `omp simd` loops over H.
     "gru": ("gru_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"), "the GRU's time loop runs as Python ops"),
-    # The same flags: the fused passes (gates, layer norms) are `omp simd` loops over H.
-    "lstm": ("lstm_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"),
+    # -fopenmp (compile and link), not just -fopenmp-simd: at::parallel_for is a header template
+    # that splits the batch rows across threads only when compiled with OpenMP (else it runs
+    # them serially); the libgomp it links is the one torch has already loaded.
+    "lstm": ("lstm_scan.cpp", ("-O3", "-march=native", "-fopenmp"),
              "the LayerNorm/peephole LSTM's time loop runs as Python ops"),
 }
 log = logging.getLogger("rnnkit")
@@ -92,7 +94,8 @@ def build(verbose: bool = False, names: Optional[list[str]] = None) -> list[Modu
         directory.mkdir(parents=True, exist_ok=True)
         try:
             module = cpp_extension.load(_module_name(name), [str(Path(__file__).with_name(source))],
-                                        extra_cflags=list(flags), build_directory=str(directory), verbose=verbose)
+                                        extra_cflags=list(flags), build_directory=str(directory), verbose=verbose,
+                                        extra_ldflags=["-fopenmp"] if "-fopenmp" in flags else None)
         except (RuntimeError, OSError, ImportError) as exc:  # no compiler, no ninja, failed build
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RnnkitError(f"cannot build rnnkit's {name} kernel ({first}); "

@@ -75,7 +75,7 @@ inline void layer_norm_backward(const T* dy, const T* x_hat, const T* w, T rstd,
   for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dy[j] * w[j] - m1 - x_hat[j] * m2);
 }
 
-// Where each parameter gradient sits in a batch row's accumulators (13H), in units of H: the sum
+// Where each parameter gradient sits in a thread's accumulators (13H), in units of H: the sum
 // of dz (the bias's, also LN_hh's bias's), of dz x_hat (LN_hh's weight's), of dc_out c_hat and
 // dc_out (LN_c's weight's and bias's), and the peepholes' (3H).
 constexpr int64_t kSumDz = 0, kLnHhW = 4, kLnCW = 8, kLnCB = 9, kPeep = 10, kAcc = 13;
@@ -259,9 +259,9 @@ struct Carver {
 }  // namespace
 
 // Elements of the workspace: forward, what backward keeps (hs, cs, gates, tcs and the layer-norm
-// statistics); backward, dz, da, the accumulators and the scratch.
+// statistics); backward, dz and da.
 int64_t lstm_workspace_size(int64_t B, int64_t T_, int64_t H, bool layer_norm, bool backward) {
-  if (backward) return B * T_ * 4 * H * (layer_norm ? 2 : 1) + B * (kAcc + 1) * H;
+  if (backward) return B * T_ * 4 * H * (layer_norm ? 2 : 1);
   return 2 * (T_ + 1) * B * H + T_ * B * 5 * H + (layer_norm ? T_ * B * (5 * H + 2) : 0);
 }
 
@@ -366,8 +366,9 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out, const at::Tensor&
   Carver ws{workspace};
   auto dz = ws.take({B, T_, 4 * H});
   at::Tensor da = layer_norm ? ws.take({T_, B, 4 * H}) : at::Tensor();
-  auto acc = ws.take({B, kAcc * H}), scratch = ws.take({B, H});
-  acc.zero_();
+  // Per thread, not per batch row: 13H stays in L1/L2 while the step's rows stream past.
+  const int64_t threads = at::get_num_threads();
+  auto acc = at::zeros({threads, kAcc * H}, opt), scratch = at::empty({threads, H}, opt);
   auto dh = d_hT.contiguous().clone(), dh_next = at::empty({B, H}, opt), dc = d_cT.contiguous().clone();
   const bool* mask = given(valid) ? valid->data_ptr<bool>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
@@ -383,12 +384,15 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out, const at::Tensor&
       for (int64_t t = T_ - 1; t >= 0; --t) {
         const T* dh_ = dh.data_ptr<T>();
         at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+          const int64_t thread = at::get_thread_num();
+          TORCH_CHECK(thread < threads, "more threads than at::get_num_threads()");
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t row = t * B + b, n = row * H, n4 = row * 4 * H;
             backward_row<T, LN, PEEP>(w, dy + b * sb + t * st, dh_ + b * H, dc_ + b * H, c_ + n, g_ + n4, tc_ + n,
                                       LN ? ah_ + n4 : nullptr, LN ? ar_[row] : T(1), LN ? ch_ + n : nullptr,
                                       LN ? cr_[row] : T(1), dz_ + (b * T_ + t) * 4 * H, LN ? da_ + n4 : nullptr,
-                                      acc_ + b * kAcc * H, scratch_ + b * H, mask == nullptr || mask[row], H);
+                                      acc_ + thread * kAcc * H, scratch_ + thread * H, mask == nullptr || mask[row],
+                                      H);
           }
         });
         at::mm_out(dh_next, LN ? da[t] : dz.select(1, t), weight_hh);  // dh_{t-1} = da W_hh
