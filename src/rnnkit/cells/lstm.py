@@ -49,7 +49,8 @@ class LSTM(RecurrentCell):
 
     The plain cell runs ATen's fused LSTM kernel (what ``torch.nn.LSTM`` runs: oneDNN on
     CPU, cuDNN on GPU); with peepholes or layer norm, rnnkit's own fused recurrence
-    (``scan.py``: the same equations with a hand-written backward). ``step`` without
+    (``scan.py``: the same equations with a hand-written backward; its time loops in C++ when
+    the optional compiled kernel ``kernels/lstm_scan.cpp`` is built). ``step`` without
     gradients runs the streaming path (``streaming.py``). ``backend="reference"`` runs the
     equations below as written, step by step under autograd.
 

@@ -11,13 +11,15 @@
 // the output), the rows split across threads (at::parallel_for). No tensor is allocated and
 // no pointwise ATen op dispatched inside the loop. Backward, per step: one pass per row for
 // every pointwise derivative (both layer-norm backwards included), then dh_{t-1} = da W_hh as
-// one GEMM. The parameter gradients are large products and reductions over all steps, left to
-// the caller (scan.py), which reads the per-step tensors this file writes.
+// one GEMM. The bias, layer-norm and peephole gradients are summed inside the backward passes
+// (per thread, while the values are in registers); dW_hh, one GEMM over all steps, is left to
+// the caller (scan.py).
 //
-// Layouts: xw and d_out are batch-first (B, T, .) with any row strides; everything kept for the
-// backward is time-major (T, B, .), exactly what the Python backward of scan.py reads, so each
-// step's rows are one contiguous matrix for the GEMMs. The states live in (T + 1, B, H)
-// buffers: hs[t] is the state entering step t (hs[0] = h0), hs[T] the final one.
+// Layouts: xw, the outputs, d_out and dz (= d xw) are batch-first (B, T, .) like the layer's
+// tensors (no transposing copies); everything kept for the backward is time-major (T, B, .),
+// exactly what the Python backward of scan.py reads, so each step's rows are one contiguous
+// matrix for the GEMMs. What backward keeps lives in one workspace the caller reuses; the
+// states in (T + 1, B, H): hs[t] is the state entering step t (hs[0] = h0), hs[T] the last.
 //
 // valid (T, B) bool, optional: a padded step keeps the state and outputs 0 (and passes the
 // state's gradient straight through).
