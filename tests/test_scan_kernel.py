@@ -101,7 +101,7 @@ def test_reused_buffers_survive_retain_graph_and_are_reused(scan_kernel, monkeyp
     """The kernel path reuses its big temporaries: a graph kept with ``retain_graph`` must keep
     its own (a second backward after another forward gives the same gradients), and a plain
     training loop must not grow the pool."""
-    from rnnkit.cells import minimal
+    from rnnkit.cells import buffers
 
     monkeypatch.setitem(kernels._loaded, "scan", scan_kernel)
     cell = rnnkit.MinGRU(I, H)
@@ -114,7 +114,7 @@ def test_reused_buffers_survive_retain_graph_and_are_reused(scan_kernel, monkeyp
         other.sum().backward()
     again = torch.autograd.grad(out.square().sum(), x)[0]
     assert torch.equal(first, again)
-    pool = minimal._pools.buffers
+    pool = buffers._pools.buffers
     sizes = len(pool)
     for _ in range(3):
         other, _ = cell(torch.randn(B, T, I))

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .base import Backend, RecurrentCell, States, valid_steps
-from .buffers import _pools, reused_buffer as _reused_buffer  # noqa: F401 (_pools: tests look at it)
+from .buffers import reused_buffer as _reused_buffer
 from .kernels import scan_kernel
 
 

@@ -16,6 +16,12 @@ Each function here is a ``torch.autograd.Function`` with a hand-written backward
 ``kernels/gru_scan.cpp``): per step the same GEMM, then one fused pass for all the pointwise
 math instead of ~10 small ATen ops, and no copy into or out of time-major layout.
 
+:class:`LSTMScan` runs both time loops in C++ when the optional compiled kernel is built
+(``kernels/lstm_scan.cpp``; CPU, float32/float64): per step one GEMM and one fused pass per
+batch row (split across threads), no tensor allocated or pointwise op dispatched; its
+backward also sums the bias, layer-norm and peephole gradients while the values are in
+registers. Without them (or with ``RNNKIT_KERNELS=0``) the Python loops below run.
+
 Same equations as the cells' reference steps (tests compare outputs and gradients, and
 gradcheck in float64); once differentiable (no double backward).
 
@@ -23,12 +29,6 @@ Shapes: ``B`` batch, ``T`` time, ``H`` hidden; ``xw`` ``(B, T, G*H)`` for ``G`` 
 ``valid`` ``(B, T, 1)`` boolean or ``None``: a padded step keeps the state and outputs 0.
 Inside, every per-step tensor lives in a preallocated time-major buffer ``(T, B, .)``, so
 each step reads and writes contiguous memory (``out=``) instead of stacking at the end.
-
-:class:`LSTMScan` runs both time loops in C++ when the optional compiled kernel is built
-(``kernels/lstm_scan.cpp``; CPU, float32/float64): per step one GEMM and one fused pass per
-batch row (split across threads), no tensor allocated or pointwise op dispatched; its
-backward also sums the bias, layer-norm and peephole gradients while the values are in
-registers. Without it (or with ``RNNKIT_KERNELS=0``) the Python loops below run.
 """
 
 from __future__ import annotations
