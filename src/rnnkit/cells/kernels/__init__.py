@@ -42,17 +42,16 @@ from ...errors import RnnkitError
 
 #: kernel name -> (source file, extra compiler flags, what runs without it)
 KERNELS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    # -march=native: vectors as wide as the CPU's (AVX-512 here); -ffp-contract=fast: fused
-    # multiply-adds in the matrix-vector product (ISO C++ mode turns them off otherwise).
-    "stream": ("stream_step.cpp", ("-O3", "-march=native", "-ffp-contract=fast"), "LSTM steps run as Python ops"),
-    # -march=native: the inner loops over H are vectorised for the CPU that builds (and, the
-    # cache key says, runs) it; -fopenmp-simd honours `#pragma omp simd` without OpenMP.
-    "scan": ("linear_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"), "minGRU/minLSTM scan in Python ops"),
-    # The same flags: the fused gate passes are `omp simd` loops over H.
-    "gru": ("gru_scan.cpp", ("-O3", "-march=native", "-fopenmp-simd"), "the GRU's time loop runs as Python ops"),
-    # -fopenmp (compile and link), not just -fopenmp-simd: at::parallel_for is a header template
-    # that splits the batch rows across threads only when compiled with OpenMP (else it runs
-    # them serially); the libgomp it links is the one torch has already loaded.
+    # -march=native: vectors as wide as the CPU's (AVX-512 here), for the CPU that builds (and,
+    # the cache key says, runs) it. -fopenmp (compile and link): at::parallel_for is a header
+    # template that splits work across torch's threads only when compiled with OpenMP (else
+    # serially); it also honours the `omp simd` loops; the libgomp linked is the one torch has
+    # already loaded. -ffp-contract=fast: fused multiply-adds in the stream kernel's
+    # matrix-vector product (ISO C++ mode turns them off otherwise).
+    "stream": ("stream_step.cpp", ("-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"),
+               "LSTM steps run as Python ops"),
+    "scan": ("linear_scan.cpp", ("-O3", "-march=native", "-fopenmp"), "minGRU/minLSTM scan in Python ops"),
+    "gru": ("gru_scan.cpp", ("-O3", "-march=native", "-fopenmp"), "the GRU's time loop runs as Python ops"),
     "lstm": ("lstm_scan.cpp", ("-O3", "-march=native", "-fopenmp"),
              "the LayerNorm/peephole LSTM's time loop runs as Python ops"),
 }
