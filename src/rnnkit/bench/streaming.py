@@ -18,6 +18,8 @@ Under bfloat16 autocast, the same step for ``torch.nn.LSTM`` (all in bfloat16) a
 bfloat16 weights, and each one's output error against float32 over 200 steps. Each timed
 call runs ``STEPS_PER_CALL`` steps, so autocast is entered once per 8 steps, not per step.
 
+The same float32 step on 2 threads, rnnkit's against torch.nn's.
+
 Then batched generation: 64 streams of a character-level LM (embedding, the same 2-layer
 LSTM, a linear head, sampling), tokens/s with rnnkit's step (float32, and bfloat16 autocast) against torch.nn.LSTM's.
 """
@@ -135,6 +137,25 @@ def latency(quick: bool) -> dict:
     return result
 
 
+def latency_two_threads(quick: bool) -> dict:
+    """The same batch-1 step on 2 threads (torch's default here), against ``torch.nn.LSTM`` on 2:
+    the kernel splits each layer's unit blocks across the threads; torch.nn's step is overhead."""
+    torch.manual_seed(0)
+    rnnkit_lstm = Recurrent(HIDDEN, HIDDEN, cell="lstm", num_layers=LAYERS).eval()
+    torch_lstm = rnnkit_lstm.to_torch().eval()
+    x, zeros = torch.randn(1, HIDDEN), torch.zeros(LAYERS, 1, HIDDEN)
+    rnnkit_step = _stepper(rnnkit_lstm.step, (zeros, zeros))
+    torch_step = _stepper(lambda x, s: torch_lstm(x[:, None], s), (zeros, zeros))
+    candidates = {"torch.nn.LSTM, one step per call": _steps(lambda: torch_step(x)),
+                  "rnnkit Recurrent.step": _steps(lambda: rnnkit_step(x))}
+    with torch.no_grad(), threads(2):
+        timed = interleaved(candidates, dict.fromkeys(candidates, "torch.nn.LSTM, one step per call"),
+                            repeats=5 if quick else 15, seconds=0.05 if quick else 0.25)
+    return {"threads": 2,
+            "per_step_us_median": {n: 1e6 * r["seconds_per_call"] / STEPS_PER_CALL for n, r in timed.items()},
+            "speedup_vs_torch_nn_lstm": timed["rnnkit Recurrent.step"]["speedup_vs_baseline"], "raw": timed}
+
+
 def _over_floor(timed: dict, name: str, floor_names: list[str]) -> float:
     """Median over repeats of ``name``'s time over the fastest floor's in the same repeat."""
     ours = timed[name]["samples"]
@@ -211,12 +232,14 @@ def generation(quick: bool) -> dict:
 
 def run(quick: bool = False) -> dict:
     """The whole streaming benchmark (what ``benchmarks/streaming.py`` writes)."""
-    result = {"latency": latency(quick), "generation_64_streams": generation(quick)}
+    result = {"latency": latency(quick), "latency_2_threads": latency_two_threads(quick),
+              "generation_64_streams": generation(quick)}
     lat = result["latency"]
     result["ratios"] = {
         "step speed-up vs torch.nn.LSTM per step (target >= 10x)":
             lat["speedup_vs_torch_nn_lstm"]["rnnkit Recurrent.step"],
         "step time / memory floor (target <= 2x)": lat["rnnkit_step_over_floor"],
+        "step speed-up vs torch.nn.LSTM per step, both on 2 threads": result["latency_2_threads"]["speedup_vs_torch_nn_lstm"],
         "bfloat16 autocast step speed-up vs torch.nn.LSTM (float32) per step":
             lat["speedup_vs_torch_nn_lstm"]["rnnkit Recurrent.step, bfloat16 autocast"],
         "bfloat16 autocast step speed-up vs torch.nn.LSTM under bfloat16 autocast": (
