@@ -148,15 +148,10 @@ def adding_problem(quick: bool) -> dict:
             "optimizer": "Adam lr 3e-3, clip 1.0", "chance_mse": CHANCE_MSE, "results": results}
 
 
-def scan_path() -> str:
-    """Which minGRU/minLSTM scan runs here: the compiled kernel (built now if need be) or Python ops."""
-    return kernel_path("scan")
-
-
 def run(quick: bool = False) -> dict:
     """The whole scan-cell benchmark (what ``benchmarks/scan_cells.py`` writes): speed on 1 and
     2 threads (the quick run: 2), then the adding problem."""
-    result = {"scan_path": scan_path(), "throughput": {f"{n}_threads": throughput(quick, n) for n in ((2,) if quick else (1, 2))},
+    result = {"scan_path": kernel_path("scan"), "throughput": {f"{n}_threads": throughput(quick, n) for n in ((2,) if quick else (1, 2))},
               "adding_problem": adding_problem(quick)}
     result["ratios"] = {}
     for key, speed in result["throughput"].items():

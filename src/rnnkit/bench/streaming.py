@@ -5,7 +5,8 @@ Per-step latency, batch 1, one thread, state carried from step to step, of
 - ``torch.nn.LSTM`` called on one step at a time (what a serving loop does with torch.nn);
 - ATen's ``_VF.lstm_cell`` per layer (the fused cell op ``torch.nn.LSTMCell`` calls);
 - ``rnnkit.layers.Recurrent.step`` (the streaming path, ``cells/streaming.py``) and, with the
-  compiled kernel, ``stack_step`` alone (the kernel call under it, without its Python checks);
+  compiled kernel, ``stack_step`` alone (the kernel call under it, without its Python checks;
+  the benchmark builds the kernel, cached, and records which path ran in ``"stream_path"``);
 
 next to the memory-bandwidth floor of reading the weights once per step, measured on the
 same bytes (all four weight matrices, fp32, 4 MB: more than one core's L2, so they come
@@ -34,6 +35,7 @@ from torch import _VF, nn
 from ..cells.kernels import stream_kernel
 from ..cells.streaming import stack_step
 from ..layers import Recurrent
+from . import kernel_path
 from .timing import interleaved, threads
 
 HIDDEN, LAYERS, VOCAB, STREAMS = 256, 2, 96, 64
@@ -64,12 +66,16 @@ def _steps(step: Callable[[], object], bf16: bool = False) -> Callable[[], None]
     return call
 
 
-def latency(quick: bool) -> dict:
+def _one_stream() -> tuple[Recurrent, nn.LSTM, torch.Tensor, torch.Tensor]:
+    """The measured stack (rnnkit's, and torch.nn's with the same weights), one step's input
+    ``(1, H)`` and the zero state ``(L, 1, H)``."""
     torch.manual_seed(0)
     rnnkit_lstm = Recurrent(HIDDEN, HIDDEN, cell="lstm", num_layers=LAYERS).eval()
-    torch_lstm = rnnkit_lstm.to_torch().eval()
-    x = torch.randn(1, HIDDEN)
-    zeros = torch.zeros(LAYERS, 1, HIDDEN)
+    return rnnkit_lstm, rnnkit_lstm.to_torch().eval(), torch.randn(1, HIDDEN), torch.zeros(LAYERS, 1, HIDDEN)
+
+
+def latency(quick: bool) -> dict:
+    rnnkit_lstm, torch_lstm, x, zeros = _one_stream()
     rnnkit_step = _stepper(rnnkit_lstm.step, (zeros, zeros))
     torch_step = _stepper(lambda x, s: torch_lstm(x[:, None], s), (zeros, zeros))
     rnnkit_bf16_step = _stepper(rnnkit_lstm.step, (zeros, zeros))
@@ -140,10 +146,7 @@ def latency(quick: bool) -> dict:
 def latency_two_threads(quick: bool) -> dict:
     """The same batch-1 step on 2 threads (torch's default here), against ``torch.nn.LSTM`` on 2:
     the kernel splits each layer's unit blocks across the threads; torch.nn's step is overhead."""
-    torch.manual_seed(0)
-    rnnkit_lstm = Recurrent(HIDDEN, HIDDEN, cell="lstm", num_layers=LAYERS).eval()
-    torch_lstm = rnnkit_lstm.to_torch().eval()
-    x, zeros = torch.randn(1, HIDDEN), torch.zeros(LAYERS, 1, HIDDEN)
+    rnnkit_lstm, torch_lstm, x, zeros = _one_stream()
     rnnkit_step = _stepper(rnnkit_lstm.step, (zeros, zeros))
     torch_step = _stepper(lambda x, s: torch_lstm(x[:, None], s), (zeros, zeros))
     candidates = {"torch.nn.LSTM, one step per call": _steps(lambda: torch_step(x)),
@@ -232,7 +235,8 @@ def generation(quick: bool) -> dict:
 
 def run(quick: bool = False) -> dict:
     """The whole streaming benchmark (what ``benchmarks/streaming.py`` writes)."""
-    result = {"latency": latency(quick), "latency_2_threads": latency_two_threads(quick),
+    result = {"stream_path": kernel_path("stream"),  # built first (cached), as the other suites do
+              "latency": latency(quick), "latency_2_threads": latency_two_threads(quick),
               "generation_64_streams": generation(quick)}
     lat = result["latency"]
     result["ratios"] = {

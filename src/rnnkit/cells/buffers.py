@@ -21,7 +21,8 @@ def reused_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     thread keeps a few buffers and hands out a new view of a free one; a buffer is free when
     no other tensor shares its storage any more (the autograd graph that saved it has been
     freed: ``retain_graph`` keeps it taken, as it must). At most 4 buffers per thread stay
-    allocated between calls (what training needs at its peak anyway). Without the storage use count (a private torch API) every call allocates.
+    allocated between calls (what training needs at its peak anyway). Without the storage
+    use count (a private torch API) every call allocates.
     """
     numel = math.prod(shape)
     use_count = getattr(torch._C, "_storage_Use_Count", None)
