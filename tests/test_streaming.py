@@ -49,6 +49,11 @@ def path(request, monkeypatch):
     return request.param
 
 
+def _compiled(layer: Recurrent):
+    """The compiled stack the kernel steps, cached on the layer's cells (None if it never ran)."""
+    return layer.cells.__dict__.get("_stream", {}).get("stack")
+
+
 def _stepped(layer: Recurrent, x: torch.Tensor, state=None):
     """``layer.step`` over every step of ``x`` ``(B, T, I)``: outputs ``(B, T, H)`` and final state."""
     outputs = []
@@ -83,8 +88,7 @@ def test_step_equals_torch_nn_lstm_over_many_steps(path, batch, input_size, hidd
     torch.manual_seed(0)
     layer = Recurrent(input_size, hidden, num_layers=layers, bias=bias).eval()
     _assert_equals_torch_nn(layer, torch.randn(batch, STEPS, input_size), f"{path} path")
-    blocked = layer.cells.__dict__.get("_stream_blocked")
-    assert (blocked is not None) == (path == "kernel"), "the step did not run the path under test"
+    assert (_compiled(layer) is not None) == (path == "kernel"), "the step did not run the path under test"
 
 
 @pytest.mark.slow
@@ -94,7 +98,7 @@ def test_kernel_above_the_blocked_batch_runs_mkl_and_equals_torch_nn(built_kerne
     torch.manual_seed(1)
     layer = Recurrent(6, 24, num_layers=2).eval()
     _assert_equals_torch_nn(layer, torch.randn(4, 12, 6), "MKL path")
-    assert "_stream_blocked" not in layer.cells.__dict__
+    assert _compiled(layer) is None
     assert layer.cells[0].__dict__.get("_stream_cache"), "the MKL path did not run"
 
 
@@ -122,6 +126,10 @@ def test_step_sees_fresh_weights(path):
     check("after swapping .data")
     layer.cells[0].bias_hh = nn.Parameter(torch.randn(4 * 20))
     check("after replacing a parameter")
+    layer.load_state_dict(Recurrent(5, 20, num_layers=2).state_dict(), assign=True)
+    check("after load_state_dict(assign=True)")
+    layer.cells[1] = type(layer.cells[1])(20, 20)
+    check("after replacing a cell")
 
 
 def test_kernels_off_by_environment_runs_the_python_step(monkeypatch, caplog):
@@ -131,15 +139,17 @@ def test_kernels_off_by_environment_runs_the_python_step(monkeypatch, caplog):
     with caplog.at_level("INFO", logger="rnnkit"), torch.no_grad():
         y, _ = layer.step(torch.randn(1, 4))
     assert kernels.stream_kernel() is None and "RNNKIT_KERNELS=0" in caplog.text
-    assert "_stream_blocked" not in layer.cells.__dict__ and y.shape == (1, 8)
+    assert _compiled(layer) is None and y.shape == (1, 8)
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen-weights"])
 def test_step_keeps_gradients_where_asked(path, frozen):
-    """With gradients on, the step is differentiable: through the weights, or through the state alone."""
+    """With gradients on, the step is differentiable: through the weights, or through the state
+    alone, also after gradient-free steps have built the compiled stack."""
     torch.manual_seed(3)
     layer = Recurrent(4, 8, num_layers=2)
     layer.requires_grad_(not frozen)
+    _stepped(layer, torch.randn(3, 2, 4))  # under no_grad
     h = torch.randn(2, 3, 8, requires_grad=True)
     y, (h2, c2) = layer.step(torch.randn(3, 4), (h, torch.randn(2, 3, 8)))
     (y.sum() + c2.sum()).backward()
@@ -165,7 +175,7 @@ def test_float64_steps_outside_the_kernel_and_equals_torch_nn(path):
     torch.manual_seed(5)
     layer = Recurrent(3, 10, num_layers=2).double().eval()
     _assert_equals_torch_nn(layer, torch.randn(2, 8, 3, dtype=torch.float64), f"{path} path, float64")
-    assert "_stream_blocked" not in layer.cells.__dict__
+    assert _compiled(layer) is None
 
 
 @pytest.mark.slow
@@ -195,7 +205,8 @@ def test_bfloat16_autocast_step_equals_torch_nn_with_bfloat16_weights(built_kern
     assert got.dtype == h.dtype == torch.float32, "the state must stay float32 under autocast"
     _close(got, want, "bfloat16 weights: outputs", atol=2e-5)
     _close(c, want_c, "bfloat16 weights: final c", atol=2e-5)
-    assert set(layer.cells.__dict__["_stream_blocked"]) == {True}, "the bfloat16 stack did not run"
+    stack = _compiled(layer)
+    assert stack.has_weights(True) and not stack.has_weights(False), "the bfloat16 stack did not run"
     plain, _ = _stepped(layer, x)  # autocast off again: the float32 weights, no rounding
     with torch.no_grad():
         exact, _ = layer.to_torch().eval()(x)
@@ -216,3 +227,30 @@ def test_bfloat16_step_sees_fresh_weights(built_kernel, monkeypatch):
         again, _ = layer.step(x)
     assert (before - after).abs().max() > 1e-3, "the step served the stale bfloat16 weights"
     _close(again, before, "the weights restored")
+
+
+def test_after_the_first_step_the_compiled_step_runs_alone_and_bad_input_still_gets_a_clear_error(
+        built_kernel, monkeypatch):
+    """From the second step on, ``Recurrent.step`` is one compiled call (no Python checks); what
+    that call cannot take still reaches the checked path and its readable errors."""
+    from rnnkit import layers
+    from rnnkit.errors import RnnkitError
+
+    monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
+    torch.manual_seed(8)
+    layer = Recurrent(6, 16, num_layers=2).eval()
+    x = torch.randn(1, 6)
+    with torch.no_grad():
+        y, state = layer.step(x)  # builds the stack
+        monkeypatch.setattr(layers, "stack_step", None)  # the checked path would now fail
+        y2, state2 = layer.step(x, state)
+        want, _ = layer.to_torch().eval()(torch.stack([x, x], 1))
+        _close(y2, want[:, 1], "the compiled step alone")
+        monkeypatch.undo()
+        monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
+        with pytest.raises(RnnkitError, match="shape"):
+            layer.step(torch.randn(1, 5), state)
+        with pytest.raises(RnnkitError, match="state"):
+            layer.step(x, (state[0][:1], state[1][:1]))
+        with pytest.raises(RnnkitError, match="state"):
+            layer.step(torch.randn(3, 6), state)  # 3 streams, the state of 1

@@ -5,7 +5,7 @@ Per-step latency, batch 1, one thread, state carried from step to step, of
 - ``torch.nn.LSTM`` called on one step at a time (what a serving loop does with torch.nn);
 - ATen's ``_VF.lstm_cell`` per layer (the fused cell op ``torch.nn.LSTMCell`` calls);
 - ``rnnkit.layers.Recurrent.step`` (the streaming path, ``cells/streaming.py``) and, with the
-  compiled kernel, ``stack_step`` alone (the kernel call under it, without its Python checks;
+  compiled kernel, ``compiled_step`` alone (the kernel call under it;
   the benchmark builds the kernel, cached, and records which path ran in ``"stream_path"``);
 
 next to the memory-bandwidth floor of reading the weights once per step, measured on the
@@ -33,7 +33,7 @@ import torch
 from torch import _VF, nn
 
 from ..cells.kernels import stream_kernel
-from ..cells.streaming import stack_step
+from ..cells.streaming import compiled_step
 from ..layers import Recurrent
 from . import kernel_path
 from .timing import interleaved, threads
@@ -103,9 +103,13 @@ def latency(quick: bool) -> dict:
     }
     kernel = stream_kernel()
     if kernel is not None:
-        # what Recurrent.step costs beyond its kernel call (its argument checks, in Python)
-        candidates["rnnkit stack_step (the kernel call under Recurrent.step)"] = _steps(lambda: stack_step(
-            rnnkit_lstm.cells, x, zeros, zeros))
+        # what Recurrent.step costs beyond its kernel call (Python's dispatch to it)
+        with torch.no_grad():
+            rnnkit_lstm.step(x, (zeros, zeros))  # builds the compiled stack
+            cells = rnnkit_lstm.cells
+            assert compiled_step(cells, x, (zeros, zeros)) is not None, "the compiled step did not run"
+        candidates["rnnkit compiled_step (the kernel call under Recurrent.step)"] = _steps(
+            lambda: compiled_step(cells, x, (zeros, zeros)))
         # the tightest floor: a plain read with no per-call dispatch
         candidates["floor: stream-read the weights (kernel, no dispatch)"] = _steps(
             lambda: kernel.stream_read(all_weights))

@@ -26,7 +26,10 @@ dtype is float32: elsewhere the step runs ATen's ``lstm_cell``, which autograd k
 At batch 1 the ten small ops per layer cost more than the product (~2 us each from
 Python), and MKL's product itself reads the weights at about half the speed of a plain sum.
 :func:`stack_step` therefore runs a whole stack of plain LSTM layers in ONE call of a
-compiled kernel (``kernels/stream_step.cpp``) when one has been built ahead of time:
+compiled kernel (``kernels/stream_step.cpp``) when one has been built ahead of time, and
+caches on the stack a ``StreamStack`` whose ``step`` checks its own arguments, so from the
+second step on ``Recurrent.step`` is one call into it (:func:`compiled_step`, ~1 us of
+dispatch where Python's checks took ~5):
 
 - up to ``BLOCKED_MAX_BATCH`` streams (256 with AVX-512), its own product over weights laid out for it
   (:func:`_blocked`: 4 gates x one vector of units contiguous per input), fused with the gates and
@@ -84,12 +87,19 @@ def lstm_stream_step(cell, x_t: Tensor, states: States) -> States:
     return h_next, c_next
 
 
-def stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> Optional[tuple[Tensor, Tensor, Tensor]]:
-    """All layers of a plain, unidirectional LSTM stack in one kernel call: ``(y_t, h', c')``
+def compiled_step(cells, x_t: Tensor, state) -> Optional[tuple[Tensor, tuple[Tensor, Tensor]]]:
+    """The batch-1 hot path: ``(y_t, (h', c'))`` from the stack's compiled ``StreamStack``, which
+    checks its arguments itself (dtypes, shapes, gradients, fresh weights) in one call; ``None``
+    where it cannot run or was not built yet: then the caller checks and runs :func:`stack_step`."""
+    stack = cells.__dict__.get("_stream", _NO_CACHE).get("stack")
+    return stack.step(x_t, *state) if stack is not None else None
+
+
+def stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> Optional[tuple[Tensor, tuple[Tensor, Tensor]]]:
+    """All layers of a plain, unidirectional LSTM stack in one kernel call: ``(y_t, (h', c'))``
     with ``h``, ``c`` ``(L, B, H)``; ``None`` where the kernel cannot run (then loop the cells).
 
-    This is the batch-1 hot path: every check is one attribute read (no ``nn.Module``
-    attribute lookups), because at ~50 us a step each microsecond here is 2 %."""
+    Builds (and caches on ``cells``) what :func:`compiled_step` steps next time."""
     kernel = stream_kernel() if x_t.is_cpu else None
     if kernel is None or not x_t.dtype == h.dtype == c.dtype == torch.float32:
         return None
@@ -97,18 +107,14 @@ def stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> Optional[tuple[Tenso
     if torch.is_grad_enabled() and (x_t.requires_grad or h.requires_grad or c.requires_grad
                                     or any(p.requires_grad for p in params)):
         return None  # autograd must see the step: the cells' differentiable path runs
-    if x_t.size(0) <= BLOCKED_MAX_BATCH.get(kernel.LANES, 8):
-        bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        stack = cells.__dict__.get("_stream_blocked", _NO_CACHE).get(bf16)
-        out = stack.step(x_t, h, c, params) if stack is not None else None  # None: stale weights
-        if out is None:
-            stack = _blocked_stack(kernel, cells, params, bf16)
-            out = stack.step(x_t, h, c, params) if stack is not None else None
-        return out
+    max_batch = BLOCKED_MAX_BATCH.get(kernel.LANES, 8)
+    if x_t.size(0) <= max_batch:
+        stack = _stream_stack(kernel, cells, params, max_batch)
+        return stack.step(x_t, h, c) if stack is not None else None
     weights, biases, packed = zip(*(_stream_weights(cell, x_t.size(0)) for cell in cells))
     packed = [p if p is not None else _EMPTY for p in packed]
     y, h, c = kernel.lstm_stack_step(x_t, h, c, list(weights), list(biases), packed)
-    return y, h, c
+    return y, (h, c)
 
 
 _EMPTY = torch.empty(0)
@@ -120,19 +126,23 @@ _EMPTY = torch.empty(0)
 BLOCKED_MAX_BATCH = {16: 256, 8: 32, 4: 8}
 
 
-def _blocked_stack(kernel, cells, params: list[Tensor], bf16: bool = False):
-    """The kernel's ``BlockedStack`` (``BlockedStackBF16`` if ``bf16``): every layer's weights in
-    its layout (:func:`_blocked`), checked fresh by the kernel at each step against ``params``
-    (storage and version), and cached on the stack; ``None`` if the weights are not float32
-    on the CPU."""
+def _stream_stack(kernel, cells, params: list[Tensor], max_batch: int):
+    """The kernel's ``StreamStack`` for ``cells``, with every layer's weights laid out
+    (:func:`_blocked`) for the precision in force (bfloat16 under CPU autocast): the cached one
+    while its parameters are unchanged, else a new one, cached on ``cells``; ``None`` if the
+    weights are not float32 on the CPU."""
     if not all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params):
         return None
-    weights, biases = zip(*(_blocked(cell, kernel.LANES) for cell in cells))
-    if bf16:
-        weights = [_paired_bf16(w, cell.input_size) for w, cell in zip(weights, cells)]
-    stack_class = kernel.BlockedStackBF16 if bf16 else kernel.BlockedStack
-    stack = stack_class(list(weights), list(biases), [cell.input_size for cell in cells], params)
-    cells.__dict__.setdefault("_stream_blocked", _Cache())[bf16] = stack
+    cache = cells.__dict__.setdefault("_stream", _Cache())
+    stack = cache.get("stack")
+    if stack is None or not stack.fresh():
+        stack = cache["stack"] = kernel.StreamStack(cells, max_batch)
+    bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if not stack.has_weights(bf16):
+        weights, biases = zip(*(_blocked(cell, kernel.LANES) for cell in cells))
+        if bf16:
+            weights = [_paired_bf16(w, cell.input_size) for w, cell in zip(weights, cells)]
+        stack.set_weights(bf16, list(weights), list(biases), [cell.input_size for cell in cells])
     return stack
 
 

@@ -1,26 +1,16 @@
 // One step of a stack of plain LSTM layers in one call: the streaming path of cells/streaming.py
-// without a Python round trip per op. Per layer, gates in torch's order i, f, g, o:
-//   z = W_ih x + W_hh h + b;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
-//   c' = f * c + i * g;       h' = o * tanh(c')
-//
-// Two ways to compute it:
-// - BlockedStack.step (small batches): our own matrix-vector product, fused with the gates
-//   and the state update, over weights laid out for it (see blocked_layer). Each layer is ONE
-//   pass over its weights in the order they sit in memory, so a step costs what reading the
-//   weights costs (the memory floor), and no ATen op is dispatched.
+// without a Python round trip per op. Two ways to compute it:
+// - StreamStack.step (small batches): the blocked product of blocked_lstm.h, fused with the gates
+//   and the state update, one pass over each layer's weights (the memory floor), no ATen op
+//   dispatched; its arguments checked here in C++, so the call is the whole step's dispatch.
+//   Under bfloat16 autocast it reads the weights stored as bfloat16 (half the bytes: a step costs
+//   about half); x, h, c, the sums and the gates stay float32.
 // - lstm_stack_step (larger batches): MKL's packed GEMM on [W_ih | W_hh] (rows i, f, o, g), then a
 //   handful of ATen ops dispatched from C++; there the product is compute-bound and MKL wins.
-//
-// Under bfloat16 autocast the blocked product reads its weights stored as bfloat16 (half the
-// bytes: a step costs about half) and widens each to float32 exactly on load (a bfloat16 is the
-// top half of a float32); x, h, c, the sums and the gates stay float32 (BlockedStackBF16).
-//
-// Built ahead of time on the machine that runs it, with -O3 -march=native: the vectors below
-// (GCC/Clang vector extensions) are as wide as the CPU's (AVX-512, AVX2, SSE/NEON), and so are
-// the blocks of the weight layout (LANES, read by cells/streaming.py).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
@@ -29,6 +19,10 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+
+#include "blocked_lstm.h"
+
+using namespace blocked_lstm;
 
 namespace {
 
@@ -44,199 +38,20 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const at
   return op.call(x, packed, weight, bias, x.size(0));
 }
 
-// ------------------------------------------------------------- blocked path (small batches)
-
-// One vector of the widest kind the CPU has; the weight layout follows it (LANES units per block).
-// kTile: batch rows sharing one pass over the weights, 4 accumulators each, all in registers.
-#if defined(__AVX512F__)
-constexpr int kLanes = 16, kTile = 4;  // 16 of 32 zmm registers accumulate
-#elif defined(__AVX__)
-constexpr int kLanes = 8, kTile = 2;   // 8 of 16 ymm registers
-#else
-constexpr int kLanes = 4, kTile = 2;   // SSE or NEON
-#endif
-constexpr int kBlock = 4 * kLanes;     // floats per (block, k): gates i, f, g, o of kLanes units
-
-typedef float vec __attribute__((vector_size(4 * kLanes)));
-typedef int ivec __attribute__((vector_size(4 * kLanes)));
-typedef float uvec __attribute__((vector_size(4 * kLanes), aligned(4)));  // an unaligned load/store
-
-#define HOT inline __attribute__((always_inline))  // in the step's loop: never a call
-
-inline vec load(const float* p) { return *reinterpret_cast<const uvec*>(p); }
-inline void store(float* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
-
-// exp(x) to ~1 ulp (Cephes' expf): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7 polynomial,
-// 2^n built in the exponent bits. x is clamped to [-87, 88], where float's exp is finite.
-HOT vec vexp(vec x) {
-  const vec lo = vec{} - 87.0f, hi = vec{} + 88.0f;
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const vec n = (x * 1.44269504088896341f + magic) - magic;
-  const vec r = x - n * 0.693359375f + n * 2.12194440e-4f;  // ln2 in two parts: exact n * ln2_hi
-  vec p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;  // 2^n
-  return p * reinterpret_cast<const vec&>(bits);
-}
-
-HOT vec vsigmoid(vec x) { return 1.0f / (1.0f + vexp(-x)); }
-HOT vec vtanh(vec x) { return 2.0f / (1.0f + vexp(-2.0f * x)) - 1.0f; }  // absolute error ~1e-7
-
-// kLanes floats of a row from `from` (only `n` <= kLanes of them exist there)
-inline vec load_part(const float* from, int n) {
-  if (n == kLanes) return load(from);
-  float buffer[kLanes] = {};
-  std::memcpy(buffer, from, n * sizeof(float));
-  return load(buffer);
-}
-
-inline void store_part(float* to, vec v, int n) {
-  if (n == kLanes) return store(to, v);
-  float buffer[kLanes];
-  store(buffer, v);
-  std::memcpy(to, buffer, n * sizeof(float));
-}
-
-// Accumulate `length` inputs of `rows` batch rows (row b at in + b * stride) against the
-// blocked weights w (length, 4, kLanes): acc[b][gate] += sum_k w[k][gate] * in[b][k].
-template <int Rows>
-HOT void accumulate(vec (&acc)[kTile][4], const float* w, const float* in, int64_t stride,
-                       int64_t length) {
-  for (int64_t k = 0; k < length; ++k, w += kBlock) {
-    const vec wi = load(w), wf = load(w + kLanes), wg = load(w + 2 * kLanes), wo = load(w + 3 * kLanes);
-    for (int b = 0; b < Rows; ++b) {
-      const float v = in[b * stride + k];
-      acc[b][0] += wi * v;
-      acc[b][1] += wf * v;
-      acc[b][2] += wg * v;
-      acc[b][3] += wo * v;
-    }
-  }
-}
-
-// Weights stored as float32 (BlockedStack) or bfloat16 (BlockedStackBF16). A bfloat16 block
-// row holds TWO inputs: (4, kLanes, 2) with inputs k, k+1 side by side in one 32-bit word,
-// so one load yields both as float32 by one shift (input k, the low half) and one mask (k+1).
-typedef unsigned int wvec __attribute__((vector_size(4 * kLanes), aligned(4)));  // 2 bfloat16 per lane
-
-template <typename W>
-struct Layout;
-template <>
-struct Layout<float> {  // (U, I + H, 4, kLanes)
-  static int64_t rows(int64_t inputs) { return inputs; }
-  static constexpr int64_t row = kBlock;
-};
-template <>
-struct Layout<std::uint16_t> {  // (U, ceil(I/2) + ceil(H/2), 4, kLanes, 2)
-  static int64_t rows(int64_t inputs) { return (inputs + 1) / 2; }
-  static constexpr int64_t row = 2 * kBlock;
-};
-
-template <int Rows>
-HOT void accumulate(vec (&acc)[kTile][4], const std::uint16_t* w, const float* in, int64_t stride,
-                    int64_t length) {
-  // Rows == 1 has too few independent sums to hide the FMA latency (two FMAs per sum per
-  // row of weights): the odd inputs get their own accumulators, added at the end.
-  constexpr bool split = Rows == 1;
-  vec odd[kTile][4] = {};
-  const int64_t pairs = length / 2;
-  for (int64_t p = 0; p < pairs; ++p, w += 2 * kBlock) {
-    for (int gate = 0; gate < 4; ++gate) {
-      const wvec words = *reinterpret_cast<const wvec*>(w + gate * 2 * kLanes);
-      const vec even_w = (vec)(words << 16), odd_w = (vec)(words & 0xFFFF0000u);
-      for (int b = 0; b < Rows; ++b) {
-        acc[b][gate] += even_w * in[b * stride + 2 * p];
-        (split ? odd[b][gate] : acc[b][gate]) += odd_w * in[b * stride + 2 * p + 1];
-      }
-    }
-  }
-  if (length % 2) {  // the last input alone: its partner's weights are zero, and never read
-    for (int gate = 0; gate < 4; ++gate) {
-      const vec even_w = (vec)(*reinterpret_cast<const wvec*>(w + gate * 2 * kLanes) << 16);
-      for (int b = 0; b < Rows; ++b) acc[b][gate] += even_w * in[b * stride + length - 1];
-    }
-  }
-  if (split)
-    for (int b = 0; b < Rows; ++b)
-      for (int gate = 0; gate < 4; ++gate) acc[b][gate] += odd[b][gate];
-}
-
-// One layer for `Rows` batch rows and the unit blocks [first, last): weights (U, I + H, 4, kLanes),
-// bias (U, 4, kLanes); x (Rows, I), h and c (Rows, H) row-major; writes h_out, c_out (Rows, H).
-// (or its bfloat16 Layout);
-template <int Rows, typename W>
-void blocked_rows(const W* weight, const float* bias, const float* x, int64_t input_size,
-                  const float* h, const float* c, int64_t hidden, float* h_out, float* c_out,
-                  int64_t first, int64_t last) {
-  using L = Layout<W>;
-  const int64_t input_rows = L::rows(input_size), width = input_rows + L::rows(hidden);
-  for (int64_t u = first; u < last; ++u) {
-    const W* w = weight + u * width * L::row;
-    vec acc[kTile][4];
-    for (int b = 0; b < Rows; ++b)
-      for (int gate = 0; gate < 4; ++gate) acc[b][gate] = load(bias + u * kBlock + gate * kLanes);
-    accumulate<Rows>(acc, w, x, input_size, input_size);
-    accumulate<Rows>(acc, w + input_rows * L::row, h, hidden, hidden);
-    const int64_t unit = u * kLanes;
-    const int n = static_cast<int>(std::min<int64_t>(kLanes, hidden - unit));
-    for (int b = 0; b < Rows; ++b) {
-      const vec c_next = vsigmoid(acc[b][1]) * load_part(c + b * hidden + unit, n) +
-                         vsigmoid(acc[b][0]) * vtanh(acc[b][2]);
-      store_part(c_out + b * hidden + unit, c_next, n);
-      store_part(h_out + b * hidden + unit, vsigmoid(acc[b][3]) * vtanh(c_next), n);
-    }
-  }
-}
-
-// One layer for the whole batch: batch tiles of kTile rows, each one pass over the weights;
-// the unit blocks split across torch's intra-op threads (each takes >= ~256 KB of weights).
-template <typename W>
-void blocked_layer(const W* weight, int64_t blocks, const float* bias, const float* x,
-                   int64_t input_size, const float* h, const float* c, int64_t batch, int64_t hidden,
-                   float* h_out, float* c_out) {
-  using L = Layout<W>;
-  const int64_t block_bytes = (L::rows(input_size) + L::rows(hidden)) * L::row * static_cast<int64_t>(sizeof(W));
-  const int64_t grain = std::max<int64_t>(1, (256 << 10) / block_bytes);
-  at::parallel_for(0, blocks, grain, [&](int64_t first, int64_t last) {
-    for (int64_t row = 0; row < batch; row += kTile) {
-      const float *xr = x + row * input_size, *hr = h + row * hidden, *cr = c + row * hidden;
-      float *hor = h_out + row * hidden, *cor = c_out + row * hidden;
-      switch (std::min<int64_t>(kTile, batch - row)) {  // the row count is a compile-time constant inside
-        case 1: blocked_rows<1>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
-#if defined(__AVX512F__)  // kTile == 4
-        case 3: blocked_rows<3>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
-        case 4: blocked_rows<4>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
-#endif
-        default: blocked_rows<2>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last);
-      }
-    }
-  });
-}
-
 }  // namespace
 
-using Step = std::tuple<at::Tensor, at::Tensor, at::Tensor>;  // (h'[L-1], h' (L, B, H), c' (L, B, H))
+namespace py = pybind11;
 
-// A stack's weights in the blocked layout, with the parameters they were made from (storage
-// and version counter of each), so that every step checks in C++ that they are still fresh:
-// an optimiser step, load_state_dict or a .data swap changes one or the other. W: the
-// weights' storage type, float (float32) or std::uint16_t (bfloat16 bits).
+// A stack's weights in the blocked layout, W: their storage type, float (float32) or
+// std::uint16_t (bfloat16 bits).
 template <typename W>
 class BlockedStack {
  public:
   // weights[l] (U, I_l + H, 4, LANES) and biases[l] (U, 4, LANES), U = ceil(H / LANES): row k of
   // block u holds the i, f, g, o weights of units LANES*u .. LANES*u + LANES-1 from input k (zero
   // past H). As bfloat16: (U, ceil(I_l/2) + ceil(H/2), 4, LANES, 2), inputs 2k and 2k+1 side by side.
-  BlockedStack(std::vector<at::Tensor> weights, std::vector<at::Tensor> biases, std::vector<int64_t> input_sizes,
-               const std::vector<at::Tensor>& params)
-      : weights_(std::move(weights)), biases_(std::move(biases)), input_sizes_(std::move(input_sizes)),
-        sources_(sources_of(params)) {
+  BlockedStack(std::vector<at::Tensor> weights, std::vector<at::Tensor> biases, std::vector<int64_t> input_sizes)
+      : weights_(std::move(weights)), biases_(std::move(biases)), input_sizes_(std::move(input_sizes)) {
     TORCH_CHECK(!weights_.empty() && weights_.size() == biases_.size() && weights_.size() == input_sizes_.size(),
                 "one weight, bias and input size per layer expected");
     const auto type = std::is_same_v<W, float> ? at::kFloat : at::kBFloat16;
@@ -251,36 +66,117 @@ class BlockedStack {
     }
   }
 
-  // x (B, I); h, c (L, B, H). None when a parameter changed since this was built (rebuild it).
-  std::optional<Step> step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
-                           const std::vector<at::Tensor>& params) const {
-    if (!fresh(params)) return std::nullopt;
-    TORCH_CHECK(x.scalar_type() == at::kFloat && h.scalar_type() == at::kFloat && c.scalar_type() == at::kFloat &&
-                    x.device().is_cpu() && h.device().is_cpu() && c.device().is_cpu(),
-                "the blocked streaming kernel runs float32 CPU tensors only");
+  // Whether x (B, I) and h, c (L, B, H) are the shapes these weights step.
+  bool fits(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c) const {
+    if (x.dim() != 2 || h.dim() != 3 || h.sizes() != c.sizes() || h.size(1) != x.size(0)) return false;
+    const int64_t hidden = h.size(2);
+    return h.size(0) == static_cast<int64_t>(weights_.size()) && x.size(1) == input_sizes_[0] &&
+           weights_[0].size(0) == (hidden + kLanes - 1) / kLanes &&
+           weights_[0].size(1) == Layout<W>::rows(input_sizes_[0]) + Layout<W>::rows(hidden);
+  }
+
+  // One step of every layer, x (B, I), h and c (L, B, H) float32 and fitting: h' and c' (L, B, H).
+  std::pair<at::Tensor, at::Tensor> step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c) const {
     const int64_t layers = h.size(0), batch = x.size(0), hidden = h.size(2), plane = batch * hidden;
-    TORCH_CHECK(x.dim() == 2 && h.dim() == 3 && h.sizes() == c.sizes() && h.size(1) == batch &&
-                    layers == static_cast<int64_t>(weights_.size()) && x.size(1) == input_sizes_[0] &&
-                    weights_[0].size(0) == (hidden + kLanes - 1) / kLanes &&
-                    weights_[0].size(1) == Layout<W>::rows(x.size(1)) + Layout<W>::rows(hidden),
-                "x (B, I) and h, c (L, B, H) matching the weights expected");
     const auto hc = h.contiguous(), cc = c.contiguous(), xc = x.contiguous();
     auto h_out = at::empty(h.sizes(), h.options()), c_out = at::empty(h.sizes(), h.options());
-    const float* input = xc.data_ptr<float>();
+    const float *input = xc.data_ptr<float>(), *h_in = hc.data_ptr<float>(), *c_in = cc.data_ptr<float>();
+    float *h_next = h_out.data_ptr<float>(), *c_next = c_out.data_ptr<float>();
+    py::gil_scoped_release no_gil;  // the weights' read: other Python threads may run meanwhile
     int64_t input_size = x.size(1);
-    for (int64_t l = 0; l < layers; ++l) {
-      TORCH_CHECK(input_sizes_[l] == input_size, "layer ", l, ": input size mismatch");
-      float *h_next = h_out.data_ptr<float>() + l * plane, *c_next = c_out.data_ptr<float>() + l * plane;
+    for (int64_t l = 0; l < layers; ++l, h_next += plane, c_next += plane) {
       blocked_layer(static_cast<const W*>(weights_[l].data_ptr()), weights_[l].size(0), biases_[l].data_ptr<float>(),
-                    input, input_size, hc.data_ptr<float>() + l * plane, cc.data_ptr<float>() + l * plane, batch,
-                    hidden, h_next, c_next);
+                    input, input_size, h_in + l * plane, c_in + l * plane, batch, hidden, h_next, c_next);
       input = h_next;
       input_size = hidden;
     }
-    return Step{h_out[layers - 1], h_out, c_out};
+    return {h_out, c_out};
   }
 
  private:
+  std::vector<at::Tensor> weights_, biases_;
+  std::vector<int64_t> input_sizes_;
+};
+
+// A plain LSTM stack (a torch.nn.ModuleList of cells) stepped by the blocked kernel in ONE call
+// that checks everything itself, so a batch-1 step costs little more than reading its weights:
+// Python's checks cost ~5 us a step, 10 % of the step at H=256 and most of it for small models.
+//
+// step() returns None wherever it cannot run, and the caller takes its checked Python path:
+// arguments that are not float32 CPU tensors of shapes these weights step, more than max_batch
+// streams, a gradient wanted, a parameter changed since the weights were laid out (rebuild), or
+// no weights laid out yet for the precision in force (float32, or bfloat16 under CPU autocast).
+//
+// "Changed" is checked by identity and counters, never by reading the values: the same cells in
+// the list, the same parameter objects in each cell, each with the data pointer, storage and
+// version counter it had. An optimiser step or load_state_dict bumps the version, a .data swap
+// changes the storage, assigning a new Parameter or cell changes an object.
+class StreamStack {
+ public:
+  StreamStack(const py::object& cells, int64_t max_batch) : max_batch_(max_batch) {
+    const py::object modules = cells.attr("_modules");
+    watch(modules);
+    for (const auto& item : py::reinterpret_borrow<py::dict>(modules)) {
+      const py::object params = item.second.attr("_parameters");
+      watch(params);
+      for (const auto& entry : py::reinterpret_borrow<py::dict>(params)) {
+        if (entry.second.is_none()) continue;
+        TORCH_CHECK(THPVariable_Check(entry.second.ptr()), "a cell's parameter is not a tensor");
+        const at::Tensor& p = THPVariable_Unpack(entry.second.ptr());
+        sources_.push_back({p, p.storage(), p.const_data_ptr(), p._version()});
+      }
+    }
+  }
+
+  void set_weights(bool bf16, std::vector<at::Tensor> weights, std::vector<at::Tensor> biases,
+                   std::vector<int64_t> input_sizes) {
+    if (bf16)
+      bfloat16_.emplace(std::move(weights), std::move(biases), std::move(input_sizes));
+    else
+      float32_.emplace(std::move(weights), std::move(biases), std::move(input_sizes));
+  }
+
+  bool has_weights(bool bf16) const { return bf16 ? bfloat16_.has_value() : float32_.has_value(); }
+
+  bool fresh() const {
+    for (const auto& w : watched_)
+      if (!w.same()) return false;
+    for (const auto& s : sources_)
+      if (!s.same()) return false;
+    return true;
+  }
+
+  // (h'[L-1], (h', c')) for x (B, I) and h, c (L, B, H), or None (see above).
+  py::object step(py::handle x_obj, py::handle h_obj, py::handle c_obj) const {
+    if (!THPVariable_Check(x_obj.ptr()) || !THPVariable_Check(h_obj.ptr()) || !THPVariable_Check(c_obj.ptr()))
+      return py::none();
+    const at::Tensor &x = THPVariable_Unpack(x_obj.ptr()), &h = THPVariable_Unpack(h_obj.ptr()),
+                     &c = THPVariable_Unpack(c_obj.ptr());
+    const bool bf16 = at::autocast::is_autocast_enabled(at::kCPU) &&
+                      at::autocast::get_autocast_dtype(at::kCPU) == at::kBFloat16;
+    for (const at::Tensor* t : {&x, &h, &c})
+      if (t->scalar_type() != at::kFloat || !t->device().is_cpu()) return py::none();
+    if (x.dim() != 2 || x.size(0) > max_batch_ || wants_gradient(x, h, c) || !fresh()) return py::none();
+    const auto [h_out, c_out] = bf16 ? run(bfloat16_, x, h, c) : run(float32_, x, h, c);
+    if (!h_out.defined()) return py::none();
+    return py::make_tuple(h_out[h_out.size(0) - 1], py::make_tuple(h_out, c_out));
+  }
+
+ private:
+  // A Python dict whose values must stay the same objects, in the same order.
+  struct Watched {
+    py::object dict;
+    std::vector<py::object> values;
+    bool same() const {
+      if (PyDict_Size(dict.ptr()) != static_cast<Py_ssize_t>(values.size())) return false;
+      Py_ssize_t position = 0;
+      PyObject *key, *value;
+      for (size_t i = 0; PyDict_Next(dict.ptr(), &position, &key, &value); ++i)
+        if (value != values[i].ptr()) return false;
+      return true;
+    }
+  };
+
   // What a parameter was when the weights were laid out. Holding its tensor and storage keeps
   // both alive, so a new parameter or new data can never reuse their addresses unnoticed.
   struct Source {
@@ -288,37 +184,39 @@ class BlockedStack {
     c10::Storage storage;
     const void* data;
     int64_t version;
-    bool same(const at::Tensor& p) const {
-      return p.unsafeGetTensorImpl() == param.unsafeGetTensorImpl() && p.const_data_ptr() == data &&
-             p._version() == version && p.storage().unsafeGetStorageImpl() == storage.unsafeGetStorageImpl();
+    bool same() const {
+      return param.const_data_ptr() == data && param._version() == version &&
+             param.storage().unsafeGetStorageImpl() == storage.unsafeGetStorageImpl();
     }
   };
 
-  bool fresh(const std::vector<at::Tensor>& params) const {
-    if (params.size() != sources_.size()) return false;
-    for (size_t i = 0; i < params.size(); ++i)
-      if (!sources_[i].same(params[i])) return false;
-    return true;
+  void watch(const py::object& dict) {
+    Watched w{dict, {}};
+    for (const auto& item : py::reinterpret_borrow<py::dict>(dict)) w.values.push_back(py::reinterpret_borrow<py::object>(item.second));
+    watched_.push_back(std::move(w));
   }
 
-  static std::vector<Source> sources_of(const std::vector<at::Tensor>& params) {
-    std::vector<Source> sources;
-    for (const auto& p : params) sources.push_back({p, p.storage(), p.const_data_ptr(), p._version()});
-    return sources;
+  bool wants_gradient(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c) const {
+    if (!at::GradMode::is_enabled()) return false;
+    if (x.requires_grad() || h.requires_grad() || c.requires_grad()) return true;
+    for (const auto& s : sources_)
+      if (s.param.requires_grad()) return true;
+    return false;
   }
 
-  std::vector<at::Tensor> weights_, biases_;
-  std::vector<int64_t> input_sizes_;
+  template <typename W>
+  static std::pair<at::Tensor, at::Tensor> run(const std::optional<BlockedStack<W>>& stack, const at::Tensor& x,
+                                               const at::Tensor& h, const at::Tensor& c) {
+    if (!stack || !stack->fits(x, h, c)) return {};
+    return stack->step(x, h, c);
+  }
+
+  int64_t max_batch_;
+  std::vector<Watched> watched_;  // the ModuleList's cells, then each cell's parameters
   std::vector<Source> sources_;
+  std::optional<BlockedStack<float>> float32_;
+  std::optional<BlockedStack<std::uint16_t>> bfloat16_;
 };
-
-template <typename W>
-void bind_stack(pybind11::module& m, const char* name, const char* doc) {
-  pybind11::class_<BlockedStack<W>>(m, name, doc)
-      .def(pybind11::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<int64_t>,
-                          const std::vector<at::Tensor>&>())
-      .def("step", &BlockedStack<W>::step, "one step of every layer; None if a parameter changed since");
-}
 
 // x (B, I); h, c (L, B, H); weights[l] (4H, I_l + H), rows i, f, o, g; biases[l] (4H,); packed[l] or empty.
 // Returns (h'[L-1], h' (L, B, H), c' (L, B, H)).
@@ -366,8 +264,12 @@ double stream_read(const at::Tensor& t) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  bind_stack<float>(m, "BlockedStack", "a stack's weights in the blocked layout, for small batches");
-  bind_stack<std::uint16_t>(m, "BlockedStackBF16", "the same, weights stored as bfloat16 (autocast)");
+  py::class_<StreamStack>(m, "StreamStack", "a plain LSTM stack stepped by the blocked kernel, for small batches")
+      .def(py::init<const py::object&, int64_t>(), py::arg("cells"), py::arg("max_batch"))
+      .def("set_weights", &StreamStack::set_weights, "lay out (bfloat16 if bf16) weights, biases, input sizes")
+      .def("has_weights", &StreamStack::has_weights, "whether the weights of that precision are laid out")
+      .def("fresh", &StreamStack::fresh, "whether every parameter is still what it was when built")
+      .def("step", &StreamStack::step, "(y, (h, c)) of one step of every layer, or None where it cannot run");
   m.def("lstm_stack_step", &lstm_stack_step, "one step of a stack of plain LSTM layers: MKL packed GEMM");
   m.def("stream_read", &stream_read, "sum of a contiguous float32 tensor, read once");
   m.attr("LANES") = kLanes;

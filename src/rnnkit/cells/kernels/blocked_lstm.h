@@ -1,0 +1,196 @@
+// The blocked LSTM step of kernels/stream_step.cpp: one layer, a few batch rows, our own
+// matrix-vector product fused with the gates and the state update. Per layer, gates in
+// torch's order i, f, g, o:
+//   z = W_ih x + W_hh h + b;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
+//   c' = f * c + i * g;       h' = o * tanh(c')
+// over weights laid out for it (blocks of LANES units, 4 gates x LANES floats per input), so
+// each layer is ONE pass over its weights in the order they sit in memory: a step costs what
+// reading the weights costs (the memory floor). The weights are float32, or bfloat16 widened
+// exactly to float32 on load (a bfloat16 is the top half of a float32).
+//
+// Compiled with -O3 -march=native: the vectors (GCC/Clang vector extensions) are as wide as the
+// CPU's (AVX-512, AVX2, SSE/NEON), and so are the blocks of the layout (kLanes).
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace blocked_lstm {
+
+// One vector of the widest kind the CPU has; the weight layout follows it (LANES units per block).
+// kTile: batch rows sharing one pass over the weights, 4 accumulators each, all in registers.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16, kTile = 4;  // 16 of 32 zmm registers accumulate
+#elif defined(__AVX__)
+constexpr int kLanes = 8, kTile = 2;   // 8 of 16 ymm registers
+#else
+constexpr int kLanes = 4, kTile = 2;   // SSE or NEON
+#endif
+constexpr int kBlock = 4 * kLanes;     // floats per (block, k): gates i, f, g, o of kLanes units
+
+typedef float vec __attribute__((vector_size(4 * kLanes)));
+typedef int ivec __attribute__((vector_size(4 * kLanes)));
+typedef float uvec __attribute__((vector_size(4 * kLanes), aligned(4)));  // an unaligned load/store
+
+#define HOT inline __attribute__((always_inline))  // in the step's loop: never a call
+
+inline vec load(const float* p) { return *reinterpret_cast<const uvec*>(p); }
+inline void store(float* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
+
+// exp(x) to ~1 ulp (Cephes' expf): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7 polynomial,
+// 2^n built in the exponent bits. x is clamped to [-87, 88], where float's exp is finite.
+HOT vec vexp(vec x) {
+  const vec lo = vec{} - 87.0f, hi = vec{} + 88.0f;
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const vec n = (x * 1.44269504088896341f + magic) - magic;
+  const vec r = x - n * 0.693359375f + n * 2.12194440e-4f;  // ln2 in two parts: exact n * ln2_hi
+  vec p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;  // 2^n
+  return p * reinterpret_cast<const vec&>(bits);
+}
+
+HOT vec vsigmoid(vec x) { return 1.0f / (1.0f + vexp(-x)); }
+HOT vec vtanh(vec x) { return 2.0f / (1.0f + vexp(-2.0f * x)) - 1.0f; }  // absolute error ~1e-7
+
+// kLanes floats of a row from `from` (only `n` <= kLanes of them exist there)
+inline vec load_part(const float* from, int n) {
+  if (n == kLanes) return load(from);
+  float buffer[kLanes] = {};
+  std::memcpy(buffer, from, n * sizeof(float));
+  return load(buffer);
+}
+
+inline void store_part(float* to, vec v, int n) {
+  if (n == kLanes) return store(to, v);
+  float buffer[kLanes];
+  store(buffer, v);
+  std::memcpy(to, buffer, n * sizeof(float));
+}
+
+// Accumulate `length` inputs of `rows` batch rows (row b at in + b * stride) against the
+// blocked weights w (length, 4, kLanes): acc[b][gate] += sum_k w[k][gate] * in[b][k].
+template <int Rows>
+HOT void accumulate(vec (&acc)[kTile][4], const float* w, const float* in, int64_t stride,
+                       int64_t length) {
+  for (int64_t k = 0; k < length; ++k, w += kBlock) {
+    const vec wi = load(w), wf = load(w + kLanes), wg = load(w + 2 * kLanes), wo = load(w + 3 * kLanes);
+    for (int b = 0; b < Rows; ++b) {
+      const float v = in[b * stride + k];
+      acc[b][0] += wi * v;
+      acc[b][1] += wf * v;
+      acc[b][2] += wg * v;
+      acc[b][3] += wo * v;
+    }
+  }
+}
+
+// Weights stored as float32 (BlockedStack) or bfloat16 (BlockedStackBF16). A bfloat16 block
+// row holds TWO inputs: (4, kLanes, 2) with inputs k, k+1 side by side in one 32-bit word,
+// so one load yields both as float32 by one shift (input k, the low half) and one mask (k+1).
+typedef unsigned int wvec __attribute__((vector_size(4 * kLanes), aligned(4)));  // 2 bfloat16 per lane
+
+template <typename W>
+struct Layout;
+template <>
+struct Layout<float> {  // (U, I + H, 4, kLanes)
+  static int64_t rows(int64_t inputs) { return inputs; }
+  static constexpr int64_t row = kBlock;
+};
+template <>
+struct Layout<std::uint16_t> {  // (U, ceil(I/2) + ceil(H/2), 4, kLanes, 2)
+  static int64_t rows(int64_t inputs) { return (inputs + 1) / 2; }
+  static constexpr int64_t row = 2 * kBlock;
+};
+
+template <int Rows>
+HOT void accumulate(vec (&acc)[kTile][4], const std::uint16_t* w, const float* in, int64_t stride,
+                    int64_t length) {
+  // Rows == 1 has too few independent sums to hide the FMA latency (two FMAs per sum per
+  // row of weights): the odd inputs get their own accumulators, added at the end.
+  constexpr bool split = Rows == 1;
+  vec odd[kTile][4] = {};
+  const int64_t pairs = length / 2;
+  for (int64_t p = 0; p < pairs; ++p, w += 2 * kBlock) {
+    for (int gate = 0; gate < 4; ++gate) {
+      const wvec words = *reinterpret_cast<const wvec*>(w + gate * 2 * kLanes);
+      const vec even_w = (vec)(words << 16), odd_w = (vec)(words & 0xFFFF0000u);
+      for (int b = 0; b < Rows; ++b) {
+        acc[b][gate] += even_w * in[b * stride + 2 * p];
+        (split ? odd[b][gate] : acc[b][gate]) += odd_w * in[b * stride + 2 * p + 1];
+      }
+    }
+  }
+  if (length % 2) {  // the last input alone: its partner's weights are zero, and never read
+    for (int gate = 0; gate < 4; ++gate) {
+      const vec even_w = (vec)(*reinterpret_cast<const wvec*>(w + gate * 2 * kLanes) << 16);
+      for (int b = 0; b < Rows; ++b) acc[b][gate] += even_w * in[b * stride + length - 1];
+    }
+  }
+  if (split)
+    for (int b = 0; b < Rows; ++b)
+      for (int gate = 0; gate < 4; ++gate) acc[b][gate] += odd[b][gate];
+}
+
+// One layer for `Rows` batch rows and the unit blocks [first, last): weights (U, I + H, 4, kLanes),
+// bias (U, 4, kLanes); x (Rows, I), h and c (Rows, H) row-major; writes h_out, c_out (Rows, H).
+// (or its bfloat16 Layout);
+template <int Rows, typename W>
+void blocked_rows(const W* weight, const float* bias, const float* x, int64_t input_size,
+                  const float* h, const float* c, int64_t hidden, float* h_out, float* c_out,
+                  int64_t first, int64_t last) {
+  using L = Layout<W>;
+  const int64_t input_rows = L::rows(input_size), width = input_rows + L::rows(hidden);
+  for (int64_t u = first; u < last; ++u) {
+    const W* w = weight + u * width * L::row;
+    vec acc[kTile][4];
+    for (int b = 0; b < Rows; ++b)
+      for (int gate = 0; gate < 4; ++gate) acc[b][gate] = load(bias + u * kBlock + gate * kLanes);
+    accumulate<Rows>(acc, w, x, input_size, input_size);
+    accumulate<Rows>(acc, w + input_rows * L::row, h, hidden, hidden);
+    const int64_t unit = u * kLanes;
+    const int n = static_cast<int>(std::min<int64_t>(kLanes, hidden - unit));
+    for (int b = 0; b < Rows; ++b) {
+      const vec c_next = vsigmoid(acc[b][1]) * load_part(c + b * hidden + unit, n) +
+                         vsigmoid(acc[b][0]) * vtanh(acc[b][2]);
+      store_part(c_out + b * hidden + unit, c_next, n);
+      store_part(h_out + b * hidden + unit, vsigmoid(acc[b][3]) * vtanh(c_next), n);
+    }
+  }
+}
+
+// One layer for the whole batch: batch tiles of kTile rows, each one pass over the weights;
+// the unit blocks split across torch's intra-op threads (each takes >= ~256 KB of weights).
+template <typename W>
+void blocked_layer(const W* weight, int64_t blocks, const float* bias, const float* x,
+                   int64_t input_size, const float* h, const float* c, int64_t batch, int64_t hidden,
+                   float* h_out, float* c_out) {
+  using L = Layout<W>;
+  const int64_t block_bytes = (L::rows(input_size) + L::rows(hidden)) * L::row * static_cast<int64_t>(sizeof(W));
+  const int64_t grain = std::max<int64_t>(1, (256 << 10) / block_bytes);
+  at::parallel_for(0, blocks, grain, [&](int64_t first, int64_t last) {
+    for (int64_t row = 0; row < batch; row += kTile) {
+      const float *xr = x + row * input_size, *hr = h + row * hidden, *cr = c + row * hidden;
+      float *hor = h_out + row * hidden, *cor = c_out + row * hidden;
+      switch (std::min<int64_t>(kTile, batch - row)) {  // the row count is a compile-time constant inside
+        case 1: blocked_rows<1>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
+#if defined(__AVX512F__)  // kTile == 4
+        case 3: blocked_rows<3>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
+        case 4: blocked_rows<4>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
+#endif
+        default: blocked_rows<2>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last);
+      }
+    }
+  });
+}
+
+}  // namespace blocked_lstm
