@@ -246,6 +246,7 @@ def test_after_the_first_step_the_compiled_step_runs_alone_and_bad_input_still_g
         y2, state2 = layer.step(x, state)
         want, _ = layer.to_torch().eval()(torch.stack([x, x], 1))
         _close(y2, want[:, 1], "the compiled step alone")
+        assert torch.equal(y2, state2[0][-1]), "the output is not the last layer's h"
         monkeypatch.undo()
         monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
         with pytest.raises(RnnkitError, match="shape"):

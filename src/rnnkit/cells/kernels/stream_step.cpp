@@ -9,6 +9,7 @@
 //   handful of ATen ops dispatched from C++; there the product is compute-bound and MKL wins.
 #include <torch/extension.h>
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -75,22 +76,29 @@ class BlockedStack {
            weights_[0].size(1) == Layout<W>::rows(input_sizes_[0]) + Layout<W>::rows(hidden);
   }
 
-  // One step of every layer, x (B, I), h and c (L, B, H) float32 and fitting: h' and c' (L, B, H).
-  std::pair<at::Tensor, at::Tensor> step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c) const {
+  // One step of every layer, x (B, I), h and c (L, B, H) float32 and fitting: the last layer's
+  // h' (B, H), and h', c' (L, B, H). Allocated without a dispatch (empty_cpu), and h'[L-1]
+  // copied rather than viewed: each dispatched op costs about what a small layer's math does.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> step(const at::Tensor& x, const at::Tensor& h,
+                                                      const at::Tensor& c) const {
     const int64_t layers = h.size(0), batch = x.size(0), hidden = h.size(2), plane = batch * hidden;
     const auto hc = h.contiguous(), cc = c.contiguous(), xc = x.contiguous();
-    auto h_out = at::empty(h.sizes(), h.options()), c_out = at::empty(h.sizes(), h.options());
+    at::Tensor h_out = at::detail::empty_cpu(h.sizes(), at::kFloat), c_out = at::detail::empty_cpu(h.sizes(), at::kFloat),
+               y = at::detail::empty_cpu({batch, hidden}, at::kFloat);
     const float *input = xc.data_ptr<float>(), *h_in = hc.data_ptr<float>(), *c_in = cc.data_ptr<float>();
     float *h_next = h_out.data_ptr<float>(), *c_next = c_out.data_ptr<float>();
-    py::gil_scoped_release no_gil;  // the weights' read: other Python threads may run meanwhile
-    int64_t input_size = x.size(1);
-    for (int64_t l = 0; l < layers; ++l, h_next += plane, c_next += plane) {
-      blocked_layer(static_cast<const W*>(weights_[l].data_ptr()), weights_[l].size(0), biases_[l].data_ptr<float>(),
-                    input, input_size, h_in + l * plane, c_in + l * plane, batch, hidden, h_next, c_next);
-      input = h_next;
-      input_size = hidden;
+    {
+      py::gil_scoped_release no_gil;  // the weights' read: other Python threads may run meanwhile
+      int64_t input_size = x.size(1);
+      for (int64_t l = 0; l < layers; ++l, h_next += plane, c_next += plane) {
+        blocked_layer(static_cast<const W*>(weights_[l].data_ptr()), weights_[l].size(0), biases_[l].data_ptr<float>(),
+                      input, input_size, h_in + l * plane, c_in + l * plane, batch, hidden, h_next, c_next);
+        input = h_next;
+        input_size = hidden;
+      }
     }
-    return {h_out, c_out};
+    std::memcpy(y.data_ptr<float>(), input, plane * sizeof(float));
+    return {y, h_out, c_out};
   }
 
  private:
@@ -157,9 +165,9 @@ class StreamStack {
     for (const at::Tensor* t : {&x, &h, &c})
       if (t->scalar_type() != at::kFloat || !t->device().is_cpu()) return py::none();
     if (x.dim() != 2 || x.size(0) > max_batch_ || wants_gradient(x, h, c) || !fresh()) return py::none();
-    const auto [h_out, c_out] = bf16 ? run(bfloat16_, x, h, c) : run(float32_, x, h, c);
-    if (!h_out.defined()) return py::none();
-    return py::make_tuple(h_out[h_out.size(0) - 1], py::make_tuple(h_out, c_out));
+    const auto [y, h_out, c_out] = bf16 ? run(bfloat16_, x, h, c) : run(float32_, x, h, c);
+    if (!y.defined()) return py::none();
+    return py::make_tuple(y, py::make_tuple(h_out, c_out));
   }
 
  private:
@@ -205,8 +213,9 @@ class StreamStack {
   }
 
   template <typename W>
-  static std::pair<at::Tensor, at::Tensor> run(const std::optional<BlockedStack<W>>& stack, const at::Tensor& x,
-                                               const at::Tensor& h, const at::Tensor& c) {
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const std::optional<BlockedStack<W>>& stack,
+                                                             const at::Tensor& x, const at::Tensor& h,
+                                                             const at::Tensor& c) {
     if (!stack || !stack->fits(x, h, c)) return {};
     return stack->step(x, h, c);
   }
