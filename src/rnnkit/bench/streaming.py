@@ -19,7 +19,8 @@ Under bfloat16 autocast, the same step for ``torch.nn.LSTM`` (all in bfloat16) a
 bfloat16 weights, and each one's output error against float32 over 200 steps. Each timed
 call runs ``STEPS_PER_CALL`` steps, so autocast is entered once per 8 steps, not per step.
 
-The same float32 step on 2 threads, rnnkit's against torch.nn's.
+The same float32 step on 2 threads, rnnkit's against torch.nn's, and on 1 thread for a small
+model (H=32), where the step is per-call overhead: dispatch, checks, allocations.
 
 Then batched generation: 64 streams of a character-level LM (embedding, the same 2-layer
 LSTM, a linear head, sampling), tokens/s with rnnkit's step (float32, and bfloat16 autocast) against torch.nn.LSTM's.
@@ -39,6 +40,7 @@ from . import kernel_path
 from .timing import interleaved, threads
 
 HIDDEN, LAYERS, VOCAB, STREAMS = 256, 2, 96, 64
+SMALL_HIDDEN = 32  # a small model: its step is all per-call overhead
 
 
 def _stepper(step: Callable, state) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -66,12 +68,12 @@ def _steps(step: Callable[[], object], bf16: bool = False) -> Callable[[], None]
     return call
 
 
-def _one_stream() -> tuple[Recurrent, nn.LSTM, torch.Tensor, torch.Tensor]:
+def _one_stream(hidden: int = HIDDEN) -> tuple[Recurrent, nn.LSTM, torch.Tensor, torch.Tensor]:
     """The measured stack (rnnkit's, and torch.nn's with the same weights), one step's input
     ``(1, H)`` and the zero state ``(L, 1, H)``."""
     torch.manual_seed(0)
-    rnnkit_lstm = Recurrent(HIDDEN, HIDDEN, cell="lstm", num_layers=LAYERS).eval()
-    return rnnkit_lstm, rnnkit_lstm.to_torch().eval(), torch.randn(1, HIDDEN), torch.zeros(LAYERS, 1, HIDDEN)
+    rnnkit_lstm = Recurrent(hidden, hidden, cell="lstm", num_layers=LAYERS).eval()
+    return rnnkit_lstm, rnnkit_lstm.to_torch().eval(), torch.randn(1, hidden), torch.zeros(LAYERS, 1, hidden)
 
 
 def latency(quick: bool) -> dict:
@@ -147,18 +149,19 @@ def latency(quick: bool) -> dict:
     return result
 
 
-def latency_two_threads(quick: bool) -> dict:
-    """The same batch-1 step on 2 threads (torch's default here), against ``torch.nn.LSTM`` on 2:
-    the kernel splits each layer's unit blocks across the threads; torch.nn's step is overhead."""
-    rnnkit_lstm, torch_lstm, x, zeros = _one_stream()
+def step_latency(quick: bool, n_threads: int = 1, hidden: int = HIDDEN) -> dict:
+    """The batch-1 step alone, rnnkit's against ``torch.nn.LSTM``'s: on 2 threads (torch's default
+    here; the kernel splits each layer's unit blocks across them, torch.nn's step is overhead),
+    or for a small model (H=32), where a step is all dispatch and no arithmetic."""
+    rnnkit_lstm, torch_lstm, x, zeros = _one_stream(hidden)
     rnnkit_step = _stepper(rnnkit_lstm.step, (zeros, zeros))
     torch_step = _stepper(lambda x, s: torch_lstm(x[:, None], s), (zeros, zeros))
     candidates = {"torch.nn.LSTM, one step per call": _steps(lambda: torch_step(x)),
                   "rnnkit Recurrent.step": _steps(lambda: rnnkit_step(x))}
-    with torch.no_grad(), threads(2):
+    with torch.no_grad(), threads(n_threads):
         timed = interleaved(candidates, dict.fromkeys(candidates, "torch.nn.LSTM, one step per call"),
                             repeats=5 if quick else 15, seconds=0.05 if quick else 0.25)
-    return {"threads": 2,
+    return {"threads": n_threads, "hidden": hidden,
             "per_step_us_median": {n: 1e6 * r["seconds_per_call"] / STEPS_PER_CALL for n, r in timed.items()},
             "speedup_vs_torch_nn_lstm": timed["rnnkit Recurrent.step"]["speedup_vs_baseline"], "raw": timed}
 
@@ -240,7 +243,8 @@ def generation(quick: bool) -> dict:
 def run(quick: bool = False) -> dict:
     """The whole streaming benchmark (what ``benchmarks/streaming.py`` writes)."""
     result = {"stream_path": kernel_path("stream"),  # built first (cached), as the other suites do
-              "latency": latency(quick), "latency_2_threads": latency_two_threads(quick),
+              "latency": latency(quick), "latency_2_threads": step_latency(quick, n_threads=2),
+              "latency_small_model": step_latency(quick, hidden=SMALL_HIDDEN),
               "generation_64_streams": generation(quick)}
     lat = result["latency"]
     result["ratios"] = {
@@ -248,6 +252,8 @@ def run(quick: bool = False) -> dict:
             lat["speedup_vs_torch_nn_lstm"]["rnnkit Recurrent.step"],
         "step time / memory floor (target <= 2x)": lat["rnnkit_step_over_floor"],
         "step speed-up vs torch.nn.LSTM per step, both on 2 threads": result["latency_2_threads"]["speedup_vs_torch_nn_lstm"],
+        f"step speed-up vs torch.nn.LSTM per step, a small model (H={SMALL_HIDDEN})":
+            result["latency_small_model"]["speedup_vs_torch_nn_lstm"],
         "bfloat16 autocast step speed-up vs torch.nn.LSTM (float32) per step":
             lat["speedup_vs_torch_nn_lstm"]["rnnkit Recurrent.step, bfloat16 autocast"],
         "bfloat16 autocast step speed-up vs torch.nn.LSTM under bfloat16 autocast": (
