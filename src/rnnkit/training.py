@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .allocator import keep_freed_memory
 from .batching import batch_pieces, check_lengths, split_time, time_steps
 from .checkpoints import history_files, load_checkpoint, prepare_directory, publish, save_checkpoint
 from .config import JsonConfig
@@ -244,6 +245,8 @@ def fit(
         raise RnnkitError(f"patience={config.patience} needs validation data; pass val=... or patience=None")
     directory = prepare_directory(checkpoint_dir, config, resume)
     device, n = _device(config.device), len(train[0])
+    if device.type == "cpu":
+        keep_freed_memory()  # each step's activations reused, not page-faulted in again (allocator.py)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = n // config.batch_size if config.stateful else math.ceil(n / config.batch_size)
