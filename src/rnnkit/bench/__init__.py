@@ -28,9 +28,13 @@ SUITES: dict[str, tuple[str, str]] = {
 }
 
 
+_BUILD_KERNELS = [True]  # what run_suite(build_kernels=...) asks of the suite it runs
+
+
 def kernel_path(name: str) -> str:
     """Which path a suite measures for the optional compiled kernel ``name`` (built now if need
-    be and possible): ``"compiled kernel"`` or ``"python ops (why)"``."""
+    be and possible, unless the suite runs with ``build_kernels=False``): ``"compiled kernel"``
+    or ``"python ops (why)"``."""
     import os
 
     from ..cells import kernels
@@ -38,20 +42,28 @@ def kernel_path(name: str) -> str:
 
     if os.environ.get("RNNKIT_KERNELS", "1") == "0":
         return "python ops (RNNKIT_KERNELS=0)"
-    try:
-        kernels.build(names=[name])
-    except RnnkitError as exc:
-        return f"python ops ({exc})"
-    return "compiled kernel" if kernels.kernel(name) is not None else "python ops"
+    if _BUILD_KERNELS[0]:
+        try:
+            kernels.build(names=[name])
+        except RnnkitError as exc:
+            return f"python ops ({exc})"
+    if kernels.kernel(name) is not None:
+        return "compiled kernel"
+    return "python ops" if _BUILD_KERNELS[0] else "python ops (not built, and not asked to build)"
 
 
-def run_suite(name: str, quick: bool, out_dir: Optional[Path]) -> dict:
-    """Run one suite, write ``out_dir/<file>.json`` (if given) and return its result."""
+def run_suite(name: str, quick: bool, out_dir: Optional[Path], build_kernels: bool = True) -> dict:
+    """Run one suite, write ``out_dir/<file>.json`` (if given) and return its result; with
+    ``build_kernels=False`` it measures the kernels already built and builds none."""
     import importlib
 
     file_name, module = SUITES[name]
     start = time.perf_counter()
-    result = importlib.import_module(module).run(quick=quick)
+    _BUILD_KERNELS[0] = build_kernels
+    try:
+        result = importlib.import_module(module).run(quick=quick)
+    finally:
+        _BUILD_KERNELS[0] = True
     result = {"mode": "quick" if quick else "full", "elapsed_s": time.perf_counter() - start, **result}
     write_result(result, out_dir, file_name)
     return result

@@ -267,4 +267,6 @@ def run(quick: bool = False) -> dict:
         "generation tokens/s, 64 streams, bfloat16 autocast vs torch.nn.LSTM (float32)":
             result["generation_64_streams"]["bf16_speedup_vs_torch_nn_lstm"],
     }
+    # the bfloat16 floor is read by the compiled kernel: no figure without it
+    result["ratios"] = {what: ratio for what, ratio in result["ratios"].items() if ratio is not None}
     return result

@@ -20,7 +20,8 @@ def bench(
         "--out", help="Directory for the JSON results (one file per suite); none written if omitted.")] = None,
     build_kernel: Annotated[bool, typer.Option(
         "--build-kernel/--no-build-kernel",
-        help="Build the optional compiled kernels first (streaming, scan, GRU, LSTM; needs a C++ compiler; cached).")] = True,
+        help="Build the optional compiled kernels first (streaming, scan, GRU, LSTM; needs a C++ compiler; "
+             "cached); --no-build-kernel measures what is built already.")] = True,
 ) -> None:
     """Benchmark rnnkit against torch.nn on this machine: streaming, fused cells, scan cells."""
     from ..bench import SUITES, run_suite
@@ -46,7 +47,7 @@ def bench(
     table.add_column("ratio", justify="right")
     for name in suites:
         with console.status(f"running {name}{' (quick)' if quick else ''}"):
-            result = run_suite(name, quick, out)
+            result = run_suite(name, quick, out, build_kernels=build_kernel)
         for what, ratio in result["ratios"].items():
             table.add_row(name, what, f"{ratio:.3g}")
     console.print(table)
