@@ -28,8 +28,8 @@ Python), and MKL's product itself reads the weights at about half the speed of a
 :func:`stack_step` therefore runs a whole stack of plain LSTM layers in ONE call of a
 compiled kernel (``kernels/stream_step.cpp``) when one has been built ahead of time, and
 caches on the stack a ``StreamStack`` whose ``step`` checks its own arguments, so from the
-second step on ``Recurrent.step`` is one call into it (:func:`compiled_step`, ~1 us of
-dispatch where Python's checks took ~5):
+second step on ``Recurrent.step`` is one call into it (:func:`compiled_step`; measured, a
+2-layer H=16 step, all overhead, went from 8.6 to 2.9 us):
 
 - up to ``BLOCKED_MAX_BATCH`` streams (256 with AVX-512), its own product over weights laid out for it
   (:func:`_blocked`: 4 gates x one vector of units contiguous per input), fused with the gates and
