@@ -316,3 +316,18 @@ def test_without_a_built_kernel_the_python_step_runs(monkeypatch, tmp_path, capl
         y, _ = layer.step(torch.randn(1, I))
     assert kernels.stream_kernel() is None
     assert "not built" in caplog.text and y.shape == (1, H)
+
+
+def test_a_kernel_build_is_keyed_by_every_header_it_includes_nested_too(monkeypatch, tmp_path):
+    """Editing a header a kernel reaches only through another header must rebuild the kernel."""
+    from rnnkit.cells import kernels
+
+    for name in ("first.cpp", "outer.h", "inner.h"):
+        (tmp_path / name).write_text({"first.cpp": '#include "outer.h"\n', "outer.h": '#include "inner.h"\n#include "inner.h"\n',
+                                      "inner.h": "v1\n"}[name])
+    monkeypatch.setattr(kernels, "__file__", str(tmp_path / "__init__.py"))
+    monkeypatch.setitem(kernels.KERNELS, "toy", ("first.cpp", ("-O3",), "a test kernel"))
+    before = kernels.build_directory("toy")
+    (tmp_path / "inner.h").write_text("v2\n")
+    assert kernels.build_directory("toy") != before
+    assert kernels._source_and_headers("first.cpp").count(b"v2") == 1, "a header counted twice"

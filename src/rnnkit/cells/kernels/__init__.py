@@ -66,11 +66,21 @@ def _cpu() -> str:
         return platform.processor() or platform.machine()
 
 
+def _source_and_headers(file: str, seen: Optional[set[str]] = None) -> bytes:
+    """``file``'s bytes, then those of every header of ours it includes (``#include "..."``,
+    next to it), and of theirs in turn, each once: what a build of it depends on."""
+    seen = set() if seen is None else seen
+    seen.add(file)
+    text = Path(__file__).with_name(file).read_bytes()
+    for header in re.findall(rb'^#include "([^"]+)"', text, flags=re.MULTILINE):
+        if header.decode() not in seen:
+            text += _source_and_headers(header.decode(), seen)
+    return text
+
+
 def build_directory(name: str = "stream") -> Path:
     source, flags, _ = KERNELS[name]
-    key = Path(__file__).with_name(source).read_bytes()
-    for header in re.findall(rb'^#include "([^"]+)"', key, flags=re.MULTILINE):  # ours, next to it
-        key += Path(__file__).with_name(header.decode()).read_bytes()
+    key = _source_and_headers(source)
     if "-march=native" in flags:  # a build for this CPU only
         key += " ".join(flags).encode() + _cpu().encode()
     digest = hashlib.sha256(key).hexdigest()[:12]

@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "simd_math.h"
+
 namespace blocked_lstm {
 
 // One vector of the widest kind the CPU has; the weight layout follows it (LANES units per block).
@@ -32,7 +34,6 @@ constexpr int kLanes = 4, kTile = 2;   // SSE or NEON
 constexpr int kBlock = 4 * kLanes;     // floats per (block, k): gates i, f, g, o of kLanes units
 
 typedef float vec __attribute__((vector_size(4 * kLanes)));
-typedef int ivec __attribute__((vector_size(4 * kLanes)));
 typedef float uvec __attribute__((vector_size(4 * kLanes), aligned(4)));  // an unaligned load/store
 
 #define HOT inline __attribute__((always_inline))  // in the step's loop: never a call
@@ -40,27 +41,8 @@ typedef float uvec __attribute__((vector_size(4 * kLanes), aligned(4)));  // an 
 inline vec load(const float* p) { return *reinterpret_cast<const uvec*>(p); }
 inline void store(float* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
 
-// exp(x) to ~1 ulp (Cephes' expf): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-7 polynomial,
-// 2^n built in the exponent bits. x is clamped to [-87, 88], where float's exp is finite.
-HOT vec vexp(vec x) {
-  const vec lo = vec{} - 87.0f, hi = vec{} + 88.0f;
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const vec n = (x * 1.44269504088896341f + magic) - magic;
-  const vec r = x - n * 0.693359375f + n * 2.12194440e-4f;  // ln2 in two parts: exact n * ln2_hi
-  vec p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;  // 2^n
-  return p * reinterpret_cast<const vec&>(bits);
-}
-
-HOT vec vsigmoid(vec x) { return 1.0f / (1.0f + vexp(-x)); }
-HOT vec vtanh(vec x) { return 2.0f / (1.0f + vexp(-2.0f * x)) - 1.0f; }  // absolute error ~1e-7
+HOT vec vsigmoid(vec x) { return 1.0f / (1.0f + rnnkit_simd::exp_poly(-x)); }
+HOT vec vtanh(vec x) { return 2.0f / (1.0f + rnnkit_simd::exp_poly(-2.0f * x)) - 1.0f; }  // absolute error ~1e-7
 
 // kLanes floats of a row from `from` (only `n` <= kLanes of them exist there)
 inline vec load_part(const float* from, int n) {

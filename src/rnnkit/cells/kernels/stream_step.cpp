@@ -39,8 +39,6 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const at
   return op.call(x, packed, weight, bias, x.size(0));
 }
 
-}  // namespace
-
 namespace py = pybind11;
 
 // A stack's weights in the blocked layout, W: their storage type, float (float32) or
@@ -271,6 +269,8 @@ double stream_read(const at::Tensor& t) {
   for (int64_t i = whole; i < n; ++i) sum += p[i];
   return sum;
 }
+
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<StreamStack>(m, "StreamStack", "a plain LSTM stack stepped by the blocked kernel, for small batches")
