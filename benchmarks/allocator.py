@@ -7,10 +7,13 @@ measurement runs in a fresh process: pairs of runs, glibc's default then tuned, 
 each timing the same training steps (forward, backward, AdamW step), one thread:
 
 - ``torch.nn.LSTM`` and rnnkit's LSTM at the GUIDE's shape (batch 64, 100 steps, H=256);
-- rnnkit's LSTM at the shape of ``rnnkit textgen train``'s defaults (batch 32, 128 steps, H=512).
+- rnnkit's LSTM at the shape of ``rnnkit textgen train``'s defaults (batch 32, 128 steps, H=512);
+- ``torch.nn.LSTM``, minGRU and minLSTM at the scan benchmark's shape (batch 16, 1024 steps,
+  H=256), whose ratios (``benchmarks/scan_cells.py``) are measured with glibc's default.
 
 Reported per case: the speed-up (default step time / tuned step time, median over the
-pairs) and the page faults per step each way.
+pairs) and the page faults per step each way; and minGRU's and minLSTM's speed-up over
+``torch.nn.LSTM`` at T=1024 with each allocator (from the median step times of their runs).
 
     PYTHONPATH=src python benchmarks/allocator.py [--quick]
 
@@ -31,11 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout
 
-#: case -> (model, batch, steps, hidden)
+#: case -> (model: "torch" or an rnnkit cell, batch, steps, hidden)
 CASES = {
     "torch.nn.LSTM, B=64 T=100 H=256": ("torch", 64, 100, 256),
-    "rnnkit LSTM, B=64 T=100 H=256": ("rnnkit", 64, 100, 256),
-    "rnnkit LSTM, B=32 T=128 H=512 (textgen defaults)": ("rnnkit", 32, 128, 512),
+    "rnnkit LSTM, B=64 T=100 H=256": ("lstm", 64, 100, 256),
+    "rnnkit LSTM, B=32 T=128 H=512 (textgen defaults)": ("lstm", 32, 128, 512),
+    "torch.nn.LSTM, B=16 T=1024 H=256": ("torch", 16, 1024, 256),
+    "rnnkit minGRU, B=16 T=1024 H=256": ("mingru", 16, 1024, 256),
+    "rnnkit minLSTM, B=16 T=1024 H=256": ("minlstm", 16, 1024, 256),
 }
 
 
@@ -51,7 +57,7 @@ def child(case: str, tuned: bool, steps: int) -> dict:
     applied = keep_freed_memory() if tuned else False
     kind, batch, length, hidden = CASES[case]
     torch.manual_seed(0)
-    model = nn.LSTM(hidden, hidden, batch_first=True) if kind == "torch" else Recurrent(hidden, hidden, cell="lstm")
+    model = nn.LSTM(hidden, hidden, batch_first=True) if kind == "torch" else Recurrent(hidden, hidden, cell=kind)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, length, hidden)
 
@@ -91,9 +97,14 @@ def run(quick: bool) -> dict:
             "page_faults_per_step_median": {m: statistics.median(r["page_faults_per_step"] for r in rs) for m, rs in runs.items()},
             "pairs": pairs, "steps_per_run": steps, "raw": runs,
         }
-    return {"threads": 1, "cases": results,
-            "ratios": {f"training step speed-up, malloc keeps freed memory vs glibc default: {case}": r["speedup_tuned_vs_default"]
-                       for case, r in results.items()}}
+    ratios = {f"training step speed-up, malloc keeps freed memory vs glibc default: {case}": r["speedup_tuned_vs_default"]
+              for case, r in results.items()}
+    lstm = results["torch.nn.LSTM, B=16 T=1024 H=256"]["seconds_per_step_median"]
+    for cell in ("minGRU", "minLSTM"):
+        ours = results[f"rnnkit {cell}, B=16 T=1024 H=256"]["seconds_per_step_median"]
+        for mode in ("default", "tuned"):
+            ratios[f"{cell} vs torch.nn.LSTM training speed, T=1024, both with malloc {mode}"] = lstm[mode] / ours[mode]
+    return {"threads": 1, "cases": results, "ratios": ratios}
 
 
 def main() -> int:
