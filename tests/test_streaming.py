@@ -255,3 +255,14 @@ def test_after_the_first_step_the_compiled_step_runs_alone_and_bad_input_still_g
             layer.step(x, (state[0][:1], state[1][:1]))
         with pytest.raises(RnnkitError, match="state"):
             layer.step(torch.randn(3, 6), state)  # 3 streams, the state of 1
+
+
+def test_the_compiled_stack_refuses_a_stack_whose_upper_layer_does_not_read_the_one_below(built_kernel, monkeypatch):
+    """Layer 1 of 6 inputs under layer 0 of 8 units: the kernel would feed it 8; it must not run."""
+    from rnnkit.cells import LSTM
+
+    monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
+    cells = nn.ModuleList([LSTM(5, 8), LSTM(6, 8)])
+    zeros = torch.zeros(2, 1, 8)
+    with torch.no_grad():
+        assert streaming.stack_step(cells, torch.randn(1, 5), zeros, zeros) is None

@@ -65,10 +65,13 @@ class BlockedStack {
     }
   }
 
-  // Whether x (B, I) and h, c (L, B, H) are the shapes these weights step.
+  // Whether x (B, I) and h, c (L, B, H) are the shapes these weights step (every layer above
+  // the first reads the one below: its input size is H).
   bool fits(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c) const {
     if (x.dim() != 2 || h.dim() != 3 || h.sizes() != c.sizes() || h.size(1) != x.size(0)) return false;
     const int64_t hidden = h.size(2);
+    for (size_t l = 1; l < input_sizes_.size(); ++l)
+      if (input_sizes_[l] != hidden) return false;
     return h.size(0) == static_cast<int64_t>(weights_.size()) && x.size(1) == input_sizes_[0] &&
            weights_[0].size(0) == (hidden + kLanes - 1) / kLanes &&
            weights_[0].size(1) == Layout<W>::rows(input_sizes_[0]) + Layout<W>::rows(hidden);
