@@ -176,7 +176,7 @@ def test_console_script(tmp_path: Path) -> None:
 def test_bench_rejects_an_unknown_suite():
     result = CliRunner().invoke(app, ["bench", "--only", "gpu"])
     assert result.exit_code == 2
-    assert "unknown suite 'gpu'; choose from streaming, fused, scan" in result.output
+    assert "unknown suite 'gpu'; choose from streaming, fused, scan, precision" in result.output
 
 
 @pytest.mark.slow

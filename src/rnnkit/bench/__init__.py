@@ -1,12 +1,14 @@
 """rnnkit's benchmark suite, inside the package so that ``rnnkit bench`` runs anywhere.
 
-Three suites, each a module with ``run(quick) -> dict`` (a ``"ratios"`` entry holds its
+Four suites, each a module with ``run(quick) -> dict`` (a ``"ratios"`` entry holds its
 headline figures, everything else the raw measurements):
 
 - ``streaming``: one step of a 2-layer LSTM for one stream against ``torch.nn.LSTM`` and the
   memory floor; batched generation for 64 streams;
 - ``fused``: LayerNorm/peephole LSTM and GRU training against ``torch.nn``; bfloat16;
 - ``scan``: minGRU/minLSTM training against ``torch.nn.LSTM`` at T=1024; the adding problem.
+- ``precision``: training in bfloat16 against float32, its speed and its held-out cost
+  (``rnnkit bench`` runs it only with ``--only precision``: it trains language models).
 
 The scripts in ``benchmarks/`` are thin wrappers writing ``benchmarks/results/<name>.json``;
 ``benchmarks/cells.py`` (the plain cells, the trainer) stays a script of its own.
@@ -25,7 +27,11 @@ SUITES: dict[str, tuple[str, str]] = {
     "streaming": ("streaming", "rnnkit.bench.streaming"),
     "fused": ("fused_cells", "rnnkit.bench.fused"),
     "scan": ("scan_cells", "rnnkit.bench.scan"),
+    "precision": ("precision", "rnnkit.bench.precision"),
 }
+#: what ``rnnkit bench`` runs unless told ``--only``: the speed suites, a minute in all when quick
+#: (precision also trains language models to score them: minutes, so only when asked for)
+DEFAULT_SUITES = ("streaming", "fused", "scan")
 
 
 _BUILD_KERNELS = [True]  # what run_suite(build_kernels=...) asks of the suite it runs

@@ -27,6 +27,9 @@ from typer.core import TyperGroup
 from .. import __version__
 from ..errors import RnnkitError
 
+#: the --precision option of every training command (rnnkit/precision.py)
+Precision = Annotated[str, typer.Option(help="fp32, or bf16: faster on CPUs with AVX-512 BF16 or AMX.")]
+
 EXIT_ERROR = 2  # like a usage error: the command could not do what was asked
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 

@@ -15,7 +15,8 @@ from ..errors import RnnkitError
 def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Fewer repeats and steps: under a minute.")] = False,
     only: Annotated[Optional[list[str]], typer.Option(
-        "--only", help="Run only these suites: streaming, fused, scan (repeatable).")] = None,
+        "--only", help="Run only these suites: streaming, fused, scan, precision (repeatable; "
+                       "the default is all but precision).")] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Directory for the JSON results (one file per suite); none written if omitted.")] = None,
     build_kernel: Annotated[bool, typer.Option(
@@ -24,9 +25,9 @@ def bench(
              "cached); --no-build-kernel measures what is built already.")] = True,
 ) -> None:
     """Benchmark rnnkit against torch.nn on this machine: streaming, fused cells, scan cells."""
-    from ..bench import SUITES, run_suite
+    from ..bench import DEFAULT_SUITES, SUITES, run_suite
 
-    suites = only or list(SUITES)
+    suites = only or list(DEFAULT_SUITES)
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise RnnkitError(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}")

@@ -14,7 +14,7 @@ from ..errors import RnnkitError
 from ..files import write_csv
 from ..plotting import plot_confusion_matrix
 from ..tasks.classify import MODEL_TYPE, SequenceClassifier, SequenceClassifierConfig
-from . import create_app
+from . import Precision, create_app
 
 app = create_app("Classify texts (sentiment, topics, ...) with a recurrent network, from CSV files.")
 console = Console(stderr=True)
@@ -35,13 +35,15 @@ def train(
     encoding: Annotated[str, typer.Option(help="Text encoding of DATA.")] = "utf-8",
     plot: Annotated[Optional[Path], typer.Option(help="PNG confusion matrix on the validation slice.")] = None,
     ensemble: Annotated[int, typer.Option(help="Members from different seeds, averaged; they share --minutes.")] = 1,
+    precision: Precision = "fp32",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Train a classifier on DATA and write a bundle; report validation accuracy and macro-F1."""
     config = SequenceClassifierConfig(tokenizer=tokenizer, cell=cell, hidden_size=hidden_size,
                                       bidirectional=bidirectional, class_weights="balanced" if class_weights else None,
-                                      ensemble=ensemble, minutes=minutes, seed=seed, progress=progress)
+                                      ensemble=ensemble, minutes=minutes, precision=precision, seed=seed,
+                                      progress=progress)
     frame = read_text_csv(data, text_col, label_col, encoding)
     clf = SequenceClassifier(config).fit(frame["text"].tolist(), frame["label"].tolist())
     m = clf.metrics

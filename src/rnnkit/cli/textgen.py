@@ -11,7 +11,7 @@ from rich.console import Console
 from ..bundle import load
 from ..data.text import read_text
 from ..tasks.textgen import MODEL_TYPE, TextGenerator, TextGeneratorConfig
-from . import create_app
+from . import Precision, create_app
 
 app = create_app("Train language models on a text file and generate text from them.")
 console = Console(stderr=True)
@@ -31,6 +31,7 @@ def train(
     seq_len: Annotated[int, typer.Option(help="Truncated-BPTT length (state carries further).")] = 128,
     batch_size: Annotated[int, typer.Option(help="Parallel streams through the corpus.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    precision: Precision = "fp32",
     encoding: Annotated[str, typer.Option(help="Text encoding of CORPUS.")] = "utf-8",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
@@ -38,7 +39,7 @@ def train(
     """Train a language model on CORPUS (last 5 % held out) and write a bundle with metrics.json."""
     config = TextGeneratorConfig(tokenizer=tokenizer, vocab_size=vocab_size, cell=cell, hidden_size=hidden_size,
                                  num_layers=num_layers, dropout=dropout, seq_len=seq_len, batch_size=batch_size,
-                                 lr=lr, minutes=minutes, seed=seed, progress=progress)
+                                 lr=lr, minutes=minutes, precision=precision, seed=seed, progress=progress)
     lm = TextGenerator(config).fit(read_text(corpus, encoding))
     path = lm.save(out)
     m = lm.metrics

@@ -12,7 +12,7 @@ from ..bundle import read_bundle
 from ..data.parallel import read_pairs
 from ..errors import RnnkitError
 from ..tasks.translate import Translator, TranslatorConfig
-from . import create_app
+from . import Precision, create_app
 
 app = create_app("Translate sentences with an encoder-decoder LSTM/GRU and attention (TSV: source TAB target).")
 console = Console(stderr=True)
@@ -35,6 +35,7 @@ def train(
     max_length: Annotated[int, typer.Option(help="Tokens per side; longer training pairs are skipped.")] = 64,
     sampling_rate: Annotated[float, typer.Option(help="Scheduled sampling: feed own predictions this often.")] = 0.0,
     minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 12.0,
+    precision: Precision = "fp32",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show the training progress bar.")] = True,
 ) -> None:
@@ -42,8 +43,8 @@ def train(
     config = TranslatorConfig(cell=cell, attention=attention, input_feeding=input_feeding, hidden_size=hidden_size,
                               embedding_size=embedding_size, encoder_layers=layers, decoder_layers=layers,
                               tokenizer=tokenizer, vocab_size=vocab_size, joint_vocab=joint_vocab,
-                              max_length=max_length, sampling_rate=sampling_rate, minutes=minutes, seed=seed,
-                              progress=progress)
+                              max_length=max_length, sampling_rate=sampling_rate, minutes=minutes, precision=precision,
+                              seed=seed, progress=progress)
     data = read_pairs(pairs)
     translator = Translator(config).fit(data)
     path = translator.save(out)

@@ -22,6 +22,7 @@ from ..bundle import Bundle, load_weights, register, save_bundle
 from ..config import JsonConfig
 from ..data.tokenizers import KINDS, UNK, Tokenizer, build_tokenizer, tokenizer_from_dict
 from ..errors import DataError, RnnkitError
+from ..precision import check_precision
 from ..topologies import ManyToOne
 from ..training import TrainConfig, TrainResult, budget_shares, check_clock, fit
 
@@ -51,6 +52,7 @@ class SequenceClassifierConfig(JsonConfig):
     epochs: int = 20                 # an upper bound: early stopping usually ends first
     minutes: Optional[float] = 3.0   # time budget of one fit (all ensemble members)
     clock: str = "wall"              # what minutes count: "wall" or this process's "cpu" time (see TrainConfig)
+    precision: str = "fp32"          # training's: "bf16" on CPUs with AVX-512 BF16 or AMX (see TrainConfig)
     batch_size: int = 128            # texts are short: big batches keep a CPU busy, epochs quick
     lr: float = 5e-3
     patience: Optional[int] = 3      # epochs without a better validation loss before stopping
@@ -60,6 +62,7 @@ class SequenceClassifierConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         check_clock(self.clock, "SequenceClassifierConfig")  # here, not when fit() starts after tokenising
+        check_precision(self.precision)
         if self.tokenizer not in KINDS:
             raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
         for name in ("vocab_size", "min_count", "embedding_size", "hidden_size", "num_layers", "max_len", "epochs",
@@ -190,7 +193,8 @@ class SequenceClassifier:
         for k, (member, minutes) in enumerate(zip(self.model.members, budgets)):
             train_config = TrainConfig(epochs=cfg.epochs, minutes=minutes, batch_size=cfg.batch_size, lr=cfg.lr,
                                        patience=cfg.patience, seed=cfg.seed + k, progress=cfg.progress,
-                                       decay_over_budget=minutes is not None, clock=cfg.clock)
+                                       decay_over_budget=minutes is not None, clock=cfg.clock,
+                                       precision=cfg.precision)
             # Batches of texts of near-equal length: each is cut to its longest text, so little is padding.
             self.train_results.append(fit(member, loss_fn, train, val, train_config, lengths=train[1]))
         self.model.eval()

@@ -21,6 +21,7 @@ from ..bundle import Bundle, load_weights, register, save_bundle
 from ..config import JsonConfig
 from ..data.tokenizers import KINDS, SPECIALS, Tokenizer, build_tokenizer, tokenizer_from_dict
 from ..errors import DataError, RnnkitError
+from ..precision import check_precision
 from ..topologies import ManyToMany
 from ..training import TrainConfig, TrainResult, check_clock, evaluate, fit
 
@@ -49,12 +50,14 @@ class TextGeneratorConfig(JsonConfig):
     epochs: int = 10                     # an upper bound: the time budget usually ends first
     minutes: Optional[float] = 5.0       # time budget of one fit
     clock: str = "wall"                  # what minutes count: "wall" or this process's "cpu" time (see TrainConfig)
+    precision: str = "fp32"              # training's: "bf16" on CPUs with AVX-512 BF16 or AMX (see TrainConfig)
     val_fraction: float = 0.05           # the last 5 % of the text, contiguous, is held out
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         check_clock(self.clock, "TextGeneratorConfig")  # here, not when fit() starts after tokenising
+        check_precision(self.precision)
         if self.tokenizer not in KINDS:
             raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
         for name in ("vocab_size", "hidden_size", "num_layers", "seq_len", "batch_size", "epochs"):
@@ -165,7 +168,7 @@ class TextGenerator:
         self.model = language_model(cfg, self.tokenizer.vocab_size)
         train_config = TrainConfig(epochs=cfg.epochs, minutes=cfg.minutes, batch_size=rows, lr=cfg.lr,
                                    tbptt=cfg.seq_len, stateful=True, decay_over_budget=cfg.minutes is not None,
-                                   clock=cfg.clock, seed=cfg.seed, progress=cfg.progress)
+                                   clock=cfg.clock, precision=cfg.precision, seed=cfg.seed, progress=cfg.progress)
         self.train_result = result = fit(self.model, with_state_resets(cfg.reset_prob), streams(ids, rows), None,
                                                    train_config)
         self.model.eval()

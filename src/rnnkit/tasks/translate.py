@@ -24,6 +24,7 @@ from ..config import JsonConfig
 from ..data.tokenizers import BOS, EOS, PAD, Tokenizer, build_tokenizer, tokenizer_from_dict
 from ..errors import DataError, RnnkitError
 from ..plotting import plot_attention
+from ..precision import check_precision
 from ..seq2seq import Seq2Seq, Seq2SeqConfig
 from ..training import TrainConfig, TrainResult, check_clock, fit
 
@@ -55,6 +56,7 @@ class TranslatorConfig(JsonConfig):
     epochs: int = 50  # an upper bound: the time budget or early stopping usually ends first
     minutes: Optional[float] = 12.0  # time budget of one fit: 20,000 short pairs fit under 15 min
     clock: str = "wall"  # what minutes count: "wall" or this process's "cpu" time (see TrainConfig)
+    precision: str = "fp32"  # training's: "bf16" on CPUs with AVX-512 BF16 or AMX (see TrainConfig)
     batch_size: int = 64
     lr: float = 2e-3
     patience: Optional[int] = 6  # validations without improvement before stopping
@@ -65,6 +67,7 @@ class TranslatorConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         check_clock(self.clock, "TranslatorConfig")  # here, not when fit() starts after tokenising
+        check_precision(self.precision)
         for name in ("hidden_size", "embedding_size", "vocab_size", "max_length", "epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -126,7 +129,8 @@ class Translator:
         steps_per_epoch = -(-len(train[0]) // cfg.batch_size)
         train_config = TrainConfig(epochs=cfg.epochs, minutes=cfg.minutes, batch_size=cfg.batch_size, lr=cfg.lr,
                                    patience=cfg.patience if val else None, seed=cfg.seed, progress=cfg.progress,
-                                   eval_every=min(steps_per_epoch, 200) if val else None, clock=cfg.clock)
+                                   eval_every=min(steps_per_epoch, 200) if val else None, clock=cfg.clock,
+                                   precision=cfg.precision)
         # Batches of near-equal lengths: each is trimmed to its longest pair, so little is padding.
         pair_lengths = train[1] + (train[3] != PAD).sum(dim=1)
         self.train_result = fit(self.model, self._loss_fn, train, val, train_config, lengths=pair_lengths)
