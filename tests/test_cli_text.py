@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from rnnkit.cli import app
@@ -46,6 +47,29 @@ def test_textgen_sample_prints_the_prime_and_its_continuation(lm_bundle: Path) -
     assert first.stdout == second.stdout and first.stdout.startswith("the c") and len(first.stdout) == 5 + 25 + 1
     many = runner.invoke(app, [*args, "--num-samples", "2"])
     assert many.exit_code == 0 and many.stdout.count("--- sample") == 2
+
+
+def test_textgen_sample_in_bf16_steps_the_model_under_autocast(lm_bundle: Path, monkeypatch) -> None:
+    from rnnkit.precision import native_bf16
+    from rnnkit.topologies import ManyToMany
+
+    if not native_bf16(torch.device("cpu")):
+        pytest.skip("this CPU has no native bfloat16 (AVX-512 BF16 or AMX)")
+    seen, step = set(), ManyToMany.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.add(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ManyToMany, "step", recording_step)
+    args = ["textgen", "sample", str(lm_bundle), "--prime", "the c", "--max-tokens", "25", "--seed", "1"]
+    result = runner.invoke(app, [*args, "--precision", "bf16"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("the c") and len(result.stdout) == 5 + 25 + 1
+    assert seen == {torch.bfloat16}
+    result = runner.invoke(app, [*args, "--precision", "half"])
+    assert result.exit_code == 2
+    assert _one_error_line(result.stderr) == "error: precision must be 'fp32' or 'bf16', got 'half'"
 
 
 def test_textgen_errors_are_one_line(lm_bundle: Path, tmp_path: Path) -> None:

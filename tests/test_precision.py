@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from rnnkit import LSTM, RnnkitError
-from rnnkit.precision import autocast, check_precision, native_bf16
+from rnnkit.precision import autocast, check_precision, linear_at_best_precision, native_bf16
 from rnnkit.tasks import classify, textgen, translate
 from rnnkit.training import TrainConfig, evaluate, fit
 
@@ -130,3 +130,16 @@ def test_each_task_hands_its_precision_to_the_trainer(monkeypatch, module, make)
     with pytest.raises(_Stop):
         make()
     assert seen == ["bf16"]
+
+
+def test_a_small_product_skips_bfloat16_and_a_large_one_keeps_it():
+    torch.manual_seed(0)
+    small, large = nn.Linear(64, 10), nn.Linear(256, 4000)  # 640 and ~1M multiply-adds a row
+    x_small, x_large = torch.randn(2, 64), torch.randn(1, 256)
+    with autocast("bf16", CPU):
+        out_small, out_large = linear_at_best_precision(small, x_small), linear_at_best_precision(large, x_large)
+        bf16_in = linear_at_best_precision(small, x_small.bfloat16())  # a bfloat16 input is widened
+    assert out_small.dtype == torch.float32 and torch.equal(out_small, small(x_small))
+    assert bf16_in.dtype == torch.float32
+    assert out_large.dtype == torch.bfloat16  # big enough for bfloat16 to pay: autocast as usual
+    assert torch.equal(linear_at_best_precision(small, x_small), small(x_small))  # no autocast: the layer

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .errors import RnnkitError
 from .layers import LayerState, Recurrent
+from .precision import linear_at_best_precision
 
 
 class _Topology(nn.Module):
@@ -40,6 +41,11 @@ class _Topology(nn.Module):
             return x
         if x.dtype not in (torch.int32, torch.int64):
             raise RnnkitError(f"expected token ids (integers) of shape (batch, time), got {x.dtype}")
+        if x.device.type == "cpu":  # the lookup checks the range itself: no extra pass per step
+            try:
+                return self.embedding(x)
+            except IndexError:
+                pass  # raised below, in rnnkit's words
         if x.numel() and (x.min() < 0 or x.max() >= self.embedding.num_embeddings):
             raise RnnkitError(
                 f"token ids must be in [0, {self.embedding.num_embeddings}), got {x.min().item()}..{x.max().item()}"
@@ -160,7 +166,7 @@ class ManyToMany(_Topology):
         if self.embedding is not None:
             x_t = self.embed(x_t[:, None])[:, 0]  # (B, I)
         output, state = self.recurrent.step(x_t, state)
-        return self.head(output), state
+        return linear_at_best_precision(self.head, output), state
 
 
 class OneToMany(_Topology):

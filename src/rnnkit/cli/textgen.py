@@ -58,10 +58,11 @@ def sample(
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus: the likeliest tokens up to this mass.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed, the same text.")] = None,
     num_samples: Annotated[int, typer.Option(help="Samples generated at once (printed when done).")] = 1,
+    precision: Precision = "fp32",
 ) -> None:
     """Continue PRIME; one sample streams to the terminal as it is generated."""
     lm = load(bundle, MODEL_TYPE)
-    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, precision=precision)
     if num_samples == 1:
         typer.echo(prime, nl=False)
         lm.generate(prime, max_tokens, stream=lambda piece: typer.echo(piece, nl=False), **options)

@@ -21,7 +21,7 @@ from ..bundle import Bundle, load_weights, register, save_bundle
 from ..config import JsonConfig
 from ..data.tokenizers import KINDS, SPECIALS, Tokenizer, build_tokenizer, tokenizer_from_dict
 from ..errors import DataError, RnnkitError
-from ..precision import check_precision
+from ..precision import autocast, check_precision
 from ..topologies import ManyToMany
 from ..training import TrainConfig, TrainResult, check_clock, evaluate, fit
 
@@ -203,19 +203,21 @@ class TextGenerator:
 
     def generate(self, prime: str = "", max_tokens: int = 200, *, temperature: float = 0.8,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-                 stream: Optional[Callable[[str], Any]] = None) -> str:
+                 stream: Optional[Callable[[str], Any]] = None, precision: str = "fp32") -> str:
         """The prime followed by ``max_tokens`` generated tokens; ``stream`` gets each new piece of text."""
         return self.sample(prime, 1, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                           stream=stream)[0]
+                           stream=stream, precision=precision)[0]
 
     @torch.no_grad()
     def sample(self, prime: str = "", num_samples: int = 1, max_tokens: int = 200, *, temperature: float = 0.8,
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-               stream: Optional[Callable[[str], Any]] = None) -> list[str]:
+               stream: Optional[Callable[[str], Any]] = None, precision: str = "fp32") -> list[str]:
         """``num_samples`` continuations of ``prime`` generated at once as one batch (same seed, same texts).
 
         Unknown characters (words) in the prime are an error, as the model never saw them; an
         empty prime starts after a newline. ``stream`` (one sample only) receives the text as it grows.
+        ``precision="bf16"`` steps the model under bfloat16 autocast (``rnnkit.precision``): the
+        LSTM's step reads bfloat16 weights, half the bytes; the sampling stays float32.
         """
         self._require_fitted()
         _check_sampling(num_samples, max_tokens, temperature, top_k, top_p)
@@ -223,21 +225,24 @@ class TextGenerator:
             raise RnnkitError(f"stream prints one sample as it grows; got num_samples={num_samples}")
         prime_ids = self._encode_prime(prime)
         device = next(self.model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        logits, state = self.model(torch.tensor([prime_ids] * num_samples, device=device))  # (N, P, V)
-        logits = logits[:, -1]
-        produced: list[Tensor] = []
-        shown = prime
-        for _ in range(max_tokens):
-            logits[:, : len(SPECIALS)] = float("-inf")  # never <pad>, <unk>, <bos>, <eos>
-            token = sample_next(logits, temperature, top_k, top_p, generator)  # (N,)
-            produced.append(token)
-            if stream is not None:  # decode the whole so far: a byte-level token may end mid-character
-                text = prime + self.tokenizer.decode(torch.stack(produced, 1)[0].tolist())
-                if text.startswith(shown) and len(text) > len(shown):
-                    stream(text[len(shown):])
-                    shown = text
-            logits, state = self.model.step(token, state)  # (N, V)
+        check_precision(precision, device)
+        with autocast(precision, device):
+            generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+            logits, state = self.model(torch.tensor([prime_ids] * num_samples, device=device))  # (N, P, V)
+            logits = logits[:, -1].float()  # sampled in float32 whatever the precision
+            produced: list[Tensor] = []
+            shown = prime
+            for _ in range(max_tokens):
+                logits[:, : len(SPECIALS)] = float("-inf")  # never <pad>, <unk>, <bos>, <eos>
+                token = sample_next(logits, temperature, top_k, top_p, generator)  # (N,)
+                produced.append(token)
+                if stream is not None:  # decode the whole so far: a byte-level token may end mid-character
+                    text = prime + self.tokenizer.decode(torch.stack(produced, 1)[0].tolist())
+                    if text.startswith(shown) and len(text) > len(shown):
+                        stream(text[len(shown):])
+                        shown = text
+                logits, state = self.model.step(token, state)  # (N, V)
+                logits = logits.float()
         ids = torch.stack(produced, 1).tolist() if produced else [[] for _ in range(num_samples)]
         return [prime + self.tokenizer.decode(row) for row in ids]
 
