@@ -76,15 +76,16 @@ def test_bf16_loss_is_close_to_fp32_but_not_equal():
     assert low == pytest.approx(full, rel=0.02)  # ... and cost little (bfloat16 keeps ~3 significant digits)
 
 
-def test_bf16_without_native_support_is_a_clear_error_and_trains_nothing(monkeypatch):
+def test_bf16_without_native_support_is_a_clear_error_and_trains_nothing(monkeypatch, tmp_path):
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
     model = Tagger()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(RnnkitError, match=r"^precision 'bf16' would run slower than 'fp32' here: this CPU has "
                                           r"neither AVX-512 BF16 nor AMX; use precision 'fp32'$"):
-        fit(model, RecordingLoss(), delayed_copy(32), config=_quiet(precision="bf16"))
+        fit(model, RecordingLoss(), delayed_copy(32), config=_quiet(precision="bf16"), checkpoint_dir=tmp_path / "run")
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not (tmp_path / "run").exists()  # no checkpoint directory left behind
 
 
 def test_unknown_precision_is_rejected_by_name():

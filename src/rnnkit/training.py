@@ -91,7 +91,7 @@ class TrainConfig(JsonConfig):
     progress: bool = True                   # a rich progress bar; switch it off in scripts and tests
     device: str = "auto"                    # "auto" = cuda if available, else cpu
     precision: str = "fp32"                 # "bf16": products in bfloat16 under autocast, weights float32;
-    #                                         ~1.3-1.9x faster where the CPU has AVX-512 BF16 or AMX (precision.py)
+    #                                         1.2-1.6x faster where the CPU has AVX-512 BF16 or AMX (precision.py)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -253,9 +253,9 @@ def fit(
     val = None if val is None else _as_data(val, "val", config)
     if config.patience is not None and val is None:
         raise RnnkitError(f"patience={config.patience} needs validation data; pass val=... or patience=None")
-    directory = prepare_directory(checkpoint_dir, config, resume)
     device, n = _device(config.device), len(train[0])
     check_precision(config.precision, device)
+    directory = prepare_directory(checkpoint_dir, config, resume)
     if device.type == "cpu":
         keep_freed_memory()  # each step's activations reused, not page-faulted in again (allocator.py)
     model.to(device).train()

@@ -15,6 +15,10 @@ Cost: the same language model trained from the same seed for the same steps (one
 the first 95 % of Shakespeare's text, or a slice of it) in each precision, then scored in
 float32 on the held-out last 5 %: bits per character and their difference. The full run
 also trains each for the same wall-clock budget: what a user with ``--minutes`` gets.
+
+Generation: the float32-trained model generating one stream (``rnnkit textgen sample``), one
+thread, per token with ``precision="fp32"`` and ``"bf16"``, interleaved; and how many greedy
+tokens the two precisions produce alike before they first differ.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ..data.text import load_shakespeare
 from ..layers import Recurrent
 from ..precision import autocast, native_bf16
 from ..tasks.textgen import TextGenerator, TextGeneratorConfig, language_model, next_token_loss
-from .timing import interleaved
+from .timing import interleaved, threads
 
 CPU = torch.device("cpu")
 LM = TextGeneratorConfig()  # rnnkit textgen train's defaults
@@ -82,13 +86,26 @@ def speed(quick: bool) -> dict:
             "raw": timed}
 
 
-def _train_lm(text: str, val_text: str, precision: str, **options) -> dict:
+def _train_lm(text: str, val_text: str, precision: str, **options) -> tuple[dict, TextGenerator]:
     config = TextGeneratorConfig(precision=precision, progress=False, **options)
     start = time.perf_counter()
     lm = TextGenerator(config).fit(text, val_text)
     m = lm.metrics
     return {"steps": m["steps"], "train_seconds": time.perf_counter() - start,
-            "train_tokens_per_s": m["train_tokens_per_s"], "val_bpc": m["val_bpc"]}
+            "train_tokens_per_s": m["train_tokens_per_s"], "val_bpc": m["val_bpc"]}, lm
+
+
+def generation(lm: TextGenerator, quick: bool) -> dict:
+    """Per-token time of one stream in each precision, and the greedy tokens they share before differing."""
+    tokens = 100 if quick else 300
+    candidates = {p: (lambda p=p: lm.sample("ROMEO:", 1, tokens, seed=0, precision=p)) for p in ("fp32", "bf16")}
+    with threads(1):
+        timed = interleaved(candidates, {"bf16": "fp32"}, repeats=3 if quick else 7, seconds=0.3 if quick else 1.0)
+    full, low = (lm.sample("", 1, tokens, temperature=0.0, precision=p)[0] for p in ("fp32", "bf16"))
+    alike = next((k for k, (a, b) in enumerate(zip(full, low)) if a != b), min(len(full), len(low)))
+    return {"us_per_token": {p: 1e6 * r["seconds_per_call"] / tokens for p, r in timed.items()},
+            "bf16_speedup": timed["bf16"]["speedup_vs_baseline"],
+            "greedy_characters_alike": alike, "greedy_characters": tokens}
 
 
 def accuracy(quick: bool) -> dict:
@@ -100,19 +117,23 @@ def accuracy(quick: bool) -> dict:
     options = dict(hidden_size=128, epochs=1, minutes=None) if quick else dict(epochs=1, minutes=None)
     train = train[:200_000] if quick else train[:1_500_000]  # full: ~360 steps of 32 x 128 characters
     val = val[:20_000] if quick else val
-    result = {"same_steps": {p: _train_lm(train, val, p, **options) for p in ("fp32", "bf16")}}
+    (full, lm), (low, _) = (_train_lm(train, val, p, **options) for p in ("fp32", "bf16"))
+    result = {"same_steps": {"fp32": full, "bf16": low}}
     if not quick:
         budget = dict(minutes=1.5, epochs=100)
-        result["same_budget_1.5_min"] = {p: _train_lm(text[:cut], val, p, **budget) for p in ("fp32", "bf16")}
-    return result
+        result["same_budget_1.5_min"] = {p: _train_lm(text[:cut], val, p, **budget)[0] for p in ("fp32", "bf16")}
+    return result, lm
 
 
 def run(quick: bool = False) -> dict:
     """The whole precision benchmark (what ``benchmarks/precision.py`` writes)."""
     if not native_bf16(CPU):
         return {"skipped": "this CPU has no native bfloat16 (AVX-512 BF16 or AMX)", "ratios": {}}
-    result = {"speed": speed(quick), "accuracy": accuracy(quick)}
+    result = {"speed": speed(quick)}
+    result["accuracy"], lm = accuracy(quick)
+    result["generation"] = generation(lm, quick)
     ratios = {f"bf16 training speed-up: {n}": r for n, r in result["speed"]["bf16_speedup"].items()}
+    ratios["bf16 generation speed-up, one stream, per token"] = result["generation"]["bf16_speedup"]
     for what, runs in result["accuracy"].items():
         ratios[f"held-out bits/char, {what.replace('_', ' ')}: fp32"] = runs["fp32"]["val_bpc"]
         ratios[f"held-out bits/char, {what.replace('_', ' ')}: bf16"] = runs["bf16"]["val_bpc"]
