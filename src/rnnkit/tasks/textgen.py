@@ -231,13 +231,14 @@ class TextGenerator:
             logits, state = self.model(torch.tensor([prime_ids] * num_samples, device=device))  # (N, P, V)
             logits = logits[:, -1].float()  # sampled in float32 whatever the precision
             produced: list[Tensor] = []
-            shown = prime
+            shown, streamed = prime, []  # streamed: the one sample's ids so far, as ints
             for _ in range(max_tokens):
                 logits[:, : len(SPECIALS)] = float("-inf")  # never <pad>, <unk>, <bos>, <eos>
                 token = sample_next(logits, temperature, top_k, top_p, generator)  # (N,)
                 produced.append(token)
                 if stream is not None:  # decode the whole so far: a byte-level token may end mid-character
-                    text = prime + self.tokenizer.decode(torch.stack(produced, 1)[0].tolist())
+                    streamed.append(int(token[0]))
+                    text = prime + self.tokenizer.decode(streamed)
                     if text.startswith(shown) and len(text) > len(shown):
                         stream(text[len(shown):])
                         shown = text
