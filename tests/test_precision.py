@@ -6,33 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from rnnkit import LSTM, RnnkitError
+from rnnkit import RnnkitError
 from rnnkit.precision import autocast, check_precision, linear_at_best_precision, native_bf16
 from rnnkit.tasks import classify, textgen, translate
 from rnnkit.training import TrainConfig, evaluate, fit
+from test_training import Tagger, delayed_copy  # the trainer's own test model and task
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not native_bf16(CPU), reason="this CPU has no native bfloat16 (AVX-512 BF16 or AMX)")
-
-
-class Tagger(nn.Module):
-    """An LSTM and a linear head at every step."""
-
-    def __init__(self, hidden: int = 16) -> None:
-        super().__init__()
-        self.cell = LSTM(1, hidden)
-        self.head = nn.Linear(hidden, 1)
-
-    def forward(self, x):
-        return self.head(self.cell(x)[0])
-
-
-def delayed_copy(n: int, seed: int = 0, steps: int = 12, delay: int = 2):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, steps, 1, generator=g)
-    y = torch.zeros_like(x)
-    y[:, delay:] = x[:, :-delay]
-    return x, y
 
 
 class RecordingLoss:
@@ -43,7 +24,7 @@ class RecordingLoss:
 
     def __call__(self, model, batch, state):
         self.seen.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
-        return nn.functional.mse_loss(model(batch[0]), batch[1]), None
+        return nn.functional.mse_loss(model(batch[0])[0], batch[1]), None
 
 
 def _quiet(**kw) -> TrainConfig:
