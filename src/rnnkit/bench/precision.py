@@ -34,6 +34,7 @@ from ..data.text import load_shakespeare
 from ..layers import Recurrent
 from ..precision import autocast, native_bf16
 from ..tasks.textgen import TextGenerator, TextGeneratorConfig, language_model, next_token_loss
+from . import kernel_path
 from .timing import interleaved, threads
 
 CPU = torch.device("cpu")
@@ -129,7 +130,9 @@ def run(quick: bool = False) -> dict:
     """The whole precision benchmark (what ``benchmarks/precision.py`` writes)."""
     if not native_bf16(CPU):
         return {"skipped": "this CPU has no native bfloat16 (AVX-512 BF16 or AMX)", "ratios": {}}
-    result = {"speed": speed(quick)}
+    # the compiled kernels its cells and generation run on (built now if need be, cached), as the other suites do
+    result = {"kernel_paths": {name: kernel_path(name) for name in ("stream", "scan", "gru", "lstm")}}
+    result["speed"] = speed(quick)
     result["accuracy"], lm = accuracy(quick)
     result["generation"] = generation(lm, quick)
     ratios = {f"bf16 training speed-up: {n}": r for n, r in result["speed"]["bf16_speedup"].items()}

@@ -32,8 +32,9 @@ def bench(
     if unknown:
         raise RnnkitError(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
     console = Console()
-    pairs = (("streaming", "stream"), ("scan", "scan"), ("fused", "gru"), ("fused", "lstm"))
-    wanted = [kernel for suite, kernel in pairs if suite in suites]
+    pairs = (("streaming", "stream"), ("scan", "scan"), ("fused", "gru"), ("fused", "lstm"),
+             ("precision", "stream"), ("precision", "scan"), ("precision", "gru"), ("precision", "lstm"))
+    wanted = list(dict.fromkeys(kernel for suite, kernel in pairs if suite in suites))
     if build_kernel and wanted:
         from ..cells import kernels
 
