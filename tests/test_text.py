@@ -16,7 +16,7 @@ from rnnkit.data.text import load_kjv, load_shakespeare, load_tweets, read_text,
 from rnnkit.data.tokenizers import build_tokenizer, tokenizer_from_dict
 from rnnkit.errors import DataError, RnnkitError
 from rnnkit.tasks.classify import SequenceClassifier, classifier_model, pad_ids, SequenceClassifierConfig
-from rnnkit.tasks.textgen import TextGenerator, next_token_loss, sample_next, streams, with_state_resets
+from rnnkit.tasks.textgen import TextGenerator, TextStream, next_token_loss, sample_next, streams, with_state_resets
 from rnnkit.topologies import ManyToMany
 from rnnkit.training import TrainConfig, lr_at
 
@@ -265,3 +265,21 @@ def test_an_ensemble_averages_its_members_probabilities_and_round_trips(tmp_path
     assert clf.predict(["a great film", "an awful plot"]) == ["pos", "neg"]
     again = rnnkit.load(clf.save(tmp_path / "clf.rnnkit"))
     np.testing.assert_allclose(again.predict_proba(texts).iloc[:, 1:], clf.predict_proba(texts).iloc[:, 1:])
+
+
+@pytest.mark.parametrize("kind,text", [("bpe", "café ñandú, naïve señor"), ("word", "the cat sat on the mat"),
+                                       ("char", "ROMEO: señor")])
+def test_streamed_pieces_add_up_to_the_text_and_never_print_half_a_character(kind, text) -> None:
+    corpus = "hello world, the cat sat on the mat. " * 50 + "café naïve"  # no "ñ": BPE spells it in two bytes
+    tokenizer = build_tokenizer(kind, [corpus + (" " + text if kind != "bpe" else "")],
+                                **({"vocab_size": 300} if kind == "bpe" else {}))
+    ids = tokenizer.encode(text)
+    pieces: list[str] = []
+    printer = TextStream(tokenizer, pieces.append)
+    for i in ids:
+        printer.add(i)
+    printer.finish()
+    assert "".join(pieces) == tokenizer.decode(ids)
+    assert not any("\ufffd" in piece for piece in pieces)
+    if kind == "bpe":
+        assert len(ids) > len(pieces)  # a split character waited for its second byte

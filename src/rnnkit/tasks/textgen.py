@@ -131,6 +131,38 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] =
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
+class TextStream:
+    """Hands ``stream`` one sample's text as its tokens arrive, each piece once.
+
+    A byte-level BPE token can end inside a character, which decodes as U+FFFD until the next
+    token completes it: that text is held back rather than printed half. Each token decodes
+    only the tokens not printed yet plus ``CONTEXT`` before them (a word tokenizer's spaces
+    depend on the previous token), so a long sample costs no more per token than a short one.
+    """
+
+    CONTEXT = 8
+
+    def __init__(self, tokenizer: Tokenizer, stream: Callable[[str], Any]) -> None:
+        self.tokenizer, self.stream, self.ids, self.printed = tokenizer, stream, [], 0
+
+    def add(self, token: int) -> None:
+        """Take the next token; print the text it completes."""
+        self.ids.append(token)
+        self._print(final=False)
+
+    def finish(self) -> None:
+        """Print what is held back (an incomplete character at the very end prints as U+FFFD)."""
+        self._print(final=True)
+
+    def _print(self, final: bool) -> None:
+        start = max(0, self.printed - self.CONTEXT)
+        before, text = self.tokenizer.decode(self.ids[start:self.printed]), self.tokenizer.decode(self.ids[start:])
+        if len(text) <= len(before) or not text.startswith(before) or (text.endswith("\ufffd") and not final):
+            return  # nothing new yet, or a character still incomplete
+        self.stream(text[len(before):])
+        self.printed = len(self.ids)
+
+
 class TextGenerator:
     """A recurrent language model: ``fit`` a corpus, ``generate`` text, score held-out text.
 
@@ -231,19 +263,17 @@ class TextGenerator:
             logits, state = self.model(torch.tensor([prime_ids] * num_samples, device=device))  # (N, P, V)
             logits = logits[:, -1].float()  # sampled in float32 whatever the precision
             produced: list[Tensor] = []
-            shown, streamed = prime, []  # streamed: the one sample's ids so far, as ints
+            printer = TextStream(self.tokenizer, stream) if stream is not None else None
             for _ in range(max_tokens):
                 logits[:, : len(SPECIALS)] = float("-inf")  # never <pad>, <unk>, <bos>, <eos>
                 token = sample_next(logits, temperature, top_k, top_p, generator)  # (N,)
                 produced.append(token)
-                if stream is not None:  # decode the whole so far: a byte-level token may end mid-character
-                    streamed.append(int(token[0]))
-                    text = prime + self.tokenizer.decode(streamed)
-                    if text.startswith(shown) and len(text) > len(shown):
-                        stream(text[len(shown):])
-                        shown = text
+                if printer is not None:
+                    printer.add(int(token[0]))
                 logits, state = self.model.step(token, state)  # (N, V)
                 logits = logits.float()
+        if printer is not None:
+            printer.finish()
         ids = torch.stack(produced, 1).tolist() if produced else [[] for _ in range(num_samples)]
         return [prime + self.tokenizer.decode(row) for row in ids]
 
