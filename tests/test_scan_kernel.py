@@ -119,7 +119,27 @@ def test_reused_buffers_survive_retain_graph_and_are_reused(scan_kernel, monkeyp
     for _ in range(3):
         other, _ = cell(torch.randn(B, T, I))
         other.sum().backward()
-    assert len(pool) == sizes <= 4
+    assert len(pool) == sizes <= buffers.MAX_BUFFERS
+
+
+@pytest.mark.slow
+@MINIMAL
+def test_outputs_a_caller_keeps_are_never_reused(scan_kernel, cls, monkeypatch):
+    """The outputs come from the reused buffers too: while a caller holds them (no graph
+    needed), later calls must write elsewhere; once dropped, their buffer serves again."""
+    from rnnkit.cells import buffers
+
+    monkeypatch.setitem(kernels._loaded, "scan", scan_kernel)
+    monkeypatch.setattr(buffers._pools, "buffers", [], raising=False)  # room for this test's buffers
+    cell = cls(I, H)
+    with torch.no_grad():
+        kept = [cell(torch.randn(B, T, I))[0] for _ in range(3)]
+        copies = [k.clone() for k in kept]
+        for _ in range(3):
+            cell(torch.randn(B, T, I) * 3)
+        pointers = {cell(torch.randn(B, T, I))[0].data_ptr() for _ in range(3)}
+    assert all(torch.equal(k, c) for k, c in zip(kept, copies))
+    assert len(pointers) == 1 and not pointers & {k.data_ptr() for k in kept}
 
 
 @pytest.mark.slow

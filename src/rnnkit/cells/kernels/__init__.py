@@ -40,6 +40,12 @@ import torch
 
 from ...errors import RnnkitError
 
+# GCC vectorises `omp simd` loops 256 bits wide on AVX-512 CPUs unless told otherwise (its
+# tuning for Intel's and AMD's server parts): at 512 bits the minLSTM scan's passes run 1.4x
+# (forward) and 1.7x (backward) faster on a Xeon with AVX-512.
+# x86 only (other targets reject the flag); the stream kernel picks its own width (blocked_lstm.h).
+_WIDE = ("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ()
+
 #: kernel name -> (source file, extra compiler flags, what runs without it)
 KERNELS: dict[str, tuple[str, tuple[str, ...], str]] = {
     # -march=native: vectors as wide as the CPU's (AVX-512 here), for the CPU that builds (and,
@@ -50,9 +56,9 @@ KERNELS: dict[str, tuple[str, tuple[str, ...], str]] = {
     # matrix-vector product (ISO C++ mode turns them off otherwise).
     "stream": ("stream_step.cpp", ("-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"),
                "LSTM steps run as Python ops"),
-    "scan": ("linear_scan.cpp", ("-O3", "-march=native", "-fopenmp"), "minGRU/minLSTM scan in Python ops"),
-    "gru": ("gru_scan.cpp", ("-O3", "-march=native", "-fopenmp"), "the GRU's time loop runs as Python ops"),
-    "lstm": ("lstm_scan.cpp", ("-O3", "-march=native", "-fopenmp"),
+    "scan": ("linear_scan.cpp", ("-O3", "-march=native", "-fopenmp", *_WIDE), "minGRU/minLSTM scan in Python ops"),
+    "gru": ("gru_scan.cpp", ("-O3", "-march=native", "-fopenmp", *_WIDE), "the GRU's time loop runs as Python ops"),
+    "lstm": ("lstm_scan.cpp", ("-O3", "-march=native", "-fopenmp", *_WIDE),
              "the LayerNorm/peephole LSTM's time loop runs as Python ops"),
 }
 log = logging.getLogger("rnnkit")

@@ -179,11 +179,14 @@ void check(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h0, i
 
 }  // namespace
 
-// xw (B*T, C*H) = x W^T without the bias; bias (C*H,); h0 (B, H). Returns h (B, T, H).
-at::Tensor scan_forward(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h0, int64_t chunks) {
+// xw (B*T, C*H) = x W^T without the bias; bias (C*H,); h0 (B, H). Writes and returns h (B, T, H)
+// (the caller may reuse it across calls, as dk below).
+at::Tensor scan_forward(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h0, int64_t chunks,
+                        at::Tensor h) {
   check(xw, bias, h0, chunks);
   const int64_t B = h0.size(0), H = h0.size(1), T_ = xw.size(0) / B;
-  auto h = at::empty({B, T_, H}, xw.options());
+  TORCH_CHECK(h.is_contiguous() && h.sizes() == at::IntArrayRef({B, T_, H}) && h.scalar_type() == xw.scalar_type(),
+              "h must be a contiguous (B, T, H) tensor of xw's dtype");
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "scan_forward", [&] {
     const auto *k = xw.data_ptr<scalar_t>(), *bi = bias.data_ptr<scalar_t>(), *h0_ = h0.data_ptr<scalar_t>();
     auto* out = h.data_ptr<scalar_t>();
