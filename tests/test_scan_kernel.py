@@ -68,6 +68,33 @@ def test_compiled_scan_equals_python_scan_and_reference(scan_kernel, cls, bias):
 
 @pytest.mark.slow
 @MINIMAL
+@pytest.mark.parametrize("input_grad", [True, False], ids=["dx", "no-dx"])
+def test_fused_backward_carries_the_gradient_across_its_chunks(scan_kernel, cls, input_grad):
+    """300 steps: the fused backward's chunks of 128 steps (two whole, one part) must hand the
+    gradient on from chunk to chunk, and its chunked GEMMs give the whole dW and dx."""
+    torch.manual_seed(4)
+    cell = cls(I, H).double()
+    x, h0 = torch.randn(2, 300, I, dtype=torch.float64), torch.randn(2, H, dtype=torch.float64)
+
+    def gradients(kernel):
+        saved = dict(kernels._loaded)
+        kernels._loaded["scan"] = kernel
+        try:
+            xs = x.clone().requires_grad_(input_grad)
+            out, _ = cell(xs, h0)
+            assert (type(out.grad_fn).__name__ == "_CompiledScanBackward") == (kernel is not None)
+            wanted = [xs, *cell.parameters()] if input_grad else list(cell.parameters())
+            return torch.autograd.grad((out * out.detach().cos()).sum(), wanted)
+        finally:
+            kernels._loaded.clear()
+            kernels._loaded.update(saved)
+
+    for fused, python in zip(gradients(scan_kernel), gradients(None)):
+        assert torch.allclose(fused, python, atol=1e-11), f"max abs diff {(fused - python).abs().max():.3g}"
+
+
+@pytest.mark.slow
+@MINIMAL
 def test_compiled_scan_gradcheck_float64(scan_kernel, cls):
     torch.manual_seed(2)
     chunks = cls.num_chunks

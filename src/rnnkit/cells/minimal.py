@@ -171,7 +171,9 @@ class _CompiledScan(torch.autograd.Function):
 
     Forward: one GEMM for every gate, then one pass over time that computes the gates and the
     scan together; backward: one reverse pass that produces the gates' pre-activation
-    gradients ``dk`` (and ``db``, ``dh0``), then the GEMMs ``dW = dk^T x`` and ``dx = dk W``.
+    gradients ``dk`` (and ``db``, ``dh0``), and the GEMMs ``dW = dk^T x`` and ``dx = dk W``,
+    fused: a chunk of steps' ``dk`` goes into them while it is in cache (float32 and float64;
+    under autocast the whole ``dk``, converted, then the GEMMs).
     Only ``x W^T`` and ``h`` are kept in between; the gates are recomputed. Under CPU
     autocast the two GEMMs run in its dtype (:func:`_autocast_dtype`). The same
     equations as :class:`LinearScan` with ``_MinGRUCoefficients``/``_MinLSTMCoefficients``,
@@ -201,6 +203,11 @@ class _CompiledScan(torch.autograd.Function):
     def backward(ctx, dh: Tensor):
         x2, weight, bias, xw, h, h0 = ctx.saved_tensors
         chunks = weight.size(0) // h0.size(1)
+        if ctx.low is None and ctx.needs_input_grad[1]:  # dk straight into the GEMMs, chunk by chunk
+            dweight, dbias, dh0, dx = ctx.kernel.scan_backward_fused(
+                xw, bias, h, h0, dh.contiguous(), x2.contiguous(), weight.contiguous(), chunks, ctx.needs_input_grad[0])
+            dx = dx.view(ctx.input_shape) if ctx.needs_input_grad[0] else None
+            return dx, dweight, dbias if ctx.has_bias else None, dh0, None
         dk = _reused_buffer(xw.shape, xw.dtype)  # (B*T, C*H): dL/d(x W^T + b)
         _, dbias, dh0 = ctx.kernel.scan_backward(xw, bias, h, h0, dh.contiguous(), dk, chunks)
         dk_ = dk if ctx.low is None else dk.to(ctx.low)  # the GEMMs in the forward's dtype

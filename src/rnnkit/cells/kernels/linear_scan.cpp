@@ -137,35 +137,39 @@ inline void prefetch_rows(const T* k, int64_t width, const T* g, const T* h_prev
   }
 }
 
-// carry (2H scratch): a_{t+1} and G_{t+1}; dbias (C*H) accumulates this thread's rows.
+// Steps t_hi-1 down to t_lo of batch row b. carry (2H): a_{t+1} and G_{t+1}, zero past the last
+// step and carried from one range to the next; step t's dk goes to row t - t_lo of dk_rows;
+// dbias (C*H) accumulates.
 template <typename Cell, typename T>
-void backward_rows(const T* xw, const T* bias, const T* h, const T* h0, const T* dh, T* dk, T* dh0, T* dbias,
-                   T* carry, int64_t b0, int64_t b1, int64_t T_, int64_t H) {
+void backward_steps(const T* xw, const T* bias, const T* h, const T* h0, const T* dh, T* dk_rows, T* dbias,
+                    T* carry, int64_t b, int64_t t_lo, int64_t t_hi, int64_t T_, int64_t H) {
   const int64_t width = Cell::chunks * H;
   T* a_next = carry;
   T* G_next = carry + H;
-  for (int64_t b = b0; b < b1; ++b) {
-    std::fill(carry, carry + 2 * H, T(0));  // nothing flows back past the last step
-    for (int64_t t = T_ - 1; t >= 0; --t) {
-      const int64_t row = b * T_ + t;
-      const T* k = xw + row * width;
-      T* d = dk + row * width;
-      const T* g_out = dh + row * H;
-      const T* h_prev = t > 0 ? h + (row - 1) * H : h0 + b * H;
-      if (t >= kAhead + 1) prefetch_rows(xw + (row - kAhead) * width, width, dh + (row - kAhead) * H,
-                                         h + (row - kAhead - 1) * H, H);
+  for (int64_t t = t_hi - 1; t >= t_lo; --t) {
+    const int64_t row = b * T_ + t;
+    const T* k = xw + row * width;
+    T* d = dk_rows + (t - t_lo) * width;
+    const T* g_out = dh + row * H;
+    const T* h_prev = t > 0 ? h + (row - 1) * H : h0 + b * H;
+    if (t >= kAhead + 1) prefetch_rows(xw + (row - kAhead) * width, width, dh + (row - kAhead) * H,
+                                       h + (row - kAhead - 1) * H, H);
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) {
-        const T G = g_out[j] + a_next[j] * G_next[j];
-        a_next[j] = Cell::grad(k, bias, H, j, h_prev[j], G, d);
-        G_next[j] = G;
-      }
-#pragma omp simd
-      for (int64_t j = 0; j < width; ++j) dbias[j] += d[j];
+    for (int64_t j = 0; j < H; ++j) {
+      const T G = g_out[j] + a_next[j] * G_next[j];
+      a_next[j] = Cell::grad(k, bias, H, j, h_prev[j], G, d);
+      G_next[j] = G;
     }
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) dh0[b * H + j] = a_next[j] * G_next[j];
+    for (int64_t j = 0; j < width; ++j) dbias[j] += d[j];
   }
+}
+
+// dh0 of batch row b once its steps are done: a_1 G_1.
+template <typename T>
+inline void finish_row(const T* carry, T* dh0, int64_t b, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) dh0[b * H + j] = carry[j] * carry[H + j];
 }
 
 void check(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h0, int64_t chunks) {
@@ -220,17 +224,76 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& xw, const at::Tensor& bi
          *c = carry.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {  // one row at a time: its own dbias row and scratch
-        if (chunks == 2)
-          backward_rows<MinGRU<scalar_t>>(k, bi, h_, h0_, dh_, d, dh0_, db + b * width, c + b * 2 * H, b, b + 1, T_, H);
-        else
-          backward_rows<MinLSTM<scalar_t>>(k, bi, h_, h0_, dh_, d, dh0_, db + b * width, c + b * 2 * H, b, b + 1, T_, H);
+        scalar_t* carry_b = c + b * 2 * H;
+        std::fill(carry_b, carry_b + 2 * H, scalar_t(0));
+        auto steps = chunks == 2 ? backward_steps<MinGRU<scalar_t>, scalar_t> : backward_steps<MinLSTM<scalar_t>, scalar_t>;
+        steps(k, bi, h_, h0_, dh_, d + b * T_ * width, db + b * width, carry_b, b, 0, T_, T_, H);
+        finish_row(carry_b, dh0_, b, H);
       }
     });
   });
   return {dk, dbias_rows.sum(0), dh0};
 }
 
+// Steps per chunk of the fused backward: its dk (kChunk, C*H), 384 KB for minLSTM at H=256,
+// stays in L2 between the pass that writes it and the GEMMs that read it.
+constexpr int64_t kChunk = 128;
+
+// scan_backward fused with the projection's gradients, for x2 (B*T, I) and weight (C*H, I):
+// (dweight (C*H, I), dbias, dh0, dx (B*T, I), or undefined unless input_grad). Each batch row's
+// steps run backwards in chunks of kChunk, and each chunk's dk goes straight into
+//   dW^T += x_chunk^T dk_chunk,   dx_chunk = dk_chunk W
+// (the long reduction over B*T as x^T dk: MKL's faster layout), so the (B*T, C*H) dk is never
+// written to memory and read back by the GEMMs: 100 MB at T=1024, H=256, B=16, about as long
+// as the pass itself where one core streams memory at ~10-20 GB/s.
+std::vector<at::Tensor> scan_backward_fused(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h,
+                                            const at::Tensor& h0, const at::Tensor& dh, const at::Tensor& x2,
+                                            const at::Tensor& weight, int64_t chunks, bool input_grad) {
+  check(xw, bias, h0, chunks);
+  TORCH_CHECK(h.is_contiguous() && dh.is_contiguous() && dh.sizes() == h.sizes(), "contiguous h, dh expected");
+  TORCH_CHECK(x2.dim() == 2 && x2.is_contiguous() && x2.size(0) == xw.size(0) && weight.dim() == 2 &&
+                  weight.is_contiguous() && weight.size(0) == xw.size(1) && weight.size(1) == x2.size(1) &&
+                  x2.scalar_type() == xw.scalar_type() && weight.scalar_type() == xw.scalar_type(),
+              "contiguous x (B*T, I) and weight (C*H, I) of xw's dtype expected");
+  const int64_t B = h0.size(0), H = h0.size(1), T_ = xw.size(0) / B, width = xw.size(1), I = x2.size(1);
+  const int64_t threads = at::get_num_threads();
+  auto opt = xw.options();
+  auto dweight_t = at::zeros({threads, I, width}, opt);  // per thread: dW^T (I, C*H)
+  auto dbias_rows = at::zeros({B, width}, opt);
+  auto dh0 = at::empty_like(h0);
+  auto dx = input_grad ? at::empty({B * T_, I}, opt) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "scan_backward_fused", [&] {
+    const auto *k = xw.data_ptr<scalar_t>(), *bi = bias.data_ptr<scalar_t>(), *h_ = h.data_ptr<scalar_t>(),
+               *h0_ = h0.data_ptr<scalar_t>(), *dh_ = dh.data_ptr<scalar_t>();
+    auto *dh0_ = dh0.data_ptr<scalar_t>(), *db = dbias_rows.data_ptr<scalar_t>();
+    auto steps = chunks == 2 ? backward_steps<MinGRU<scalar_t>, scalar_t> : backward_steps<MinLSTM<scalar_t>, scalar_t>;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      const int64_t thread = at::get_thread_num();
+      TORCH_CHECK(thread < threads, "more threads than at::get_num_threads()");
+      at::Tensor dk = at::empty({kChunk, width}, opt), dwt = dweight_t[thread];
+      auto carry = at::zeros({2 * H}, opt);
+      scalar_t *d = dk.data_ptr<scalar_t>(), *c = carry.data_ptr<scalar_t>();
+      for (int64_t b = b0; b < b1; ++b) {
+        std::fill(c, c + 2 * H, scalar_t(0));
+        for (int64_t t_hi = T_; t_hi > 0; t_hi -= kChunk) {
+          const int64_t t_lo = std::max<int64_t>(0, t_hi - kChunk), n = t_hi - t_lo, row = b * T_ + t_lo;
+          steps(k, bi, h_, h0_, dh_, d, db + b * width, c, b, t_lo, t_hi, T_, H);
+          const auto dk_n = dk.narrow(0, 0, n);
+          dwt.addmm_(x2.narrow(0, row, n).t(), dk_n);
+          if (input_grad) {
+            at::Tensor dx_n = dx.narrow(0, row, n);
+            at::mm_out(dx_n, dk_n, weight);
+          }
+        }
+        finish_row(c, dh0_, b, H);
+      }
+    });
+  });
+  return {dweight_t.sum(0).t().contiguous(), dbias_rows.sum(0), dh0, dx};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_forward", &scan_forward, "minGRU/minLSTM gates and linear scan over a sequence");
   m.def("scan_backward", &scan_backward, "the gradient of scan_forward");
+  m.def("scan_backward_fused", &scan_backward_fused, "the gradients of scan_forward and of the projection before it");
 }
