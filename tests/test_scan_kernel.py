@@ -95,6 +95,25 @@ def test_fused_backward_carries_the_gradient_across_its_chunks(scan_kernel, cls,
 
 @pytest.mark.slow
 @MINIMAL
+def test_two_threads_and_two_layers_give_the_one_thread_gradients(scan_kernel, cls, monkeypatch):
+    """The fused backward's GEMMs run on torch's other threads too, where grad mode is on: with
+    a second layer's input requiring grad they must still run, unrecorded, and agree."""
+    monkeypatch.setitem(kernels._loaded, "scan", scan_kernel)
+    torch.manual_seed(5)
+    stack = rnnkit.layers.Recurrent(I, H, cell=cls.__name__.lower(), num_layers=2).double()
+    x = torch.randn(4, 300, I, dtype=torch.float64)
+    grads = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        xs = x.clone().requires_grad_(True)
+        out, _ = stack(xs)
+        grads.append(torch.autograd.grad(out.square().sum(), [xs, *stack.parameters()]))
+    for one, two in zip(*grads):
+        assert not two.requires_grad and torch.allclose(one, two, atol=1e-11)
+
+
+@pytest.mark.slow
+@MINIMAL
 def test_compiled_scan_gradcheck_float64(scan_kernel, cls):
     torch.manual_seed(2)
     chunks = cls.num_chunks

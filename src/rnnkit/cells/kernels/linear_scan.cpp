@@ -262,6 +262,9 @@ std::vector<at::Tensor> scan_backward_fused(const at::Tensor& xw, const at::Tens
   auto dbias_rows = at::zeros({B, width}, opt);
   auto dh0 = at::empty_like(h0);
   auto dx = input_grad ? at::empty({B * T_, I}, opt) : at::Tensor();
+  // Detached: grad mode is per thread, on in torch's other threads, and these GEMMs must not
+  // be recorded (an out= GEMM on a tensor that requires grad refuses to run at all).
+  const at::Tensor x_ = x2.detach(), w_ = weight.detach();
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "scan_backward_fused", [&] {
     const auto *k = xw.data_ptr<scalar_t>(), *bi = bias.data_ptr<scalar_t>(), *h_ = h.data_ptr<scalar_t>(),
                *h0_ = h0.data_ptr<scalar_t>(), *dh_ = dh.data_ptr<scalar_t>();
@@ -279,10 +282,10 @@ std::vector<at::Tensor> scan_backward_fused(const at::Tensor& xw, const at::Tens
           const int64_t t_lo = std::max<int64_t>(0, t_hi - kChunk), n = t_hi - t_lo, row = b * T_ + t_lo;
           steps(k, bi, h_, h0_, dh_, d, db + b * width, c, b, t_lo, t_hi, T_, H);
           const auto dk_n = dk.narrow(0, 0, n);
-          dwt.addmm_(x2.narrow(0, row, n).t(), dk_n);
+          dwt.addmm_(x_.narrow(0, row, n).t(), dk_n);
           if (input_grad) {
             at::Tensor dx_n = dx.narrow(0, row, n);
-            at::mm_out(dx_n, dk_n, weight);
+            at::mm_out(dx_n, dk_n, w_);
           }
         }
         finish_row(c, dh0_, b, H);
