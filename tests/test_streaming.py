@@ -92,6 +92,24 @@ def test_step_equals_torch_nn_lstm_over_many_steps(path, batch, input_size, hidd
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_a_step_does_not_depend_on_the_order_its_weight_passes_ran_in(built_kernel, monkeypatch, layers):
+    """The kernel reads a layer's weight halves in an order that alternates from step to step
+    (what one step leaves in L2, the next reads first): the same input and state must give
+    bit-identical outputs on an even and an odd step, float32 and bfloat16 alike."""
+    monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
+    torch.manual_seed(2)
+    layer = Recurrent(40, 48, num_layers=layers).eval()
+    x = torch.randn(3, 40)
+    state = (torch.randn(layers, 3, 48), torch.randn(layers, 3, 48))
+    for bf16 in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            first, second = layer.step(x, state), layer.step(x, state)
+        assert _compiled(layer) is not None
+        assert torch.equal(first[0], second[0]) and all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
+
+
+@pytest.mark.slow
 def test_kernel_above_the_blocked_batch_runs_mkl_and_equals_torch_nn(built_kernel, monkeypatch):
     monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
     monkeypatch.setattr(streaming, "BLOCKED_MAX_BATCH", {built_kernel.LANES: 2})

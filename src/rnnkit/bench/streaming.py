@@ -10,9 +10,11 @@ Per-step latency, batch 1, one thread, state carried from step to step, of
 
 next to the memory-bandwidth floor of reading the weights once per step, measured on the
 same bytes (all four weight matrices, fp32, 4 MB: more than one core's L2, so they come
-from L3 or RAM each step) three ways: ``torch.sum`` over them, the compiled kernel's own
-plain read (a sum with four vector accumulators, no dispatch; when the kernel is built)
-and one ``torch.mv`` over them all. The floor is the fastest, per repeat.
+from L3 or RAM each step) four ways: ``torch.sum`` over them, the compiled kernel's own
+plain read (a sum with four vector accumulators, no dispatch; when the kernel is built), the
+same read of the four matrices in the order the kernel's step reads them, alternating from
+step to step so that what one step read last (still in L2) the next reads first, and one
+``torch.mv`` over them all. The floor is the fastest, per repeat.
 
 Under bfloat16 autocast, the same step for ``torch.nn.LSTM`` (all in bfloat16) and rnnkit
 (bfloat16 weights, float32 state and arithmetic), next to the floor of reading the
@@ -112,9 +114,12 @@ def latency(quick: bool) -> dict:
             assert compiled_step(cells, x, (zeros, zeros)) is not None, "the compiled step did not run"
         candidates["rnnkit compiled_step (the kernel call under Recurrent.step)"] = _steps(
             lambda: compiled_step(cells, x, (zeros, zeros)))
-        # the tightest floor: a plain read with no per-call dispatch
+        # the tightest floors: a plain read with no per-call dispatch, in one order, and in the
+        # step's own alternating order of weight halves (what one step leaves in L2 the next reuses)
         candidates["floor: stream-read the weights (kernel, no dispatch)"] = _steps(
             lambda: kernel.stream_read(all_weights))
+        candidates["floor: stream-read the weights in the step's alternating order (kernel)"] = _steps(
+            _alternating_read(kernel, rnnkit_lstm))
         # the bfloat16 step's floor: the same read of the weights' bfloat16 bytes (half as many)
         bf16_bytes = all_weights.bfloat16().view(torch.float32)
         candidates["bf16 floor: stream-read the bfloat16 weights (kernel)"] = _steps(
@@ -147,6 +152,24 @@ def latency(quick: bool) -> dict:
         result["bfloat16"]["step_over_bf16_floor"] = _over_floor(
             timed, "rnnkit Recurrent.step, bfloat16 autocast", ["bf16 floor: stream-read the bfloat16 weights (kernel)"])
     return result
+
+
+def _alternating_read(kernel, stack: Recurrent) -> Callable[[], None]:
+    """A plain read of the stack's weight halves (``W_ih``, ``W_hh`` per layer) in the order the
+    stream kernel's step reads them, alternating from call to call (``stream_step.cpp``):
+    even ``ih0 (descending), hh0, ih1, hh1``, odd ``hh1 (descending), hh0, ih0, ih1``."""
+    (ih0, hh0), (ih1, hh1) = [(c.weight_ih.detach().contiguous(), c.weight_hh.detach().contiguous())
+                              for c in stack.cells]
+    orders = [((ih0, True), (hh0, False), (ih1, False), (hh1, False)),
+              ((hh1, True), (hh0, False), (ih0, False), (ih1, False))]
+    parity = [0]
+
+    def read():
+        for weights, descending in orders[parity[0]]:
+            kernel.stream_read(weights, descending)
+        parity[0] ^= 1
+
+    return read
 
 
 def step_latency(quick: bool, n_threads: int = 1, hidden: int = HIDDEN) -> dict:

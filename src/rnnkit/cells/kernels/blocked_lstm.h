@@ -4,8 +4,9 @@
 //   z = W_ih x + W_hh h + b;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
 //   c' = f * c + i * g;       h' = o * tanh(c')
 // over weights laid out for it (blocks of LANES units, 4 gates x LANES floats per input), so
-// each layer is ONE pass over its weights in the order they sit in memory: a step costs what
-// reading the weights costs (the memory floor). The weights are float32, or bfloat16 widened
+// each half of a layer's weights (W_ih, W_hh) is ONE pass in the order it sits in memory, and
+// a step costs what reading the weights costs (the memory floor); a layer's finish then adds
+// the halves' sums and applies the gates. The weights are float32, or bfloat16 widened
 // exactly to float32 on load (a bfloat16 is the top half of a float32).
 //
 // Compiled with -O3 -march=native: the vectors (GCC/Clang vector extensions) are as wide as the
@@ -123,56 +124,75 @@ HOT void accumulate(vec (&acc)[kTile][4], const std::uint16_t* w, const float* i
       for (int gate = 0; gate < 4; ++gate) acc[b][gate] += odd[b][gate];
 }
 
-// One layer for `Rows` batch rows and the unit blocks [first, last): weights (U, I + H, 4, kLanes),
-// bias (U, 4, kLanes); x (Rows, I), h and c (Rows, H) row-major; writes h_out, c_out (Rows, H).
-// (or its bfloat16 Layout);
+// A layer's weights in two halves, each read by a pass of its own: W_ih (against the layer's
+// input) and W_hh (against its state). A pass writes its sums, the layer's finish adds them.
+enum Half { kInputHalf, kHiddenHalf };
+
+// One half for `Rows` batch rows (row b at in + b * length) and the unit blocks [first, last),
+// in ascending or descending order: sums[b][u] (4, kLanes) = W_half[u] in[b], gates i, f, g, o.
 template <int Rows, typename W>
-void blocked_rows(const W* weight, const float* bias, const float* x, int64_t input_size,
-                  const float* h, const float* c, int64_t hidden, float* h_out, float* c_out,
-                  int64_t first, int64_t last) {
+void half_rows(const W* weight, int64_t width, int64_t offset, const float* in, int64_t length, float* sums,
+               int64_t blocks, int64_t first, int64_t last, bool descending) {
   using L = Layout<W>;
-  const int64_t input_rows = L::rows(input_size), width = input_rows + L::rows(hidden);
-  for (int64_t u = first; u < last; ++u) {
-    const W* w = weight + u * width * L::row;
+  for (int64_t i = first; i < last; ++i) {
+    const int64_t u = descending ? first + last - 1 - i : i;
     vec acc[kTile][4];
     for (int b = 0; b < Rows; ++b)
-      for (int gate = 0; gate < 4; ++gate) acc[b][gate] = load(bias + u * kBlock + gate * kLanes);
-    accumulate<Rows>(acc, w, x, input_size, input_size);
-    accumulate<Rows>(acc, w + input_rows * L::row, h, hidden, hidden);
-    const int64_t unit = u * kLanes;
-    const int n = static_cast<int>(std::min<int64_t>(kLanes, hidden - unit));
-    for (int b = 0; b < Rows; ++b) {
-      const vec c_next = vsigmoid(acc[b][1]) * load_part(c + b * hidden + unit, n) +
-                         vsigmoid(acc[b][0]) * vtanh(acc[b][2]);
-      store_part(c_out + b * hidden + unit, c_next, n);
-      store_part(h_out + b * hidden + unit, vsigmoid(acc[b][3]) * vtanh(c_next), n);
-    }
+      for (int gate = 0; gate < 4; ++gate) acc[b][gate] = vec{};
+    accumulate<Rows>(acc, weight + (u * width + offset) * L::row, in, length, length);
+    for (int b = 0; b < Rows; ++b)
+      for (int gate = 0; gate < 4; ++gate) store(sums + ((b * blocks + u) * 4 + gate) * kLanes, acc[b][gate]);
   }
 }
 
-// One layer for the whole batch: batch tiles of kTile rows, each one pass over the weights;
-// the unit blocks split across torch's intra-op threads (each takes >= ~256 KB of weights).
+// One half of one layer for the whole batch, weights (U, I + H, 4, kLanes) (or their bfloat16
+// Layout): batch tiles of kTile rows, each one pass over the half; the unit blocks split across
+// torch's intra-op threads (each takes >= ~256 KB of the layer's weights), each thread's range
+// in the order asked. sums (B, U, 4, kLanes).
 template <typename W>
-void blocked_layer(const W* weight, int64_t blocks, const float* bias, const float* x,
-                   int64_t input_size, const float* h, const float* c, int64_t batch, int64_t hidden,
-                   float* h_out, float* c_out) {
+void half_pass(const W* weight, int64_t blocks, int64_t input_size, int64_t hidden, Half half, const float* in,
+               int64_t batch, float* sums, bool descending) {
   using L = Layout<W>;
-  const int64_t block_bytes = (L::rows(input_size) + L::rows(hidden)) * L::row * static_cast<int64_t>(sizeof(W));
+  const int64_t width = L::rows(input_size) + L::rows(hidden);
+  const int64_t offset = half == kInputHalf ? 0 : L::rows(input_size), length = half == kInputHalf ? input_size : hidden;
+  const int64_t block_bytes = width * L::row * static_cast<int64_t>(sizeof(W));
   const int64_t grain = std::max<int64_t>(1, (256 << 10) / block_bytes);
   at::parallel_for(0, blocks, grain, [&](int64_t first, int64_t last) {
     for (int64_t row = 0; row < batch; row += kTile) {
-      const float *xr = x + row * input_size, *hr = h + row * hidden, *cr = c + row * hidden;
-      float *hor = h_out + row * hidden, *cor = c_out + row * hidden;
+      const float* inr = in + row * length;
+      float* out = sums + row * blocks * kBlock;
       switch (std::min<int64_t>(kTile, batch - row)) {  // the row count is a compile-time constant inside
-        case 1: blocked_rows<1>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
+        case 1: half_rows<1>(weight, width, offset, inr, length, out, blocks, first, last, descending); break;
 #if defined(__AVX512F__)  // kTile == 4
-        case 3: blocked_rows<3>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
-        case 4: blocked_rows<4>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last); break;
+        case 3: half_rows<3>(weight, width, offset, inr, length, out, blocks, first, last, descending); break;
+        case 4: half_rows<4>(weight, width, offset, inr, length, out, blocks, first, last, descending); break;
 #endif
-        default: blocked_rows<2>(weight, bias, xr, input_size, hr, cr, hidden, hor, cor, first, last);
+        default: half_rows<2>(weight, width, offset, inr, length, out, blocks, first, last, descending);
       }
     }
   });
+}
+
+// The layer's gates and state update from its halves' sums: z = (b + W_ih x) + W_hh h, added in
+// this order whichever half ran first, so a step's result never depends on the order of its
+// passes. bias (U, 4, kLanes); c, h_out, c_out (B, H) row-major.
+inline void finish_layer(const float* bias, const float* sums_x, const float* sums_h, const float* c, int64_t batch,
+                         int64_t hidden, int64_t blocks, float* h_out, float* c_out) {
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t u = 0; u < blocks; ++u) {
+      const int64_t at = (b * blocks + u) * kBlock;
+      vec z[4];
+      for (int gate = 0; gate < 4; ++gate) {
+        const int64_t g = gate * kLanes;
+        z[gate] = (load(bias + u * kBlock + g) + load(sums_x + at + g)) + load(sums_h + at + g);
+      }
+      const int64_t unit = u * kLanes, row = b * hidden + unit;
+      const int n = static_cast<int>(std::min<int64_t>(kLanes, hidden - unit));
+      const vec c_next = vsigmoid(z[1]) * load_part(c + row, n) + vsigmoid(z[0]) * vtanh(z[2]);
+      store_part(c_out + row, c_next, n);
+      store_part(h_out + row, vsigmoid(z[3]) * vtanh(c_next), n);
+    }
+  }
 }
 
 }  // namespace blocked_lstm

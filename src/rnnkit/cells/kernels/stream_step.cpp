@@ -1,7 +1,8 @@
 // One step of a stack of plain LSTM layers in one call: the streaming path of cells/streaming.py
 // without a Python round trip per op. Two ways to compute it:
 // - StreamStack.step (small batches): the blocked product of blocked_lstm.h, fused with the gates
-//   and the state update, one pass over each layer's weights (the memory floor), no ATen op
+//   and the state update, one pass over each half of each layer's weights (the memory floor),
+//   in an order that alternates from step to step (see BlockedStack::step), no ATen op
 //   dispatched; its arguments checked here in C++, so the call is the whole step's dispatch.
 //   Under bfloat16 autocast it reads the weights stored as bfloat16 (half the bytes: a step costs
 //   about half); x, h, c, the sums and the gates stay float32.
@@ -15,11 +16,13 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "blocked_lstm.h"
 
@@ -88,21 +91,41 @@ class BlockedStack {
                y = at::detail::empty_cpu({batch, hidden}, at::kFloat);
     const float *input = xc.data_ptr<float>(), *h_in = hc.data_ptr<float>(), *c_in = cc.data_ptr<float>();
     float *h_next = h_out.data_ptr<float>(), *c_next = c_out.data_ptr<float>();
+    const int64_t blocks = weights_[0].size(0), sums = batch * blocks * kBlock;
+    thread_local std::vector<float> scratch;  // per layer: the input half's sums, then the state half's
+    scratch.resize(2 * layers * sums);
     {
       py::gil_scoped_release no_gil;  // the weights' read: other Python threads may run meanwhile
-      int64_t input_size = x.size(1);
-      for (int64_t l = 0; l < layers; ++l, h_next += plane, c_next += plane) {
-        blocked_layer(static_cast<const W*>(weights_[l].data_ptr()), weights_[l].size(0), biases_[l].data_ptr<float>(),
-                      input, input_size, h_in + l * plane, c_in + l * plane, batch, hidden, h_next, c_next);
-        input = h_next;
-        input_size = hidden;
+      const bool odd = steps_.fetch_add(1, std::memory_order_relaxed) & 1;
+      auto half = [&](int64_t l, Half which, bool descending) {
+        const float* in = which == kHiddenHalf ? h_in + l * plane : (l == 0 ? input : h_next + (l - 1) * plane);
+        half_pass(static_cast<const W*>(weights_[l].data_ptr()), blocks, l == 0 ? x.size(1) : hidden, hidden, which,
+                  in, batch, scratch.data() + (2 * l + which) * sums, descending);
+      };
+      // Every other step the passes run in another order, so that the weights one step read
+      // last, still in L2, are what the next reads first (for a 2-layer stack):
+      //   even: W_ih0 (descending), W_hh0, W_ih1, W_hh1     odd: W_hh1 (descending), W_hh0, W_ih0, W_ih1
+      // W_ih of a layer above needs the layer below finished; W_hh needs only the last state.
+      // On a CPU whose L2 holds half the weights this makes a batch-1 step ~1.2x faster.
+      if (odd) half(layers - 1, kHiddenHalf, true);
+      for (int64_t l = 0; l < layers; ++l) {
+        if (odd) {
+          if (l != layers - 1) half(l, kHiddenHalf, false);
+          half(l, kInputHalf, false);
+        } else {
+          half(l, kInputHalf, l == 0);
+          half(l, kHiddenHalf, false);
+        }
+        finish_layer(biases_[l].data_ptr<float>(), scratch.data() + 2 * l * sums, scratch.data() + (2 * l + 1) * sums,
+                     c_in + l * plane, batch, hidden, blocks, h_next + l * plane, c_next + l * plane);
       }
     }
-    std::memcpy(y.data_ptr<float>(), input, plane * sizeof(float));
+    std::memcpy(y.data_ptr<float>(), h_next + (layers - 1) * plane, plane * sizeof(float));
     return {y, h_out, c_out};
   }
 
  private:
+  mutable std::atomic<std::uint64_t> steps_{0};  // which order the next step's passes run in
   std::vector<at::Tensor> weights_, biases_;
   std::vector<int64_t> input_sizes_;
 };
@@ -254,13 +277,15 @@ std::vector<at::Tensor> lstm_stack_step(const at::Tensor& x, const at::Tensor& h
   return {input, h_out, c_out};
 }
 
-// Reads every float of `t` once (a sum): the memory floor the blocked product is measured against.
-double stream_read(const at::Tensor& t) {
+// Reads every float of `t` once (a sum), from the first or (descending) the last: the memory
+// floor the blocked product is measured against.
+double stream_read(const at::Tensor& t, bool descending) {
   TORCH_CHECK(t.is_contiguous() && t.scalar_type() == at::kFloat, "a contiguous float32 tensor expected");
   const float* p = t.data_ptr<float>();
   const int64_t n = t.numel(), whole = n / kBlock * kBlock;
   vec a0 = {}, a1 = {}, a2 = {}, a3 = {};  // four chains: the adds never wait on each other
-  for (int64_t i = 0; i < whole; i += kBlock) {
+  for (int64_t j = 0; j < whole; j += kBlock) {
+    const int64_t i = descending ? whole - kBlock - j : j;
     a0 += load(p + i);
     a1 += load(p + i + kLanes);
     a2 += load(p + i + 2 * kLanes);
@@ -283,6 +308,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("fresh", &StreamStack::fresh, "whether every parameter is still what it was when built")
       .def("step", &StreamStack::step, "(y, (h, c)) of one step of every layer, or None where it cannot run");
   m.def("lstm_stack_step", &lstm_stack_step, "one step of a stack of plain LSTM layers: MKL packed GEMM");
-  m.def("stream_read", &stream_read, "sum of a contiguous float32 tensor, read once");
+  m.def("stream_read", &stream_read, "sum of a contiguous float32 tensor, read once", py::arg("t"),
+        py::arg("descending") = false);
   m.attr("LANES") = kLanes;
 }
