@@ -70,8 +70,9 @@ def test_compiled_scan_equals_python_scan_and_reference(scan_kernel, cls, bias):
 @MINIMAL
 @pytest.mark.parametrize("input_grad", [True, False], ids=["dx", "no-dx"])
 def test_fused_backward_carries_the_gradient_across_its_chunks(scan_kernel, cls, input_grad):
-    """300 steps: the fused backward's chunks of 128 steps (two whole, one part) must hand the
-    gradient on from chunk to chunk, and its chunked GEMMs give the whole dW and dx."""
+    """300 steps: the fused passes' chunks (forward 256 steps, backward 128: whole ones and a
+    part) must hand the state and the gradient on from chunk to chunk, and their chunked GEMMs
+    give the whole x W^T, dW and dx."""
     torch.manual_seed(4)
     cell = cls(I, H).double()
     x, h0 = torch.randn(2, 300, I, dtype=torch.float64), torch.randn(2, H, dtype=torch.float64)
@@ -84,7 +85,7 @@ def test_fused_backward_carries_the_gradient_across_its_chunks(scan_kernel, cls,
             out, _ = cell(xs, h0)
             assert (type(out.grad_fn).__name__ == "_CompiledScanBackward") == (kernel is not None)
             wanted = [xs, *cell.parameters()] if input_grad else list(cell.parameters())
-            return torch.autograd.grad((out * out.detach().cos()).sum(), wanted)
+            return (out.detach(), *torch.autograd.grad((out * out.detach().cos()).sum(), wanted))
         finally:
             kernels._loaded.clear()
             kernels._loaded.update(saved)

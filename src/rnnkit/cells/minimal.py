@@ -186,15 +186,17 @@ class _CompiledScan(torch.autograd.Function):
         x2 = x.reshape(B * T, I)  # (B*T, I), rows ordered (b, t)
         xw = _reused_buffer((B * T, weight.size(0)), x.dtype)  # (B*T, C*H)
         low = _autocast_dtype(x)
-        if low is None:
-            torch.mm(x2, weight.t(), out=xw)  # every gate's input half; the kernel adds the bias
+        h = _reused_buffer((B, T, h0.size(1)), x.dtype)
+        bias_ = bias if bias is not None else xw.new_zeros(weight.size(0))
+        h0, chunks = h0.contiguous(), weight.size(0) // h0.size(1)
+        if low is None:  # the kernel computes every gate's input half (x W^T), chunk by chunk, and adds the bias
+            x2 = x2.contiguous()
+            kernel.scan_forward(xw, bias_, h0, chunks, h, x2, weight.contiguous())
         else:  # autocast: the GEMMs in its dtype, the gates and the scan in float32 (see _autocast_dtype)
             x2 = x2.to(low)
             with torch.autocast("cpu", enabled=False):
                 xw.copy_(torch.mm(x2, weight.to(low).t()))
-        bias_ = bias if bias is not None else xw.new_zeros(weight.size(0))
-        h0 = h0.contiguous()
-        h = kernel.scan_forward(xw, bias_, h0, weight.size(0) // h0.size(1), _reused_buffer((B, T, h0.size(1)), x.dtype))
+            kernel.scan_forward(xw, bias_, h0, chunks, h)
         ctx.save_for_backward(x2, weight, bias_, xw, h, h0)
         ctx.kernel, ctx.has_bias, ctx.input_shape, ctx.low = kernel, bias is not None, x.shape, low
         return h
@@ -205,7 +207,7 @@ class _CompiledScan(torch.autograd.Function):
         chunks = weight.size(0) // h0.size(1)
         if ctx.low is None and ctx.needs_input_grad[1]:  # dk straight into the GEMMs, chunk by chunk
             dweight, dbias, dh0, dx = ctx.kernel.scan_backward_fused(
-                xw, bias, h, h0, dh.contiguous(), x2.contiguous(), weight.contiguous(), chunks, ctx.needs_input_grad[0])
+                xw, bias, h, h0, dh.contiguous(), x2, weight.contiguous(), chunks, ctx.needs_input_grad[0])
             dx = dx.view(ctx.input_shape) if ctx.needs_input_grad[0] else None
             return dx, dweight, dbias if ctx.has_bias else None, dh0, None
         dk = _reused_buffer(xw.shape, xw.dtype)  # (B*T, C*H): dL/d(x W^T + b)

@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 
 #include "simd_math.h"
 
@@ -108,18 +109,18 @@ struct MinLSTM {
   }
 };
 
+// Steps t_lo .. t_hi-1 of batch row b (h_{t_lo - 1}: h0's row, or h's previous step).
 template <typename Cell, typename T>
-void forward_rows(const T* xw, const T* bias, const T* h0, T* h, int64_t b0, int64_t b1, int64_t T_, int64_t H) {
+void forward_steps(const T* xw, const T* bias, const T* h0, T* h, int64_t b, int64_t t_lo, int64_t t_hi,
+                   int64_t T_, int64_t H) {
   const int64_t width = Cell::chunks * H;
-  for (int64_t b = b0; b < b1; ++b) {
-    const T* h_prev = h0 + b * H;
-    for (int64_t t = 0; t < T_; ++t) {
-      const T* k = xw + (b * T_ + t) * width;
-      T* out = h + (b * T_ + t) * H;
+  const T* h_prev = t_lo > 0 ? h + (b * T_ + t_lo - 1) * H : h0 + b * H;
+  for (int64_t t = t_lo; t < t_hi; ++t) {
+    const T* k = xw + (b * T_ + t) * width;
+    T* out = h + (b * T_ + t) * H;
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) out[j] = Cell::step(k, bias, H, j, h_prev[j]);
-      h_prev = out;
-    }
+    for (int64_t j = 0; j < H; ++j) out[j] = Cell::step(k, bias, H, j, h_prev[j]);
+    h_prev = out;
   }
 }
 
@@ -181,24 +182,48 @@ void check(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h0, i
   TORCH_CHECK(xw.scalar_type() == bias.scalar_type() && xw.scalar_type() == h0.scalar_type(), "one dtype expected");
 }
 
+void check_projection(const at::Tensor& xw, const at::Tensor& x2, const at::Tensor& weight) {
+  TORCH_CHECK(x2.dim() == 2 && x2.is_contiguous() && x2.size(0) == xw.size(0) && weight.dim() == 2 &&
+                  weight.is_contiguous() && weight.size(0) == xw.size(1) && weight.size(1) == x2.size(1) &&
+                  x2.scalar_type() == xw.scalar_type() && weight.scalar_type() == xw.scalar_type(),
+              "contiguous x (B*T, I) and weight (C*H, I) of xw's dtype expected");
+}
+
 }  // namespace
 
+// Steps per chunk of the fused forward: a chunk's xw (kForwardChunk, C*H) is still in cache
+// (L2, or L3) when the pass reads it, right after its GEMM.
+constexpr int64_t kForwardChunk = 256;
+
 // xw (B*T, C*H) = x W^T without the bias; bias (C*H,); h0 (B, H). Writes and returns h (B, T, H)
-// (the caller may reuse it across calls, as dk below).
-at::Tensor scan_forward(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h0, int64_t chunks,
-                        at::Tensor h) {
+// (the caller may reuse it across calls, as dk below). Given x2 (B*T, I) and weight (C*H, I),
+// xw is computed here, kForwardChunk steps at a time just before the pass reads them; else xw
+// holds it already.
+at::Tensor scan_forward(at::Tensor xw, const at::Tensor& bias, const at::Tensor& h0, int64_t chunks, at::Tensor h,
+                        const std::optional<at::Tensor>& x2, const std::optional<at::Tensor>& weight) {
   check(xw, bias, h0, chunks);
   const int64_t B = h0.size(0), H = h0.size(1), T_ = xw.size(0) / B;
   TORCH_CHECK(h.is_contiguous() && h.sizes() == at::IntArrayRef({B, T_, H}) && h.scalar_type() == xw.scalar_type(),
               "h must be a contiguous (B, T, H) tensor of xw's dtype");
+  const bool project = x2.has_value() && weight.has_value();
+  if (project) check_projection(xw, *x2, *weight);
+  // detached: grad mode is on in torch's other threads, and these GEMMs must not be recorded
+  const at::Tensor x_ = project ? x2->detach() : at::Tensor(), w_t = project ? weight->detach().t() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "scan_forward", [&] {
     const auto *k = xw.data_ptr<scalar_t>(), *bi = bias.data_ptr<scalar_t>(), *h0_ = h0.data_ptr<scalar_t>();
     auto* out = h.data_ptr<scalar_t>();
+    auto steps = chunks == 2 ? forward_steps<MinGRU<scalar_t>, scalar_t> : forward_steps<MinLSTM<scalar_t>, scalar_t>;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      if (chunks == 2)
-        forward_rows<MinGRU<scalar_t>>(k, bi, h0_, out, b0, b1, T_, H);
-      else
-        forward_rows<MinLSTM<scalar_t>>(k, bi, h0_, out, b0, b1, T_, H);
+      for (int64_t b = b0; b < b1; ++b) {
+        for (int64_t t_lo = 0; t_lo < T_; t_lo += project ? kForwardChunk : T_) {
+          const int64_t t_hi = project ? std::min(T_, t_lo + kForwardChunk) : T_;
+          if (project) {
+            at::Tensor xw_n = xw.narrow(0, b * T_ + t_lo, t_hi - t_lo);
+            at::mm_out(xw_n, x_.narrow(0, b * T_ + t_lo, t_hi - t_lo), w_t);
+          }
+          steps(k, bi, h0_, out, b, t_lo, t_hi, T_, H);
+        }
+      }
     });
   });
   return h;
@@ -251,10 +276,7 @@ std::vector<at::Tensor> scan_backward_fused(const at::Tensor& xw, const at::Tens
                                             const at::Tensor& weight, int64_t chunks, bool input_grad) {
   check(xw, bias, h0, chunks);
   TORCH_CHECK(h.is_contiguous() && dh.is_contiguous() && dh.sizes() == h.sizes(), "contiguous h, dh expected");
-  TORCH_CHECK(x2.dim() == 2 && x2.is_contiguous() && x2.size(0) == xw.size(0) && weight.dim() == 2 &&
-                  weight.is_contiguous() && weight.size(0) == xw.size(1) && weight.size(1) == x2.size(1) &&
-                  x2.scalar_type() == xw.scalar_type() && weight.scalar_type() == xw.scalar_type(),
-              "contiguous x (B*T, I) and weight (C*H, I) of xw's dtype expected");
+  check_projection(xw, x2, weight);
   const int64_t B = h0.size(0), H = h0.size(1), T_ = xw.size(0) / B, width = xw.size(1), I = x2.size(1);
   const int64_t threads = at::get_num_threads();
   auto opt = xw.options();
@@ -296,7 +318,9 @@ std::vector<at::Tensor> scan_backward_fused(const at::Tensor& xw, const at::Tens
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("scan_forward", &scan_forward, "minGRU/minLSTM gates and linear scan over a sequence");
+  m.def("scan_forward", &scan_forward, "minGRU/minLSTM gates and linear scan over a sequence (and the projection)",
+        py::arg("xw"), py::arg("bias"), py::arg("h0"), py::arg("chunks"), py::arg("h"), py::arg("x2") = py::none(),
+        py::arg("weight") = py::none());
   m.def("scan_backward", &scan_backward, "the gradient of scan_forward");
   m.def("scan_backward_fused", &scan_backward_fused, "the gradients of scan_forward and of the projection before it");
 }
