@@ -16,15 +16,15 @@ def reused_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """An uninitialised CPU tensor of ``shape`` whose memory is reused once nobody holds it.
 
     The compiled kernels' big temporaries (minGRU/minLSTM: ``x W^T`` and the outputs ``h``,
-    kept for backward, and ``dk``, inside backward, 16-50 MB at T=1024, H=256, batch 16; the LSTM's per-step tensors,
-    85 MB at T=100, H=256, batch 64): malloc hands such blocks back to the OS on free, and
-    touching a fresh one costs more in page faults than the kernel pass over it. So each
-    thread keeps a few buffers and hands out a new view of a free one; a buffer is free when
-    no other tensor shares its storage any more (the autograd graph that saved it has been
-    freed: ``retain_graph`` keeps it taken, as it must; outputs a caller keeps keep theirs). At
-    most ``MAX_BUFFERS`` per thread stay allocated between calls (what training a few layers
-    needs at its peak anyway). Without the storage
-    use count (a private torch API) every call allocates.
+    kept for backward, and ``dk``, inside backward, 16-50 MB at T=1024, H=256, batch 16; the
+    LSTM's per-step tensors, 85 MB at T=100, H=256, batch 64): malloc hands such blocks back
+    to the OS on free, and touching a fresh one costs more in page faults than the kernel
+    pass over it. So each thread keeps a few buffers and hands out a new view of a free one;
+    a buffer is free when no other tensor shares its storage any more (the autograd graph
+    that saved it has been freed: ``retain_graph`` keeps it taken, as it must; outputs a
+    caller keeps keep theirs). At most ``MAX_BUFFERS`` per thread stay allocated between
+    calls (what training a few layers needs at its peak anyway). Without the storage use
+    count (a private torch API) every call allocates.
     """
     numel = math.prod(shape)
     use_count = getattr(torch._C, "_storage_Use_Count", None)

@@ -136,9 +136,7 @@ void half_rows(const W* weight, int64_t width, int64_t offset, const float* in, 
   using L = Layout<W>;
   for (int64_t i = first; i < last; ++i) {
     const int64_t u = descending ? first + last - 1 - i : i;
-    vec acc[kTile][4];
-    for (int b = 0; b < Rows; ++b)
-      for (int gate = 0; gate < 4; ++gate) acc[b][gate] = vec{};
+    vec acc[kTile][4] = {};
     accumulate<Rows>(acc, weight + (u * width + offset) * L::row, in, length, length);
     for (int b = 0; b < Rows; ++b)
       for (int gate = 0; gate < 4; ++gate) store(sums + ((b * blocks + u) * 4 + gate) * kLanes, acc[b][gate]);

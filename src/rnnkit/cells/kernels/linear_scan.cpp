@@ -220,15 +220,16 @@ at::Tensor scan_forward(at::Tensor xw, const at::Tensor& bias, const at::Tensor&
     const auto *k = xw.data_ptr<scalar_t>(), *bi = bias.data_ptr<scalar_t>(), *h0_ = h0.data_ptr<scalar_t>();
     auto* out = h.data_ptr<scalar_t>();
     auto steps = chunks == 2 ? forward_steps<MinGRU<scalar_t>, scalar_t> : forward_steps<MinLSTM<scalar_t>, scalar_t>;
+    const int64_t chunk = project ? kForwardChunk : T_;  // xw given: the whole row at once
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        for (int64_t t_lo = 0; t_lo < T_; t_lo += project ? kForwardChunk : T_) {
-          const int64_t t_hi = project ? std::min(T_, t_lo + kForwardChunk) : T_;
+        for (int64_t t_lo = 0; t_lo < T_; t_lo += chunk) {
+          const int64_t n = std::min(chunk, T_ - t_lo), row = b * T_ + t_lo;
           if (project) {
-            at::Tensor xw_n = xw.narrow(0, b * T_ + t_lo, t_hi - t_lo);
-            at::mm_out(xw_n, x_.narrow(0, b * T_ + t_lo, t_hi - t_lo), w_t);
+            at::Tensor xw_n = xw.narrow(0, row, n);
+            at::mm_out(xw_n, x_.narrow(0, row, n), w_t);
           }
-          steps(k, bi, h0_, out, b, t_lo, t_hi, T_, H);
+          steps(k, bi, h0_, out, b, t_lo, t_lo + n, T_, H);
         }
       }
     });
