@@ -208,6 +208,32 @@ def test_compiled_scan_under_bfloat16_autocast_runs_its_gemms_in_bfloat16(scan_k
         assert 1e-5 < error < max(2e-2, 3 * python_error), f"{name}: relative error {error:.2g} (Python path {python_error:.2g})"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("chunks", [2, 3], ids=["mingru", "minlstm"])
+def test_kernel_reads_bfloat16_xw_as_its_float32_widening_and_writes_dk_rounded(scan_kernel, chunks):
+    """Under autocast the kernel keeps the GEMM's bfloat16 x W^T: a pass over it gives what a
+    float32 pass over the same values widened gives (to float32 rounding), dk comes out as that
+    pass's dk rounded to bfloat16, and dbias, dh0 stay float32. H=40 is not a multiple of the
+    vector width, so the loops' remainders run too."""
+    torch.manual_seed(5)
+    batch, steps, hidden = 3, 37, 40
+    xw = (torch.randn(batch * steps, chunks * hidden) * 4).to(torch.bfloat16)
+    bias, h0, dh = torch.randn(chunks * hidden), torch.randn(batch, hidden), torch.randn(batch, steps, hidden)
+    h_low, h_wide = torch.empty(batch, steps, hidden), torch.empty(batch, steps, hidden)
+    scan_kernel.scan_forward(xw, bias, h0, chunks, h_low)
+    scan_kernel.scan_forward(xw.float(), bias, h0, chunks, h_wide)
+    assert torch.allclose(h_low, h_wide, rtol=1e-6, atol=1e-6)
+    dk_low, dk_wide = torch.empty_like(xw), torch.empty(xw.shape)
+    _, dbias_low, dh0_low = scan_kernel.scan_backward(xw, bias, h_low, h0, dh, dk_low, chunks)
+    _, dbias_wide, dh0_wide = scan_kernel.scan_backward(xw.float(), bias, h_wide, h0, dh, dk_wide, chunks)
+    assert dk_low.dtype == torch.bfloat16 and dbias_low.dtype == dh0_low.dtype == torch.float32
+    rounding = dk_wide.abs() * 2.0**-8 + 1e-30  # half a bfloat16 ulp, and a float32 ulp before it
+    assert ((dk_low.float() - dk_wide).abs() <= rounding).all()
+    assert (dk_low.float() != dk_wide).any(), "dk was not rounded to bfloat16"
+    assert torch.allclose(dbias_low, dbias_wide, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(dh0_low, dh0_wide, rtol=1e-5, atol=1e-6)
+
+
 def test_without_the_scan_kernel_the_python_scan_runs(monkeypatch, caplog):
     monkeypatch.setenv("RNNKIT_KERNELS", "0")
     monkeypatch.setattr(kernels, "_loaded", {})

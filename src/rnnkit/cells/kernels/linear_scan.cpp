@@ -21,6 +21,12 @@
 // then the gates' derivatives (written out in the cell functions below) and dh_0 = a_1 G_1.
 // Nothing but xw and h is kept between the passes: the gates are recomputed, which costs
 // less than writing and reading them back.
+//
+// Under bfloat16 autocast xw comes from a bfloat16 GEMM and stays bfloat16: the passes widen it
+// to float32 as they read it (exactly: a bfloat16 is the top half of a float32) and the backward
+// writes dk rounded to bfloat16 for the GEMMs after it, while the gates, the scan, dbias and dh0
+// are float32 throughout: the numbers of a float32 pass over xw converted to float32, then dk
+// converted to bfloat16 (to float32 rounding), without the two conversions' passes over memory.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -30,6 +36,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 
 #include "simd_math.h"
 
@@ -37,6 +44,26 @@ namespace {
 
 using rnnkit_simd::exp_simd;
 using rnnkit_simd::sigmoid;
+
+// A stored gate pre-activation as its compute type: T itself, or bfloat16 bits widened.
+template <typename T>
+inline T widen(T v) {
+  return v;
+}
+inline float widen(std::uint16_t bits) {
+  const std::uint32_t word = static_cast<std::uint32_t>(bits) << 16;
+  float v;
+  std::memcpy(&v, &word, sizeof v);
+  return v;
+}
+
+// float32 to bfloat16 bits, rounded to nearest even as ATen's conversion is (a NaN stays a NaN).
+inline std::uint16_t to_bfloat16(float v) {
+  std::uint32_t word;
+  std::memcpy(&word, &v, sizeof word);
+  const std::uint32_t rounded = (word + 0x7FFFu + ((word >> 16) & 1u)) >> 16;
+  return v != v ? std::uint16_t(0x7FC0) : static_cast<std::uint16_t>(rounded);
+}
 
 // g(v) and g'(v) from s = sigmoid(v)
 template <typename T>
@@ -53,16 +80,18 @@ template <typename T>
 struct MinGRU {
   static constexpr int chunks = 2;
 
-  static inline T step(const T* k, const T* bias, int64_t H, int64_t j, T h_prev) {
-    const T z = sigmoid(k[j] + bias[j]);
-    const T v = k[H + j] + bias[H + j];
+  template <typename K>
+  static inline T step(const K* k, const T* bias, int64_t H, int64_t j, T h_prev) {
+    const T z = sigmoid(widen(k[j]) + bias[j]);
+    const T v = widen(k[H + j]) + bias[H + j];
     return (T(1) - z) * h_prev + z * candidate(v, sigmoid(v));
   }
 
   // dk (same layout as k) from G = dL/dh_t; returns a_t for the step before.
-  static inline T grad(const T* k, const T* bias, int64_t H, int64_t j, T h_prev, T G, T* dk) {
-    const T z = sigmoid(k[j] + bias[j]);
-    const T v = k[H + j] + bias[H + j];
+  template <typename K>
+  static inline T grad(const K* k, const T* bias, int64_t H, int64_t j, T h_prev, T G, T* dk) {
+    const T z = sigmoid(widen(k[j]) + bias[j]);
+    const T v = widen(k[H + j]) + bias[H + j];
     const T s = sigmoid(v);
     const T c = candidate(v, s);
     dk[j] = G * (c - h_prev) * z * (T(1) - z);  // dh/dz = c - h_{t-1}
@@ -96,15 +125,17 @@ struct MinLSTM {
     return g;
   }
 
-  static inline T step(const T* k, const T* bias, int64_t H, int64_t j, T h_prev) {
-    const Gates g = gates(k[j] + bias[j], k[H + j] + bias[H + j]);
-    const T v = k[2 * H + j] + bias[2 * H + j];
+  template <typename K>
+  static inline T step(const K* k, const T* bias, int64_t H, int64_t j, T h_prev) {
+    const Gates g = gates(widen(k[j]) + bias[j], widen(k[H + j]) + bias[H + j]);
+    const T v = widen(k[2 * H + j]) + bias[2 * H + j];
     return g.w * g.r * h_prev + g.u * g.r * candidate(v, sigmoid(v));
   }
 
-  static inline T grad(const T* k, const T* bias, int64_t H, int64_t j, T h_prev, T G, T* dk) {
-    const Gates g = gates(k[j] + bias[j], k[H + j] + bias[H + j]);
-    const T v = k[2 * H + j] + bias[2 * H + j];
+  template <typename K>
+  static inline T grad(const K* k, const T* bias, int64_t H, int64_t j, T h_prev, T G, T* dk) {
+    const Gates g = gates(widen(k[j]) + bias[j], widen(k[H + j]) + bias[H + j]);
+    const T v = widen(k[2 * H + j]) + bias[2 * H + j];
     const T s = sigmoid(v);
     const T q = G * (h_prev - candidate(v, s));
     dk[j] = q * (g.ef * g.r) * (g.w * g.r);
@@ -114,14 +145,15 @@ struct MinLSTM {
   }
 };
 
-// Steps t_lo .. t_hi-1 of batch row b (h_{t_lo - 1}: h0's row, or h's previous step).
-template <typename Cell, typename T>
-void forward_steps(const T* xw, const T* bias, const T* h0, T* h, int64_t b, int64_t t_lo, int64_t t_hi,
+// Steps t_lo .. t_hi-1 of batch row b (h_{t_lo - 1}: h0's row, or h's previous step); xw stored
+// as K: T, or bfloat16 bits.
+template <typename Cell, typename T, typename K>
+void forward_steps(const K* xw, const T* bias, const T* h0, T* h, int64_t b, int64_t t_lo, int64_t t_hi,
                    int64_t T_, int64_t H) {
   const int64_t width = Cell::chunks * H;
   const T* h_prev = t_lo > 0 ? h + (b * T_ + t_lo - 1) * H : h0 + b * H;
   for (int64_t t = t_lo; t < t_hi; ++t) {
-    const T* k = xw + (b * T_ + t) * width;
+    const K* k = xw + (b * T_ + t) * width;
     T* out = h + (b * T_ + t) * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) out[j] = Cell::step(k, bias, H, j, h_prev[j]);
@@ -139,10 +171,10 @@ constexpr int64_t kForwardChunk = 256, kBackwardChunk = 128;
 // rows kAhead steps back explicitly (a cache line is 64 bytes).
 constexpr int64_t kAhead = 4;
 
-template <typename T>
-inline void prefetch_rows(const T* k, int64_t width, const T* g, const T* h_prev, int64_t H) {
+template <typename T, typename K>
+inline void prefetch_rows(const K* k, int64_t width, const T* g, const T* h_prev, int64_t H) {
+  for (int64_t j = 0; j < width; j += 64 / sizeof(K)) __builtin_prefetch(k + j);
   constexpr int64_t line = 64 / sizeof(T);
-  for (int64_t j = 0; j < width; j += line) __builtin_prefetch(k + j);
   for (int64_t j = 0; j < H; j += line) {
     __builtin_prefetch(g + j);
     __builtin_prefetch(h_prev + j);
@@ -150,18 +182,21 @@ inline void prefetch_rows(const T* k, int64_t width, const T* g, const T* h_prev
 }
 
 // Steps t_hi-1 down to t_lo of batch row b. carry (2H): a_{t+1} and G_{t+1}, zero past the last
-// step and carried from one range to the next; step t's dk goes to row t - t_lo of dk_rows;
-// dbias (C*H) accumulates.
-template <typename Cell, typename T>
-void backward_steps(const T* xw, const T* bias, const T* h, const T* h0, const T* dh, T* dk_rows, T* dbias,
-                    T* carry, int64_t b, int64_t t_lo, int64_t t_hi, int64_t T_, int64_t H) {
+// step and carried from one range to the next; step t's dk goes to row t - t_lo of dk_rows, as
+// D (T, or bfloat16 bits: then computed in scratch (C*H) first); dbias (C*H) accumulates in T.
+template <typename Cell, typename T, typename K, typename D>
+void backward_steps(const K* xw, const T* bias, const T* h, const T* h0, const T* dh, D* dk_rows, T* dbias,
+                    T* carry, T* scratch, int64_t b, int64_t t_lo, int64_t t_hi, int64_t T_, int64_t H) {
+  constexpr bool rounded = !std::is_same_v<D, T>;
   const int64_t width = Cell::chunks * H;
   T* a_next = carry;
   T* G_next = carry + H;
   for (int64_t t = t_hi - 1; t >= t_lo; --t) {
     const int64_t row = b * T_ + t;
-    const T* k = xw + row * width;
-    T* d = dk_rows + (t - t_lo) * width;
+    const K* k = xw + row * width;
+    D* out = dk_rows + (t - t_lo) * width;
+    T* d;
+    if constexpr (rounded) d = scratch; else d = out;
     const T* g_out = dh + row * H;
     const T* h_prev = t > 0 ? h + (row - 1) * H : h0 + b * H;
     if (t >= kAhead + 1) prefetch_rows(xw + (row - kAhead) * width, width, dh + (row - kAhead) * H,
@@ -174,6 +209,10 @@ void backward_steps(const T* xw, const T* bias, const T* h, const T* h0, const T
     }
 #pragma omp simd
     for (int64_t j = 0; j < width; ++j) dbias[j] += d[j];
+    if constexpr (rounded) {
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) out[j] = to_bfloat16(d[j]);
+    }
   }
 }
 
@@ -190,7 +229,24 @@ void check(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h0, i
               "contiguous xw (B*T, C*H), bias (C*H), h0 (B, H) expected");
   TORCH_CHECK(xw.size(1) == chunks * h0.size(1) && bias.numel() == xw.size(1) && xw.size(0) % h0.size(0) == 0,
               "xw, bias and h0 do not fit together");
-  TORCH_CHECK(xw.scalar_type() == bias.scalar_type() && xw.scalar_type() == h0.scalar_type(), "one dtype expected");
+  TORCH_CHECK(bias.scalar_type() == h0.scalar_type() &&
+                  (xw.scalar_type() == h0.scalar_type() ||
+                   (xw.scalar_type() == at::kBFloat16 && h0.scalar_type() == at::kFloat)),
+              "one dtype expected (or xw bfloat16, the rest float32)");
+}
+
+// Runs fn(K{}) with K the storage type of xw: scalar_t (h0's type), or std::uint16_t for bfloat16 bits.
+template <typename scalar_t, typename F>
+void with_storage(const at::Tensor& xw, F&& fn) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (xw.scalar_type() == at::kBFloat16) return fn(std::uint16_t{});
+  }
+  fn(scalar_t{});
+}
+
+template <typename K>
+const K* stored(const at::Tensor& t) {
+  return static_cast<const K*>(t.const_data_ptr());
 }
 
 void check_projection(const at::Tensor& xw, const at::Tensor& x2, const at::Tensor& weight) {
@@ -210,59 +266,71 @@ at::Tensor scan_forward(at::Tensor xw, const at::Tensor& bias, const at::Tensor&
                         const std::optional<at::Tensor>& x2, const std::optional<at::Tensor>& weight) {
   check(xw, bias, h0, chunks);
   const int64_t B = h0.size(0), H = h0.size(1), T_ = xw.size(0) / B;
-  TORCH_CHECK(h.is_contiguous() && h.sizes() == at::IntArrayRef({B, T_, H}) && h.scalar_type() == xw.scalar_type(),
-              "h must be a contiguous (B, T, H) tensor of xw's dtype");
+  TORCH_CHECK(h.is_contiguous() && h.sizes() == at::IntArrayRef({B, T_, H}) && h.scalar_type() == h0.scalar_type(),
+              "h must be a contiguous (B, T, H) tensor of h0's dtype");
   const bool project = x2.has_value() && weight.has_value();
   if (project) check_projection(xw, *x2, *weight);
   // detached: grad mode is on in torch's other threads, and these GEMMs must not be recorded
   const at::Tensor x_ = project ? x2->detach() : at::Tensor(), w_t = project ? weight->detach().t() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "scan_forward", [&] {
-    const auto *k = xw.data_ptr<scalar_t>(), *bi = bias.data_ptr<scalar_t>(), *h0_ = h0.data_ptr<scalar_t>();
-    auto* out = h.data_ptr<scalar_t>();
-    auto steps = chunks == 2 ? forward_steps<MinGRU<scalar_t>, scalar_t> : forward_steps<MinLSTM<scalar_t>, scalar_t>;
-    const int64_t chunk = project ? kForwardChunk : T_;  // xw given: the whole row at once
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        for (int64_t t_lo = 0; t_lo < T_; t_lo += chunk) {
-          const int64_t n = std::min(chunk, T_ - t_lo), row = b * T_ + t_lo;
-          if (project) {
-            at::Tensor xw_n = xw.narrow(0, row, n);
-            at::mm_out(xw_n, x_.narrow(0, row, n), w_t);
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "scan_forward", [&] {
+    with_storage<scalar_t>(xw, [&](auto storage) {
+      using K = decltype(storage);
+      const K* k = stored<K>(xw);
+      const auto *bi = bias.data_ptr<scalar_t>(), *h0_ = h0.data_ptr<scalar_t>();
+      auto* out = h.data_ptr<scalar_t>();
+      auto steps = chunks == 2 ? forward_steps<MinGRU<scalar_t>, scalar_t, K> : forward_steps<MinLSTM<scalar_t>, scalar_t, K>;
+      const int64_t chunk = project ? kForwardChunk : T_;  // xw given: the whole row at once
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          for (int64_t t_lo = 0; t_lo < T_; t_lo += chunk) {
+            const int64_t n = std::min(chunk, T_ - t_lo), row = b * T_ + t_lo;
+            if (project) {
+              at::Tensor xw_n = xw.narrow(0, row, n);
+              at::mm_out(xw_n, x_.narrow(0, row, n), w_t);
+            }
+            steps(k, bi, h0_, out, b, t_lo, t_lo + n, T_, H);
           }
-          steps(k, bi, h0_, out, b, t_lo, t_lo + n, T_, H);
         }
-      }
+      });
     });
   });
   return h;
 }
 
 // The gradients of scan_forward from dh (B, T, H): (dxw (B*T, C*H), dbias (C*H,), dh0 (B, H));
-// dk: where dxw goes, like xw (the caller may reuse it across calls: a fresh 32 MB tensor
-// costs more in page faults than this whole pass).
+// dk: where dxw goes, like xw, bfloat16 too if xw is (the caller may reuse it across calls: a
+// fresh 32 MB tensor costs more in page faults than this whole pass).
 std::vector<at::Tensor> scan_backward(const at::Tensor& xw, const at::Tensor& bias, const at::Tensor& h,
                                       const at::Tensor& h0, const at::Tensor& dh, at::Tensor dk, int64_t chunks) {
   check(xw, bias, h0, chunks);
   TORCH_CHECK(h.is_contiguous() && dh.is_contiguous() && dh.sizes() == h.sizes(), "contiguous h, dh expected");
   TORCH_CHECK(dk.is_contiguous() && dk.sizes() == xw.sizes() && dk.scalar_type() == xw.scalar_type(),
               "dk must be like xw");
+  TORCH_CHECK(h.scalar_type() == h0.scalar_type() && dh.scalar_type() == h0.scalar_type(), "h, dh of h0's dtype expected");
   const int64_t B = h0.size(0), H = h0.size(1), T_ = xw.size(0) / B, width = xw.size(1);
   auto dh0 = at::empty_like(h0);
-  auto dbias_rows = at::zeros({B, width}, xw.options());  // per batch row: no two threads share one
-  auto carry = at::empty({B, 2 * H}, xw.options());
-  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "scan_backward", [&] {
-    const auto *k = xw.data_ptr<scalar_t>(), *bi = bias.data_ptr<scalar_t>(), *h_ = h.data_ptr<scalar_t>(),
-               *h0_ = h0.data_ptr<scalar_t>(), *dh_ = dh.data_ptr<scalar_t>();
-    auto *d = dk.data_ptr<scalar_t>(), *dh0_ = dh0.data_ptr<scalar_t>(), *db = dbias_rows.data_ptr<scalar_t>(),
-         *c = carry.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {  // one row at a time: its own dbias row and scratch
-        scalar_t* carry_b = c + b * 2 * H;
-        std::fill(carry_b, carry_b + 2 * H, scalar_t(0));
-        auto steps = chunks == 2 ? backward_steps<MinGRU<scalar_t>, scalar_t> : backward_steps<MinLSTM<scalar_t>, scalar_t>;
-        steps(k, bi, h_, h0_, dh_, d + b * T_ * width, db + b * width, carry_b, b, 0, T_, T_, H);
-        finish_row(carry_b, dh0_, b, H);
-      }
+  auto dbias_rows = at::zeros({B, width}, h0.options());  // per batch row: no two threads share one
+  auto carry = at::empty({B, 2 * H}, h0.options());
+  auto scratch = at::empty({B, width}, h0.options());  // per batch row: dk before its rounding to bfloat16
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "scan_backward", [&] {
+    with_storage<scalar_t>(xw, [&](auto storage) {
+      using K = decltype(storage);
+      const K* k = stored<K>(xw);
+      K* d = static_cast<K*>(dk.data_ptr());
+      const auto *bi = bias.data_ptr<scalar_t>(), *h_ = h.data_ptr<scalar_t>(), *h0_ = h0.data_ptr<scalar_t>(),
+                 *dh_ = dh.data_ptr<scalar_t>();
+      auto *dh0_ = dh0.data_ptr<scalar_t>(), *db = dbias_rows.data_ptr<scalar_t>(), *c = carry.data_ptr<scalar_t>(),
+           *s = scratch.data_ptr<scalar_t>();
+      auto steps = chunks == 2 ? backward_steps<MinGRU<scalar_t>, scalar_t, K, K>
+                               : backward_steps<MinLSTM<scalar_t>, scalar_t, K, K>;
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {  // one row at a time: its own dbias row and scratch
+          scalar_t* carry_b = c + b * 2 * H;
+          std::fill(carry_b, carry_b + 2 * H, scalar_t(0));
+          steps(k, bi, h_, h0_, dh_, d + b * T_ * width, db + b * width, carry_b, s + b * width, b, 0, T_, T_, H);
+          finish_row(carry_b, dh0_, b, H);
+        }
+      });
     });
   });
   return {dk, dbias_rows.sum(0), dh0};
@@ -279,6 +347,7 @@ std::vector<at::Tensor> scan_backward_fused(const at::Tensor& xw, const at::Tens
                                             const at::Tensor& h0, const at::Tensor& dh, const at::Tensor& x2,
                                             const at::Tensor& weight, int64_t chunks, bool input_grad) {
   check(xw, bias, h0, chunks);
+  TORCH_CHECK(xw.scalar_type() == h0.scalar_type(), "xw of h0's dtype expected (bfloat16 runs scan_backward)");
   TORCH_CHECK(h.is_contiguous() && dh.is_contiguous() && dh.sizes() == h.sizes(), "contiguous h, dh expected");
   check_projection(xw, x2, weight);
   const int64_t B = h0.size(0), H = h0.size(1), T_ = xw.size(0) / B, width = xw.size(1), I = x2.size(1);
@@ -295,7 +364,8 @@ std::vector<at::Tensor> scan_backward_fused(const at::Tensor& xw, const at::Tens
     const auto *k = xw.data_ptr<scalar_t>(), *bi = bias.data_ptr<scalar_t>(), *h_ = h.data_ptr<scalar_t>(),
                *h0_ = h0.data_ptr<scalar_t>(), *dh_ = dh.data_ptr<scalar_t>();
     auto *dh0_ = dh0.data_ptr<scalar_t>(), *db = dbias_rows.data_ptr<scalar_t>();
-    auto steps = chunks == 2 ? backward_steps<MinGRU<scalar_t>, scalar_t> : backward_steps<MinLSTM<scalar_t>, scalar_t>;
+    auto steps = chunks == 2 ? backward_steps<MinGRU<scalar_t>, scalar_t, scalar_t, scalar_t>
+                             : backward_steps<MinLSTM<scalar_t>, scalar_t, scalar_t, scalar_t>;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       const int64_t thread = at::get_thread_num();
       TORCH_CHECK(thread < threads, "more threads than at::get_num_threads()");
@@ -306,7 +376,7 @@ std::vector<at::Tensor> scan_backward_fused(const at::Tensor& xw, const at::Tens
         std::fill(c, c + 2 * H, scalar_t(0));
         for (int64_t t_hi = T_; t_hi > 0; t_hi -= kBackwardChunk) {
           const int64_t t_lo = std::max<int64_t>(0, t_hi - kBackwardChunk), n = t_hi - t_lo, row = b * T_ + t_lo;
-          steps(k, bi, h_, h0_, dh_, d, db + b * width, c, b, t_lo, t_hi, T_, H);
+          steps(k, bi, h_, h0_, dh_, d, db + b * width, c, nullptr, b, t_lo, t_hi, T_, H);
           const auto dk_n = dk.narrow(0, 0, n);
           dwt.addmm_(x_.narrow(0, row, n).t(), dk_n);
           if (input_grad) {
