@@ -232,11 +232,54 @@ def test_bfloat16_autocast_step_equals_torch_nn_with_bfloat16_weights(built_kern
     assert (plain - got).abs().max() > 1e-4, "autocast made no difference: the float32 stack ran both times"
 
 
-def test_bfloat16_step_sees_fresh_weights(built_kernel, monkeypatch):
+def _bf16_gemm_reference(layer: Recurrent, x: torch.Tensor) -> torch.Tensor:
+    """The GEMM step's equations in float32 ops: per layer z = b + [x | h] W^T with [x | h] and
+    W = [W_ih | W_hh] rounded to bfloat16 and the sums in float32, then the gates."""
+    h = [torch.zeros(x.size(0), layer.hidden_size) for _ in layer.cells]
+    c = [torch.zeros_like(s) for s in h]
+    outputs = []
+    with torch.no_grad():
+        for t in range(x.size(1)):
+            inp = x[:, t]
+            for l, cell in enumerate(layer.cells):
+                weight = torch.cat([cell.weight_ih, cell.weight_hh], 1).bfloat16().float()
+                z = torch.cat([inp, h[l]], 1).bfloat16().float() @ weight.t() + cell.bias_ih + cell.bias_hh
+                i, f, g, o = z.chunk(4, 1)
+                c[l] = torch.sigmoid(f) * c[l] + torch.sigmoid(i) * torch.tanh(g)
+                h[l] = inp = torch.sigmoid(o) * torch.tanh(c[l])
+            outputs.append(inp)
+    return torch.stack(outputs, 1)
+
+
+@pytest.mark.slow
+def test_many_streams_under_bfloat16_autocast_step_as_one_bfloat16_gemm_per_layer(built_kernel, monkeypatch):
+    """From BF16_GEMM_FROM_BATCH streams on, where the CPU multiplies bfloat16 in hardware, a step
+    under autocast is one bfloat16 GEMM per layer with float32 sums (then the gates in float32):
+    equal to those equations in float32 ops, and not what the blocked product on bfloat16
+    weights (the inputs kept float32) gives."""
+    if not (built_kernel.HAS_BF16_GEMM and kernels.cpu_multiplies_bf16()):
+        pytest.skip("no MKL bfloat16 GEMM in this torch, or no bfloat16 arithmetic in this CPU")
+    monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
+    torch.manual_seed(8)
+    layer = Recurrent(7, 33, num_layers=2).eval()
+    x = torch.randn(streaming.BF16_GEMM_FROM_BATCH + 3, 12, 7)
+    want = _bf16_gemm_reference(layer, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, (h, c) = _stepped(layer, x)
+        monkeypatch.setattr(streaming, "BF16_GEMM_FROM_BATCH", 10**6)
+        layer.cells.__dict__.pop("_stream")  # rebuilt with the new threshold
+        blocked, _ = _stepped(layer, x)
+    assert got.dtype == h.dtype == c.dtype == torch.float32
+    _close(got, want, "bfloat16 GEMM step: outputs", atol=1e-5)  # measured: 1e-7
+    assert (blocked - want).abs().max() > 1e-4, "the blocked product ran where the GEMM should have"  # 4e-4
+
+
+@pytest.mark.parametrize("batch", [1, streaming.BF16_GEMM_FROM_BATCH], ids=["blocked", "gemm"])
+def test_bfloat16_step_sees_fresh_weights(built_kernel, monkeypatch, batch):
     monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
     torch.manual_seed(7)
     layer = Recurrent(4, 16, num_layers=2).eval()
-    x = torch.randn(1, 4)
+    x = torch.randn(batch, 4)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         before, _ = layer.step(x)
         layer.cells[1].weight_ih.mul_(-1)  # in place: only the version counter changes

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .cells.kernels import cpu_multiplies_bf16
 from .errors import RnnkitError
 
 PRECISIONS = ("fp32", "bf16")
@@ -35,9 +36,8 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bfloat16 in hardware: a CPU with AVX-512 BF16 or AMX, a GPU that says so."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":  # torch's own CPU probes (private, hence looked up with a default)
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    if device.type == "cpu":
+        return cpu_multiplies_bf16()
     return False
 
 

@@ -25,7 +25,9 @@ The same float32 step on 2 threads, rnnkit's against torch.nn's, and on 1 thread
 model (H=32), where the step is per-call overhead: dispatch, checks, allocations.
 
 Then batched generation: 64 streams of a character-level LM (embedding, the same 2-layer
-LSTM, a linear head, sampling), tokens/s with rnnkit's step (float32, and bfloat16 autocast) against torch.nn.LSTM's.
+LSTM, a linear head, sampling), tokens/s with rnnkit's step (float32, and bfloat16 autocast)
+against torch.nn.LSTM's (float32, and bfloat16 autocast); and the bfloat16 step's output error
+at 64 streams, where it is one bfloat16 GEMM per layer.
 """
 
 from __future__ import annotations
@@ -198,10 +200,11 @@ def _over_floor(timed: dict, name: str, floor_names: list[str]) -> float:
 
 
 @torch.no_grad()
-def bf16_accuracy(rnnkit_lstm: Recurrent, torch_lstm: nn.LSTM, steps: int = 200) -> dict:
+def bf16_accuracy(rnnkit_lstm: Recurrent, torch_lstm: nn.LSTM, steps: int = 200, streams: int = 4) -> dict:
     """Relative error of each bfloat16-autocast step's outputs against float32 torch.nn.LSTM,
-    stepping ``steps`` random inputs with the state carried (errors compound over time)."""
-    xs = torch.randn(4, steps, HIDDEN, generator=torch.Generator().manual_seed(1))
+    stepping ``steps`` random inputs for ``streams`` streams with the state carried (errors
+    compound over time). From 16 streams on rnnkit's step is the bfloat16 GEMM (``cells/streaming.py``)."""
+    xs = torch.randn(streams, steps, HIDDEN, generator=torch.Generator().manual_seed(1))
     reference, _ = torch_lstm(xs)
     outputs = {"rnnkit Recurrent.step": [], "torch.nn.LSTM": []}
     states = dict.fromkeys(outputs)
@@ -211,7 +214,7 @@ def bf16_accuracy(rnnkit_lstm: Recurrent, torch_lstm: nn.LSTM, steps: int = 200)
             outputs["rnnkit Recurrent.step"].append(y)
             y, states["torch.nn.LSTM"] = torch_lstm(xs[:, t:t + 1], states["torch.nn.LSTM"])
             outputs["torch.nn.LSTM"].append(y[:, 0])
-    return {"steps": steps, "outputs_rel_error_vs_float32": {
+    return {"steps": steps, "streams": streams, "outputs_rel_error_vs_float32": {
         name: float((torch.stack(ys, 1).float() - reference).norm() / reference.norm()) for name, ys in outputs.items()}}
 
 
@@ -249,6 +252,8 @@ def generation(quick: bool) -> dict:
         "torch.nn.LSTM": sampler(theirs, lambda e, s: (lambda o, s2: (o[:, 0], s2))(*theirs.recurrent(e[:, None], s))),
         "rnnkit Recurrent.step": sampler(ours, ours.recurrent.step),
         "rnnkit Recurrent.step, bfloat16 autocast": sampler(ours, ours.recurrent.step, bf16=True),
+        "torch.nn.LSTM, bfloat16 autocast": sampler(
+            theirs, lambda e, s: (lambda o, s2: (o[:, 0], s2))(*theirs.recurrent(e[:, None], s)), bf16=True),
     }
     with torch.no_grad(), threads(1):
         timed = interleaved(candidates, {n: "torch.nn.LSTM" for n in candidates},
@@ -259,6 +264,9 @@ def generation(quick: bool) -> dict:
         "tokens_per_s_median": tokens,
         "speedup_vs_torch_nn_lstm": timed["rnnkit Recurrent.step"]["speedup_vs_baseline"],
         "bf16_speedup_vs_torch_nn_lstm": timed["rnnkit Recurrent.step, bfloat16 autocast"]["speedup_vs_baseline"],
+        "bf16_speedup_vs_torch_nn_lstm_bf16": (tokens["rnnkit Recurrent.step, bfloat16 autocast"]
+                                               / tokens["torch.nn.LSTM, bfloat16 autocast"]),
+        "bfloat16": bf16_accuracy(ours.recurrent, theirs.recurrent, streams=STREAMS),
         "raw": timed,
     }
 
@@ -289,6 +297,10 @@ def run(quick: bool = False) -> dict:
         "generation tokens/s, 64 streams, vs torch.nn.LSTM": result["generation_64_streams"]["speedup_vs_torch_nn_lstm"],
         "generation tokens/s, 64 streams, bfloat16 autocast vs torch.nn.LSTM (float32)":
             result["generation_64_streams"]["bf16_speedup_vs_torch_nn_lstm"],
+        "generation tokens/s, 64 streams, both under bfloat16 autocast":
+            result["generation_64_streams"]["bf16_speedup_vs_torch_nn_lstm_bf16"],
+        "bfloat16 step output relative error after 200 steps, 64 streams":
+            result["generation_64_streams"]["bfloat16"]["outputs_rel_error_vs_float32"]["rnnkit Recurrent.step"],
     }
     # the bfloat16 floor is read by the compiled kernel: no figure without it
     result["ratios"] = {what: ratio for what, ratio in result["ratios"].items() if ratio is not None}

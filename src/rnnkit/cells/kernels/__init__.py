@@ -72,6 +72,13 @@ def _cpu() -> str:
         return platform.processor() or platform.machine()
 
 
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX): torch's own probes
+    (private, hence looked up with a default)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def _source_and_headers(file: str, seen: Optional[set[str]] = None) -> bytes:
     """``file``'s bytes, then those of every header of ours it includes (``#include "..."``,
     next to it), and of theirs in turn, each once: what a build of it depends on."""

@@ -50,20 +50,8 @@ template <typename T>
 inline T widen(T v) {
   return v;
 }
-inline float widen(std::uint16_t bits) {
-  const std::uint32_t word = static_cast<std::uint32_t>(bits) << 16;
-  float v;
-  std::memcpy(&v, &word, sizeof v);
-  return v;
-}
-
-// float32 to bfloat16 bits, rounded to nearest even as ATen's conversion is (a NaN stays a NaN).
-inline std::uint16_t to_bfloat16(float v) {
-  std::uint32_t word;
-  std::memcpy(&word, &v, sizeof word);
-  const std::uint32_t rounded = (word + 0x7FFFu + ((word >> 16) & 1u)) >> 16;
-  return v != v ? std::uint16_t(0x7FC0) : static_cast<std::uint16_t>(rounded);
-}
+using rnnkit_simd::widen;
+using rnnkit_simd::to_bfloat16;
 
 // g(v) and g'(v) from s = sigmoid(v)
 template <typename T>

@@ -1,6 +1,6 @@
 // exp, sigmoid and tanh as plain arithmetic, so that `#pragma omp simd` loops vectorise them
 // (glibc's expf and tanhf do not); shared by every kernel here (the streaming kernel's
-// blocked_lstm.h calls exp_poly on its vectors).
+// blocked_lstm.h calls exp_poly on its vectors); and bfloat16's conversions.
 #pragma once
 
 #include <cmath>
@@ -61,5 +61,21 @@ inline T sigmoid(T v) {
 // where tanh v ~ v is tiny); float64 keeps std::tanh, exact to the last bit.
 inline float tanh_simd(float v) { return 2.0f * sigmoid(2.0f * v) - 1.0f; }
 inline double tanh_simd(double v) { return std::tanh(v); }
+
+// bfloat16 as its bits (the top half of a float32): widened exactly, and rounded from float32 to
+// nearest even as ATen's conversion is (a NaN stays a NaN).
+inline float widen(std::uint16_t bits) {
+  const std::uint32_t word = static_cast<std::uint32_t>(bits) << 16;
+  float v;
+  std::memcpy(&v, &word, sizeof v);
+  return v;
+}
+
+inline std::uint16_t to_bfloat16(float v) {
+  std::uint32_t word;
+  std::memcpy(&word, &v, sizeof word);
+  const std::uint32_t rounded = (word + 0x7FFFu + ((word >> 16) & 1u)) >> 16;
+  return v != v ? std::uint16_t(0x7FC0) : static_cast<std::uint16_t>(rounded);
+}
 
 }  // namespace rnnkit_simd

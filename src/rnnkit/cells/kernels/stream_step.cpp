@@ -5,7 +5,8 @@
 //   in an order that alternates from step to step (see BlockedStack::step), no ATen op
 //   dispatched; its arguments checked here in C++, so the call is the whole step's dispatch.
 //   Under bfloat16 autocast it reads the weights stored as bfloat16 (half the bytes: a step costs
-//   about half); x, h, c, the sums and the gates stay float32.
+//   about half); x, h, c, the sums and the gates stay float32. From gemm_from_batch streams on,
+//   under bfloat16 autocast, the step is instead one bfloat16 GEMM per layer (gemm_lstm.h).
 // - lstm_stack_step (larger batches): MKL's packed GEMM on [W_ih | W_hh] (rows i, f, o, g), then a
 //   handful of ATen ops dispatched from C++; there the product is compute-bound and MKL wins.
 #include <torch/extension.h>
@@ -25,8 +26,10 @@
 #include <vector>
 
 #include "blocked_lstm.h"
+#include "gemm_lstm.h"
 
 using namespace blocked_lstm;
+using gemm_lstm::GemmStack;
 
 namespace {
 
@@ -68,15 +71,10 @@ class BlockedStack {
     }
   }
 
-  // Whether x (B, I) and h, c (L, B, H) are the shapes these weights step (every layer above
-  // the first reads the one below: its input size is H).
+  // Whether x (B, I) and h, c (L, B, H) are the shapes these weights step.
   bool fits(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c) const {
-    if (x.dim() != 2 || h.dim() != 3 || h.sizes() != c.sizes() || h.size(1) != x.size(0)) return false;
-    const int64_t hidden = h.size(2);
-    for (size_t l = 1; l < input_sizes_.size(); ++l)
-      if (input_sizes_[l] != hidden) return false;
-    return h.size(0) == static_cast<int64_t>(weights_.size()) && x.size(1) == input_sizes_[0] &&
-           weights_[0].size(0) == (hidden + kLanes - 1) / kLanes &&
+    const int64_t hidden = h.dim() == 3 ? h.size(2) : 0;
+    return gemm_lstm::stack_fits(input_sizes_, x, h, c) && weights_[0].size(0) == (hidden + kLanes - 1) / kLanes &&
            weights_[0].size(1) == Layout<W>::rows(input_sizes_[0]) + Layout<W>::rows(hidden);
   }
 
@@ -136,8 +134,9 @@ class BlockedStack {
 //
 // step() returns None wherever it cannot run, and the caller takes its checked Python path:
 // arguments that are not float32 CPU tensors of shapes these weights step, more than max_batch
-// streams, a gradient wanted, a parameter changed since the weights were laid out (rebuild), or
-// no weights laid out yet for the precision in force (float32, or bfloat16 under CPU autocast).
+// streams (unless the bfloat16 GEMM step takes them), a gradient wanted, a parameter changed
+// since the weights were laid out (rebuild), or no weights laid out yet for the precision in
+// force (float32, or bfloat16 under CPU autocast).
 //
 // "Changed" is checked by identity and counters, never by reading the values: the same cells in
 // the list, the same parameter objects in each cell, each with the data pointer, storage and
@@ -170,6 +169,13 @@ class StreamStack {
 
   bool has_weights(bool bf16) const { return bf16 ? bfloat16_.has_value() : float32_.has_value(); }
 
+  // The bfloat16 GEMM step's weights (gemm_lstm.h), used under autocast from `from_batch` streams on.
+  void set_gemm_weights(std::vector<at::Tensor> weights, std::vector<at::Tensor> biases,
+                        std::vector<int64_t> input_sizes, int64_t from_batch) {
+    gemm_.emplace(std::move(weights), std::move(biases), std::move(input_sizes));
+    gemm_from_batch_ = from_batch;
+  }
+
   bool fresh() const {
     for (const auto& w : watched_)
       if (!w.same()) return false;
@@ -188,8 +194,10 @@ class StreamStack {
                       at::autocast::get_autocast_dtype(at::kCPU) == at::kBFloat16;
     for (const at::Tensor* t : {&x, &h, &c})
       if (t->scalar_type() != at::kFloat || !t->device().is_cpu()) return py::none();
-    if (x.dim() != 2 || x.size(0) > max_batch_ || wants_gradient(x, h, c) || !fresh()) return py::none();
-    const auto [y, h_out, c_out] = bf16 ? run(bfloat16_, x, h, c) : run(float32_, x, h, c);
+    if (x.dim() != 2 || wants_gradient(x, h, c) || !fresh()) return py::none();
+    const bool gemm = bf16 && gemm_ && x.size(0) >= gemm_from_batch_;
+    if (!gemm && x.size(0) > max_batch_) return py::none();
+    const auto [y, h_out, c_out] = gemm ? run(gemm_, x, h, c) : bf16 ? run(bfloat16_, x, h, c) : run(float32_, x, h, c);
     if (!y.defined()) return py::none();
     return py::make_tuple(y, py::make_tuple(h_out, c_out));
   }
@@ -236,8 +244,8 @@ class StreamStack {
     return false;
   }
 
-  template <typename W>
-  static std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const std::optional<BlockedStack<W>>& stack,
+  template <typename Stack>
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const std::optional<Stack>& stack,
                                                              const at::Tensor& x, const at::Tensor& h,
                                                              const at::Tensor& c) {
     if (!stack || !stack->fits(x, h, c)) return {};
@@ -249,6 +257,8 @@ class StreamStack {
   std::vector<Source> sources_;
   std::optional<BlockedStack<float>> float32_;
   std::optional<BlockedStack<std::uint16_t>> bfloat16_;
+  std::optional<GemmStack> gemm_;
+  int64_t gemm_from_batch_ = 0;
 };
 
 // x (B, I); h, c (L, B, H); weights[l] (4H, I_l + H), rows i, f, o, g; biases[l] (4H,); packed[l] or empty.
@@ -305,10 +315,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<const py::object&, int64_t>(), py::arg("cells"), py::arg("max_batch"))
       .def("set_weights", &StreamStack::set_weights, "lay out (bfloat16 if bf16) weights, biases, input sizes")
       .def("has_weights", &StreamStack::has_weights, "whether the weights of that precision are laid out")
+      .def("set_gemm_weights", &StreamStack::set_gemm_weights,
+           "bfloat16 (4H, I + H) weights, float32 biases and input sizes for the GEMM step from from_batch streams on")
       .def("fresh", &StreamStack::fresh, "whether every parameter is still what it was when built")
       .def("step", &StreamStack::step, "(y, (h, c)) of one step of every layer, or None where it cannot run");
   m.def("lstm_stack_step", &lstm_stack_step, "one step of a stack of plain LSTM layers: MKL packed GEMM");
   m.def("stream_read", &stream_read, "sum of a contiguous float32 tensor, read once", py::arg("t"),
         py::arg("descending") = false);
   m.attr("LANES") = kLanes;
+  m.attr("HAS_BF16_GEMM") = gemm_lstm::has_bf16_gemm();
 }
