@@ -16,9 +16,9 @@ the first 95 % of Shakespeare's text, or a slice of it) in each precision, then 
 float32 on the held-out last 5 %: bits per character and their difference. The full run
 also trains each for the same wall-clock budget: what a user with ``--minutes`` gets.
 
-Generation: the float32-trained model generating one stream (``rnnkit textgen sample``), one
-thread, per token with ``precision="fp32"`` and ``"bf16"``, interleaved; and how many greedy
-tokens the two precisions produce alike before they first differ.
+Generation: the float32-trained model generating one stream (``rnnkit textgen sample``), and
+64 at once (``--num-samples 64``), one thread, with ``precision="fp32"`` and ``"bf16"``,
+interleaved; and how many greedy tokens the two precisions produce alike before they first differ.
 """
 
 from __future__ import annotations
@@ -96,16 +96,24 @@ def _train_lm(text: str, val_text: str, precision: str, **options) -> tuple[dict
             "train_tokens_per_s": m["train_tokens_per_s"], "val_bpc": m["val_bpc"]}, lm
 
 
+SAMPLES = 64  # `rnnkit textgen sample --num-samples 64`: 64 streams at once
+
+
 def generation(lm: TextGenerator, quick: bool) -> dict:
-    """Per-token time of one stream in each precision, and the greedy tokens they share before differing."""
+    """Time per step (one token for each stream) of one stream, and of SAMPLES at once, in each
+    precision; and the greedy tokens they share before differing."""
     tokens = 100 if quick else 300
     candidates = {p: (lambda p=p: lm.sample("ROMEO:", 1, tokens, seed=0, precision=p)) for p in ("fp32", "bf16")}
+    for p in ("fp32", "bf16"):
+        candidates[f"{p}, {SAMPLES} samples"] = lambda p=p: lm.sample("ROMEO:", SAMPLES, tokens, seed=0, precision=p)
+    baselines = {"bf16": "fp32", f"bf16, {SAMPLES} samples": f"fp32, {SAMPLES} samples"}
     with threads(1):
-        timed = interleaved(candidates, {"bf16": "fp32"}, repeats=3 if quick else 7, seconds=0.3 if quick else 1.0)
+        timed = interleaved(candidates, baselines, repeats=3 if quick else 7, seconds=0.3 if quick else 1.0)
     full, low = (lm.sample("", 1, tokens, temperature=0.0, precision=p)[0] for p in ("fp32", "bf16"))
     alike = next((k for k, (a, b) in enumerate(zip(full, low)) if a != b), min(len(full), len(low)))
     return {"us_per_token": {p: 1e6 * r["seconds_per_call"] / tokens for p, r in timed.items()},
             "bf16_speedup": timed["bf16"]["speedup_vs_baseline"],
+            f"bf16_speedup_{SAMPLES}_samples": timed[f"bf16, {SAMPLES} samples"]["speedup_vs_baseline"],
             "greedy_characters_alike": alike, "greedy_characters": tokens}
 
 
@@ -137,6 +145,7 @@ def run(quick: bool = False) -> dict:
     result["generation"] = generation(lm, quick)
     ratios = {f"bf16 training speed-up: {n}": r for n, r in result["speed"]["bf16_speedup"].items()}
     ratios["bf16 generation speed-up, one stream, per token"] = result["generation"]["bf16_speedup"]
+    ratios[f"bf16 generation speed-up, {SAMPLES} samples at once"] = result["generation"][f"bf16_speedup_{SAMPLES}_samples"]
     for what, runs in result["accuracy"].items():
         ratios[f"held-out bits/char, {what.replace('_', ' ')}: fp32"] = runs["fp32"]["val_bpc"]
         ratios[f"held-out bits/char, {what.replace('_', ' ')}: bf16"] = runs["bf16"]["val_bpc"]
