@@ -1,7 +1,8 @@
 """Fused custom cells and bfloat16: training speed against torch.nn, accuracy cost of bf16.
 
-Training tokens/s (forward + backward + SGD step) at B=64, T=100, H=256 (input 256), one
-layer, interleaved in one run, on 1 and then 2 threads:
+Training tokens/s (forward, backward from a fixed gradient of the outputs, SGD step:
+:func:`~rnnkit.bench.timing.training_step`) at B=64, T=100, H=256 (input 256), one layer,
+interleaved in one run, on 1 and then 2 threads:
 
 - LayerNorm and peephole LSTMs on rnnkit's fused recurrence (``cells/scan.py``) and on the
   reference path (the equations as a Python loop under autograd), against ``torch.nn.LSTM``;
@@ -30,22 +31,9 @@ from torch import nn
 import rnnkit
 
 from . import kernel_path
-from .timing import interleaved, threads
+from .timing import interleaved, threads, training_step
 
 BATCH, STEPS, HIDDEN = 64, 100, 256
-
-
-def _train_step(model: nn.Module, x: torch.Tensor, bf16: bool = False):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            outputs, _ = model(x)
-        outputs.float().square().mean().backward()
-        opt.step()
-
-    return step
 
 
 def _candidates(x: torch.Tensor, quick: bool) -> tuple[dict, dict]:
@@ -54,17 +42,17 @@ def _candidates(x: torch.Tensor, quick: bool) -> tuple[dict, dict]:
         return rnnkit.LSTM(HIDDEN, HIDDEN, **options)
 
     candidates = {
-        "torch.nn.LSTM": _train_step(nn.LSTM(HIDDEN, HIDDEN, batch_first=True), x),
-        "rnnkit LSTM layer_norm fused": _train_step(lstm(layer_norm=True), x),
-        "rnnkit LSTM peephole fused": _train_step(lstm(peephole=True), x),
-        "rnnkit LSTM bf16 autocast": _train_step(lstm(), x, bf16=True),
-        "rnnkit LSTM float32": _train_step(lstm(), x),
-        "torch.nn.GRU": _train_step(nn.GRU(HIDDEN, HIDDEN, batch_first=True), x),
-        "rnnkit GRU fused": _train_step(rnnkit.GRU(HIDDEN, HIDDEN), x),
+        "torch.nn.LSTM": training_step(nn.LSTM(HIDDEN, HIDDEN, batch_first=True), x),
+        "rnnkit LSTM layer_norm fused": training_step(lstm(layer_norm=True), x),
+        "rnnkit LSTM peephole fused": training_step(lstm(peephole=True), x),
+        "rnnkit LSTM bf16 autocast": training_step(lstm(), x, bf16=True),
+        "rnnkit LSTM float32": training_step(lstm(), x),
+        "torch.nn.GRU": training_step(nn.GRU(HIDDEN, HIDDEN, batch_first=True), x),
+        "rnnkit GRU fused": training_step(rnnkit.GRU(HIDDEN, HIDDEN), x),
     }
     if not quick:  # the Python loops are slow: the full run only
-        candidates["rnnkit LSTM layer_norm reference"] = _train_step(lstm(layer_norm=True, backend="reference"), x)
-        candidates["rnnkit LSTM peephole reference"] = _train_step(lstm(peephole=True, backend="reference"), x)
+        candidates["rnnkit LSTM layer_norm reference"] = training_step(lstm(layer_norm=True, backend="reference"), x)
+        candidates["rnnkit LSTM peephole reference"] = training_step(lstm(peephole=True, backend="reference"), x)
     baselines = {n: "torch.nn.LSTM" for n in candidates}
     baselines.update({"torch.nn.GRU": "torch.nn.GRU", "rnnkit GRU fused": "torch.nn.GRU",
                       "rnnkit LSTM bf16 autocast": "rnnkit LSTM float32"})

@@ -1,9 +1,11 @@
 """Parallel-scan cells: minGRU and minLSTM against torch.nn.LSTM, in speed and on the adding problem.
 
-Speed: training tokens/s (forward + backward + SGD step) at T=1024, H=256, batch 16, one
-layer, input 256, interleaved with ``torch.nn.LSTM`` on the same shapes, on 1 and 2 threads
-(the GUIDE's figures are on 2; a scan's large ops use both cores, an LSTM's small
-per-step products at batch 16 hardly can). Timed in the same rotation: each cell's two
+Speed: training tokens/s (forward, backward from a fixed gradient of the outputs, SGD step:
+:func:`~rnnkit.bench.timing.training_step`) at T=1024, H=256, batch 16, one layer, input
+256, interleaved with ``torch.nn.LSTM`` on the same shapes, on 1 and 2 threads (the GUIDE's
+figures are on 2; a scan's large ops use both cores, an LSTM's small per-step products at
+batch 16 hardly can); also with a mean-square loss on top of both, which adds the same
+~14 ms to every step (one thread). Timed in the same rotation: each cell's two
 projection GEMMs alone (forward and weight gradient), the ceiling of its ratio: with
 I = H, a training step of minLSTM costs 3/10 of the LSTM's matrix FLOPs and minGRU 1/5
 (2BT·H²·6 and ·4 against ·20: no recurrent product, no gradient through one), so where
@@ -34,22 +36,9 @@ from torch import nn
 
 from ..layers import Recurrent
 from . import kernel_path
-from .timing import interleaved, threads
+from .timing import interleaved, threads, training_step
 
 CHANCE_MSE = 1 / 6  # variance of the sum of two U(0, 1)
-
-
-def _train_step(model: nn.Module, x: torch.Tensor, bf16: bool = False):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            outputs, _ = model(x)
-        outputs.float().square().mean().backward()
-        opt.step()
-
-    return step
 
 
 def _gemms_only(x: torch.Tensor, chunks: int) -> Callable[[], None]:
@@ -71,17 +60,21 @@ def throughput(quick: bool, n_threads: int = 1) -> dict:
     torch.manual_seed(0)
     x = torch.randn(batch, steps, hidden)
     candidates = {
-        "torch.nn.LSTM": _train_step(nn.LSTM(hidden, hidden, batch_first=True), x),
-        "rnnkit minGRU": _train_step(Recurrent(hidden, hidden, cell="mingru"), x),
-        "rnnkit minLSTM": _train_step(Recurrent(hidden, hidden, cell="minlstm"), x),
+        "torch.nn.LSTM": training_step(nn.LSTM(hidden, hidden, batch_first=True), x),
+        "rnnkit minGRU": training_step(Recurrent(hidden, hidden, cell="mingru"), x),
+        "rnnkit minLSTM": training_step(Recurrent(hidden, hidden, cell="minlstm"), x),
         "minGRU GEMMs only": _gemms_only(x, 2),
         "minLSTM GEMMs only": _gemms_only(x, 3),
+        # the same steps with a mean-square loss on top (how this benchmark measured before)
+        "torch.nn.LSTM, mean-square loss": training_step(nn.LSTM(hidden, hidden, batch_first=True), x, loss="mse"),
+        "rnnkit minGRU, mean-square loss": training_step(Recurrent(hidden, hidden, cell="mingru"), x, loss="mse"),
+        "rnnkit minLSTM, mean-square loss": training_step(Recurrent(hidden, hidden, cell="minlstm"), x, loss="mse"),
     }
-    baselines = {n: "torch.nn.LSTM" for n in candidates}
+    baselines = {n: "torch.nn.LSTM, mean-square loss" if n.endswith("loss") else "torch.nn.LSTM" for n in candidates}
     if n_threads == 1:  # bfloat16 autocast on both sides: the GEMMs in bfloat16, the scans in float32
-        candidates["torch.nn.LSTM, bf16 autocast"] = _train_step(nn.LSTM(hidden, hidden, batch_first=True), x, bf16=True)
+        candidates["torch.nn.LSTM, bf16 autocast"] = training_step(nn.LSTM(hidden, hidden, batch_first=True), x, bf16=True)
         for cell in ("minGRU", "minLSTM"):
-            candidates[f"rnnkit {cell}, bf16 autocast"] = _train_step(Recurrent(hidden, hidden, cell=cell.lower()), x, bf16=True)
+            candidates[f"rnnkit {cell}, bf16 autocast"] = training_step(Recurrent(hidden, hidden, cell=cell.lower()), x, bf16=True)
             baselines[f"rnnkit {cell}, bf16 autocast"] = "torch.nn.LSTM, bf16 autocast"
         baselines["torch.nn.LSTM, bf16 autocast"] = "torch.nn.LSTM"
     with threads(n_threads):
@@ -159,6 +152,9 @@ def run(quick: bool = False) -> dict:
         for cell in ("minGRU", "minLSTM"):
             name = f"{cell} training tokens/s vs torch.nn.LSTM, T=1024, {key.replace('_', ' ')} (target >= 5x)"
             result["ratios"][name] = speed[f"rnnkit {cell}"]
+        for cell in ("minGRU", "minLSTM"):
+            name = f"  with a mean-square loss on top, both sides: {cell}, {key.replace('_', ' ')}"
+            result["ratios"][name] = speed[f"rnnkit {cell}, mean-square loss"]
         for cell in ("minGRU", "minLSTM"):  # the ceiling: what the ratio would be if only the GEMMs cost
             name = f"  ceiling: {cell}'s projection GEMMs alone vs torch.nn.LSTM, {key.replace('_', ' ')}"
             result["ratios"][name] = speed[f"{cell} GEMMs only"]
