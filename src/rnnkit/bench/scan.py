@@ -4,8 +4,8 @@ Speed: training tokens/s (forward, backward from a fixed gradient of the outputs
 :func:`~rnnkit.bench.timing.training_step`) at T=1024, H=256, batch 16, one layer, input
 256, interleaved with ``torch.nn.LSTM`` on the same shapes, on 1 and 2 threads (the GUIDE's
 figures are on 2; a scan's large ops use both cores, an LSTM's small per-step products at
-batch 16 hardly can); also with a mean-square loss on top of both, which adds the same
-~14 ms to every step (one thread). Timed in the same rotation: each cell's two
+batch 16 hardly can); also with a mean-square loss on top of both, which adds about the
+same ~20 ms to every step on one thread (~15 on two). Timed in the same rotation: each cell's two
 projection GEMMs alone (forward and weight gradient), the ceiling of its ratio: with
 I = H, a training step of minLSTM costs 3/10 of the LSTM's matrix FLOPs and minGRU 1/5
 (2BT·H²·6 and ·4 against ·20: no recurrent product, no gradient through one), so where

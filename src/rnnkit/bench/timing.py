@@ -81,8 +81,8 @@ def training_step(model: nn.Module, x: Tensor, *, bf16: bool = False,
     The backward starts from a fixed gradient of the outputs (``outputs.backward(upstream)``,
     how DeepBench times an RNN layer), so a step costs the layer and nothing else. With
     ``loss="mse"`` it starts from a mean-square loss of the outputs instead, whose forward and
-    backward are then paid on top by every layer alike (~14 ms a step at B=16, T=1024, H=256 on
-    one Xeon core: a tenth of minLSTM's step, which narrows every ratio against it).
+    backward are then paid on top by every layer alike (~20 ms a step at B=16, T=1024, H=256 on
+    one Xeon core: a sixth of minLSTM's step, which narrows every ratio against it).
     """
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     upstream: list[Tensor] = []  # made at the first call, once the outputs' shape is known
