@@ -51,6 +51,7 @@ def child(case: str, tuned: bool, steps: int) -> dict:
     from torch import nn
 
     from rnnkit.allocator import keep_freed_memory
+    from rnnkit.bench.timing import training_step
     from rnnkit.layers import Recurrent
 
     torch.set_num_threads(1)
@@ -58,14 +59,8 @@ def child(case: str, tuned: bool, steps: int) -> dict:
     kind, batch, length, hidden = CASES[case]
     torch.manual_seed(0)
     model = nn.LSTM(hidden, hidden, batch_first=True) if kind == "torch" else Recurrent(hidden, hidden, cell=kind)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch, length, hidden)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        outputs, _ = model(x)
-        outputs.square().mean().backward()
-        optimizer.step()
+    step = training_step(model, x, loss="mse", optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
 
     for _ in range(2):
         step()

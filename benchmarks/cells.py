@@ -43,6 +43,7 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import rnnkit
 
+from rnnkit.bench.timing import training_step  # noqa: E402
 from rich.console import Console
 from rich.table import Table
 
@@ -102,23 +103,8 @@ CANDIDATES = [
 ]
 
 
-def make_optimizer(name: str, params) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=1e-3)
-    return torch.optim.Adam(params, lr=1e-3)
-
-
-def training_step(model: nn.Module, x: Tensor, optimizer: str) -> Callable[[], None]:
-    """One forward + backward + optimiser step on a fixed batch."""
-    opt = make_optimizer(optimizer, model.parameters())
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        outputs, _ = model(x)
-        outputs.square().mean().backward()
-        opt.step()
-
-    return step
+OPTIMIZERS = {"sgd": lambda params: torch.optim.SGD(params, lr=1e-3),
+              "adam": lambda params: torch.optim.Adam(params, lr=1e-3)}
 
 
 def time_iters(step: Callable[[], None], iters: int) -> float:
@@ -157,7 +143,7 @@ def bench_shape(batch: int, time_steps: int, hidden: int, args) -> list[dict]:
     with console.status(f"B={batch} T={time_steps} H={hidden}: warming up") as status:
         for cand in CANDIDATES:
             torch.manual_seed(0)
-            step = training_step(cand.build(hidden, hidden), x, args.optimizer)
+            step = training_step(cand.build(hidden, hidden), x, loss="mse", optimizer=OPTIMIZERS[args.optimizer])
             for _ in range(args.warmup):
                 step()
             once = time_iters(step, 1)  # calibrate: about args.target seconds per measurement

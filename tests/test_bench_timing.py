@@ -57,3 +57,18 @@ def test_training_step_under_bf16_autocast_backpropagates_bfloat16_outputs():
     training_step(model, torch.randn(2, 5, 3), bf16=True)()
     assert model.dtypes == [torch.bfloat16]
     assert model.linear.weight.dtype == torch.float32 and not torch.equal(model.linear.weight, before)
+
+
+def test_training_step_updates_with_the_optimizer_it_is_given():
+    x = torch.randn(2, 5, 3)
+    model, twin = _model(), _model()
+    step = training_step(model, x, loss="mse", optimizer=lambda params: torch.optim.Adam(params, lr=1e-2))
+    twin_opt = torch.optim.Adam(twin.parameters(), lr=1e-2)
+    for _ in range(3):
+        step()
+        twin_opt.zero_grad()
+        twin(x)[0].square().mean().backward()
+        twin_opt.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q)
+    assert not torch.equal(next(model.parameters()), next(_model().parameters()))

@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -74,9 +74,12 @@ def interleaved(
 
 
 def training_step(model: nn.Module, x: Tensor, *, bf16: bool = False,
-                  loss: Literal["upstream", "mse"] = "upstream") -> Callable[[], None]:
+                  loss: Literal["upstream", "mse"] = "upstream",
+                  optimizer: Optional[Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]] = None,
+                  ) -> Callable[[], None]:
     """One training step of a recurrent layer ``model(x) -> (outputs, state)`` on a fixed batch:
-    forward (under bfloat16 autocast with ``bf16``), backward, SGD update.
+    forward (under bfloat16 autocast with ``bf16``), backward, update by ``optimizer(params)``
+    (default: SGD, lr 1e-3).
 
     The backward starts from a fixed gradient of the outputs (``outputs.backward(upstream)``,
     how DeepBench times an RNN layer), so a step costs the layer and nothing else. With
@@ -84,7 +87,7 @@ def training_step(model: nn.Module, x: Tensor, *, bf16: bool = False,
     backward are then paid on top by every layer alike (~20 ms a step at B=16, T=1024, H=256 on
     one Xeon core: a sixth of minLSTM's step, which narrows every ratio against it).
     """
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    opt = (optimizer or (lambda params: torch.optim.SGD(params, lr=1e-3)))(model.parameters())
     upstream: list[Tensor] = []  # made at the first call, once the outputs' shape is known
 
     def step() -> None:
