@@ -59,24 +59,28 @@ def throughput(quick: bool, n_threads: int = 1) -> dict:
     batch, steps, hidden = 16, 1024, 256
     torch.manual_seed(0)
     x = torch.randn(batch, steps, hidden)
-    candidates = {
-        "torch.nn.LSTM": training_step(nn.LSTM(hidden, hidden, batch_first=True), x),
-        "rnnkit minGRU": training_step(Recurrent(hidden, hidden, cell="mingru"), x),
-        "rnnkit minLSTM": training_step(Recurrent(hidden, hidden, cell="minlstm"), x),
-        "minGRU GEMMs only": _gemms_only(x, 2),
-        "minLSTM GEMMs only": _gemms_only(x, 3),
-        # the same steps with a mean-square loss on top (how this benchmark measured before)
-        "torch.nn.LSTM, mean-square loss": training_step(nn.LSTM(hidden, hidden, batch_first=True), x, loss="mse"),
-        "rnnkit minGRU, mean-square loss": training_step(Recurrent(hidden, hidden, cell="mingru"), x, loss="mse"),
-        "rnnkit minLSTM, mean-square loss": training_step(Recurrent(hidden, hidden, cell="minlstm"), x, loss="mse"),
-    }
-    baselines = {n: "torch.nn.LSTM, mean-square loss" if n.endswith("loss") else "torch.nn.LSTM" for n in candidates}
-    if n_threads == 1:  # bfloat16 autocast on both sides: the GEMMs in bfloat16, the scans in float32
-        candidates["torch.nn.LSTM, bf16 autocast"] = training_step(nn.LSTM(hidden, hidden, batch_first=True), x, bf16=True)
-        for cell in ("minGRU", "minLSTM"):
-            candidates[f"rnnkit {cell}, bf16 autocast"] = training_step(Recurrent(hidden, hidden, cell=cell.lower()), x, bf16=True)
-            baselines[f"rnnkit {cell}, bf16 autocast"] = "torch.nn.LSTM, bf16 autocast"
+
+    def layers() -> dict[str, nn.Module]:  # fresh ones for each variant
+        return {"torch.nn.LSTM": nn.LSTM(hidden, hidden, batch_first=True),
+                "rnnkit minGRU": Recurrent(hidden, hidden, cell="mingru"),
+                "rnnkit minLSTM": Recurrent(hidden, hidden, cell="minlstm")}
+
+    # name suffix -> the step's options, each variant against torch.nn.LSTM's of the same kind: with
+    # a mean-square loss on top (how this benchmark measured before), and on one thread bfloat16
+    # autocast on both sides (the GEMMs in bfloat16, the scans in float32)
+    variants = {"": {}, ", mean-square loss": {"loss": "mse"}}
+    if n_threads == 1:
+        variants[", bf16 autocast"] = {"bf16": True}
+    candidates, baselines = {}, {}
+    for suffix, options in variants.items():
+        for name, layer in layers().items():
+            candidates[name + suffix] = training_step(layer, x, **options)
+            baselines[name + suffix] = "torch.nn.LSTM" + suffix
+    if n_threads == 1:  # and bfloat16's own gain: torch.nn.LSTM under autocast against float32
         baselines["torch.nn.LSTM, bf16 autocast"] = "torch.nn.LSTM"
+    for cell, chunks in (("minGRU", 2), ("minLSTM", 3)):
+        candidates[f"{cell} GEMMs only"] = _gemms_only(x, chunks)
+        baselines[f"{cell} GEMMs only"] = "torch.nn.LSTM"
     with threads(n_threads):
         timed = interleaved(candidates, baselines,
                             repeats=3 if quick else 7, seconds=0.3 if quick else 1.0, warmup=1)
