@@ -234,7 +234,7 @@ def mse_loss_fn(model: nn.Module, batch, state):
 
 def wait_for_trainer(timeout: float) -> Optional[object]:
     """``rnnkit.training`` is written by another engineer; wait for it to land and import."""
-    path = Path(rnnkit.__file__).parent / "training.py"
+    path = Path(rnnkit.__file__).parent / "training" / "__init__.py"
     deadline = time.monotonic() + timeout
     last_error = "not there yet"
     while True:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnkit import training
+from rnnkit.training import loop as training_loop
 from rnnkit.training import TrainConfig, fit
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -54,7 +54,7 @@ def test_turned_off_by_the_environment():
 
 def test_the_trainer_tunes_malloc_when_it_trains_on_the_cpu(monkeypatch):
     calls = []
-    monkeypatch.setattr(training, "keep_freed_memory", lambda: calls.append(True))
+    monkeypatch.setattr(training_loop, "keep_freed_memory", lambda: calls.append(True))
     model = torch.nn.Linear(2, 1)
     loss = lambda m, batch, state: (torch.nn.functional.mse_loss(m(batch[0]), batch[1]), None)  # noqa: E731
     fit(model, loss, (torch.randn(8, 2), torch.randn(8, 1)), config=TrainConfig(max_steps=1, batch_size=4, progress=False))

@@ -14,6 +14,7 @@ from torch import nn
 
 import rnnkit
 from rnnkit import bundle as bundle_module
+from rnnkit.tasks import BUILTIN
 from rnnkit.bundle import (FORMAT_VERSION, Bundle, load, load_weights, read_bundle, register,
                            save_bundle, weight_shapes)
 from rnnkit.cells import LSTM
@@ -288,7 +289,8 @@ def test_shape_mismatch_is_named(saved: tuple[Path, Regressor]) -> None:
 
 @pytest.fixture
 def registry(monkeypatch) -> dict:
-    bundle_module._import_task_loaders()  # real tasks register into the real registry first
+    for model_type in BUILTIN:  # real tasks register into the real registry first
+        bundle_module._import_task_loader(model_type)
     loaders = dict(bundle_module._LOADERS)
     monkeypatch.setattr(bundle_module, "_LOADERS", loaders)
     return loaders

@@ -85,7 +85,7 @@ def test_textgen_errors_are_one_line(lm_bundle: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "is empty" in _one_error_line(result.stderr)
     result = runner.invoke(app, ["textgen", "train", str(latin), "--out", str(tmp_path / "x"), "--precision", "fp16"])
     assert result.exit_code == 2
-    assert _one_error_line(result.stderr) == "error: precision must be 'fp32' or 'bf16', got 'fp16'"
+    assert _one_error_line(result.stderr) == "error: TextGeneratorConfig.precision must be 'fp32' or 'bf16', got 'fp16'"
     assert not (tmp_path / "x").exists()
 
 

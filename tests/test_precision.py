@@ -8,7 +8,7 @@ from torch import nn
 
 from rnnkit import RnnkitError
 from rnnkit.precision import autocast, check_precision, linear_at_best_precision, native_bf16
-from rnnkit.tasks import classify, textgen, translate
+from rnnkit.tasks import base, classify, textgen, translate
 from rnnkit.training import TrainConfig, evaluate, fit
 from test_training import Tagger, delayed_copy  # the trainer's own test model and task
 
@@ -108,7 +108,7 @@ def test_each_task_hands_its_precision_to_the_trainer(monkeypatch, module, make)
         seen.append(config.precision)
         raise _Stop
 
-    monkeypatch.setattr(module, "fit", fake_fit)
+    monkeypatch.setattr(base, "fit", fake_fit)  # every task trains through Task.train
     with pytest.raises(_Stop):
         make()
     assert seen == ["bf16"]

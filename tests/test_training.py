@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rnnkit import LSTM, RnnkitError
-from rnnkit.batching import epoch_order
+from rnnkit.training.batching import epoch_order
 from rnnkit.training import TrainConfig, evaluate, fit, lr_at
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -1,11 +1,26 @@
-"""rnnkit: recurrent neural networks that train fast on a CPU, explain themselves, and ship."""
+"""rnnkit: recurrent neural networks that train fast on a CPU, explain themselves, and ship.
+
+Light to import: the cells and the bundle functions load at once; a task (and pandas,
+matplotlib) only when it is first used, e.g. ``rnnkit.Forecaster``.
+"""
 
 __version__ = "0.1.0"
 
+import importlib
+from typing import Any
+
 from .bundle import load, read_bundle, save_bundle  # noqa: E402
-from .tasks import Forecaster, MemoryLab, SequenceClassifier, TextGenerator, Translator  # noqa: E402
 from .cells import GRU, LSTM, RNN, MinGRU, MinLSTM  # noqa: E402
 from .errors import BundleError, DataError, RnnkitError  # noqa: E402
+
+_TASKS = ("Forecaster", "MemoryLab", "SequenceClassifier", "TextGenerator", "Translator")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TASKS:
+        return getattr(importlib.import_module(f"{__name__}.tasks"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GRU", "LSTM", "RNN", "MinGRU", "MinLSTM", "BundleError", "DataError", "Forecaster", "MemoryLab",

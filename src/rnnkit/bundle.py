@@ -192,7 +192,7 @@ def load(path: PathLike, model_type: Optional[str] = None) -> Any:
     if model_type is not None and bundle.model_type != model_type:
         raise BundleError(f"{bundle.path} holds a {bundle.model_type!r} model, not a {model_type!r} one; "
                           f"pass a {model_type} bundle")
-    _import_task_loaders()
+    _import_task_loader(bundle.model_type)
     loader = _LOADERS.get(bundle.model_type)
     if loader is None:
         known = ", ".join(sorted(_LOADERS)) or "none"
@@ -220,11 +220,12 @@ def _add_loader(model_type: str, loader: Loader) -> None:
     _LOADERS[model_type] = loader
 
 
-def _import_task_loaders() -> None:
-    # Tasks (a layer above) register on import; only a missing tasks package is tolerated.
+def _import_task_loader(model_type: str) -> None:
+    # Tasks (a layer above) register when their module is imported; the tasks package knows which
+    # module saves which model_type. Looked up by name, so that this layer imports nothing above it.
     name = f"{__package__}.tasks"
     try:
-        importlib.import_module(name)
+        importlib.import_module(name).import_task(model_type)
     except ModuleNotFoundError as exc:
         if exc.name != name:
             raise

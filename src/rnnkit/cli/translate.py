@@ -48,7 +48,7 @@ def train(
     data = read_pairs(pairs)
     translator = Translator(config).fit(data)
     path = translator.save(out)
-    result = translator.train_result
+    result = translator.train_results[-1]
     skipped = f"; skipped {translator.skipped} pairs longer than {max_length} tokens" if translator.skipped else ""
     console.print(f"trained on {len(data)} pairs, {result.steps} steps ({result.stopped}), best validation loss "
                   f"{result.best_val_loss if result.best_val_loss is not None else float('nan'):.4f}{skipped}; "

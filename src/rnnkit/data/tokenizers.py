@@ -148,6 +148,17 @@ def build_tokenizer(kind: str, texts: Sequence[str], **options: Any) -> Tokenize
     return KINDS[kind].fit(texts, **options)
 
 
+def tokenizer_options(kind: str, vocab_size: int, min_count: Optional[int] = None) -> dict[str, Any]:
+    """The options of :func:`build_tokenizer` that a task's ``vocab_size`` (and ``min_count``) mean
+    for ``kind``: BPE learns ``vocab_size`` merges' worth of tokens, a word vocabulary keeps the
+    ``vocab_size`` most frequent words, a character vocabulary is what the text holds."""
+    if kind == "bpe":
+        return {"vocab_size": vocab_size}
+    if kind == "word":
+        return {"max_size": vocab_size, **({} if min_count is None else {"min_count": min_count})}
+    return {}
+
+
 def tokenizer_from_dict(data: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer saved with ``to_dict`` (for instance from a bundle's preprocessing.json)."""
     kind: Optional[str] = data.get("kind")

@@ -18,19 +18,17 @@ import torch
 from torch import Tensor, nn
 
 from .. import metrics
-from ..bundle import Bundle, load_weights, register, save_bundle
-from ..config import JsonConfig
-from ..data.tokenizers import KINDS, UNK, Tokenizer, build_tokenizer, tokenizer_from_dict
+from ..data.tokenizers import KINDS, UNK, Tokenizer, build_tokenizer, tokenizer_from_dict, tokenizer_options
 from ..errors import DataError, RnnkitError
-from ..precision import check_precision
 from ..topologies import ManyToOne
-from ..training import TrainConfig, TrainResult, budget_shares, check_clock, fit
+from ..training import budget_shares
+from .base import Task, TaskConfig
 
 MODEL_TYPE = "sequence_classifier"
 
 
 @dataclass(frozen=True, kw_only=True)
-class SequenceClassifierConfig(JsonConfig):
+class SequenceClassifierConfig(TaskConfig):
     """Everything that defines a text classifier; saved in its bundle as ``config.json``."""
 
     KIND = "sequence classifier"
@@ -38,7 +36,7 @@ class SequenceClassifierConfig(JsonConfig):
     tokenizer: str = "word"          # sentiment lives in words; "bpe" for rich morphology, "char" for codes
     vocab_size: int = 20000          # words seen less often fall to <unk>
     min_count: int = 2               # a word seen once cannot be learned, only memorised: <unk>
-    cell: str = "lstm"               # "lstm", "gru" or "rnn"
+    cell: str = "lstm"               # any recurrent cell: "lstm", "gru", "rnn", "mingru", "minlstm"
     embedding_size: int = 128
     hidden_size: int = 128           # per direction; short texts need little memory
     num_layers: int = 1
@@ -47,29 +45,20 @@ class SequenceClassifierConfig(JsonConfig):
     dropout: float = 0.25            # on embeddings, between layers, before the head: words are sparse
     max_len: int = 128               # tokens kept per text (the start); tweets are far shorter
     class_weights: Optional[str] = "balanced"  # weigh classes by n / (k * count): rare classes count
-    ensemble: int = 1                # members from different seeds, probabilities averaged: steadier, a
-    # point or two of macro-F1 for ensemble x the training time (the budget is shared among them)
-    epochs: int = 20                 # an upper bound: early stopping usually ends first
-    minutes: Optional[float] = 3.0   # time budget of one fit (all ensemble members)
-    clock: str = "wall"              # what minutes count: "wall" or this process's "cpu" time (see TrainConfig)
-    precision: str = "fp32"          # training's: "bf16" on CPUs with AVX-512 BF16 or AMX (see TrainConfig)
+    ensemble: int = 1                # members from different seeds, probabilities averaged: steadier, for
+    #                                  ensemble x the training time (the budget is shared among them)
+    minutes: Optional[float] = 3.0   # a short default budget: texts are short and early stopping ends most fits
     batch_size: int = 128            # texts are short: big batches keep a CPU busy, epochs quick
     lr: float = 5e-3
     patience: Optional[int] = 3      # epochs without a better validation loss before stopping
     val_fraction: float = 0.1        # stratified slice of the training texts that picks the best epoch
-    seed: int = 0
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        check_clock(self.clock, "SequenceClassifierConfig")  # here, not when fit() starts after tokenising
-        check_precision(self.precision)
+        super().__post_init__()
         if self.tokenizer not in KINDS:
             raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
-        for name in ("vocab_size", "min_count", "embedding_size", "hidden_size", "num_layers", "max_len", "epochs",
-                     "batch_size", "ensemble"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise RnnkitError(f"{name} must be a positive integer, got {value!r}")
+        self.check_positive("vocab_size", "min_count", "embedding_size", "hidden_size", "num_layers", "max_len",
+                            "ensemble")
         if self.class_weights not in (None, "balanced"):
             raise RnnkitError(f"class_weights must be 'balanced' or None, got {self.class_weights!r}")
         if not 0.0 < self.val_fraction < 0.5:
@@ -138,7 +127,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
-class SequenceClassifier:
+class SequenceClassifier(Task):
     """A recurrent text classifier: ``fit(texts, labels)``, ``predict``, ``predict_proba``, ``evaluate``.
 
     Example::
@@ -148,15 +137,22 @@ class SequenceClassifier:
         clf.predict_proba(["what a lovely car"])  # label, prob_negative, prob_neutral, prob_positive
     """
 
+    name = "classify"
+    model_type = MODEL_TYPE
+    config_class = SequenceClassifierConfig
+    request_schema = {"type": "object", "required": ["texts"], "additionalProperties": False, "properties": {
+        "texts": {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "texts to classify"}}}
+    response_schema = {"type": "object", "properties": {"predictions": {"type": "array", "items": {
+        "type": "object", "properties": {"label": {"type": "string"}, "probabilities": {
+            "type": "object", "description": "class -> probability"}}}}}}
+    config: SequenceClassifierConfig
+
     def __init__(self, config: Optional[SequenceClassifierConfig] = None, **options: Any) -> None:
-        self.config = config or SequenceClassifierConfig(**options)
+        super().__init__(config, **options)
         self.tokenizer: Optional[Tokenizer] = None
         self.classes: list[str] = []
-        self.model: Optional[ClassifierEnsemble] = None
-        self.metrics: dict[str, Any] = {}
-        self.train_results: list[TrainResult] = []  # one per ensemble member
 
-    def fit(self, texts: Sequence[str], labels: Sequence[Any]) -> "SequenceClassifier":
+    def _fit(self, texts: Sequence[str], labels: Sequence[Any]) -> None:
         """Train on texts and their labels (any hashable; kept as strings)."""
         cfg = self.config
         texts, labels = _check_texts(texts), np.asarray([str(label) for label in labels])
@@ -169,9 +165,8 @@ class SequenceClassifier:
         keep, held = stratified_split(y, cfg.val_fraction, cfg.seed)
         if len(held) == 0:
             raise DataError(f"{len(texts)} texts are too few to hold out a validation slice; give more")
-        options = {"vocab_size": cfg.vocab_size} if cfg.tokenizer == "bpe" else (
-            {"max_size": cfg.vocab_size, "min_count": cfg.min_count} if cfg.tokenizer == "word" else {})
-        self.tokenizer = build_tokenizer(cfg.tokenizer, [texts[i] for i in keep], **options)
+        self.tokenizer = build_tokenizer(cfg.tokenizer, [texts[i] for i in keep],
+                                         **tokenizer_options(cfg.tokenizer, cfg.vocab_size, cfg.min_count))
         ids, lengths = pad_ids([self.tokenizer.encode(t) for t in texts], cfg.max_len)
         targets = torch.as_tensor(y, dtype=torch.long)
         weights = None
@@ -179,7 +174,7 @@ class SequenceClassifier:
             counts = np.bincount(y[keep], minlength=len(self.classes)).clip(min=1)
             weights = torch.tensor(len(keep) / (len(self.classes) * counts), dtype=torch.float32)
         torch.manual_seed(cfg.seed)
-        self.model = classifier_model(cfg, self.tokenizer.vocab_size, len(self.classes))  # members differ in init
+        self.model = self.build_model()  # members differ in init
 
         def loss_fn(model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, None]:
             x, n, target = batch
@@ -191,26 +186,30 @@ class SequenceClassifier:
         budgets = budget_shares(cfg.minutes, cfg.ensemble, cfg.clock)
         self.train_results = []
         for k, (member, minutes) in enumerate(zip(self.model.members, budgets)):
-            train_config = TrainConfig(epochs=cfg.epochs, minutes=minutes, batch_size=cfg.batch_size, lr=cfg.lr,
-                                       patience=cfg.patience, seed=cfg.seed + k, progress=cfg.progress,
-                                       decay_over_budget=minutes is not None, clock=cfg.clock,
-                                       precision=cfg.precision)
             # Batches of texts of near-equal length: each is cut to its longest text, so little is padding.
-            self.train_results.append(fit(member, loss_fn, train, val, train_config, lengths=train[1]))
+            self.train(member, loss_fn, train, val, member=k, lengths=train[1], minutes=minutes,
+                       seed=cfg.seed + k, decay_over_budget=minutes is not None)
         self.model.eval()
         scores = self.evaluate([texts[i] for i in held], labels[held].tolist())
         members = [{"steps": r.steps, "epochs_completed": r.epochs_completed, "stopped": r.stopped,
                     "best_val_loss": r.best_val_loss} for r in self.train_results]
-        self.metrics = {"steps": sum(m["steps"] for m in members),
-                        "stopped": ", ".join(dict.fromkeys(m["stopped"] for m in members)),
-                        "members": members, "val_size": len(held),
+        self.metrics = {**self.training_summary(), "members": members, "val_size": len(held),
                         **{f"val_{k}": v for k, v in scores.items() if k != "classes"}}
-        return self
+
+    def build_model(self) -> ClassifierEnsemble:
+        return classifier_model(self.config, self.tokenizer.vocab_size, len(self.classes))
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer.to_dict(), "classes": self.classes}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.tokenizer = tokenizer_from_dict(state["tokenizer"])
+        self.classes = list(state["classes"])
 
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 256) -> pd.DataFrame:
         """Columns ``label`` and ``prob_<class>`` per class, one row per text, in input order."""
-        self._require_fitted()
+        self.require_fitted()
         texts = _check_texts(texts, allow_empty=True)
         device = next(self.model.parameters()).device
         ids, lengths = pad_ids([self.tokenizer.encode(t) for t in texts], self.config.max_len)
@@ -228,6 +227,12 @@ class SequenceClassifier:
         """The likeliest class of each text."""
         return self.predict_proba(texts)["label"].tolist()
 
+    def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
+        frame = self.predict_proba(request["texts"])
+        return {"predictions": [{"label": row["label"],
+                                 "probabilities": {c: float(row[f"prob_{c}"]) for c in self.classes}}
+                                for _, row in frame.iterrows()]}
+
     def evaluate(self, texts: Sequence[str], labels: Sequence[Any], plot: Optional[Union[str, Path]] = None
                  ) -> dict[str, Any]:
         """Accuracy, macro-F1 and the confusion matrix (rows true, columns predicted; a PNG with ``plot``)."""
@@ -244,33 +249,6 @@ class SequenceClassifier:
             plot_confusion_matrix(matrix, self.classes, plot)
         return {"accuracy": metrics.accuracy(y, y_hat), "macro_f1": metrics.macro_f1(y, y_hat, len(self.classes)),
                 "confusion_matrix": matrix.tolist(), "classes": list(self.classes)}
-
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write a bundle directory: config, safetensors weights, tokenizer and classes as JSON, metrics."""
-        self._require_fitted()
-        history = [r.history for r in self.train_results]
-        return save_bundle(path, model_type=MODEL_TYPE, config=self.config.to_dict(), model=self.model,
-                           preprocessing={"tokenizer": self.tokenizer.to_dict(), "classes": self.classes},
-                           metrics={**self.metrics, "history": history})
-
-    @classmethod
-    def from_bundle(cls, bundle: Bundle) -> "SequenceClassifier":
-        """Rebuild a fitted classifier from a bundle read by :func:`rnnkit.bundle.read_bundle`."""
-        classifier = cls(SequenceClassifierConfig.from_dict(bundle.config))
-        classifier.tokenizer = tokenizer_from_dict(bundle.preprocessing["tokenizer"])
-        classifier.classes = list(bundle.preprocessing["classes"])
-        classifier.model = classifier_model(classifier.config, classifier.tokenizer.vocab_size, len(classifier.classes))
-        load_weights(classifier.model, bundle)
-        classifier.model.eval()
-        classifier.metrics = {k: v for k, v in bundle.metrics.items() if k != "history"}
-        return classifier
-
-    def _require_fitted(self) -> None:
-        if self.model is None:
-            raise RnnkitError("this classifier is not fitted yet; call fit(texts, labels) or load a bundle")
-
-
-register(MODEL_TYPE)(SequenceClassifier.from_bundle)
 
 
 def _check_texts(texts: Any, allow_empty: bool = False) -> list[str]:

@@ -11,33 +11,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ..bundle import Bundle, load_weights, register, save_bundle
-from ..config import JsonConfig
-from ..data.tokenizers import KINDS, SPECIALS, Tokenizer, build_tokenizer, tokenizer_from_dict
+from ..data.tokenizers import KINDS, SPECIALS, Tokenizer, build_tokenizer, tokenizer_from_dict, tokenizer_options
 from ..errors import DataError, RnnkitError
 from ..precision import autocast, check_precision
 from ..topologies import ManyToMany
-from ..training import TrainConfig, TrainResult, check_clock, evaluate, fit
+from ..training import TrainConfig, evaluate
+from .base import Task, TaskConfig
 
 MODEL_TYPE = "text_generator"
 
 
 @dataclass(frozen=True, kw_only=True)
-class TextGeneratorConfig(JsonConfig):
+class TextGeneratorConfig(TaskConfig):
     """Everything that defines a language model; saved in its bundle as ``config.json``."""
 
     KIND = "text generator"
 
     tokenizer: str = "char"              # char-rnn's choice: any text, tiny vocabulary, bits per character
     vocab_size: int = 4000               # word/bpe vocabulary; a char vocabulary is what the text holds
-    cell: str = "lstm"                   # "lstm", "gru" or "rnn"
-    hidden_size: int = 512               # char-rnn's size: a CPU trains it at tens of thousands of tokens/s
+    cell: str = "lstm"                   # any recurrent cell: "lstm", "gru", "rnn", "mingru", "minlstm"
+    hidden_size: int = 512               # char-rnn's size
     num_layers: int = 1                  # one layer wins at short CPU budgets; 2-3 pay off with hours
     embedding_size: Optional[int] = None  # None = hidden_size, which lets input and output weights be tied
     tie_weights: bool = True             # one matrix for embedding and output layer (Press & Wolf 2017)
@@ -46,24 +44,15 @@ class TextGeneratorConfig(JsonConfig):
     reset_prob: float = 0.1              # chance a stream's carried state restarts from zero at a piece:
     #                                      generation starts from zero, so training must see zero states too
     batch_size: int = 32                 # parallel streams: more is faster per token, fewer updates
-    lr: float = 3e-3                     # AdamW for small recurrent nets; decays over the run
     epochs: int = 10                     # an upper bound: the time budget usually ends first
-    minutes: Optional[float] = 5.0       # time budget of one fit
-    clock: str = "wall"                  # what minutes count: "wall" or this process's "cpu" time (see TrainConfig)
-    precision: str = "fp32"              # training's: "bf16" on CPUs with AVX-512 BF16 or AMX (see TrainConfig)
+    minutes: Optional[float] = 5.0       # a corpus is never exhausted: the budget is what ends a fit
     val_fraction: float = 0.05           # the last 5 % of the text, contiguous, is held out
-    seed: int = 0
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        check_clock(self.clock, "TextGeneratorConfig")  # here, not when fit() starts after tokenising
-        check_precision(self.precision)
+        super().__post_init__()
         if self.tokenizer not in KINDS:
             raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
-        for name in ("vocab_size", "hidden_size", "num_layers", "seq_len", "batch_size", "epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise RnnkitError(f"{name} must be a positive integer, got {value!r}")
+        self.check_positive("vocab_size", "hidden_size", "num_layers", "seq_len")
         if not 0.0 < self.val_fraction < 0.5:
             raise RnnkitError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
         if not 0.0 <= self.reset_prob < 1.0:
@@ -163,7 +152,7 @@ class TextStream:
         self.printed = len(self.ids)
 
 
-class TextGenerator:
+class TextGenerator(Task):
     """A recurrent language model: ``fit`` a corpus, ``generate`` text, score held-out text.
 
     Example::
@@ -174,16 +163,27 @@ class TextGenerator:
         lm.save("shakespeare.rnnkit")
     """
 
+    name = "textgen"
+    model_type = MODEL_TYPE
+    config_class = TextGeneratorConfig
+    streams = True
+    request_schema = {"type": "object", "additionalProperties": False, "properties": {
+        "prime": {"type": "string", "description": "text to continue; empty starts after a newline"},
+        "max_tokens": {"type": "integer", "minimum": 0, "description": "tokens to generate (default 200)"},
+        "temperature": {"type": "number", "minimum": 0, "description": "0 = greedy (default 0.8)"},
+        "top_k": {"type": ["integer", "null"], "minimum": 1},
+        "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "seed": {"type": ["integer", "null"], "description": "the same seed gives the same text"}}}
+    response_schema = {"type": "object", "properties": {"text": {"type": "string", "description": "prime + sample"}}}
+    config: TextGeneratorConfig
+
     def __init__(self, config: Optional[TextGeneratorConfig] = None, **options: Any) -> None:
-        self.config = config or TextGeneratorConfig(**options)
+        super().__init__(config, **options)
         self.tokenizer: Optional[Tokenizer] = None
-        self.model: Optional[ManyToMany] = None
-        self.metrics: dict[str, Any] = {}
-        self.train_result: Optional[TrainResult] = None
 
     # --------------------------------------------------------------------- training
 
-    def fit(self, text: str, val_text: Optional[str] = None) -> "TextGenerator":
+    def _fit(self, text: str, val_text: Optional[str] = None) -> None:
         """Train on ``text``; held out: ``val_text``, or else the last ``val_fraction`` of ``text``."""
         cfg = self.config
         if not isinstance(text, str) or not text.strip():
@@ -191,27 +191,31 @@ class TextGenerator:
         if val_text is None:
             cut = int(len(text) * (1 - cfg.val_fraction))
             text, val_text = text[:cut], text[cut:]
-        options = {"vocab_size": cfg.vocab_size} if cfg.tokenizer == "bpe" else (
-            {"max_size": cfg.vocab_size} if cfg.tokenizer == "word" else {})
-        self.tokenizer = build_tokenizer(cfg.tokenizer, [text], **options)
+        self.tokenizer = build_tokenizer(cfg.tokenizer, [text], **tokenizer_options(cfg.tokenizer, cfg.vocab_size))
         ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
         rows = max(1, min(cfg.batch_size, (ids.numel() - 1) // cfg.seq_len))  # a short text: fewer streams
         torch.manual_seed(cfg.seed)
-        self.model = language_model(cfg, self.tokenizer.vocab_size)
-        train_config = TrainConfig(epochs=cfg.epochs, minutes=cfg.minutes, batch_size=rows, lr=cfg.lr,
-                                   tbptt=cfg.seq_len, stateful=True, decay_over_budget=cfg.minutes is not None,
-                                   clock=cfg.clock, precision=cfg.precision, seed=cfg.seed, progress=cfg.progress)
-        self.train_result = result = fit(self.model, with_state_resets(cfg.reset_prob), streams(ids, rows), None,
-                                                   train_config)
+        self.model = self.build_model()
+        self.train_results = []
+        result = self.train(self.model, with_state_resets(cfg.reset_prob), streams(ids, rows), batch_size=rows,
+                            tbptt=cfg.seq_len, stateful=True, decay_over_budget=cfg.minutes is not None)
         self.model.eval()
         tokens = result.steps * rows * min(cfg.seq_len, (ids.numel() - 1) // rows)
-        self.metrics = {"train_tokens_per_s": tokens / max(result.elapsed_s, 1e-9), "steps": result.steps,
-                        "epochs_completed": result.epochs_completed, "stopped": result.stopped,
+        self.metrics = {"train_tokens_per_s": tokens / max(result.elapsed_s, 1e-9), **self.training_summary(),
+                        "epochs_completed": result.epochs_completed,
                         "train_loss": result.history[-1]["train_loss"] if result.history else None,
                         "parameters": sum(p.numel() for p in self.model.parameters())}
         if val_text.strip():
             self.metrics.update({f"val_{k}": v for k, v in self.evaluate(val_text).items()})
-        return self
+
+    def build_model(self) -> ManyToMany:
+        return language_model(self.config, self.tokenizer.vocab_size)
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer.to_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.tokenizer = tokenizer_from_dict(state["tokenizer"])
 
     @torch.no_grad()
     def evaluate(self, text: str, rows: int = 8) -> dict[str, float]:
@@ -219,7 +223,7 @@ class TextGenerator:
 
         The text is read as ``rows`` contiguous streams, state carried throughout.
         """
-        self._require_fitted()
+        self.require_fitted()
         ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
         if ids.numel() < 2:
             raise DataError(f"held-out text of {ids.numel()} token(s) cannot be scored; give at least 2")
@@ -240,7 +244,6 @@ class TextGenerator:
         return self.sample(prime, 1, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                            stream=stream, precision=precision)[0]
 
-    @torch.no_grad()
     def sample(self, prime: str = "", num_samples: int = 1, max_tokens: int = 200, *, temperature: float = 0.8,
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
                stream: Optional[Callable[[str], Any]] = None, precision: str = "fp32") -> list[str]:
@@ -251,31 +254,55 @@ class TextGenerator:
         ``precision="bf16"`` steps the model under bfloat16 autocast (``rnnkit.precision``): the
         LSTM's step reads bfloat16 weights, half the bytes; the sampling stays float32.
         """
-        self._require_fitted()
-        _check_sampling(num_samples, max_tokens, temperature, top_k, top_p)
         if stream is not None and num_samples != 1:
             raise RnnkitError(f"stream prints one sample as it grows; got num_samples={num_samples}")
-        prime_ids = self._encode_prime(prime)
-        device = next(self.model.parameters()).device
-        check_precision(precision, device)
-        with autocast(precision, device):
-            generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-            logits, state = self.model(torch.tensor([prime_ids] * num_samples, device=device))  # (N, P, V)
-            logits = logits[:, -1].float()  # sampled in float32 whatever the precision
-            produced: list[Tensor] = []
-            printer = TextStream(self.tokenizer, stream) if stream is not None else None
-            for _ in range(max_tokens):
-                logits[:, : len(SPECIALS)] = float("-inf")  # never <pad>, <unk>, <bos>, <eos>
-                token = sample_next(logits, temperature, top_k, top_p, generator)  # (N,)
-                produced.append(token)
-                if printer is not None:
-                    printer.add(int(token[0]))
-                logits, state = self.model.step(token, state)  # (N, V)
-                logits = logits.float()
+        printer = TextStream(self.tokenizer, stream) if stream is not None else None
+        produced: list[Tensor] = []
+        for token in self.tokens(prime, num_samples, max_tokens, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, seed=seed, precision=precision):
+            produced.append(token)
+            if printer is not None:
+                printer.add(int(token[0]))
         if printer is not None:
             printer.finish()
         ids = torch.stack(produced, 1).tolist() if produced else [[] for _ in range(num_samples)]
         return [prime + self.tokenizer.decode(row) for row in ids]
+
+    @torch.no_grad()
+    def tokens(self, prime: str = "", num_samples: int = 1, max_tokens: int = 200, *, temperature: float = 0.8,
+               top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+               precision: str = "fp32") -> Iterator[Tensor]:
+        """The generated token ids, ``(num_samples,)`` at each step, as they are sampled."""
+        self.require_fitted()
+        _check_sampling(num_samples, max_tokens, temperature, top_k, top_p)
+        prime_ids = self._encode_prime(prime)
+        device = next(self.model.parameters()).device
+        check_precision(precision, device)
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        with autocast(precision, device):
+            logits, state = self.model(torch.tensor([prime_ids] * num_samples, device=device))  # (N, P, V)
+        logits = logits[:, -1].float()  # sampled in float32 whatever the precision
+        for _ in range(max_tokens):
+            logits[:, : len(SPECIALS)] = float("-inf")  # never <pad>, <unk>, <bos>, <eos>
+            token = sample_next(logits, temperature, top_k, top_p, generator)  # (N,)
+            yield token
+            with autocast(precision, device):
+                logits, state = self.model.step(token, state)  # (N, V)
+            logits = logits.float()
+
+    def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"text": self.generate(**_sampling_options(request))}
+
+    def stream_json(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        options = _sampling_options(request)
+        pieces: list[str] = []
+        printer = TextStream(self.tokenizer, pieces.append)
+        for token in self.tokens(options.pop("prime"), 1, **options):
+            printer.add(int(token[0]))
+            while pieces:
+                yield {"text": pieces.pop(0)}
+        printer.finish()
+        yield from ({"text": piece} for piece in pieces)
 
     def _encode_prime(self, prime: str) -> list[int]:
         if not isinstance(prime, str):
@@ -287,33 +314,12 @@ class TextGenerator:
         ids = self.tokenizer.encode(prime) or self.tokenizer.encode("\n")
         return ids or [len(SPECIALS)]  # a vocabulary without a newline: its first real token
 
-    # ----------------------------------------------------------------------- bundles
 
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write a bundle directory: config, safetensors weights (tied once), tokenizer JSON, metrics."""
-        self._require_fitted()
-        history = self.train_result.history if self.train_result else []
-        return save_bundle(path, model_type=MODEL_TYPE, config=self.config.to_dict(), model=self.model,
-                           preprocessing={"tokenizer": self.tokenizer.to_dict()},
-                           metrics={**self.metrics, "history": history})
-
-    @classmethod
-    def from_bundle(cls, bundle: Bundle) -> "TextGenerator":
-        """Rebuild a fitted generator from a bundle read by :func:`rnnkit.bundle.read_bundle`."""
-        generator = cls(TextGeneratorConfig.from_dict(bundle.config))
-        generator.tokenizer = tokenizer_from_dict(bundle.preprocessing["tokenizer"])
-        generator.model = language_model(generator.config, generator.tokenizer.vocab_size)
-        load_weights(generator.model, bundle)
-        generator.model.eval()
-        generator.metrics = {k: v for k, v in bundle.metrics.items() if k != "history"}
-        return generator
-
-    def _require_fitted(self) -> None:
-        if self.model is None:
-            raise RnnkitError("this text generator is not fitted yet; call fit(text) or load a bundle")
-
-
-register(MODEL_TYPE)(TextGenerator.from_bundle)
+def _sampling_options(request: dict[str, Any]) -> dict[str, Any]:
+    """A request's sampling options with their defaults (the ones of :meth:`TextGenerator.generate`)."""
+    return {"prime": request.get("prime", ""), "max_tokens": request.get("max_tokens", 200),
+            "temperature": request.get("temperature", 0.8), "top_k": request.get("top_k"),
+            "top_p": request.get("top_p"), "seed": request.get("seed")}
 
 
 def _check_sampling(num_samples: int, max_tokens: int, temperature: float, top_k: Optional[int],

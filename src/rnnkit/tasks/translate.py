@@ -19,26 +19,22 @@ import torch
 from torch import Tensor, nn
 
 from .. import metrics
-from ..bundle import Bundle, load_weights, register, save_bundle
-from ..config import JsonConfig
-from ..data.tokenizers import BOS, EOS, PAD, Tokenizer, build_tokenizer, tokenizer_from_dict
+from ..data.tokenizers import BOS, EOS, PAD, Tokenizer, build_tokenizer, tokenizer_from_dict, tokenizer_options
 from ..errors import DataError, RnnkitError
-from ..plotting import plot_attention
-from ..precision import check_precision
 from ..seq2seq import Seq2Seq, Seq2SeqConfig
-from ..training import TrainConfig, TrainResult, check_clock, fit
+from .base import Task, TaskConfig
 
 MODEL_TYPE = "translator"
 Pair = tuple[str, str]
 
 
 @dataclass(frozen=True, kw_only=True)
-class TranslatorConfig(JsonConfig):
+class TranslatorConfig(TaskConfig):
     """Everything that defines a translator; saved in its bundle as ``config.json``."""
 
     KIND = "translator"
 
-    cell: str = "lstm"  # "lstm" or "gru"
+    cell: str = "lstm"  # "lstm" or "gru" (the decoder steps an LSTM/GRU cell)
     attention: str = "luong"  # "luong", "bahdanau" or "none"
     input_feeding: bool = False  # Luong only; off keeps training on the fused kernel (faster on a CPU)
     hidden_size: int = 256
@@ -54,24 +50,16 @@ class TranslatorConfig(JsonConfig):
     sampling_rate: float = 0.0  # scheduled sampling: feed own predictions this often in training
     label_smoothing: float = 0.1  # keeps the decoder from over-confidence; helps beam search
     epochs: int = 50  # an upper bound: the time budget or early stopping usually ends first
-    minutes: Optional[float] = 12.0  # time budget of one fit: 20,000 short pairs fit under 15 min
-    clock: str = "wall"  # what minutes count: "wall" or this process's "cpu" time (see TrainConfig)
-    precision: str = "fp32"  # training's: "bf16" on CPUs with AVX-512 BF16 or AMX (see TrainConfig)
+    minutes: Optional[float] = 12.0  # translation needs many updates: the longest default budget
     batch_size: int = 64
     lr: float = 2e-3
     patience: Optional[int] = 6  # validations without improvement before stopping
     val_fraction: float = 0.05  # pairs held out for early stopping when no validation pairs are given
     length_penalty: float = 1.0  # beam search: score / length^alpha
-    seed: int = 0
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        check_clock(self.clock, "TranslatorConfig")  # here, not when fit() starts after tokenising
-        check_precision(self.precision)
-        for name in ("hidden_size", "embedding_size", "vocab_size", "max_length", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise RnnkitError(f"{name} must be a positive integer, got {value!r}")
+        super().__post_init__()
+        self.check_positive("hidden_size", "embedding_size", "vocab_size", "max_length")
         if self.tokenizer not in ("bpe", "word", "char"):
             raise RnnkitError(f"tokenizer must be bpe, word or char, got {self.tokenizer!r}")
         if not 0.0 <= self.sampling_rate < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
@@ -88,7 +76,7 @@ class TranslatorConfig(JsonConfig):
                              input_feeding=self.input_feeding, dropout=self.dropout)
 
 
-class Translator:
+class Translator(Task):
     """Sentence-to-sentence translation with a recurrent encoder-decoder.
 
     Example::
@@ -99,17 +87,28 @@ class Translator:
         tr.save("en-es.rnnkit"); rnnkit.load("en-es.rnnkit")
     """
 
+    name = "translate"
+    model_type = MODEL_TYPE
+    config_class = TranslatorConfig
+    request_schema = {"type": "object", "required": ["texts"], "additionalProperties": False, "properties": {
+        "texts": {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "sentences"},
+        "beam": {"type": "integer", "minimum": 1, "description": "beam width; 1 = greedy (default)"},
+        "attention": {"type": "boolean", "description": "also return each attention matrix (T x S)"}}}
+    response_schema = {"type": "object", "properties": {"translations": {"type": "array", "items": {
+        "type": "object", "properties": {"translation": {"type": "string"},
+                                         "source_tokens": {"type": "array"}, "target_tokens": {"type": "array"},
+                                         "attention": {"type": "array"}}}}}}
+    config: TranslatorConfig
+
     def __init__(self, config: Optional[TranslatorConfig] = None, **options: Any) -> None:
-        self.config = config or TranslatorConfig(**options)
-        self.model: Optional[Seq2Seq] = None
+        super().__init__(config, **options)
         self.source_tokenizer: Optional[Tokenizer] = None
         self.target_tokenizer: Optional[Tokenizer] = None
-        self.train_result: Optional[TrainResult] = None
         self.skipped = 0  # training pairs left out for length
 
     # --------------------------------------------------------------------- training
 
-    def fit(self, pairs: Sequence[Pair], val_pairs: Optional[Sequence[Pair]] = None) -> "Translator":
+    def _fit(self, pairs: Sequence[Pair], val_pairs: Optional[Sequence[Pair]] = None) -> None:
         """Train on ``(source, target)`` pairs; ``val_pairs`` (default: a held-out slice) stop early."""
         cfg = self.config
         pairs = _check_pairs(pairs, "pairs")
@@ -125,17 +124,29 @@ class Translator:
             raise DataError(f"every training pair is longer than max_length={cfg.max_length} tokens; "
                             "raise max_length (--max-length)")
         torch.manual_seed(cfg.seed)
-        self.model = Seq2Seq(cfg.model_config(self.source_tokenizer.vocab_size, self.target_tokenizer.vocab_size))
+        self.model = self.build_model()
         steps_per_epoch = -(-len(train[0]) // cfg.batch_size)
-        train_config = TrainConfig(epochs=cfg.epochs, minutes=cfg.minutes, batch_size=cfg.batch_size, lr=cfg.lr,
-                                   patience=cfg.patience if val else None, seed=cfg.seed, progress=cfg.progress,
-                                   eval_every=min(steps_per_epoch, 200) if val else None, clock=cfg.clock,
-                                   precision=cfg.precision)
         # Batches of near-equal lengths: each is trimmed to its longest pair, so little is padding.
         pair_lengths = train[1] + (train[3] != PAD).sum(dim=1)
-        self.train_result = fit(self.model, self._loss_fn, train, val, train_config, lengths=pair_lengths)
-        self.model.cpu().eval()
-        return self
+        self.train_results = []
+        result = self.train(self.model, self._loss_fn, train, val, lengths=pair_lengths,
+                            patience=cfg.patience if val else None,
+                            eval_every=min(steps_per_epoch, 200) if val else None)
+        self.model.cpu()
+        self.metrics = {"best_val_loss": result.best_val_loss, **self.training_summary(),
+                        "skipped_pairs": self.skipped}
+
+    def build_model(self) -> Seq2Seq:
+        return Seq2Seq(self.config.model_config(self.source_tokenizer.vocab_size, self.target_tokenizer.vocab_size))
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"source": self.source_tokenizer.to_dict(), "target": self.target_tokenizer.to_dict(),
+                "joint": self.source_tokenizer is self.target_tokenizer}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.source_tokenizer = tokenizer_from_dict(state["source"])
+        self.target_tokenizer = (self.source_tokenizer if state.get("joint")
+                                 else tokenizer_from_dict(state["target"]))
 
     def _loss_fn(self, model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, None]:
         src, src_lengths, tgt_in, tgt_out = batch
@@ -150,8 +161,7 @@ class Translator:
 
     def _build_tokenizers(self, pairs: Sequence[Pair]) -> None:
         cfg = self.config
-        options = {} if cfg.tokenizer == "char" else {"vocab_size" if cfg.tokenizer == "bpe" else "max_size":
-                                                      cfg.vocab_size}
+        options = tokenizer_options(cfg.tokenizer, cfg.vocab_size)
         sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
         if cfg.joint_vocab:
             self.source_tokenizer = self.target_tokenizer = build_tokenizer(cfg.tokenizer, sources + targets, **options)
@@ -185,7 +195,7 @@ class Translator:
     def translate_detailed(self, texts: Sequence[str], *, beam: int = 1, batch_size: int = 64) -> list[dict[str, Any]]:
         """Translations with their pieces and attention: ``translation``, ``source_tokens``,
         ``target_tokens``, ``attention`` (a ``(T, S)`` tensor; zeros without attention)."""
-        self._require_fitted()
+        self.require_fitted()
         encoded = [self._encode_source(text, number) for number, text in enumerate(texts, start=1)]
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
         results: list[dict[str, Any]] = [{}] * len(texts)
@@ -225,6 +235,8 @@ class Translator:
         """Translate ``text`` and write its attention heatmap (output tokens x source tokens) as a PNG."""
         if self.config.attention == "none":
             raise RnnkitError("this model has no attention (attention='none'): nothing to plot")
+        from ..plotting import plot_attention  # matplotlib, only when a plot is asked for
+
         detail = self.translate_detailed([text], beam=beam)[0]
         return plot_attention(detail["attention"], detail["source_tokens"], detail["target_tokens"], path,
                               title=f"{text} -> {detail['translation']}")
@@ -237,39 +249,10 @@ class Translator:
         return {"bleu": metrics.bleu(hypotheses, references), "chrf": metrics.chrf(hypotheses, references),
                 "exact": metrics.exact_match(hypotheses, references), "count": len(pairs)}
 
-    # ----------------------------------------------------------------------- bundles
-
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write a bundle directory: config, safetensors weights, both tokenizers as JSON, metrics."""
-        self._require_fitted()
-        result = self.train_result
-        metrics_json = {"best_val_loss": result.best_val_loss, "steps": result.steps, "stopped": result.stopped,
-                        "skipped_pairs": self.skipped, "history": result.history} if result else {}
-        return save_bundle(path, model_type=MODEL_TYPE, config=self.config.to_dict(), model=self.model,
-                           preprocessing={"source": self.source_tokenizer.to_dict(),
-                                          "target": self.target_tokenizer.to_dict(),
-                                          "joint": self.source_tokenizer is self.target_tokenizer},
-                           metrics=metrics_json)
-
-    @classmethod
-    def from_bundle(cls, bundle: Bundle) -> "Translator":
-        """Rebuild a fitted translator from a bundle read by :func:`rnnkit.bundle.read_bundle`."""
-        translator = cls(TranslatorConfig.from_dict(bundle.config))
-        translator.source_tokenizer = tokenizer_from_dict(bundle.preprocessing["source"])
-        translator.target_tokenizer = (translator.source_tokenizer if bundle.preprocessing.get("joint")
-                                       else tokenizer_from_dict(bundle.preprocessing["target"]))
-        translator.model = Seq2Seq(translator.config.model_config(translator.source_tokenizer.vocab_size,
-                                                                  translator.target_tokenizer.vocab_size))
-        load_weights(translator.model, bundle)
-        translator.model.eval()
-        return translator
-
-    def _require_fitted(self) -> None:
-        if self.model is None:
-            raise RnnkitError("this translator is not fitted yet; call fit(pairs) or load a bundle")
-
-
-register(MODEL_TYPE)(Translator.from_bundle)
+    def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
+        details = self.translate_detailed(request["texts"], beam=request.get("beam", 1))
+        keep = ("translation", "source_tokens", "target_tokens") + (("attention",) if request.get("attention") else ())
+        return {"translations": [{k: d[k].tolist() if k == "attention" else d[k] for k in keep} for d in details]}
 
 
 def _pad(rows: list[list[int]], minimum: int) -> Tensor:

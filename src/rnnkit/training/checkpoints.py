@@ -15,23 +15,22 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from .errors import RnnkitError
+from ..errors import RnnkitError
+from .config import RunState, TrainConfig
 
-if TYPE_CHECKING:
-    from .training import TrainConfig, _Run
 
 #: the fields that shape the sequence of updates: a resumed run must share them
 _RESUME_FIELDS = ("epochs", "max_steps", "batch_size", "lr", "weight_decay", "clip_norm",
                   "schedule", "warmup_steps", "tbptt", "stateful", "seed")
 _HISTORY_COLUMNS = ("step", "epoch", "train_loss", "val_loss", "lr", "elapsed_s")
-#: the plain fields of ``_Run`` a checkpoint keeps in its JSON
+#: the plain fields of ``RunState`` a checkpoint keeps in its JSON
 _RUN_FIELDS = ("step", "done", "loss_count", "epochs_completed", "history", "best_val", "bad_evals")
 _TMP_PREFIX = ".tmp-checkpoint-"
 
@@ -49,7 +48,7 @@ def prepare_directory(path: Optional[Union[Path, str]], config: TrainConfig, res
     return directory
 
 
-def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: _Run,
+def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: RunState,
                      config: TrainConfig, elapsed: float, n_train: int) -> None:
     """Write ``checkpoint.safetensors`` (the tensors, and ``meta`` in its header) and ``checkpoint.json``."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -75,7 +74,7 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     publish(directory, {"checkpoint.safetensors": blob, "checkpoint.json": text, **history_files(run.history)})
 
 
-def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: _Run,
+def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: RunState,
                      config: TrainConfig, n_train: int, device: torch.device) -> None:
     """Put a run back as ``save_checkpoint`` left it; the JSON in the safetensors header rules."""
     path = directory / "checkpoint.safetensors"

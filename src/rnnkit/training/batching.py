@@ -6,15 +6,14 @@ rebuilds exactly the batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
 
-from .errors import RnnkitError
+from ..errors import RnnkitError
+from .config import TrainConfig
 
-if TYPE_CHECKING:
-    from .training import TrainConfig
 
 #: Batches per length-sorted pool: large enough that a batch's samples have near-equal
 #: lengths, small enough that an epoch still mixes short and long batches throughout.
@@ -43,7 +42,7 @@ def epoch_order(n: int, batch_size: int, seed: int, lengths: Optional[Tensor] = 
     return torch.cat(shuffled + last)
 
 
-def batch_pieces(data: tuple[Tensor, ...], config: "TrainConfig", batches: int, done: Position,
+def batch_pieces(data: tuple[Tensor, ...], config: TrainConfig, batches: int, done: Position,
                  device: torch.device, lengths: Optional[Tensor] = None
                  ) -> Iterator[tuple[Position, tuple[Tensor, ...]]]:
     """Yield ``((epoch, batch, piece), tensors)`` for every optimizer step after ``done``.

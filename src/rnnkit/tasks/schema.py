@@ -1,0 +1,78 @@
+"""The JSON a task's ``predict_json`` takes and returns, described as JSON Schema and checked.
+
+Each task declares ``request_schema`` and ``response_schema`` in the subset of JSON Schema
+that FastAPI/OpenAPI and a reader both understand: ``type`` (object, array, string, number,
+integer, boolean, null, or a list of them), ``properties``, ``required``,
+``additionalProperties: false``, ``items``, ``minItems``, ``minimum``, ``maximum``, ``enum``
+and ``description``. :func:`check` validates a request against it, so the CLI's ``rnnkit
+predict`` and the server refuse a bad request with the same one line, naming where it is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import DataError
+
+Schema = dict[str, Any]
+
+_TYPES: dict[str, tuple[type, ...]] = {"object": (dict,), "array": (list,), "string": (str,),
+                                       "number": (int, float), "integer": (int,), "boolean": (bool,),
+                                       "null": (type(None),)}
+
+
+def check(value: Any, schema: Schema, where: str = "request") -> None:
+    """Raise a one-line :class:`DataError` naming the first place where ``value`` breaks ``schema``."""
+    kinds = schema.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not any(_is(value, kind) for kind in kinds):
+            raise DataError(f"{where} must be {' or '.join(kinds)}, got {_name(value)}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise DataError(f"{where} must be one of {', '.join(map(repr, schema['enum']))}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            raise DataError(f"{where} must be >= {schema['minimum']}, got {value!r}")
+        if "maximum" in schema and value > schema["maximum"]:
+            raise DataError(f"{where} must be <= {schema['maximum']}, got {value!r}")
+    if isinstance(value, dict):
+        _check_object(value, schema, where)
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            raise DataError(f"{where} needs at least {schema['minItems']} item(s), got {len(value)}")
+        for i, item in enumerate(value):
+            check(item, schema.get("items", {}), f"{where}[{i}]")
+
+
+def _check_object(value: dict, schema: Schema, where: str) -> None:
+    properties = schema.get("properties", {})
+    missing = [key for key in schema.get("required", ()) if key not in value]
+    if missing:
+        raise DataError(f"{where} is missing {', '.join(map(repr, missing))}; "
+                        f"expected keys: {', '.join(properties) or 'none'}")
+    if schema.get("additionalProperties") is False:
+        unknown = sorted(set(value) - set(properties))
+        if unknown:
+            raise DataError(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; "
+                            f"expected keys: {', '.join(properties)}")
+    for key, item in value.items():
+        if key in properties:
+            check(item, properties[key], f"{where}.{key}")
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind in ("number", "integer") and isinstance(value, bool):
+        return False  # JSON's true is not a number, though Python's bool is an int
+    if kind == "number" and isinstance(value, float):
+        return value == value and abs(value) != float("inf")  # NaN and infinity are not JSON
+    return isinstance(value, _TYPES[kind])
+
+
+def _name(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    if isinstance(value, float) and not _is(value, "number"):
+        return repr(value)
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+__all__ = ["Schema", "check"]

@@ -1,0 +1,15 @@
+"""The one trainer every rnnkit task uses, as a package of four parts that import only downwards:
+
+- ``config``: ``TrainConfig`` (what a run is told), ``TrainResult`` (what it returns) and
+  ``RunState`` (a run in progress, what a checkpoint carries);
+- ``batching``: how training data becomes optimizer steps (epochs, length-grouped batches,
+  truncated-BPTT pieces);
+- ``checkpoints``: saving and resuming a run bit for bit (safetensors + JSON, atomic);
+- ``loop``: ``fit``, ``evaluate``, ``lr_at`` and ``budget_shares``.
+"""
+
+from .config import CLOCKS, RunState, TrainConfig, TrainResult, check_clock
+from .loop import Data, LossFn, budget_shares, evaluate, fit, lr_at
+
+__all__ = ["CLOCKS", "Data", "LossFn", "RunState", "TrainConfig", "TrainResult", "budget_shares", "check_clock",
+           "evaluate", "fit", "lr_at"]
