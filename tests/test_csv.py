@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from rnnkit.bundle import load
 from rnnkit.cli import app
-from rnnkit.data.csv import parse_dates, read_csv
+from rnnkit.data.csv import parse_csv, parse_dates, read_csv
 from rnnkit.data.series import read_series_csv
 from rnnkit.data.text import load_tweets, read_text_csv
 from rnnkit.errors import DataError
@@ -112,6 +112,13 @@ def test_a_european_export_reads_decimal_commas_and_day_first_dates(tmp_path: Pa
     frame = read_series_csv(path)
     assert frame["y"].iloc[0] == 1000.25 and np.allclose(frame["y"], monthly()["y"])
     assert frame["ds"].tolist() == monthly()["ds"].tolist()  # 01.02.2000 is the first of February
+
+
+def test_decimal_commas_in_every_form_a_spreadsheet_writes() -> None:
+    frame = parse_csv("id;price;note\na;-1,5;x\nb;1.234,25;y\nc;5,1E-05;z\nd;7;1,5 kg\n")
+    assert frame["price"].tolist() == [-1.5, 1234.25, 5.1e-05, 7.0]
+    assert frame["note"].tolist() == ["x", "y", "z", "1,5 kg"]  # text stays text
+    assert parse_csv("id,price\na,\"1,5\"\n")["price"].tolist() == ["1,5"]  # in a comma file it may group thousands: left as written
 
 
 def test_day_first_dates_with_slashes_are_read_day_first(tmp_path: Path) -> None:

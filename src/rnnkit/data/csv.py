@@ -25,8 +25,8 @@ from ..errors import DataError
 
 PathLike = Union[str, Path]
 DELIMITERS = (",", ";", "\t", "|")  # in order of preference when the header splits equally
-# A decimal-comma number as European spreadsheets write it: -1234,5 or 1.234,5 (dots group thousands).
-_DECIMAL_COMMA = r"[+-]?(\d+|\d{1,3}(\.\d{3})+)(,\d+)?"
+# A decimal-comma number as European spreadsheets write it: -1234,5, 1.234,5 (dots group thousands), 5,1E-05.
+_DECIMAL_COMMA = r"[+-]?(\d+|\d{1,3}(\.\d{3})+)(,\d+)?([eE][+-]?\d+)?"
 # A date written as three numbers with day and month first in some order: 01.02.2000, 1/13/99, 01-02-2000.
 _NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})([./-])(\d{1,2})\2(\d{4}|\d{2})(?!\d)")
 DATE_ORDER_HINT = "pass --dayfirst or --monthfirst (in Python: parse the column with pd.to_datetime(..., dayfirst=...))"
