@@ -84,8 +84,8 @@ def test_csv_module_quote_all_crlf_reads_back_exactly(tmp_path: Path) -> None:
 
 
 def test_semicolon_tab_and_utf16_text_files_are_split_on_their_delimiter(tmp_path: Path) -> None:
-    for sep, name, encoding in ((";", "semi.csv", "utf-8"), ("\t", "tab.tsv", "utf-8"), ("\t", "unicode.txt", "utf-16")):
-        # utf-16 with tabs: what Excel's "Unicode text" export writes
+    # the last: UTF-16 with tabs, what Excel's "Unicode text" export writes
+    for sep, name, encoding in ((";", "semi.csv", "utf-8"), ("\t", "tab.tsv", "utf-8"), ("\t", "u.txt", "utf-16")):
         pd.DataFrame({"review": TEXTS, "sentiment": LABELS}).to_csv(tmp_path / name, sep=sep, index=False,
                                                                     encoding=encoding)
         frame = read_text_csv(tmp_path / name, "review", "sentiment")
@@ -118,7 +118,8 @@ def test_decimal_commas_in_every_form_a_spreadsheet_writes() -> None:
     frame = parse_csv("id;price;note\na;-1,5;x\nb;1.234,25;y\nc;5,1E-05;z\nd;7;1,5 kg\n")
     assert frame["price"].tolist() == [-1.5, 1234.25, 5.1e-05, 7.0]
     assert frame["note"].tolist() == ["x", "y", "z", "1,5 kg"]  # text stays text
-    assert parse_csv("id,price\na,\"1,5\"\n")["price"].tolist() == ["1,5"]  # in a comma file it may group thousands: left as written
+    # In a comma-separated file "1,5" may be a US thousands group: left as written.
+    assert parse_csv("id,price\na,\"1,5\"\n")["price"].tolist() == ["1,5"]
 
 
 def test_day_first_dates_with_slashes_are_read_day_first(tmp_path: Path) -> None:
@@ -204,7 +205,8 @@ def test_classify_train_and_predict_read_every_writer(tmp_path: Path) -> None:
         assert len(pd.read_csv(tmp_path / "pred.csv")) == len(TEXTS)  # one prediction per text, none split
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    result = runner.invoke(app, ["classify", "predict", str(bundle), "--data", str(empty), "--out", str(tmp_path / "p")])
+    result = runner.invoke(app, ["classify", "predict", str(bundle), "--data", str(empty),
+                                 "--out", str(tmp_path / "p")])
     assert "is not a readable CSV: it is empty" in one_error_line(result) and not (tmp_path / "p").exists()
 
 
