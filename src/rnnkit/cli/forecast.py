@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ..bundle import read_bundle
 from ..data import load_dataset
+from ..data.csv import parse_dates, read_csv
 from ..data.series import read_series_csv
 from ..errors import DataError, RnnkitError
 from ..files import write_csv
@@ -33,6 +34,9 @@ Past = Annotated[str, typer.Option(help="Comma-separated past-covariate columns 
 Future = Annotated[str, typer.Option(help="Comma-separated future-covariate columns (known for the horizon too).")]
 Ensemble = Annotated[int, typer.Option(help="Models from different seeds, averaged.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
+DayFirst = Annotated[Optional[bool], typer.Option(
+    "--dayfirst/--monthfirst", help="Read dates such as 01/02/2000 day-first or month-first; "
+    "by default the data decides, and a file that leaves it open is refused.", show_default=False)]
 
 
 def _config(horizon: int, lookback: Optional[int], cell: str, head: str, hidden_size: int, quantiles: str,
@@ -62,10 +66,11 @@ def train(
     ensemble: Ensemble = 3,
     minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 2.0,
     seed: Seed = 0,
+    dayfirst: DayFirst = None,
 ) -> None:
     """Train a global forecaster on every series in DATA and write a bundle."""
     config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble, minutes, seed)
-    frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates)
+    frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates, dayfirst=dayfirst)
     forecaster = Forecaster(config).fit(frame)
     path = forecaster.save(out)
     losses = ", ".join(f"{r.best_val_loss:.4f}" for r in forecaster.train_results)
@@ -79,12 +84,13 @@ def predict(
     data: Annotated[Optional[Path], typer.Option(help="Newer data to forecast from (default: the training data).")] = None,
     future: Annotated[Optional[Path], typer.Option(help="CSV of future covariates: unique_id, ds, columns.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="PNG plot of history and forecast.")] = None,
+    dayfirst: DayFirst = None,
 ) -> None:
     """Forecast the horizon after each series ends."""
     forecaster = _load_forecaster(bundle)
     covariates = forecaster.covariates
-    frame = read_series_csv(data, covariates=covariates) if data else None
-    future_frame = _read_future(future) if future else None
+    frame = read_series_csv(data, covariates=covariates, dayfirst=dayfirst) if data else None
+    future_frame = _read_future(future, dayfirst) if future else None
     forecast = forecaster.predict(frame, future=future_frame)
     write_csv(forecast, out)
     if plot:
@@ -112,11 +118,12 @@ def backtest(
                                            "auto = both statsforecast models when installed.")] = "naive,seasonal_naive,auto",
     out: Annotated[Optional[Path], typer.Option(help="CSV of per-window, per-series, per-model metrics.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="PNG: history, backtest forecasts and the actual values.")] = None,
+    dayfirst: DayFirst = None,
 ) -> None:
     """Refit before each of the last WINDOWS horizons; score rnnkit next to naive, seasonal naive and
     (when statsforecast is installed) AutoARIMA and AutoETS."""
     config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble, minutes, 0)
-    frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates)
+    frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates, dayfirst=dayfirst)
     chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())
     result = Forecaster(config).backtest(frame, windows=windows, season_length=season_length, baselines=chosen)
     typer.echo(result.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -141,13 +148,12 @@ def dataset(
     console.print(f"wrote {name}: {frame['unique_id'].nunique()} series, {len(frame)} rows, to {out}")
 
 
-def _read_future(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"no such file: {path}; pass a CSV with unique_id, ds and the future covariate columns")
-    frame = pd.read_csv(path)
+def _read_future(path: Path, dayfirst: Optional[bool]) -> pd.DataFrame:
+    frame = read_csv(path, expect="columns unique_id, ds and the future covariates")
     missing = [c for c in ("unique_id", "ds") if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks column(s) {', '.join(missing)}; it needs unique_id, ds and the covariates")
+    frame["ds"] = parse_dates(frame["ds"], dayfirst=dayfirst, groups=frame["unique_id"], source=str(path))
     return frame
 
 

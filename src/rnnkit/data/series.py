@@ -18,29 +18,29 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from .csv import parse_dates, read_csv
 
 REQUIRED = ("unique_id", "ds", "y")
 
 
-def read_series_csv(path: Union[str, Path], covariates: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a CSV as a long frame: ``unique_id, ds, y`` (plus ``covariates``) or a single series ``date, value``."""
+def read_series_csv(path: Union[str, Path], covariates: tuple[str, ...] = (),
+                    dayfirst: Optional[bool] = None) -> pd.DataFrame:
+    """Read a CSV as a long frame: ``unique_id, ds, y`` (plus ``covariates``) or a single series ``date, value``.
+
+    Any delimiter and date order a spreadsheet writes (see :mod:`rnnkit.data.csv`);
+    ``dayfirst`` settles dates such as ``01/02/2000`` that the data leaves ambiguous.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no such file: {path}; pass the path of a CSV with columns unique_id, ds, y")
-    try:
-        frame = pd.read_csv(path)
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text; save it as UTF-8 CSV") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+    frame = read_csv(path, expect="columns unique_id, ds, y (or date, value)")
     if not set(REQUIRED) <= set(frame.columns) and frame.shape[1] == 2:
         # A single series: the first column holds dates, the second values.
         date_col, value_col = frame.columns
         frame = pd.DataFrame({"unique_id": path.stem, "ds": frame[date_col], "y": frame[value_col]})
-    return validate_long_frame(frame, source=str(path), covariates=covariates)
+    return validate_long_frame(frame, source=str(path), covariates=covariates, dayfirst=dayfirst)
 
 
-def validate_long_frame(frame: pd.DataFrame, source: str = "data", covariates: tuple[str, ...] = ()) -> pd.DataFrame:
+def validate_long_frame(frame: pd.DataFrame, source: str = "data", covariates: tuple[str, ...] = (),
+                        dayfirst: Optional[bool] = None) -> pd.DataFrame:
     """Check and normalise a long frame; returns a copy sorted by series and time.
 
     ``covariates`` name extra numeric columns that must be present and complete.
@@ -58,11 +58,7 @@ def validate_long_frame(frame: pd.DataFrame, source: str = "data", covariates: t
         raise DataError(f"{source} has no rows")
     frame = frame.copy()
     frame["unique_id"] = frame["unique_id"].astype(str)
-    ds = pd.to_datetime(frame["ds"], errors="coerce")
-    if ds.isna().any():
-        row = int(np.flatnonzero(ds.isna().to_numpy())[0])
-        raise DataError(f"{source}: unparsable date {frame['ds'].iloc[row]!r} in column ds (row {row + 1})")
-    frame["ds"] = ds
+    frame["ds"] = parse_dates(frame["ds"], dayfirst=dayfirst, groups=frame["unique_id"], source=source)
     for column in ("y",) + tuple(covariates):
         frame[column] = _numeric_column(frame, column, source)
     duplicated = frame.duplicated(["unique_id", "ds"])

