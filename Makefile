@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.rnnkit-installed
+TEST_STAMP = $(VENV)/.rnnkit-bench-installed
 
 .PHONY: demo test test-fast bench install clean
 
@@ -20,7 +21,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/rnnkit demo --out demo-output
 
-test: $(STAMP)
+# The tests also assert the optional statsforecast baselines (AutoARIMA/AutoETS in backtests):
+# `make test` installs the `bench` extra first (pinned torch untouched: -c constraints.txt).
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
