@@ -1,0 +1,83 @@
+"""`rnnkit classify train | predict`: text classification from CSV files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ..bundle import load
+from ..data.text import read_text_csv
+from ..errors import RnnkitError
+from ..files import write_csv
+from ..plotting import plot_confusion_matrix
+from ..tasks.classify import MODEL_TYPE, SequenceClassifier, SequenceClassifierConfig
+from . import Precision, create_app
+
+app = create_app("Classify texts (sentiment, topics, ...) with a recurrent network, from CSV files.")
+console = Console(stderr=True)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="CSV with a text and a label column.", show_default=False)],
+    text_col: Annotated[str, typer.Option(help="Column holding the texts.")],
+    label_col: Annotated[str, typer.Option(help="Column holding the labels.")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 3.0,
+    tokenizer: Annotated[str, typer.Option(help="word, bpe or char.")] = "word",
+    cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")] = "lstm",
+    hidden_size: Annotated[int, typer.Option(help="Hidden units per direction.")] = 128,
+    bidirectional: Annotated[bool, typer.Option(help="Read each text both ways.")] = True,
+    class_weights: Annotated[bool, typer.Option(help="Weigh classes inversely to their frequency.")] = True,
+    encoding: Annotated[str, typer.Option(help="Text encoding of DATA.")] = "utf-8",
+    plot: Annotated[Optional[Path], typer.Option(help="PNG confusion matrix on the validation slice.")] = None,
+    ensemble: Annotated[int, typer.Option(help="Members from different seeds, averaged; they share --minutes.")] = 1,
+    precision: Precision = "fp32",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Train a classifier on DATA and write a bundle; report validation accuracy and macro-F1."""
+    config = SequenceClassifierConfig(tokenizer=tokenizer, cell=cell, hidden_size=hidden_size,
+                                      bidirectional=bidirectional, class_weights="balanced" if class_weights else None,
+                                      ensemble=ensemble, minutes=minutes, precision=precision, seed=seed,
+                                      progress=progress)
+    frame = read_text_csv(data, text_col, label_col, encoding)
+    clf = SequenceClassifier(config).fit(frame["text"].tolist(), frame["label"].tolist())
+    m = clf.metrics
+    if plot:
+        plot_confusion_matrix(m["val_confusion_matrix"], clf.classes, plot, title="validation slice")
+    path = clf.save(out)
+    console.print(f"trained {m['steps']} steps ({m['stopped']}); validation accuracy "
+                  f"{m['val_accuracy']:.3f}, macro-F1 {m['val_macro_f1']:.3f}; bundle: {path}"
+                  + (f"; plot: {plot}" if plot else ""))
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="A classifier bundle.", show_default=False)],
+    text: Annotated[Optional[str], typer.Argument(help="One text to classify.", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option(help="CSV of texts to classify.")] = None,
+    text_col: Annotated[str, typer.Option(help="Column of --data holding the texts.")] = "text",
+    out: Annotated[Optional[Path], typer.Option(help="CSV to write: label, prob_<class> ... (input order).")] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of --data.")] = "utf-8",
+) -> None:
+    """Print the class of TEXT with its probabilities, or write predictions for every row of --data."""
+    if (text is None) == (data is None):
+        raise RnnkitError("give either a TEXT to classify or --data FILE.csv (with --out), not both or neither")
+    clf = load(bundle, MODEL_TYPE)
+    if text is not None:
+        row = clf.predict_proba([text]).iloc[0]
+        probs = "  ".join(f"{c}={row[f'prob_{c}']:.3f}" for c in clf.classes)
+        typer.echo(f"{row['label']}  ({probs})")
+        return
+    texts = read_text_csv(data, text_col, None, encoding, keep_empty=True)["text"].tolist()
+    predictions = clf.predict_proba(texts)
+    if out is None:
+        typer.echo(predictions.to_csv(index=False), nl=False)
+        return
+    write_csv(predictions, out)
+    console.print(f"wrote {len(predictions)} predictions to {out}")
+

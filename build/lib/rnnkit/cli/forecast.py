@@ -1,0 +1,158 @@
+"""`rnnkit forecast train | predict | backtest`: forecasting from CSV files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import pandas as pd
+import typer
+from rich.console import Console
+
+from ..bundle import read_bundle
+from ..data import load_dataset
+from ..data.series import read_series_csv
+from ..errors import DataError, RnnkitError
+from ..files import write_csv
+from ..plotting import plot_forecast
+from ..tasks.forecast import Forecaster, ForecasterConfig
+from ..tasks.forecast_eval import backtest_plot_frames, coverage_report
+from . import create_app
+
+app = create_app("Forecast time series (CSV: unique_id, ds, y [, covariates]; or one date,value series).")
+console = Console(stderr=True)
+
+Data = Annotated[Path, typer.Argument(help="CSV with columns unique_id, ds, y (or date,value).", show_default=False)]
+Horizon = Annotated[int, typer.Option(help="Steps to forecast.")]
+Lookback = Annotated[Optional[int], typer.Option(help="Input window; default 3 x horizon.")]
+Cell = Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")]
+Head = Annotated[str, typer.Option(help="decoder (a recurrent decoder over the horizon) or direct (all steps at once).")]
+Hidden = Annotated[int, typer.Option(help="Hidden units.")]
+Quantiles = Annotated[str, typer.Option(help="Comma-separated quantiles; 0.5 is the point forecast.")]
+Past = Annotated[str, typer.Option(help="Comma-separated past-covariate columns (known up to the forecast start).")]
+Future = Annotated[str, typer.Option(help="Comma-separated future-covariate columns (known for the horizon too).")]
+Ensemble = Annotated[int, typer.Option(help="Models from different seeds, averaged.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+
+
+def _config(horizon: int, lookback: Optional[int], cell: str, head: str, hidden_size: int, quantiles: str,
+            past: str, future: str, ensemble: int, minutes: float, seed: int) -> ForecasterConfig:
+    try:
+        levels = tuple(float(q) for q in quantiles.split(","))
+    except ValueError:
+        raise RnnkitError(f"--quantiles must be numbers separated by commas, got {quantiles!r}") from None
+    columns = lambda text: tuple(c.strip() for c in text.split(",") if c.strip())
+    return ForecasterConfig(horizon=horizon, lookback=lookback, cell=cell, head=head, hidden_size=hidden_size,
+                            quantiles=levels, past_covariates=columns(past), future_covariates=columns(future),
+                            ensemble=ensemble, minutes=minutes, seed=seed)
+
+
+@app.command()
+def train(
+    data: Data,
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    horizon: Horizon = 12,
+    lookback: Lookback = None,
+    cell: Cell = "lstm",
+    head: Head = "decoder",
+    hidden_size: Hidden = 32,
+    quantiles: Quantiles = "0.1,0.5,0.9",
+    past: Past = "",
+    future: Future = "",
+    ensemble: Ensemble = 3,
+    minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 2.0,
+    seed: Seed = 0,
+) -> None:
+    """Train a global forecaster on every series in DATA and write a bundle."""
+    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble, minutes, seed)
+    frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates)
+    forecaster = Forecaster(config).fit(frame)
+    path = forecaster.save(out)
+    losses = ", ".join(f"{r.best_val_loss:.4f}" for r in forecaster.train_results)
+    console.print(f"trained {len(forecaster.train_results)} model(s), best validation loss {losses}; bundle: {path}")
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="A forecaster bundle.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="CSV to write: unique_id, ds, y_hat, y_hat_qNN.")],
+    data: Annotated[Optional[Path], typer.Option(help="Newer data to forecast from (default: the training data).")] = None,
+    future: Annotated[Optional[Path], typer.Option(help="CSV of future covariates: unique_id, ds, columns.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG plot of history and forecast.")] = None,
+) -> None:
+    """Forecast the horizon after each series ends."""
+    forecaster = _load_forecaster(bundle)
+    covariates = forecaster.covariates
+    frame = read_series_csv(data, covariates=covariates) if data else None
+    future_frame = _read_future(future) if future else None
+    forecast = forecaster.predict(frame, future=future_frame)
+    write_csv(forecast, out)
+    if plot:
+        history = frame if frame is not None else forecaster.history_frame()
+        plot_forecast(history, forecast, plot, title="forecast:")
+    console.print(f"wrote {len(forecast)} rows to {out}" + (f" and a plot to {plot}" if plot else ""))
+
+
+@app.command()
+def backtest(
+    data: Data,
+    horizon: Horizon = 12,
+    windows: Annotated[int, typer.Option(help="Rolling-origin windows, each one horizon long.")] = 3,
+    season_length: Annotated[int, typer.Option(help="Season for seasonal naive and MASE.")] = 1,
+    lookback: Lookback = None,
+    cell: Cell = "lstm",
+    head: Head = "decoder",
+    hidden_size: Hidden = 32,
+    quantiles: Quantiles = "0.1,0.5,0.9",
+    past: Past = "",
+    future: Future = "",
+    ensemble: Ensemble = 3,
+    minutes: Annotated[float, typer.Option(help="Wall-clock training budget per window.")] = 2.0,
+    baselines: Annotated[str, typer.Option(help="Comma-separated: naive, seasonal_naive, AutoARIMA, AutoETS; "
+                                           "auto = both statsforecast models when installed.")] = "naive,seasonal_naive,auto",
+    out: Annotated[Optional[Path], typer.Option(help="CSV of per-window, per-series, per-model metrics.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG: history, backtest forecasts and the actual values.")] = None,
+) -> None:
+    """Refit before each of the last WINDOWS horizons; score rnnkit next to naive, seasonal naive and
+    (when statsforecast is installed) AutoARIMA and AutoETS."""
+    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble, minutes, 0)
+    frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates)
+    chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())
+    result = Forecaster(config).backtest(frame, windows=windows, season_length=season_length, baselines=chosen)
+    typer.echo(result.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    typer.echo(coverage_report(result, config.quantiles))
+    if out:
+        write_csv(result.metrics, out)
+    if plot:
+        forecasts, actual = backtest_plot_frames(result)
+        starts = frame["unique_id"].map(forecasts.groupby("unique_id")["ds"].min())
+        plot_forecast(frame[frame["ds"] < starts], None, plot, actual=actual, backtest=forecasts, title="backtest:")
+
+
+@app.command()
+def dataset(
+    name: Annotated[str, typer.Argument(help="airpassengers, co2, elnino, macrodata, stocks or sunspots.",
+                                        show_default=False)],
+    out: Annotated[Path, typer.Option(help="CSV to write: unique_id, ds, y.")],
+) -> None:
+    """Write a bundled real dataset (installed offline with a package) as a long CSV."""
+    frame = load_dataset(name)
+    write_csv(frame, out)
+    console.print(f"wrote {name}: {frame['unique_id'].nunique()} series, {len(frame)} rows, to {out}")
+
+
+def _read_future(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"no such file: {path}; pass a CSV with unique_id, ds and the future covariate columns")
+    frame = pd.read_csv(path)
+    missing = [c for c in ("unique_id", "ds") if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}; it needs unique_id, ds and the covariates")
+    return frame
+
+
+def _load_forecaster(path: Path) -> Forecaster:
+    bundle = read_bundle(path)
+    if bundle.model_type != "forecaster":
+        raise RnnkitError(f"{path} holds a {bundle.model_type!r} model, not a forecaster")
+    return Forecaster.from_bundle(bundle)

@@ -1,0 +1,217 @@
+"""Time series in, clean arrays out: reading, validating, scaling and windowing long frames.
+
+A long frame has one row per (series, timestamp): columns ``unique_id``, ``ds``, ``y``.
+Everything a user can get wrong about one is caught here with a message that says what
+and where, before a model sees it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ..errors import DataError
+
+REQUIRED = ("unique_id", "ds", "y")
+
+
+def read_series_csv(path: Union[str, Path], covariates: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV as a long frame: ``unique_id, ds, y`` (plus ``covariates``) or a single series ``date, value``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such file: {path}; pass the path of a CSV with columns unique_id, ds, y")
+    try:
+        frame = pd.read_csv(path)
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text; save it as UTF-8 CSV") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+    if not set(REQUIRED) <= set(frame.columns) and frame.shape[1] == 2:
+        # A single series: the first column holds dates, the second values.
+        date_col, value_col = frame.columns
+        frame = pd.DataFrame({"unique_id": path.stem, "ds": frame[date_col], "y": frame[value_col]})
+    return validate_long_frame(frame, source=str(path), covariates=covariates)
+
+
+def validate_long_frame(frame: pd.DataFrame, source: str = "data", covariates: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Check and normalise a long frame; returns a copy sorted by series and time.
+
+    ``covariates`` name extra numeric columns that must be present and complete.
+    Missing values are refused, never filled silently: the message says how to fill them.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"expected a pandas DataFrame with columns {', '.join(REQUIRED)}, got {type(frame).__name__}")
+    missing = [c for c in REQUIRED + tuple(covariates) if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{source} lacks column(s) {', '.join(missing)}; it has {', '.join(map(str, frame.columns))}. "
+            f"Rename them to unique_id, ds, y (or give a two-column date,value CSV)"
+        )
+    if frame.empty:
+        raise DataError(f"{source} has no rows")
+    frame = frame.copy()
+    frame["unique_id"] = frame["unique_id"].astype(str)
+    ds = pd.to_datetime(frame["ds"], errors="coerce")
+    if ds.isna().any():
+        row = int(np.flatnonzero(ds.isna().to_numpy())[0])
+        raise DataError(f"{source}: unparsable date {frame['ds'].iloc[row]!r} in column ds (row {row + 1})")
+    frame["ds"] = ds
+    for column in ("y",) + tuple(covariates):
+        frame[column] = _numeric_column(frame, column, source)
+    duplicated = frame.duplicated(["unique_id", "ds"])
+    if duplicated.any():
+        row = frame[duplicated].iloc[0]
+        raise DataError(f"{source}: duplicated timestamp {row['ds']} in series {row['unique_id']!r}")
+    frame = frame.sort_values(["unique_id", "ds"]).reset_index(drop=True)
+    for uid, group in frame.groupby("unique_id", sort=False):
+        infer_frequency(group["ds"], f"{source}, series {uid!r}")
+    return frame
+
+
+def _numeric_column(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
+    """A column as floats; text that is not a number, or a missing value, is an error naming the row."""
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() & frame[column].notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{source}: non-numeric value {frame[column].iloc[row]!r} in column {column} (row {row + 1})")
+    if values.isna().any():
+        row = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise DataError(f"{source}: {int(values.isna().sum())} missing value(s) (NaN) in column {column}, first at "
+                        f"row {row + 1}; fill them (e.g. interpolate) or drop those rows")
+    return values.astype(float)
+
+
+def infer_frequency(ds: pd.Series, where: str) -> str:
+    """The pandas frequency of evenly spaced timestamps; a gap is an error."""
+    if len(ds) < 3:
+        raise DataError(f"{where}: only {len(ds)} timestamp(s); need at least 3 to infer the frequency")
+    with warnings.catch_warnings():  # pandas 3 announces an offset return type; the string is what we keep
+        warnings.simplefilter("ignore")
+        freq = pd.infer_freq(pd.DatetimeIndex(ds))
+    if freq is None:
+        raise DataError(f"{where}: timestamps are not evenly spaced ({_first_gap(pd.DatetimeIndex(ds))}); "
+                        f"fill the missing timestamps (e.g. interpolate) or resample to a regular frequency")
+    return freq
+
+
+def _first_gap(ds: pd.DatetimeIndex) -> str:
+    """Where regular spacing breaks first, judged by the frequency most runs of three timestamps show."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        votes = [pd.infer_freq(ds[i:i + 3]) for i in range(min(len(ds) - 2, 200))]
+    votes = [v for v in votes if v is not None]
+    if not votes:
+        return f"a gap or jump at {ds[1]}"
+    freq = max(set(votes), key=votes.count)
+    expected = pd.date_range(ds[0], periods=len(ds), freq=freq)
+    i = int(np.flatnonzero(ds != expected)[0])
+    return f"a gap or jump at {ds[i]}, after {ds[i - 1]}; expected {expected[i]} at frequency {freq}"
+
+
+@dataclass
+class SeriesScaler:
+    """Per-series standardisation: ``(y - mean) / std``, with the statistics kept as JSON."""
+
+    stats: dict[str, tuple[float, float]]
+
+    @classmethod
+    def fit(cls, series: dict[str, np.ndarray]) -> "SeriesScaler":
+        stats = {}
+        for uid, values in series.items():
+            std = float(values.std())
+            stats[uid] = (float(values.mean()), std if std > 1e-8 else 1.0)  # a flat series stays flat
+        return cls(stats)
+
+    def transform(self, uid: str, values: np.ndarray) -> np.ndarray:
+        mean, std = self.stats[uid]
+        return (values - mean) / std
+
+    def inverse(self, uid: str, values: np.ndarray) -> np.ndarray:
+        mean, std = self.stats[uid]
+        return values * std + mean
+
+    def to_dict(self) -> dict:
+        return {uid: list(pair) for uid, pair in self.stats.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SeriesScaler":
+        return cls({uid: (float(m), float(s)) for uid, (m, s) in data.items()})
+
+
+def sliding_windows(values: np.ndarray, lookback: int, horizon: int) -> tuple[Tensor, Tensor]:
+    """All (input, target) pairs of a series: inputs ``(N, lookback)``, targets ``(N, horizon)``."""
+    series = torch.as_tensor(values, dtype=torch.float32)
+    windows = series.unfold(0, lookback + horizon, 1)  # (N, lookback + horizon)
+    return windows[:, :lookback], windows[:, lookback:]
+
+
+def split_series(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A validated long frame to one float array per series, in time order."""
+    return {str(uid): group["y"].to_numpy(dtype=float) for uid, group in frame.groupby("unique_id", sort=False)}
+
+
+def future_dates(last: pd.Timestamp, freq: str, steps: int) -> pd.DatetimeIndex:
+    """The ``steps`` timestamps after ``last`` at frequency ``freq``."""
+    return pd.date_range(start=last, periods=steps + 1, freq=freq)[1:]
+
+
+def check_length(series: dict[str, np.ndarray], needed: int, what: str, source: Optional[str] = None) -> None:
+    """Every series must have at least ``needed`` points."""
+    for uid, values in series.items():
+        if len(values) < needed:
+            raise DataError(
+                f"series {uid!r} has {len(values)} points; {what} needs at least {needed}; "
+                f"use a shorter lookback or horizon"
+            )
+
+
+def calendar_features(ds: pd.DatetimeIndex, freq: str) -> np.ndarray:
+    """Known-future calendar features of timestamps ``ds`` at frequency ``freq``: ``(T, F)``.
+
+    Each cycle finer than a year but coarser than the sampling step becomes a
+    ``(sin, cos)`` pair, so December sits next to January: month of year for monthly
+    data, week of year for weekly, quarter for quarterly, day of week and of year for
+    daily, hour of day and day of week for hourly. Yearly data has none (``F = 0``).
+    """
+    ds = pd.DatetimeIndex(ds)
+    cycles = {
+        "Q": [(ds.quarter - 1, 4)],
+        "M": [(ds.month - 1, 12)],
+        "W": [(ds.isocalendar().week.to_numpy() - 1, 52.18)],
+        "D": [(ds.day_of_week, 7), (ds.day_of_year - 1, 365.25)],
+        "B": [(ds.day_of_week, 5), (ds.day_of_year - 1, 365.25)],
+        "h": [(ds.hour, 24), (ds.day_of_week, 7)],
+        "min": [(ds.minute, 60), (ds.hour, 24)],
+    }.get(_frequency_kind(freq), [])
+    columns = []
+    for position, period in cycles:
+        angle = 2 * np.pi * np.asarray(position, dtype=float) / period
+        columns += [np.sin(angle), np.cos(angle)]
+    return np.stack(columns, axis=1) if columns else np.zeros((len(ds), 0))
+
+
+def _frequency_kind(freq: str) -> str:
+    """``"MS"``/``"ME"`` to ``"M"``, ``"W-SAT"`` to ``"W"``, ``"QS-OCT"`` to ``"Q"``, ``"2h"`` to ``"h"``."""
+    code = freq.lstrip("0123456789").split("-")[0]
+    if code in ("min", "T"):
+        return "min"
+    if code in ("h", "H", "BH", "bh"):
+        return "h"
+    if code in ("D", "C"):
+        return "D"
+    for kind in ("B", "W", "Q", "M"):  # B before M: "BMS" is monthly, "B" business-daily
+        if code.startswith(kind) and not (kind == "B" and len(code) > 1):
+            return kind
+    if code.startswith("BM") or code.startswith("SM"):
+        return "M"
+    if code.startswith("BQ"):
+        return "Q"
+    return "Y" if code[:1] in ("Y", "A") else code

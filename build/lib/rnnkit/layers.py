@@ -1,0 +1,257 @@
+"""A stack of recurrent cells: layers, direction, dropout, variable lengths, carried state."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .cells import CELLS, RecurrentCell
+from .cells.base import _check_lengths
+from .cells.streaming import compiled_step, stack_step
+from .errors import RnnkitError
+
+#: a layer's state, laid out as ``torch.nn``'s: ``(num_layers * num_directions, B, H)``,
+#: a pair ``(h, c)`` of those for LSTM
+LayerState = Union[Tensor, tuple[Tensor, Tensor]]
+
+
+class Recurrent(nn.Module):
+    r"""Stacked, optionally bidirectional recurrent layers over batch-first sequences.
+
+    Layer ``l`` reads layer ``l - 1``'s outputs (both directions concatenated), with
+    dropout between layers in training, exactly as ``torch.nn.LSTM`` stacks them. The
+    reverse direction reads each sequence backwards *within its own length*, so padding
+    never reaches a valid step.
+
+    Args:
+        input_size: features per input step, ``I``.
+        hidden_size: features per direction of the hidden state, ``H``.
+        cell: ``"lstm"``, ``"gru"`` or ``"rnn"``.
+        num_layers: stacked layers, ``L``.
+        bidirectional: add a reverse-direction cell per layer (``D`` = 2).
+        dropout: dropout probability on the outputs of every layer but the last.
+        **cell_options: passed to every cell (``backend``, ``peephole``, ``layer_norm``,
+            ``nonlinearity``, ``bias``, ...).
+
+    Shapes: inputs ``(B, T, I)``; outputs ``(B, T, D*H)``; state ``(L*D, B, H)`` (a pair
+    of them for LSTM), in ``torch.nn``'s order: layer-major, forward before reverse.
+
+    Cells live in ``self.cells``, index ``l * D + d``; ``to_torch()`` gives the equivalent
+    ``torch.nn`` module with the same weights.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        cell: str = "lstm",
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        **cell_options: Any,
+    ) -> None:
+        super().__init__()
+        if cell not in CELLS:
+            raise RnnkitError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise RnnkitError(f"num_layers must be a positive integer, got {num_layers!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise RnnkitError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.cell_type, self.num_layers, self.bidirectional = cell, num_layers, bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        self.cell_options = dict(cell_options)
+        cell_class = CELLS[cell]
+        self.cells = nn.ModuleList(
+            cell_class(input_size if layer == 0 else self.num_directions * hidden_size, hidden_size, **cell_options)
+            for layer in range(num_layers)
+            for _ in range(self.num_directions)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.num_states = self.cells[0].num_states
+        first = self.cells[0]
+        # A stack the compiled streaming kernel can step in one call (cells/streaming.py)
+        self._plain_lstm = (cell == "lstm" and not bidirectional and first.backend != "reference"
+                            and first.torch_nn_unavailable_reason() is None)
+
+    @property
+    def output_size(self) -> int:
+        """Features per output step: ``D * H``."""
+        return self.num_directions * self.hidden_size
+
+    def forward(
+        self,
+        x: Tensor,
+        state: Optional[LayerState] = None,
+        *,
+        lengths: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+        return_gates: bool = False,
+    ):
+        """Run every layer over the sequence.
+
+        Args:
+            x: ``(B, T, I)``.
+            state: initial state, ``(L*D, B, H)`` (a pair for LSTM); zeros if ``None``.
+            lengths: ``(B,)`` valid steps of each right-padded sequence.
+            mask: ``(B, T)`` boolean, True on valid steps; the alternative to ``lengths``.
+            return_gates: also return gate traces, a dict keyed ``"l0"``, ``"l0_reverse"``, ...
+
+        Returns:
+            ``(outputs, state)`` or ``(outputs, state, gates)``; outputs ``(B, T, D*H)``.
+        """
+        self.cells[0]._check_input(x)
+        lengths = _check_lengths(self._lengths_from(lengths, mask, x), x)
+        states = self._split_state(state, x)
+        final: list[tuple[Tensor, ...]] = []
+        traces: dict[str, dict[str, Tensor]] = {}
+        layer_input = x
+        for layer in range(self.num_layers):
+            direction_outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                reverse = direction == 1
+                seq = _reverse_within_lengths(layer_input, lengths) if reverse else layer_input
+                out, cell_final, gates = self.cells[index].run(seq, states[index], lengths, return_gates)
+                if reverse:
+                    out = _reverse_within_lengths(out, lengths)
+                    gates = gates and {k: _reverse_within_lengths(v, lengths) for k, v in gates.items()}
+                direction_outputs.append(out)
+                final.append(cell_final)
+                if return_gates:
+                    traces[f"l{layer}" + ("_reverse" if reverse else "")] = gates
+            layer_input = torch.cat(direction_outputs, dim=2) if self.bidirectional else direction_outputs[0]
+            if layer < self.num_layers - 1:
+                layer_input = self.dropout(layer_input)
+        outputs, state = layer_input, self._join_state(final)
+        return (outputs, state, traces) if return_gates else (outputs, state)
+
+    def step(self, x_t: Tensor, state: Optional[LayerState] = None) -> tuple[Tensor, LayerState]:
+        """One step of every layer for a batch of streams: ``x_t`` ``(B, I)`` to ``(output_t (B, H), state)``."""
+        if self._plain_lstm and type(state) is tuple and len(state) == 2:
+            # The streaming hot path: one compiled call that checks its arguments itself (at
+            # ~50 us a step each us of Python here is 2 %); None sends it the checked way below.
+            out = compiled_step(self._modules["cells"], x_t, state)
+            if out is not None:
+                return out
+        if self.bidirectional:
+            raise RnnkitError("a bidirectional layer reads the future and cannot be stepped; use bidirectional=False to stream")
+        if x_t.dim() != 2 or x_t.size(1) != self.input_size:
+            raise RnnkitError(f"step expects x_t of shape (batch, {self.input_size}), got {tuple(x_t.shape)}")
+        # Checked once here, not per cell: this is the streaming hot path.
+        parts = self._check_state(state, x_t)  # x_t (B, I): only its batch size and dtype are read
+        if self._plain_lstm:
+            fused = stack_step(self.cells, x_t, *parts)  # the whole stack in one compiled call
+            if fused is not None:
+                return fused
+        states = list(zip(*(p.unbind(0) for p in parts)))
+        final = []
+        for cell, cell_state in zip(self.cells, states):
+            cell_state = cell._step(x_t, cell_state)
+            x_t = cell_state[0]
+            final.append(cell_state)
+        return x_t, self._join_state(final)
+
+    def initial_state(self, batch_size: int, like: Tensor) -> LayerState:
+        """The zero state for ``batch_size`` streams, on ``like``'s device and dtype."""
+        zeros = like.new_zeros(self.num_layers * self.num_directions, batch_size, self.hidden_size)
+        return (zeros, zeros.clone()) if self.num_states == 2 else zeros
+
+    def to_torch(self) -> nn.RNNBase:
+        """The ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` (batch_first) with these weights.
+
+        Raises for options ``torch.nn`` does not have (peepholes, layer norm).
+        """
+        reason = self.cells[0].torch_nn_unavailable_reason()
+        if reason:
+            raise RnnkitError(f"cannot convert to torch.nn: {reason}")
+        module_class = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[self.cell_type]
+        extra = {"nonlinearity": self.cells[0].nonlinearity} if self.cell_type == "rnn" else {}
+        module = module_class(
+            self.input_size, self.hidden_size, num_layers=self.num_layers, bias=self.cells[0].bias,
+            batch_first=True, dropout=self.dropout.p, bidirectional=self.bidirectional, **extra,
+        )
+        module.load_state_dict(self.native_state_dict())
+        return module.to(self.cells[0].weight_ih.device)
+
+    def native_state_dict(self) -> dict[str, Tensor]:
+        """This layer's weights under ``torch.nn``'s names (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...)."""
+        native = {}
+        for index, cell in enumerate(self.cells):
+            layer, direction = divmod(index, self.num_directions)
+            suffix = f"_l{layer}" + ("_reverse" if direction else "")
+            for name, tensor in cell.state_dict().items():
+                native[name + suffix] = tensor
+        return native
+
+    def load_native_state_dict(self, native: dict[str, Tensor]) -> None:
+        """Load weights saved under ``torch.nn``'s names, e.g. ``torch.nn.LSTM(...).state_dict()``."""
+        for index, cell in enumerate(self.cells):
+            layer, direction = divmod(index, self.num_directions)
+            suffix = f"_l{layer}" + ("_reverse" if direction else "")
+            cell.load_state_dict({name: native[name + suffix] for name in cell.state_dict()})
+
+    # ------------------------------------------------------------------- internals
+
+    def _lengths_from(self, lengths: Optional[Tensor], mask: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
+        if mask is None:
+            return lengths
+        if lengths is not None:
+            raise RnnkitError("pass lengths or mask, not both")
+        if mask.shape != x.shape[:2]:
+            raise RnnkitError(f"expected mask of shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+        mask = mask.bool()
+        lengths = mask.sum(dim=1)
+        prefix = torch.arange(x.size(1), device=x.device)[None, :] < lengths[:, None]
+        if not torch.equal(prefix, mask):
+            raise RnnkitError("mask must mark a prefix of each sequence (right padding); got gaps inside a sequence")
+        return lengths
+
+    def _split_state(self, state: Optional[LayerState], x: Tensor) -> list[tuple[Tensor, ...]]:
+        """``(L*D, B, H)`` (or a pair of them) to one state tuple per cell."""
+        count, batch = self.num_layers * self.num_directions, x.size(0)
+        if state is None:
+            zeros = x.new_zeros(batch, self.hidden_size)
+            return [tuple(zeros for _ in range(self.num_states))] * count
+        return list(zip(*(p.unbind(0) for p in self._check_state(state, x))))
+
+    def _check_state(self, state: Optional[LayerState], x: Tensor) -> tuple[Tensor, ...]:
+        """The state as a tuple of ``(L*D, B, H)`` tensors, zeros if ``None``; raises on bad shapes."""
+        count, batch = self.num_layers * self.num_directions, x.size(0)
+        if state is None:
+            return tuple(x.new_zeros(count, batch, self.hidden_size) for _ in range(self.num_states))
+        parts = (state,) if isinstance(state, Tensor) else tuple(state)
+        expected = (count, batch, self.hidden_size)
+        if len(parts) != self.num_states or not all(p.shape == expected for p in parts):
+            want = "(h, c), each" if self.num_states == 2 else "a tensor"
+            raise RnnkitError(
+                f"expected state {want} of shape (layers*directions, batch, hidden) = {expected}, "
+                f"got {[tuple(p.shape) for p in parts]}"
+            )
+        return parts
+
+    def _join_state(self, final: list[tuple[Tensor, ...]]) -> LayerState:
+        stacked = tuple(torch.stack([cell_state[k] for cell_state in final]) for k in range(self.num_states))
+        return stacked if self.num_states == 2 else stacked[0]
+
+    def extra_repr(self) -> str:
+        return (
+            f"cell={self.cell_type}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+            f"bidirectional={self.bidirectional}"
+        )
+
+
+def _reverse_within_lengths(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """Reverse each sequence's first ``length`` steps in time, leaving its padding in place."""
+    if lengths is None:
+        return x.flip(1)
+    steps = torch.arange(x.size(1), device=x.device)[None, :]  # (1, T)
+    lengths = lengths.to(x.device)[:, None]  # (B, 1)
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (B, T)
+    return x.gather(1, index[:, :, None].expand_as(x))
+
+
+__all__ = ["Recurrent", "RecurrentCell", "LayerState"]

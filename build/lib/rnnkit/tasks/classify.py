@@ -1,0 +1,286 @@
+"""Text classification (sentiment and the like): a recurrent many-to-one model over token ids.
+
+Each batch is cut to its longest text and the recurrent layer is given every text's
+length, so padding never reaches a valid step or the summary (packed sequences on the fused
+path): a text's prediction does not depend on what it is batched with. Class weights
+counter imbalance; a stratified slice of the training data picks the best epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from .. import metrics
+from ..bundle import Bundle, load_weights, register, save_bundle
+from ..config import JsonConfig
+from ..data.tokenizers import KINDS, UNK, Tokenizer, build_tokenizer, tokenizer_from_dict
+from ..errors import DataError, RnnkitError
+from ..precision import check_precision
+from ..topologies import ManyToOne
+from ..training import TrainConfig, TrainResult, budget_shares, check_clock, fit
+
+MODEL_TYPE = "sequence_classifier"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequenceClassifierConfig(JsonConfig):
+    """Everything that defines a text classifier; saved in its bundle as ``config.json``."""
+
+    KIND = "sequence classifier"
+
+    tokenizer: str = "word"          # sentiment lives in words; "bpe" for rich morphology, "char" for codes
+    vocab_size: int = 20000          # words seen less often fall to <unk>
+    min_count: int = 2               # a word seen once cannot be learned, only memorised: <unk>
+    cell: str = "lstm"               # "lstm", "gru" or "rnn"
+    embedding_size: int = 128
+    hidden_size: int = 128           # per direction; short texts need little memory
+    num_layers: int = 1
+    bidirectional: bool = True       # a word's meaning depends on what follows it too ("not bad")
+    pooling: str = "attention"       # "attention" weighs the telling words; "last" = final states
+    dropout: float = 0.25            # on embeddings, between layers, before the head: words are sparse
+    max_len: int = 128               # tokens kept per text (the start); tweets are far shorter
+    class_weights: Optional[str] = "balanced"  # weigh classes by n / (k * count): rare classes count
+    ensemble: int = 1                # members from different seeds, probabilities averaged: steadier, a
+    # point or two of macro-F1 for ensemble x the training time (the budget is shared among them)
+    epochs: int = 20                 # an upper bound: early stopping usually ends first
+    minutes: Optional[float] = 3.0   # time budget of one fit (all ensemble members)
+    clock: str = "wall"              # what minutes count: "wall" or this process's "cpu" time (see TrainConfig)
+    precision: str = "fp32"          # training's: "bf16" on CPUs with AVX-512 BF16 or AMX (see TrainConfig)
+    batch_size: int = 128            # texts are short: big batches keep a CPU busy, epochs quick
+    lr: float = 5e-3
+    patience: Optional[int] = 3      # epochs without a better validation loss before stopping
+    val_fraction: float = 0.1        # stratified slice of the training texts that picks the best epoch
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_clock(self.clock, "SequenceClassifierConfig")  # here, not when fit() starts after tokenising
+        check_precision(self.precision)
+        if self.tokenizer not in KINDS:
+            raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
+        for name in ("vocab_size", "min_count", "embedding_size", "hidden_size", "num_layers", "max_len", "epochs",
+                     "batch_size", "ensemble"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise RnnkitError(f"{name} must be a positive integer, got {value!r}")
+        if self.class_weights not in (None, "balanced"):
+            raise RnnkitError(f"class_weights must be 'balanced' or None, got {self.class_weights!r}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise RnnkitError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RnnkitError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+class TextClassifierNet(nn.Module):
+    """:class:`~rnnkit.topologies.ManyToOne` over token ids, with dropout on the embedded tokens
+    and on the pooled summary as well as between layers: tweets are few for a vocabulary of words.
+
+    Shapes: ids ``(B, T)`` and ``lengths`` ``(B,)`` to logits ``(B, C)``.
+    """
+
+    def __init__(self, config: SequenceClassifierConfig, vocab_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.body = ManyToOne(config.embedding_size, num_classes, config.hidden_size, cell=config.cell,
+                              num_layers=config.num_layers, bidirectional=config.bidirectional,
+                              dropout=config.dropout, pooling=config.pooling, vocab_size=vocab_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, *, lengths: Optional[Tensor] = None) -> Tensor:
+        embedded = self.dropout(self.body.embed(x))  # (B, T, E)
+        outputs, state = self.body.recurrent(embedded, lengths=lengths)  # (B, T, D*H)
+        return self.body.head(self.dropout(self.body.summarise(outputs, state, lengths)))
+
+
+class ClassifierEnsemble(nn.Module):
+    """``config.ensemble`` :class:`TextClassifierNet` members; returns the log of their mean class
+    probabilities ``(B, C)``, so a softmax of the output gives the ensemble's probabilities."""
+
+    def __init__(self, config: SequenceClassifierConfig, vocab_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(TextClassifierNet(config, vocab_size, num_classes)
+                                     for _ in range(config.ensemble))
+
+    def forward(self, x: Tensor, *, lengths: Optional[Tensor] = None) -> Tensor:
+        probs = torch.stack([member(x, lengths=lengths).softmax(-1) for member in self.members])  # (M, B, C)
+        return probs.mean(dim=0).log()
+
+
+def classifier_model(config: SequenceClassifierConfig, vocab_size: int, num_classes: int) -> ClassifierEnsemble:
+    return ClassifierEnsemble(config, vocab_size, num_classes)
+
+
+def pad_ids(sequences: Sequence[Sequence[int]], max_len: int) -> tuple[Tensor, Tensor]:
+    """Token id lists to right-padded ids ``(N, T)`` and lengths ``(N,)``; an empty text becomes one ``<unk>``."""
+    cut = [list(s[:max_len]) or [UNK] for s in sequences]
+    lengths = torch.tensor([len(s) for s in cut], dtype=torch.long)
+    ids = torch.zeros(len(cut), int(lengths.max()) if cut else 1, dtype=torch.long)  # <pad> is 0
+    for i, s in enumerate(cut):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return ids, lengths
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(keep, held)``: ``fraction`` of each class held out (at least one if it has two)."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for label in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == label))
+        n_held = int(round(len(index) * fraction)) if len(index) > 1 else 0
+        n_held = max(n_held, 1) if len(index) > 1 else 0
+        held.append(index[:n_held]), keep.append(index[n_held:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+class SequenceClassifier:
+    """A recurrent text classifier: ``fit(texts, labels)``, ``predict``, ``predict_proba``, ``evaluate``.
+
+    Example::
+
+        clf = SequenceClassifier(cell="gru").fit(texts, labels)
+        clf.predict(["what a lovely car"])        # ['positive']
+        clf.predict_proba(["what a lovely car"])  # label, prob_negative, prob_neutral, prob_positive
+    """
+
+    def __init__(self, config: Optional[SequenceClassifierConfig] = None, **options: Any) -> None:
+        self.config = config or SequenceClassifierConfig(**options)
+        self.tokenizer: Optional[Tokenizer] = None
+        self.classes: list[str] = []
+        self.model: Optional[ClassifierEnsemble] = None
+        self.metrics: dict[str, Any] = {}
+        self.train_results: list[TrainResult] = []  # one per ensemble member
+
+    def fit(self, texts: Sequence[str], labels: Sequence[Any]) -> "SequenceClassifier":
+        """Train on texts and their labels (any hashable; kept as strings)."""
+        cfg = self.config
+        texts, labels = _check_texts(texts), np.asarray([str(label) for label in labels])
+        if len(texts) != len(labels):
+            raise DataError(f"got {len(texts)} texts but {len(labels)} labels; give one label per text")
+        self.classes = sorted(set(labels.tolist()))
+        if len(self.classes) < 2:
+            raise DataError(f"need at least 2 classes to classify, got {self.classes}; check the label column")
+        y = np.searchsorted(self.classes, labels)
+        keep, held = stratified_split(y, cfg.val_fraction, cfg.seed)
+        if len(held) == 0:
+            raise DataError(f"{len(texts)} texts are too few to hold out a validation slice; give more")
+        options = {"vocab_size": cfg.vocab_size} if cfg.tokenizer == "bpe" else (
+            {"max_size": cfg.vocab_size, "min_count": cfg.min_count} if cfg.tokenizer == "word" else {})
+        self.tokenizer = build_tokenizer(cfg.tokenizer, [texts[i] for i in keep], **options)
+        ids, lengths = pad_ids([self.tokenizer.encode(t) for t in texts], cfg.max_len)
+        targets = torch.as_tensor(y, dtype=torch.long)
+        weights = None
+        if cfg.class_weights == "balanced":
+            counts = np.bincount(y[keep], minlength=len(self.classes)).clip(min=1)
+            weights = torch.tensor(len(keep) / (len(self.classes) * counts), dtype=torch.float32)
+        torch.manual_seed(cfg.seed)
+        self.model = classifier_model(cfg, self.tokenizer.vocab_size, len(self.classes))  # members differ in init
+
+        def loss_fn(model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, None]:
+            x, n, target = batch
+            logits = model(x[:, : int(n.max())], lengths=n)  # (B, C): cut to the batch's longest text
+            w = None if weights is None else weights.to(logits.device)
+            return nn.functional.cross_entropy(logits, target, weight=w), None
+
+        train, val = (ids[keep], lengths[keep], targets[keep]), (ids[held], lengths[held], targets[held])
+        budgets = budget_shares(cfg.minutes, cfg.ensemble, cfg.clock)
+        self.train_results = []
+        for k, (member, minutes) in enumerate(zip(self.model.members, budgets)):
+            train_config = TrainConfig(epochs=cfg.epochs, minutes=minutes, batch_size=cfg.batch_size, lr=cfg.lr,
+                                       patience=cfg.patience, seed=cfg.seed + k, progress=cfg.progress,
+                                       decay_over_budget=minutes is not None, clock=cfg.clock,
+                                       precision=cfg.precision)
+            # Batches of texts of near-equal length: each is cut to its longest text, so little is padding.
+            self.train_results.append(fit(member, loss_fn, train, val, train_config, lengths=train[1]))
+        self.model.eval()
+        scores = self.evaluate([texts[i] for i in held], labels[held].tolist())
+        members = [{"steps": r.steps, "epochs_completed": r.epochs_completed, "stopped": r.stopped,
+                    "best_val_loss": r.best_val_loss} for r in self.train_results]
+        self.metrics = {"steps": sum(m["steps"] for m in members),
+                        "stopped": ", ".join(dict.fromkeys(m["stopped"] for m in members)),
+                        "members": members, "val_size": len(held),
+                        **{f"val_{k}": v for k, v in scores.items() if k != "classes"}}
+        return self
+
+    @torch.no_grad()
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 256) -> pd.DataFrame:
+        """Columns ``label`` and ``prob_<class>`` per class, one row per text, in input order."""
+        self._require_fitted()
+        texts = _check_texts(texts, allow_empty=True)
+        device = next(self.model.parameters()).device
+        ids, lengths = pad_ids([self.tokenizer.encode(t) for t in texts], self.config.max_len)
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            n = lengths[start:start + batch_size]
+            x = ids[start:start + batch_size, : int(n.max())].to(device)
+            chunks.append(self.model(x, lengths=n.to(device)).softmax(-1).cpu())  # (b, C)
+        probs = torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes)))
+        frame = pd.DataFrame(probs, columns=[f"prob_{c}" for c in self.classes])
+        frame.insert(0, "label", [self.classes[i] for i in probs.argmax(1)] if len(probs) else [])
+        return frame
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The likeliest class of each text."""
+        return self.predict_proba(texts)["label"].tolist()
+
+    def evaluate(self, texts: Sequence[str], labels: Sequence[Any], plot: Optional[Union[str, Path]] = None
+                 ) -> dict[str, Any]:
+        """Accuracy, macro-F1 and the confusion matrix (rows true, columns predicted; a PNG with ``plot``)."""
+        predicted = self.predict(texts)
+        truth = [str(label) for label in labels]
+        unknown = sorted(set(truth) - set(self.classes))
+        if unknown:
+            raise DataError(f"labels {unknown} were not seen in training (classes: {self.classes})")
+        y, y_hat = np.searchsorted(self.classes, truth), np.searchsorted(self.classes, predicted)
+        matrix = metrics.confusion_matrix(y, y_hat, len(self.classes))
+        if plot is not None:
+            from ..plotting import plot_confusion_matrix
+
+            plot_confusion_matrix(matrix, self.classes, plot)
+        return {"accuracy": metrics.accuracy(y, y_hat), "macro_f1": metrics.macro_f1(y, y_hat, len(self.classes)),
+                "confusion_matrix": matrix.tolist(), "classes": list(self.classes)}
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write a bundle directory: config, safetensors weights, tokenizer and classes as JSON, metrics."""
+        self._require_fitted()
+        history = [r.history for r in self.train_results]
+        return save_bundle(path, model_type=MODEL_TYPE, config=self.config.to_dict(), model=self.model,
+                           preprocessing={"tokenizer": self.tokenizer.to_dict(), "classes": self.classes},
+                           metrics={**self.metrics, "history": history})
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "SequenceClassifier":
+        """Rebuild a fitted classifier from a bundle read by :func:`rnnkit.bundle.read_bundle`."""
+        classifier = cls(SequenceClassifierConfig.from_dict(bundle.config))
+        classifier.tokenizer = tokenizer_from_dict(bundle.preprocessing["tokenizer"])
+        classifier.classes = list(bundle.preprocessing["classes"])
+        classifier.model = classifier_model(classifier.config, classifier.tokenizer.vocab_size, len(classifier.classes))
+        load_weights(classifier.model, bundle)
+        classifier.model.eval()
+        classifier.metrics = {k: v for k, v in bundle.metrics.items() if k != "history"}
+        return classifier
+
+    def _require_fitted(self) -> None:
+        if self.model is None:
+            raise RnnkitError("this classifier is not fitted yet; call fit(texts, labels) or load a bundle")
+
+
+register(MODEL_TYPE)(SequenceClassifier.from_bundle)
+
+
+def _check_texts(texts: Any, allow_empty: bool = False) -> list[str]:
+    if isinstance(texts, str):
+        raise RnnkitError("expected a list of texts, got a single string; wrap it: [text]")
+    texts = [str(t) for t in texts]
+    if not texts and not allow_empty:
+        raise DataError("no texts to train on; pass a non-empty list")
+    return texts
+
+
+__all__ = ["ClassifierEnsemble", "SequenceClassifier", "SequenceClassifierConfig", "classifier_model", "pad_ids",
+           "stratified_split"]

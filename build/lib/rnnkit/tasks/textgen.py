@@ -1,0 +1,333 @@
+"""Language modelling and text generation: a recurrent next-token model over a long corpus.
+
+The corpus becomes ``B`` contiguous streams laid side by side, ``(B, L)``; the trainer cuts
+them into ``seq_len``-step pieces (truncated BPTT) and carries each stream's state from
+one piece to the next (``stateful``), so the model reads the whole corpus in order and
+its memory is not cut at ``seq_len``. Held-out text (the last ``val_fraction``, contiguous)
+is scored in bits per character; generation steps the trained layer token by token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..bundle import Bundle, load_weights, register, save_bundle
+from ..config import JsonConfig
+from ..data.tokenizers import KINDS, SPECIALS, Tokenizer, build_tokenizer, tokenizer_from_dict
+from ..errors import DataError, RnnkitError
+from ..precision import autocast, check_precision
+from ..topologies import ManyToMany
+from ..training import TrainConfig, TrainResult, check_clock, evaluate, fit
+
+MODEL_TYPE = "text_generator"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextGeneratorConfig(JsonConfig):
+    """Everything that defines a language model; saved in its bundle as ``config.json``."""
+
+    KIND = "text generator"
+
+    tokenizer: str = "char"              # char-rnn's choice: any text, tiny vocabulary, bits per character
+    vocab_size: int = 4000               # word/bpe vocabulary; a char vocabulary is what the text holds
+    cell: str = "lstm"                   # "lstm", "gru" or "rnn"
+    hidden_size: int = 512               # char-rnn's size: a CPU trains it at tens of thousands of tokens/s
+    num_layers: int = 1                  # one layer wins at short CPU budgets; 2-3 pay off with hours
+    embedding_size: Optional[int] = None  # None = hidden_size, which lets input and output weights be tied
+    tie_weights: bool = True             # one matrix for embedding and output layer (Press & Wolf 2017)
+    dropout: float = 0.0                 # between layers; a corpus read once or twice barely overfits
+    seq_len: int = 128                   # truncated-BPTT piece; carried state reaches further back
+    reset_prob: float = 0.1              # chance a stream's carried state restarts from zero at a piece:
+    #                                      generation starts from zero, so training must see zero states too
+    batch_size: int = 32                 # parallel streams: more is faster per token, fewer updates
+    lr: float = 3e-3                     # AdamW for small recurrent nets; decays over the run
+    epochs: int = 10                     # an upper bound: the time budget usually ends first
+    minutes: Optional[float] = 5.0       # time budget of one fit
+    clock: str = "wall"                  # what minutes count: "wall" or this process's "cpu" time (see TrainConfig)
+    precision: str = "fp32"              # training's: "bf16" on CPUs with AVX-512 BF16 or AMX (see TrainConfig)
+    val_fraction: float = 0.05           # the last 5 % of the text, contiguous, is held out
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_clock(self.clock, "TextGeneratorConfig")  # here, not when fit() starts after tokenising
+        check_precision(self.precision)
+        if self.tokenizer not in KINDS:
+            raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "seq_len", "batch_size", "epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise RnnkitError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise RnnkitError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
+        if not 0.0 <= self.reset_prob < 1.0:
+            raise RnnkitError(f"reset_prob must be in [0, 1), got {self.reset_prob!r}")
+        if self.tie_weights and self.embedding_size not in (None, self.hidden_size):
+            raise RnnkitError(f"tie_weights needs embedding_size == hidden_size ({self.hidden_size}), got "
+                              f"{self.embedding_size}; drop embedding_size or set tie_weights=False")
+
+
+def language_model(config: TextGeneratorConfig, vocab_size: int) -> ManyToMany:
+    """Embedding, ``num_layers`` recurrent layers, a linear head over the vocabulary (tied or not)."""
+    return ManyToMany(config.embedding_size or config.hidden_size, vocab_size, config.hidden_size, cell=config.cell,
+                      num_layers=config.num_layers, dropout=config.dropout, vocab_size=vocab_size,
+                      tie_weights=config.tie_weights)
+
+
+def streams(ids: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    """A token sequence ``(N,)`` as ``rows`` contiguous streams: inputs and next-token targets ``(rows, L)``."""
+    length = (ids.numel() - 1) // rows
+    if length < 1:
+        raise DataError(f"{ids.numel()} tokens are too few for {rows} stream(s); give more text")
+    x = ids[: rows * length].view(rows, length)  # (B, L): row b is the corpus from b*L on
+    y = ids[1: rows * length + 1].view(rows, length)
+    return x, y
+
+
+def next_token_loss(model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, Any]:
+    """Mean cross-entropy of the next token, the state carried in and out (the trainer's ``loss_fn``)."""
+    x, y = batch
+    logits, state = model(x, state)  # (B, T, V)
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)), state
+
+
+def with_state_resets(reset_prob: float) -> Callable[..., tuple[Tensor, Any]]:
+    """``next_token_loss`` where, in training, each stream's incoming state is zeroed with ``reset_prob``.
+
+    A model that only ever continues warm states can fall into gibberish when generation
+    starts it from zero; occasional resets teach it to start, at a small cost in bits per character.
+    """
+    def loss_fn(model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, Any]:
+        if state is not None and model.training and reset_prob > 0:
+            keep = (torch.rand(batch[0].size(0), device=batch[0].device) >= reset_prob).float()[None, :, None]
+            state = tuple(s * keep for s in state) if isinstance(state, tuple) else state * keep  # (L, B, H)
+        return next_token_loss(model, batch, state)
+
+    return loss_fn
+
+
+def sample_next(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> Tensor:
+    """One token per row of ``logits`` ``(B, V)``: greedy at ``temperature == 0``, else sampled from
+    ``softmax(logits / temperature)`` restricted to the ``top_k`` likeliest tokens and to the smallest
+    set whose probability reaches ``top_p`` (nucleus sampling)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        ordered, index = logits.sort(dim=-1, descending=True)
+        probs = ordered.softmax(-1)
+        beyond = probs.cumsum(-1) - probs > top_p  # the mass before a token already reaches top_p
+        logits = torch.full_like(logits, float("-inf")).scatter(1, index, ordered.masked_fill(beyond, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+class TextStream:
+    """Hands ``stream`` one sample's text as its tokens arrive, each piece once.
+
+    A byte-level BPE token can end inside a character, which decodes as U+FFFD until the next
+    token completes it: that text is held back rather than printed half. Each token decodes
+    only the tokens not printed yet plus ``CONTEXT`` before them (a word tokenizer's spaces
+    depend on the previous token), so a long sample costs no more per token than a short one.
+    """
+
+    CONTEXT = 8
+
+    def __init__(self, tokenizer: Tokenizer, stream: Callable[[str], Any]) -> None:
+        self.tokenizer, self.stream, self.ids, self.printed = tokenizer, stream, [], 0
+
+    def add(self, token: int) -> None:
+        """Take the next token; print the text it completes."""
+        self.ids.append(token)
+        self._print(final=False)
+
+    def finish(self) -> None:
+        """Print what is held back (an incomplete character at the very end prints as U+FFFD)."""
+        self._print(final=True)
+
+    def _print(self, final: bool) -> None:
+        start = max(0, self.printed - self.CONTEXT)
+        before, text = self.tokenizer.decode(self.ids[start:self.printed]), self.tokenizer.decode(self.ids[start:])
+        if len(text) <= len(before) or not text.startswith(before) or (text.endswith("\ufffd") and not final):
+            return  # nothing new yet, or a character still incomplete
+        self.stream(text[len(before):])
+        self.printed = len(self.ids)
+
+
+class TextGenerator:
+    """A recurrent language model: ``fit`` a corpus, ``generate`` text, score held-out text.
+
+    Example::
+
+        lm = TextGenerator(hidden_size=256, minutes=2).fit(text)
+        lm.metrics["val_bpc"]
+        lm.generate("ROMEO:", max_tokens=300, temperature=0.8, seed=1, stream=print)
+        lm.save("shakespeare.rnnkit")
+    """
+
+    def __init__(self, config: Optional[TextGeneratorConfig] = None, **options: Any) -> None:
+        self.config = config or TextGeneratorConfig(**options)
+        self.tokenizer: Optional[Tokenizer] = None
+        self.model: Optional[ManyToMany] = None
+        self.metrics: dict[str, Any] = {}
+        self.train_result: Optional[TrainResult] = None
+
+    # --------------------------------------------------------------------- training
+
+    def fit(self, text: str, val_text: Optional[str] = None) -> "TextGenerator":
+        """Train on ``text``; held out: ``val_text``, or else the last ``val_fraction`` of ``text``."""
+        cfg = self.config
+        if not isinstance(text, str) or not text.strip():
+            raise DataError("the corpus is empty; pass some text to learn from")
+        if val_text is None:
+            cut = int(len(text) * (1 - cfg.val_fraction))
+            text, val_text = text[:cut], text[cut:]
+        options = {"vocab_size": cfg.vocab_size} if cfg.tokenizer == "bpe" else (
+            {"max_size": cfg.vocab_size} if cfg.tokenizer == "word" else {})
+        self.tokenizer = build_tokenizer(cfg.tokenizer, [text], **options)
+        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+        rows = max(1, min(cfg.batch_size, (ids.numel() - 1) // cfg.seq_len))  # a short text: fewer streams
+        torch.manual_seed(cfg.seed)
+        self.model = language_model(cfg, self.tokenizer.vocab_size)
+        train_config = TrainConfig(epochs=cfg.epochs, minutes=cfg.minutes, batch_size=rows, lr=cfg.lr,
+                                   tbptt=cfg.seq_len, stateful=True, decay_over_budget=cfg.minutes is not None,
+                                   clock=cfg.clock, precision=cfg.precision, seed=cfg.seed, progress=cfg.progress)
+        self.train_result = result = fit(self.model, with_state_resets(cfg.reset_prob), streams(ids, rows), None,
+                                                   train_config)
+        self.model.eval()
+        tokens = result.steps * rows * min(cfg.seq_len, (ids.numel() - 1) // rows)
+        self.metrics = {"train_tokens_per_s": tokens / max(result.elapsed_s, 1e-9), "steps": result.steps,
+                        "epochs_completed": result.epochs_completed, "stopped": result.stopped,
+                        "train_loss": result.history[-1]["train_loss"] if result.history else None,
+                        "parameters": sum(p.numel() for p in self.model.parameters())}
+        if val_text.strip():
+            self.metrics.update({f"val_{k}": v for k, v in self.evaluate(val_text).items()})
+        return self
+
+    @torch.no_grad()
+    def evaluate(self, text: str, rows: int = 8) -> dict[str, float]:
+        """Held-out scores of ``text``: ``bpc`` (bits per character), ``ppl`` (per-token perplexity), ``loss``.
+
+        The text is read as ``rows`` contiguous streams, state carried throughout.
+        """
+        self._require_fitted()
+        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+        if ids.numel() < 2:
+            raise DataError(f"held-out text of {ids.numel()} token(s) cannot be scored; give at least 2")
+        rows = max(1, min(rows, (ids.numel() - 1) // self.config.seq_len))
+        x, y = streams(ids, rows)
+        config = TrainConfig(batch_size=rows, tbptt=self.config.seq_len, stateful=True, progress=False,
+                             device=str(next(self.model.parameters()).device))
+        nats = evaluate(self.model, next_token_loss, (x, y), config)  # mean per scored token
+        chars_per_token = len(text) / ids.numel()
+        return {"bpc": nats / math.log(2) / chars_per_token, "ppl": math.exp(min(nats, 50.0)), "loss": nats}
+
+    # ------------------------------------------------------------------- generation
+
+    def generate(self, prime: str = "", max_tokens: int = 200, *, temperature: float = 0.8,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+                 stream: Optional[Callable[[str], Any]] = None, precision: str = "fp32") -> str:
+        """The prime followed by ``max_tokens`` generated tokens; ``stream`` gets each new piece of text."""
+        return self.sample(prime, 1, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                           stream=stream, precision=precision)[0]
+
+    @torch.no_grad()
+    def sample(self, prime: str = "", num_samples: int = 1, max_tokens: int = 200, *, temperature: float = 0.8,
+               top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+               stream: Optional[Callable[[str], Any]] = None, precision: str = "fp32") -> list[str]:
+        """``num_samples`` continuations of ``prime`` generated at once as one batch (same seed, same texts).
+
+        Unknown characters (words) in the prime are an error, as the model never saw them; an
+        empty prime starts after a newline. ``stream`` (one sample only) receives the text as it grows.
+        ``precision="bf16"`` steps the model under bfloat16 autocast (``rnnkit.precision``): the
+        LSTM's step reads bfloat16 weights, half the bytes; the sampling stays float32.
+        """
+        self._require_fitted()
+        _check_sampling(num_samples, max_tokens, temperature, top_k, top_p)
+        if stream is not None and num_samples != 1:
+            raise RnnkitError(f"stream prints one sample as it grows; got num_samples={num_samples}")
+        prime_ids = self._encode_prime(prime)
+        device = next(self.model.parameters()).device
+        check_precision(precision, device)
+        with autocast(precision, device):
+            generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+            logits, state = self.model(torch.tensor([prime_ids] * num_samples, device=device))  # (N, P, V)
+            logits = logits[:, -1].float()  # sampled in float32 whatever the precision
+            produced: list[Tensor] = []
+            printer = TextStream(self.tokenizer, stream) if stream is not None else None
+            for _ in range(max_tokens):
+                logits[:, : len(SPECIALS)] = float("-inf")  # never <pad>, <unk>, <bos>, <eos>
+                token = sample_next(logits, temperature, top_k, top_p, generator)  # (N,)
+                produced.append(token)
+                if printer is not None:
+                    printer.add(int(token[0]))
+                logits, state = self.model.step(token, state)  # (N, V)
+                logits = logits.float()
+        if printer is not None:
+            printer.finish()
+        ids = torch.stack(produced, 1).tolist() if produced else [[] for _ in range(num_samples)]
+        return [prime + self.tokenizer.decode(row) for row in ids]
+
+    def _encode_prime(self, prime: str) -> list[int]:
+        if not isinstance(prime, str):
+            raise RnnkitError(f"prime must be a string, got {type(prime).__name__}")
+        unknown = self.tokenizer.unknown(prime)
+        if unknown:
+            raise DataError(f"the prime contains {len(unknown)} token(s) the model never saw: "
+                            f"{', '.join(map(repr, unknown[:10]))}; remove them or train on text that has them")
+        ids = self.tokenizer.encode(prime) or self.tokenizer.encode("\n")
+        return ids or [len(SPECIALS)]  # a vocabulary without a newline: its first real token
+
+    # ----------------------------------------------------------------------- bundles
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write a bundle directory: config, safetensors weights (tied once), tokenizer JSON, metrics."""
+        self._require_fitted()
+        history = self.train_result.history if self.train_result else []
+        return save_bundle(path, model_type=MODEL_TYPE, config=self.config.to_dict(), model=self.model,
+                           preprocessing={"tokenizer": self.tokenizer.to_dict()},
+                           metrics={**self.metrics, "history": history})
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "TextGenerator":
+        """Rebuild a fitted generator from a bundle read by :func:`rnnkit.bundle.read_bundle`."""
+        generator = cls(TextGeneratorConfig.from_dict(bundle.config))
+        generator.tokenizer = tokenizer_from_dict(bundle.preprocessing["tokenizer"])
+        generator.model = language_model(generator.config, generator.tokenizer.vocab_size)
+        load_weights(generator.model, bundle)
+        generator.model.eval()
+        generator.metrics = {k: v for k, v in bundle.metrics.items() if k != "history"}
+        return generator
+
+    def _require_fitted(self) -> None:
+        if self.model is None:
+            raise RnnkitError("this text generator is not fitted yet; call fit(text) or load a bundle")
+
+
+register(MODEL_TYPE)(TextGenerator.from_bundle)
+
+
+def _check_sampling(num_samples: int, max_tokens: int, temperature: float, top_k: Optional[int],
+                    top_p: Optional[float]) -> None:
+    for name, value in (("num_samples", num_samples), ("max_tokens", max_tokens)):
+        if not isinstance(value, int) or value < (1 if name == "num_samples" else 0):
+            raise RnnkitError(f"{name} must be a {'positive' if name == 'num_samples' else 'non-negative'} "
+                              f"integer, got {value!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise RnnkitError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise RnnkitError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise RnnkitError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+__all__ = ["TextGenerator", "TextGeneratorConfig", "language_model", "next_token_loss", "sample_next", "streams"]

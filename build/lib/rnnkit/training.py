@@ -1,0 +1,391 @@
+"""The one trainer every rnnkit task uses: ``fit(model, loss_fn, train, val, config)``.
+
+One loop that reads top to bottom, as nanoGPT's ``train.py`` does: the next piece of a
+batch, the learning rate (``lr_at``), the task's ``loss_fn``, backward, clip, step; now and
+then validate, log, checkpoint, stop. No strategy, loop or accelerator objects: a task adapts
+the trainer through its ``loss_fn`` and its ``TrainConfig``.
+
+The contract with a task:
+
+- ``train`` and ``val`` are tuples of tensors sharing the first (sample) dimension, as in
+  ``TensorDataset``. They stay on the CPU; each batch is indexed out and moved to the device.
+- ``loss_fn(model, batch, state) -> (loss, new_state)``: ``loss`` a scalar tensor, the mean
+  over the batch (and its time steps). ``state`` is ``None`` unless truncated BPTT
+  (``tbptt``) or ``stateful`` carry the previous piece's state in, detached; a state is a
+  tensor, a tuple or list of them, or ``None``.
+- With ``tbptt`` every tensor of two or more dims is cut along time (dim 1); 1-D tensors
+  (labels, lengths) go whole with every piece.
+
+A checkpoint holds all it takes to continue the same run bit for bit: weights, optimiser
+moments, the RNG, the position in the epoch, the carried state. It is safetensors plus
+JSON, never pickle, and each file appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .allocator import keep_freed_memory
+from .batching import batch_pieces, check_lengths, split_time, time_steps
+from .checkpoints import history_files, load_checkpoint, prepare_directory, publish, save_checkpoint
+from .config import JsonConfig
+from .errors import RnnkitError
+from .precision import PRECISIONS, autocast, check_precision
+from .progress import TrainingProgress
+
+#: what ``TrainConfig.minutes`` counts: seconds of wall-clock time, or CPU time of this process
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.monotonic, "cpu": time.process_time}
+
+
+def check_clock(clock: Any, owner: str) -> None:
+    """Raise the one-line error for a ``clock`` that is not a key of ``CLOCKS``."""
+    if clock not in CLOCKS:
+        raise RnnkitError(f"{owner}.clock must be 'wall' or 'cpu', got {clock!r}")
+
+
+LossFn = Callable[[nn.Module, tuple[Tensor, ...], Any], tuple[Tensor, Any]]
+Data = Union[Tensor, Sequence[Tensor]]
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _device(name: str) -> torch.device:
+    """``"auto"`` is the GPU when there is one; anything else goes to ``torch.device``."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(JsonConfig):
+    """How to train: optimiser, schedule, batching, stopping, checkpoints. Validated on construction."""
+
+    KIND = "TrainConfig"
+
+    epochs: int = 20                        # enough for the small data sets of the demos
+    max_steps: Optional[int] = None         # cap on optimizer steps across epochs; None = epochs decide
+    minutes: Optional[float] = None         # time budget: stop cleanly, keep the best weights
+    clock: str = "wall"                     # what minutes count: "wall" time, or this process's "cpu" time,
+    #                                         which a busy machine does not eat into (fair benchmarks)
+    batch_size: int = 32                    # small batches generalise well and still keep a CPU busy
+    lr: float = 3e-3                        # AdamW's sweet spot for small recurrent nets
+    weight_decay: float = 0.01              # AdamW's decoupled decay: mild regularisation
+    clip_norm: Optional[float] = 1.0        # recurrent gradients explode; clipping their norm tames them
+    schedule: str = "cosine"                # "cosine" (down to 10% of lr) or "constant", after the warmup
+    warmup_steps: int = 0                   # linear warmup; small recurrent nets rarely need it
+    decay_over_budget: bool = False         # cosine follows the clock (needs minutes): a time-boxed run ends decayed
+    tbptt: Optional[int] = None             # truncated BPTT: piece length along time; None = whole sequences
+    stateful: bool = False                  # carry state across consecutive unshuffled batches (long corpora)
+    eval_every: Optional[int] = None        # steps between validations; None = once per epoch
+    patience: Optional[int] = None          # early stopping after this many validations without improvement
+    checkpoint_every: Optional[int] = None  # steps between checkpoints (needs checkpoint_dir); None = at end
+    seed: int = 0                           # the global torch RNG (dropout) and the epoch permutations
+    progress: bool = True                   # a rich progress bar; switch it off in scripts and tests
+    device: str = "auto"                    # "auto" = cuda if available, else cpu
+    precision: str = "fp32"                 # "bf16": products in bfloat16 under autocast, weights float32;
+    #                                         1.2-2.1x faster where the CPU has AVX-512 BF16 or AMX (precision.py)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            self._check(name, _is_int(getattr(self, name), 1), "an integer >= 1")
+        for name in ("warmup_steps", "seed"):
+            self._check(name, _is_int(getattr(self, name), 0), "an integer >= 0")
+        for name in ("max_steps", "tbptt", "eval_every", "patience", "checkpoint_every"):
+            value = getattr(self, name)
+            self._check(name, value is None or _is_int(value, 1), "None or an integer >= 1")
+        for name, allow_none, allow_zero in (("lr", False, False), ("weight_decay", False, True),
+                                             ("clip_norm", True, False), ("minutes", True, False)):
+            value = getattr(self, name)
+            if allow_none and value is None:
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            expected = ("None or " if allow_none else "") + f"a number {'>=' if allow_zero else '>'} 0"
+            self._check(name, number and (value >= 0 if allow_zero else value > 0), expected)
+            object.__setattr__(self, name, float(value))  # lr=1 and lr=1.0 are the same config
+        self._check("schedule", self.schedule in ("cosine", "constant"), "'cosine' or 'constant'")
+        self._check("precision", self.precision in PRECISIONS, "'fp32' or 'bf16'")
+        check_clock(self.clock, "TrainConfig")
+        if self.decay_over_budget and self.minutes is None:
+            raise RnnkitError("TrainConfig.decay_over_budget needs a time budget; set minutes=... or "
+                              "decay_over_budget=False")
+        for name in ("stateful", "progress", "decay_over_budget"):
+            self._check(name, isinstance(getattr(self, name), bool), "True or False")
+        try:
+            ok = isinstance(self.device, str) and _device(self.device) is not None
+        except (RuntimeError, ValueError):
+            ok = False
+        self._check("device", ok, "'auto' or a torch device such as 'cpu' or 'cuda:0'")
+
+    def _check(self, name: str, ok: bool, expected: str) -> None:
+        if not ok:
+            raise RnnkitError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+
+@dataclass
+class TrainResult:
+    """What ``fit`` returns; the model itself is trained in place."""
+
+    history: list[dict[str, Any]]   # rows of step, epoch, train_loss, val_loss, lr, elapsed_s
+    best_val_loss: Optional[float]  # None without validation data
+    steps: int                      # optimizer steps of the whole run, across resumes
+    epochs_completed: int
+    stopped: str                    # "completed" | "max_steps" | "early_stopping" | "time_budget"
+    elapsed_s: float                # seconds of the whole run on its clock (wall or cpu), across resumes
+
+
+@dataclass
+class _Run:
+    """Everything about a run in progress that a checkpoint must carry."""
+
+    loss_sum: Tensor                     # train loss summed since the last row; on the device: no syncs
+    loss_count: int = 0
+    step: int = 0                        # optimizer steps taken
+    done: tuple[int, ...] = (0, -1, 0)   # (epoch, batch, piece) of the last step taken
+    epochs_completed: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val: Optional[float] = None
+    best_weights: Optional[dict[str, Tensor]] = None
+    bad_evals: int = 0                   # validations since the last improvement
+    carry: Any = None                    # the detached state handed to the next piece
+    elapsed_s: float = 0.0               # seconds spent in earlier sessions of this run
+
+
+def lr_at(step: int, config: TrainConfig, total_steps: int, elapsed_s: Optional[float] = None) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) in a run planned for ``total_steps``.
+
+    Linear warmup from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps``; then
+    ``lr`` (``schedule="constant"``) or a half cosine from ``lr`` at the end of the warmup
+    down to ``0.1 * lr`` at ``total_steps``, flat after it (``"cosine"``). With
+    ``decay_over_budget`` the cosine's progress is the larger of that and ``elapsed_s`` over the
+    ``minutes`` budget: a run ends at the bottom of the schedule whether its steps or its clock
+    run out first, whatever the machine's speed.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    progress = min((step - config.warmup_steps) / max(total_steps - config.warmup_steps, 1), 1.0)
+    if config.decay_over_budget and elapsed_s is not None:
+        progress = max(progress, min(elapsed_s / (60 * config.minutes), 1.0))
+    return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: LossFn, data: Data, config: TrainConfig = TrainConfig()) -> float:
+    """Mean of ``loss_fn`` over ``data``, weighted by samples, in eval mode (no dropout).
+
+    Batches go in order, each cut with ``tbptt`` as in training, its state carried between
+    the pieces and each piece weighted by its length; with ``stateful`` the state also runs
+    across batches and a last partial batch is left out. The model returns to its mode.
+    Each ``loss_fn`` call runs in ``config.precision`` (``precision.py``).
+    """
+    data = _as_data(data, "data", config)
+    device, size = next(model.parameters()).device, config.batch_size
+    check_precision(config.precision, device)
+    samples = len(data[0]) - len(data[0]) % size if config.stateful else len(data[0])
+    was_training, total, state = model.training, 0.0, None
+    model.eval()
+    try:
+        for start in range(0, samples, size):
+            pieces = split_time(tuple(t[start:start + size].to(device) for t in data), config.tbptt)
+            steps, state = sum(time_steps(p) for p in pieces), state if config.stateful else None
+            for piece in pieces:
+                with autocast(config.precision, device):
+                    loss, state = loss_fn(model, piece, state)
+                total += loss.item() * len(piece[0]) * time_steps(piece) / steps
+    finally:
+        model.train(was_training)
+    return total / samples
+
+
+def budget_shares(minutes: Optional[float], parts: int, clock: str = "wall") -> Iterator[Optional[float]]:
+    """The budget of each of ``parts`` runs made one after another: an equal share of what is left
+    of ``minutes`` (on ``clock``) when it starts, so time one run leaves unused goes to the next
+    (``None``: no budget)."""
+    check_clock(clock, "budget_shares")
+    now = CLOCKS[clock]
+    start = now()
+    for k in range(parts):
+        if minutes is None:
+            yield None
+        else:
+            left = max(minutes - (now() - start) / 60, 1e-3)
+            yield left / (parts - k)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    train: Data,
+    val: Optional[Data] = None,
+    config: TrainConfig = TrainConfig(),
+    *,
+    checkpoint_dir: Optional[Union[Path, str]] = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable[[dict], None]] = (),
+    lengths: Optional[Tensor] = None,
+) -> TrainResult:
+    """Train ``model`` in place with AdamW, minimising ``loss_fn`` over ``train`` (see the module doc).
+
+    With ``val``, the weights of the lowest validation loss are put back at the end (after
+    completion, early stopping or the time budget); without, the last weights stand.
+    ``checkpoint_dir`` receives ``checkpoint.safetensors``, ``checkpoint.json``, ``history.json``
+    and ``history.csv`` every ``checkpoint_every`` steps and at the end. ``resume=True``
+    continues the run checkpointed there, bit-identical to an uninterrupted run, provided the
+    model is built as before. Each callback gets a copy of every history row as it is logged.
+    ``lengths`` (one per training sample) groups each epoch's batches by length, so that a
+    batch trimmed to its longest sample wastes little time on padding (see ``epoch_order``).
+    With ``precision="bf16"`` each ``loss_fn`` call (training and validation) runs under
+    bfloat16 autocast; the weights, gradients and optimiser stay float32 (``precision.py``).
+    """
+    if not isinstance(config, TrainConfig):
+        raise RnnkitError(f"config must be a TrainConfig, got {type(config).__name__}")
+    train = _as_data(train, "train", config)
+    lengths = check_lengths(lengths, len(train[0]), config.stateful)
+    val = None if val is None else _as_data(val, "val", config)
+    if config.patience is not None and val is None:
+        raise RnnkitError(f"patience={config.patience} needs validation data; pass val=... or patience=None")
+    device, n = _device(config.device), len(train[0])
+    check_precision(config.precision, device)
+    directory = prepare_directory(checkpoint_dir, config, resume)
+    if device.type == "cpu":
+        keep_freed_memory()  # each step's activations reused, not page-faulted in again (allocator.py)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    batches = n // config.batch_size if config.stateful else math.ceil(n / config.batch_size)
+    pieces = len(split_time(tuple(t[:1] for t in train), config.tbptt))
+    total = min(batches * pieces * config.epochs, config.max_steps or math.inf)
+    run = _Run(loss_sum=torch.zeros((), device=device))
+    if resume:
+        load_checkpoint(directory, model, optimizer, run, config, n, device)
+    else:
+        torch.manual_seed(config.seed)
+    clock = CLOCKS[config.clock]
+    started, lr = clock(), config.lr
+    elapsed = lambda: run.elapsed_s + clock() - started  # noqa: E731
+
+    def log() -> None:
+        row = _log_row(run, model, loss_fn, val, config, lr, elapsed())
+        bar.val_loss = row["val_loss"]
+        for callback in callbacks:
+            callback(dict(row))
+
+    with closing(TrainingProgress(config.progress, total, run.step)) as bar:
+        for (epoch, batch, piece), tensors in batch_pieces(train, config, batches, run.done, device, lengths):
+            stopped = _stop_reason(run, config, elapsed())
+            if stopped:
+                break
+            if piece == 0 and (batch == 0 or not config.stateful):
+                run.carry = None  # a new sequence starts from the model's zero state
+            lr = lr_at(run.step, config, total, elapsed())
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(config.precision, device):  # the forward pass and the loss; backward outside it
+                loss, state = loss_fn(model, tensors, run.carry)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            optimizer.step()
+            if config.tbptt or config.stateful:
+                run.carry = _detach(state)  # the next piece starts here, without backprop into this one
+            run.loss_sum += loss.detach()
+            run.loss_count, run.step, run.done = run.loss_count + 1, run.step + 1, (epoch, batch, piece)
+            epoch_end = batch == batches - 1 and piece == pieces - 1
+            if epoch_end:
+                run.epochs_completed = epoch + 1
+            bar.update(run.step, loss)
+
+            if (run.step % config.eval_every == 0) if config.eval_every else epoch_end:
+                log()
+            if directory and config.checkpoint_every and run.step % config.checkpoint_every == 0:
+                save_checkpoint(directory, model, optimizer, run, config, elapsed(), n)
+        else:
+            stopped = "completed"
+        if directory:  # before the closing row, so that a resume continues exactly from here
+            save_checkpoint(directory, model, optimizer, run, config, elapsed(), n)
+        if run.loss_count:
+            log()  # the steps since the last row
+    if run.best_weights is not None:
+        model.load_state_dict(run.best_weights)
+    if directory:
+        publish(directory, history_files(run.history))
+    return TrainResult(history=run.history, best_val_loss=run.best_val, steps=run.step,
+                       epochs_completed=run.epochs_completed, stopped=stopped, elapsed_s=elapsed())
+
+
+# ------------------------------------------------------------------------ the loop's parts
+
+
+def _detach(state: Any) -> Any:
+    """The state with every tensor in it detached from the graph, its structure kept."""
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, (tuple, list)):
+        items = [_detach(s) for s in state]
+        return type(state)(*items) if hasattr(state, "_fields") else type(state)(items)  # namedtuples too
+    return state
+
+
+def _log_row(run: _Run, model: nn.Module, loss_fn: LossFn, val: Optional[tuple[Tensor, ...]],
+             config: TrainConfig, lr: float, elapsed: float) -> dict[str, Any]:
+    """Close a history row: the mean train loss since the last row, validation, the best weights."""
+    train_loss = (run.loss_sum / run.loss_count).item() if run.loss_count else None
+    if train_loss is not None and not math.isfinite(train_loss):
+        raise RnnkitError(f"training diverged: train loss is {train_loss} at step {run.step}; "
+                          f"lower lr (now {config.lr}) or set clip_norm")
+    val_loss = evaluate(model, loss_fn, val, config) if val is not None else None
+    if val_loss is not None and (run.best_val is None or val_loss < run.best_val):
+        run.best_val, run.bad_evals = val_loss, 0
+        run.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    elif val_loss is not None:
+        run.bad_evals += 1
+    row = dict(step=run.step, epoch=run.done[0] + 1, train_loss=train_loss, val_loss=val_loss,
+               lr=lr, elapsed_s=round(elapsed, 3))
+    run.history.append(row)
+    run.loss_sum.zero_()
+    run.loss_count = 0
+    return row
+
+
+def _stop_reason(run: _Run, config: TrainConfig, elapsed: float) -> Optional[str]:
+    if config.patience is not None and run.bad_evals >= config.patience:
+        return "early_stopping"
+    if config.max_steps is not None and run.step >= config.max_steps:
+        return "max_steps"
+    if config.minutes is not None and elapsed >= 60 * config.minutes:
+        return "time_budget"
+    return None
+
+
+# ---------------------------------------------------------------------- checking the inputs
+
+
+def _as_data(data: Data, name: str, config: TrainConfig) -> tuple[Tensor, ...]:
+    data = (data,) if isinstance(data, Tensor) else data
+    if not isinstance(data, (tuple, list)) or not data or not all(isinstance(t, Tensor) for t in data):
+        raise RnnkitError(f"{name} must be a tuple of tensors sharing dim 0 (like TensorDataset), "
+                          f"got {type(data).__name__}")
+    shapes = [tuple(t.shape) for t in data]
+    if any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) != 1 or shapes[0][0] == 0:
+        raise RnnkitError(f"{name} tensors must share a non-empty first (sample) dimension, "
+                          f"got shapes {shapes}")
+    times = sorted({s[1] for s in shapes if len(s) >= 2})
+    if config.tbptt is not None and len(times) > 1:
+        raise RnnkitError(f"tbptt cuts every {name} tensor of 2+ dims along dim 1 (time), but their lengths "
+                          f"differ: {times}; pad them to one length or make per-sample tensors 1-D")
+    if config.stateful and shapes[0][0] < config.batch_size:
+        raise RnnkitError(f"stateful=True uses only full batches, but {name} has {shapes[0][0]} samples, "
+                          f"fewer than batch_size={config.batch_size}; lower batch_size")
+    return tuple(data)
+
+
+__all__ = ["LossFn", "TrainConfig", "TrainResult", "budget_shares", "check_clock", "evaluate", "fit", "lr_at"]
