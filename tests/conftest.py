@@ -1,8 +1,15 @@
 """Suite-wide settings: one thread (small tensors gain nothing from two, and OpenMP spin-waits
 on an oversubscribed CI box turned 0.01 s tests into 1.7 s ones), and a fixed seed per test."""
 
+import os
+
 import pytest
 import torch
+
+# No compiling in the background while tests run (tests that point RNNKIT_CACHE at an empty
+# directory would each start one): tests build the kernels they need with kernels.build(), and
+# tests/test_kernel_loader.py checks the run-time build with this unset.
+os.environ.setdefault("RNNKIT_BUILD_KERNELS", "0")
 
 
 @pytest.fixture(autouse=True)

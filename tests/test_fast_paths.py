@@ -120,20 +120,38 @@ def test_gru_scan_gradcheck_float64():
 
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_streaming_step_equals_aten_lstm_cell(batch, bias):
-    cell = rnnkit.LSTM(I, H, bias=bias)
-    x_t, h, c = torch.randn(batch, I), torch.randn(batch, H), torch.randn(batch, H)
+@pytest.mark.parametrize("cell_type", ["lstm", "gru", "rnn"])
+def test_steps_without_kernels_run_aten_fused_cells_and_equal_the_reference_equations(monkeypatch, batch, bias, cell_type):
+    """The path without compiled kernels steps each cell with ATen's fused cell op (never slower
+    Python gate arithmetic), for one cell and for a stack, and that equals the equations as written."""
+    from rnnkit.cells import kernels
+
+    monkeypatch.setenv("RNNKIT_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_loaded", {})
+    op = {"lstm": "lstm_cell", "gru": "gru_cell", "rnn": "rnn_tanh_cell"}[cell_type]
+    calls = []
+    aten = getattr(_VF, op)
+    monkeypatch.setattr(_VF, op, lambda *a: calls.append(op) or aten(*a), raising=False)
+    fast = Recurrent(I, H, cell=cell_type, num_layers=2, bias=bias).eval()
+    slow = Recurrent(I, H, cell=cell_type, num_layers=2, bias=bias, backend="reference").eval()
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(batch, 3, I)
+    state = fast.initial_state(batch, x)
+    state = tuple(torch.randn_like(s) for s in state) if isinstance(state, tuple) else torch.randn_like(state)
     with torch.no_grad():
-        got_h, (got_h2, got_c) = cell.step(x_t, (h, c))
-        want_h, want_c = _VF.lstm_cell(x_t, (h, c), cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
-    assert cell.__dict__.get("_stream_cache"), "the streaming path did not run"
-    _close(got_h, want_h, "h")
-    _close(got_c, want_c, "c")
-    assert got_h is got_h2
+        got, want = (state, state)
+        for t in range(3):
+            y, got = fast.step(x[:, t], got)
+            y_ref, want = slow.step(x[:, t], want)
+            _close(y, y_ref, f"{cell_type} step {t}")
+        cell_y, _ = fast.cells[0].step(x[:, 0])
+        ref_y, _ = slow.cells[0].step(x[:, 0])
+    _close(cell_y, ref_y, f"{cell_type} cell step")
+    assert calls.count(op) == 2 * 3 + 1, f"ATen's {op} did not run every step: {calls}"
 
 
 def test_streaming_step_sees_weight_updates():
-    """Packed weights are a cache: an optimiser step, load_state_dict or .data swap must refresh it."""
+    """An optimiser step, load_state_dict or .data swap: the next step uses the new weights."""
     cell = rnnkit.LSTM(I, H)
     x_t = torch.randn(2, I)
     state = (torch.randn(2, H), torch.randn(2, H))

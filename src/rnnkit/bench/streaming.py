@@ -3,12 +3,19 @@
 Per-step latency, batch 1, one thread, state carried from step to step, of
 
 - ``torch.nn.LSTM`` called on one step at a time (what a serving loop does with torch.nn);
-- ATen's ``_VF.lstm_cell`` per layer (the fused cell op ``torch.nn.LSTMCell`` calls);
+- ATen's ``_VF.lstm_cell`` per layer (the fused cell op ``torch.nn.LSTMCell`` calls), the
+  loop a user would write by hand;
 - ``rnnkit.layers.Recurrent.step`` (the streaming path, ``cells/streaming.py``) and, with the
   compiled kernel, ``compiled_step`` alone (the kernel call under it;
   the benchmark builds the kernel, cached, and records which path ran in ``"stream_path"``);
 
-next to the memory-bandwidth floor of reading the weights once per step, measured on the
+The headline ratio is against the STRONGEST of those two baselines in this run (the faster one,
+``"strongest_baseline"`` in the JSON; ATen's ``lstm_cell`` wherever measured so far), with the
+ratio against ``torch.nn.LSTM`` per step beside it; ``"python_path_vs_strongest_baseline"`` is
+the same ratio when the kernel is not used (``RNNKIT_KERNELS=0`` or none built: the step then
+runs ``lstm_cell`` per layer itself, so about 1x).
+
+Next to them the memory-bandwidth floor of reading the weights once per step, measured on the
 same bytes (all four weight matrices, fp32, 4 MB: more than one core's L2, so they come
 from L3 or RAM each step) four ways: ``torch.sum`` over them, the compiled kernel's own
 plain read (a sum with four vector accumulators, no dispatch; when the kernel is built), the
@@ -37,6 +44,7 @@ from typing import Callable
 import torch
 from torch import _VF, nn
 
+from ..cells import kernels
 from ..cells.kernels import stream_kernel
 from ..cells.streaming import compiled_step
 from ..layers import Recurrent
@@ -108,7 +116,10 @@ def latency(quick: bool) -> dict:
         "rnnkit Recurrent.step, bfloat16 autocast": _steps(lambda: rnnkit_bf16_step(x), bf16=True),
     }
     kernel = stream_kernel()
+    python_step = "rnnkit Recurrent.step"
     if kernel is not None:
+        python_step = "rnnkit Recurrent.step without the kernel (the Python path)"
+        candidates[python_step] = _steps(_without_kernel(x, zeros))
         # what Recurrent.step costs beyond its kernel call (Python's dispatch to it)
         with torch.no_grad():
             rnnkit_lstm.step(x, (zeros, zeros))  # builds the compiled stack
@@ -134,6 +145,7 @@ def latency(quick: bool) -> dict:
     weight_bytes = all_weights.numel() * all_weights.element_size()
     floor_names = [n for n in candidates if n.startswith("floor")]
     floor_us = min(per_step[n] for n in floor_names)
+    strongest = min(BASELINES, key=lambda n: per_step[n])
     result = {
         "shape": {"layers": LAYERS, "hidden": HIDDEN, "input": HIDDEN, "batch": 1, "threads": 1},
         "compiled_kernel": kernel is not None,
@@ -143,6 +155,9 @@ def latency(quick: bool) -> dict:
                  "'floor:' candidates, per repeat",
         "per_step_us_median": per_step,
         "speedup_vs_torch_nn_lstm": {n: r["speedup_vs_baseline"] for n, r in timed.items()},
+        "strongest_baseline": strongest,
+        "step_speedup_vs_strongest_baseline": _ratio(timed, strongest, "rnnkit Recurrent.step"),
+        "python_path_vs_strongest_baseline": _ratio(timed, strongest, python_step),
         "floor_us_median": floor_us,
         "floor_read_GB_per_s": weight_bytes / floor_us / 1e3,
         # The floor ratio per repeat, like every other ratio: rnnkit's step / the faster floor.
@@ -154,6 +169,33 @@ def latency(quick: bool) -> dict:
         result["bfloat16"]["step_over_bf16_floor"] = _over_floor(
             timed, "rnnkit Recurrent.step, bfloat16 autocast", ["bf16 floor: stream-read the bfloat16 weights (kernel)"])
     return result
+
+
+#: the baselines a user could step with instead of rnnkit; the headline ratio is against the faster
+BASELINES = ("torch.nn.LSTM, one step per call", "ATen lstm_cell per layer")
+
+
+def _ratio(timed: dict, baseline: str, name: str) -> float:
+    """Median over repeats of ``baseline``'s time over ``name``'s, each pair from the same repeat."""
+    ratios = sorted(b / o for b, o in zip(timed[baseline]["samples"], timed[name]["samples"]))
+    return ratios[len(ratios) // 2]
+
+
+def _without_kernel(x: torch.Tensor, zeros: torch.Tensor) -> Callable[[], None]:
+    """``Recurrent.step`` of the measured stack (same seed, same weights) with the stream kernel
+    hidden from it for the call: what runs where it is not built."""
+    layer = _one_stream()[0]
+    step = _stepper(layer.step, (zeros, zeros))
+
+    def call():
+        saved = kernels._loaded.get("stream")
+        kernels._loaded["stream"] = None
+        try:
+            step(x)
+        finally:
+            kernels._loaded["stream"] = saved
+
+    return call
 
 
 def _alternating_read(kernel, stack: Recurrent) -> Callable[[], None]:
@@ -278,7 +320,12 @@ def run(quick: bool = False) -> dict:
               "latency_small_model": step_latency(quick, hidden=SMALL_HIDDEN),
               "generation_64_streams": generation(quick)}
     lat = result["latency"]
+    result["strongest_baseline"] = lat["strongest_baseline"]
     result["ratios"] = {
+        f"step speed-up vs the strongest baseline, {lat['strongest_baseline']}":
+            lat["step_speedup_vs_strongest_baseline"],
+        "step without the kernel (the Python path) vs the strongest baseline":
+            lat["python_path_vs_strongest_baseline"],
         "step speed-up vs torch.nn.LSTM per step (target >= 10x)":
             lat["speedup_vs_torch_nn_lstm"]["rnnkit Recurrent.step"],
         "step time / memory floor (target <= 2x)": lat["rnnkit_step_over_floor"],

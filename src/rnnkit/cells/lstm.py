@@ -9,7 +9,6 @@ from torch import Tensor, _VF, nn
 
 from .base import Backend, RecurrentCell, States, valid_steps
 from .scan import LSTMScan
-from .streaming import can_stream, lstm_stream_step
 
 
 class LSTM(RecurrentCell):
@@ -166,8 +165,8 @@ class LSTM(RecurrentCell):
     def _fused_step(self, x_t: Tensor, states: States) -> States:
         if self.torch_nn_unavailable_reason() is not None:
             return self._reference_step(self._project_input(x_t), states)[0]
-        if can_stream(self, x_t):  # inference: one packed product per step (streaming.py)
-            return lstm_stream_step(self, x_t, states)
+        # ATen's fused cell, with or without gradients: measured against the packed-product step
+        # this file once ran without gradients, it is faster at every batch size (benchmarks/streaming.py)
         return tuple(_VF.lstm_cell(x_t, states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh))
 
     def extra_repr(self) -> str:

@@ -20,13 +20,14 @@ so the product streams the weights at (measured) the speed of reading them. The 
 copy is rebuilt whenever a parameter changes (its ``_version`` or storage), so training
 between generations, ``load_state_dict`` or ``.to()`` never see stale weights.
 
-Used only where nothing needs a gradient (``torch.no_grad()`` or frozen weights) and the
-dtype is float32: elsewhere the step runs ATen's ``lstm_cell``, which autograd knows.
+This product runs only inside the compiled kernel, for batches above its own product's
+(``lstm_stack_step``); Python ops around MKL's product were slower than ATen's ``lstm_cell``
+at every batch size, so the path without the kernel runs ``lstm_cell``.
 
 At batch 1 the ten small ops per layer cost more than the product (~2 us each from
 Python), and MKL's product itself reads the weights at about half the speed of a plain sum.
 :func:`stack_step` therefore runs a whole stack of plain LSTM layers in ONE call of a
-compiled kernel (``kernels/stream_step.cpp``) when one has been built ahead of time, and
+compiled kernel (``kernels/stream_step.cpp``) once it has been built (``kernels/__init__.py``), and
 caches on the stack a ``StreamStack`` whose ``step`` checks its own arguments, so from the
 second step on ``Recurrent.step`` is one call into it (:func:`compiled_step`; measured, a
 2-layer H=16 step, all overhead, went from 8.6 to 2.9 us):
@@ -51,7 +52,10 @@ bfloat16 GEMM per layer, ``[x | h]`` and ``W`` rounded to bfloat16, sums, gates 
 float32 (``kernels/gemm_lstm.h``): there the product is compute-bound, and bfloat16 tiles
 multiply several times faster than float32 FMAs (64 streams: 2.2x the blocked product).
 
-Without a built kernel ``Recurrent.step`` loops over the cells here (same equations).
+Without a built kernel (not built yet, ``RNNKIT_KERNELS=0``, no compiler: ``kernels/__init__.py``)
+or where it cannot run (gradients wanted, float64, another device), :func:`stack_step` loops
+over the layers calling ATen's fused ``lstm_cell`` (what ``torch.nn.LSTMCell`` runs), reading
+the parameters straight from each cell: no slower than that loop written by hand.
 """
 
 from __future__ import annotations
@@ -62,38 +66,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, _VF
 
-from .base import States
 from .kernels import cpu_multiplies_bf16, stream_kernel
 
 #: MKL's packed GEMM as exposed by ATen (what inductor's ``freezing`` uses on CPU)
 HAS_MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 _MAX_PACKED_BATCHES = 4  # a packed copy per batch size in use; streams rarely change batch
-
-
-def can_stream(cell, x_t: Tensor) -> bool:
-    """Whether :func:`lstm_stream_step` may run: no gradient wanted, float32 weights and input."""
-    weight = cell.weight_ih
-    needs_grad = torch.is_grad_enabled() and (weight.requires_grad or x_t.requires_grad)
-    return not needs_grad and weight.dtype == torch.float32 and x_t.dtype == torch.float32
-
-
-def lstm_stream_step(cell, x_t: Tensor, states: States) -> States:
-    """One plain-LSTM step, equal to ``_VF.lstm_cell`` up to float rounding (see module docstring)."""
-    h, c = states
-    if torch.is_grad_enabled() and (h.requires_grad or c.requires_grad):  # autograd must see this step
-        return _VF.lstm_cell(x_t, states, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
-    H = cell.hidden_size
-    weight, bias, packed = _stream_weights(cell, x_t.size(0))
-    xh = torch.cat([x_t, h], dim=1)  # (B, I + H)
-    if packed is not None:
-        z = torch.ops.mkl._mkl_linear(xh, packed, weight, bias, x_t.size(0))  # (B, 4H)
-    else:
-        z = torch.addmm(bias, xh, weight.t())
-    ifo, g = z.split([3 * H, H], dim=1)  # fewest ops: at batch 1 each op costs more than its math
-    i, f, o = ifo.sigmoid_().chunk(3, dim=1)
-    c_next = torch.addcmul(f * c, i, g.tanh_())
-    h_next = o * torch.tanh(c_next)
-    return h_next, c_next
 
 
 def compiled_step(cells, x_t: Tensor, state) -> Optional[tuple[Tensor, tuple[Tensor, Tensor]]]:
@@ -104,26 +81,37 @@ def compiled_step(cells, x_t: Tensor, state) -> Optional[tuple[Tensor, tuple[Ten
     return stack.step(x_t, *state) if stack is not None else None
 
 
-def stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> Optional[tuple[Tensor, tuple[Tensor, Tensor]]]:
-    """All layers of a plain, unidirectional LSTM stack in one kernel call: ``(y_t, (h', c'))``
-    with ``h``, ``c`` ``(L, B, H)``; ``None`` where the kernel cannot run (then loop the cells).
-
-    Builds (and caches on ``cells``) what :func:`compiled_step` steps next time."""
+def stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """All layers of a plain, unidirectional LSTM stack: ``(y_t, (h', c'))`` with ``h``, ``c``
+    ``(L, B, H)``; in one kernel call where it can run (then it builds, and caches on ``cells``,
+    what :func:`compiled_step` steps next time), else :func:`aten_stack_step`."""
     kernel = stream_kernel() if x_t.is_cpu else None
     if kernel is None or not x_t.dtype == h.dtype == c.dtype == torch.float32:
-        return None
+        return aten_stack_step(cells, x_t, h, c)
     params = [p for cell in cells for p in cell._parameters.values() if p is not None]
     if torch.is_grad_enabled() and (x_t.requires_grad or h.requires_grad or c.requires_grad
                                     or any(p.requires_grad for p in params)):
-        return None  # autograd must see the step: the cells' differentiable path runs
+        return aten_stack_step(cells, x_t, h, c)  # autograd must see the step
     max_batch = BLOCKED_MAX_BATCH.get(kernel.LANES, 8)
     if x_t.size(0) <= max_batch or (_autocast_bf16() and _bf16_gemm(kernel)):
         stack = _stream_stack(kernel, cells, params, max_batch)
-        return stack.step(x_t, h, c) if stack is not None else None
+        return stack.step(x_t, h, c) if stack is not None else aten_stack_step(cells, x_t, h, c)
     weights, biases, packed = zip(*(_stream_weights(cell, x_t.size(0)) for cell in cells))
     packed = [p if p is not None else _EMPTY for p in packed]
     y, h, c = kernel.lstm_stack_step(x_t, h, c, list(weights), list(biases), packed)
     return y, (h, c)
+
+
+def aten_stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """The stack's step without the kernel: ATen's fused ``lstm_cell`` per layer (differentiable,
+    any dtype or device), the parameters read from each cell's ``_parameters`` (no module lookups)."""
+    hs, cs = [], []
+    for cell, h_l, c_l in zip(cells, h.unbind(0), c.unbind(0)):
+        p = cell._parameters
+        x_t, c_l = _VF.lstm_cell(x_t, (h_l, c_l), p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+        hs.append(x_t)
+        cs.append(c_l)
+    return x_t, (torch.stack(hs), torch.stack(cs))
 
 
 _EMPTY = torch.empty(0)
