@@ -182,6 +182,7 @@ def main() -> None:
     if args.validation and args.from_validation:
         parser.error("--validation chooses a configuration and --from-validation tests one: give one of them")
     torch.set_num_threads(args.threads)
+    configuration = None if args.validation else released(args)  # a bad --from-validation stops before any work
     args.out = args.out or RESULTS / ("sentiment_validation.json" if args.validation else "sentiment.json")
     minutes = 0.4 if args.quick else args.minutes or (2.0 if args.validation else 10.0)
     frame = deduplicated(args.seed, 4000 if args.quick else None)
@@ -199,7 +200,7 @@ def main() -> None:
         report.update(sweep(args, train, scored, minutes))
         print(f"chosen on validation: {report['chosen_model']}; baseline C={report['chosen_baseline_C']:g}")
     else:
-        candidate, c, source = released(args)
+        candidate, c, source = configuration
         report["configuration"] = {**candidate, "baseline_C": c, "source": source}
         report.update(test(args, train, scored, minutes, candidate, c))
     report["seconds"] = round(time.monotonic() - started, 1)
