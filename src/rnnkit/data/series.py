@@ -163,14 +163,45 @@ def future_dates(last: pd.Timestamp, freq: str, steps: int) -> pd.DatetimeIndex:
     return pd.date_range(start=last, periods=steps + 1, freq=freq)[1:]
 
 
-def check_length(series: dict[str, np.ndarray], needed: int, what: str, source: Optional[str] = None) -> None:
-    """Every series must have at least ``needed`` points."""
-    for uid, values in series.items():
-        if len(values) < needed:
-            raise DataError(
-                f"series {uid!r} has {len(values)} points; {what} needs at least {needed}; "
-                f"use a shorter lookback or horizon"
-            )
+def holdout_fold(windows: list[tuple[Tensor, ...]], horizon: int, k: int
+                 ) -> tuple[tuple[Tensor, ...], Optional[tuple[Tensor, ...]], Optional[tuple[Tensor, ...]]]:
+    """``(train, stop, calibrate)`` windows of ensemble member ``k``, none sharing a target value.
+
+    ``windows`` holds each series' windows in time order, window ``i`` forecasting values
+    ``i .. i+H-1`` (counted from the first target). In every series member ``k`` holds out
+    the ``k``-th stretch of ``2H`` windows from the end: its ``H``-th window (values
+    ``s .. s+H-1``) decides early stopping and its last (values ``s+H .. s+2H-1``) calibrates
+    the intervals. Every window whose targets touch either is left out of training (purged,
+    on both sides), so the member is never stopped or calibrated on a value it was trained
+    to predict, and stopping and calibration read separate values. Windows after the stretch
+    still train (their inputs, never their targets, may hold its values), so all but member
+    0 train on the most recent windows and the members together calibrate on several
+    stretches of the past. A series with fewer than ``2H + 1`` windows only trains; one too
+    short for stretch ``k`` uses an earlier one (``k`` modulo the stretches it has).
+    Returns ``None`` for ``stop`` and ``calibrate`` when no series holds anything out.
+    """
+    train, stop, calibrate = [], [], []
+    for series in windows:
+        n = len(series[0])
+        stretches = (n - 1) // (2 * horizon)  # each leaves at least one window to train on
+        if stretches == 0:
+            train.append(series)
+            continue
+        last = n - 1 - 2 * horizon * (k % stretches)  # the calibration window
+        first = last - horizon  # the stopping window; its targets end just before the calibration ones
+        index = torch.arange(n)
+        keep = (index <= first - horizon) | (index >= last + horizon)
+        train.append(tuple(t[keep] for t in series))
+        stop.append(tuple(t[first:first + 1] for t in series))
+        calibrate.append(tuple(t[last:last + 1] for t in series))
+    join = lambda parts: tuple(torch.cat(p) for p in zip(*parts)) if parts else None  # noqa: E731
+    return join(train), join(stop), join(calibrate)
+
+
+def season_length(freq: str) -> int:
+    """Steps in one season at frequency ``freq``: 12 monthly, 4 quarterly, 52 weekly, 7 daily,
+    5 business-daily, 24 hourly, 60 by the minute; 1 (no season) for yearly and anything else."""
+    return {"M": 12, "Q": 4, "W": 52, "D": 7, "B": 5, "h": 24, "min": 60}.get(_frequency_kind(freq), 1)
 
 
 def calendar_features(ds: pd.DatetimeIndex, freq: str) -> np.ndarray:
