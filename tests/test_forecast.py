@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.data.series import SeriesScaler, calendar_features, holdout_fold
+from rnnkit.data.series import SeriesScaler, calendar_features, holdout_fold, holdout_span, holdout_width
 from rnnkit.errors import DataError, RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
 from rnnkit.tasks.forecast_eval import backtest_plot_frames, coverage_report, evaluate_forecast
@@ -126,19 +126,41 @@ def member_target_sets(horizon: int, lookback: int, lengths: list[int], members:
 def test_each_member_is_stopped_and_calibrated_on_values_it_never_trains_on_its_targets(horizon: int,
                                                                                         lookback: int) -> None:
     least = min(lookback, 12)  # a window's fewest observed values: a (monthly) season, at most the lookback
-    lengths = [130, 70, least + 3 * horizon, least + 3 * horizon - 1]  # the last one too short to hold out
+    needed = least + horizon + holdout_span(horizon)  # one window to train on, one stretch held out
+    lengths = [130, 70, needed, needed - 1]  # the last one too short to hold out
     sets = member_target_sets(horizon, lookback, lengths, members=5)
     for k, member in enumerate(sets):
         assert member["stop"] and member["calibrate"] and member["train"]
         assert not member["train"] & member["stop"], k  # never stopped on a value it was trained to predict
         assert not member["train"] & member["calibrate"], k  # never calibrated on one
         assert not member["stop"] & member["calibrate"], k  # stopping and calibration on separate values
-        assert len({t for s, t in member["calibrate"] if s == 0}) == horizon  # one window per series: H values
+        width = holdout_width(horizon)  # windows per part and series: W + H - 1 values
+        assert len({t for s, t in member["calibrate"] if s == 0}) == width + horizon - 1
+        assert len({t for s, t in member["stop"] if s == 0}) == width + horizon - 1
     assert sets[0]["calibrate"] >= {(0, t) for t in range(130 - horizon, 130)}  # member 0: the last horizon
     assert sets[1]["train"] >= {(0, t) for t in range(130 - horizon, 130)}  # member 1 trains on it
     assert len({frozenset(m["calibrate"]) for m in sets}) == 5  # five members, five calibration stretches
     short = [{t for s, t in m["calibrate"] | m["stop"] if s == 3} for m in sets]
     assert not any(short) and all({t for s, t in m["train"] if s == 3} for m in sets)  # the short one only trains
+
+
+@pytest.mark.slow
+def test_intervals_cover_their_share_of_the_held_out_future() -> None:
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(40):  # a season, and AR(1) noise the intervals have to account for
+        noise = np.zeros(84)
+        for i in range(1, 84):
+            noise[i] = 0.5 * noise[i - 1] + 3 * rng.standard_normal()
+        y = 50 + 5 * k + 8 * np.sin(2 * np.pi * np.arange(84) / 12 + k) + noise
+        frames.append(pd.DataFrame({"unique_id": f"s{k:02d}", "ds": pd.date_range("2000-01-01", periods=84, freq="MS"),
+                                    "y": y}))
+    frame = pd.concat(frames, ignore_index=True)
+    train, future = frame.groupby("unique_id").head(78), frame.groupby("unique_id").tail(6)
+    fc = Forecaster(horizon=6, hidden_size=16, ensemble=3, max_steps=300, progress=False, minutes=None).fit(train)
+    forecast = fc.predict().merge(future, on=["unique_id", "ds"])  # 240 values no part of fit has seen
+    inside = (forecast["y"] >= forecast["y_hat_q10"]) & (forecast["y"] <= forecast["y_hat_q90"])
+    assert len(forecast) == 240 and 0.7 <= inside.mean() <= 0.9, inside.mean()
 
 
 def test_calendar_features() -> None:

@@ -60,8 +60,9 @@ def test_a_panel_too_short_to_train_is_refused_with_the_fix(tmp_path: Path) -> N
     with pytest.raises(DataError, match=r"every series is shorter than one season \+ horizon = 24 points, the least "
                                         r"that trains; use a shorter horizon"):
         Forecaster(horizon=12, progress=False).fit(frame)
-    with pytest.raises(DataError, match=r"no series has season \+ 3 x horizon = 48 points, needed to hold out"):
-        Forecaster(horizon=12, progress=False).fit(read_series_csv(monthly_csv(tmp_path, n=47, series=1)))
+    with pytest.raises(DataError, match=r"no series has the 58 points \(one season \+ horizon \+ 34\) needed to "
+                                        r"hold out windows for early stopping and calibration; use a shorter horizon"):
+        Forecaster(horizon=12, progress=False).fit(read_series_csv(monthly_csv(tmp_path, n=57, series=1)))
 
 
 def mixed_lengths_csv(tmp_path: Path, lengths: tuple[int, ...], seed: int = 0) -> Path:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..bundle import Bundle, load_weights, register, save_bundle
-from ..data.series import (SeriesScaler, calendar_features, future_dates, holdout_fold,
+from ..data.series import (SeriesScaler, calendar_features, future_dates, holdout_fold, holdout_span,
                            infer_frequency, season_length, split_series, validate_long_frame)
 from ..errors import DataError, RnnkitError
 from ..inspection import InspectionInput, parse_series
@@ -82,8 +82,9 @@ class Forecaster:
         if not windows:
             raise DataError(f"every series is shorter than one season + horizon = {self.min_points} points, the "
                             f"least that trains; use a shorter horizon (or forecast them by seasonal naive)")
-        if max(len(w[0]) for w in windows) <= 2 * cfg.horizon:
-            raise DataError(f"no series has season + 3 x horizon = {self.min_points + 2 * cfg.horizon} points, "
+        span = holdout_span(cfg.horizon)
+        if max(len(w[0]) for w in windows) <= span:
+            raise DataError(f"no series has the {self.min_points + span} points (one season + horizon + {span}) "
                             f"needed to hold out windows for early stopping and calibration; use a shorter horizon")
         self.num_features = windows[0][1].size(2), windows[0][2].size(2)
         self.model = ForecastEnsemble(cfg, *self.num_features)
