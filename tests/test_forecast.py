@@ -11,10 +11,9 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.data.series import SeriesScaler, calendar_features
+from rnnkit.data.series import SeriesScaler, calendar_features, holdout_fold, holdout_span, holdout_width
 from rnnkit.errors import DataError, RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
-from rnnkit.tasks.forecast import blocked_fold
 from rnnkit.tasks.forecast_eval import backtest_plot_frames, coverage_report, evaluate_forecast
 from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet
 from rnnkit.plotting import plot_forecast
@@ -50,13 +49,24 @@ def test_scaler_round_trip_and_json() -> None:
 def test_window_scaling_is_relative_to_the_last_input(window_scale: bool) -> None:
     fc = Forecaster(horizon=3, lookback=4, window_scale=window_scale, **FAST)
     y = np.arange(10.0)  # an already standardised series
-    y_w, past, known, target = fc._windows(y, np.zeros((10, 0)), np.zeros((10, 2)))
-    assert y_w.shape == (4, 4) and past.shape == (4, 4, 0) and known.shape == (4, 7, 2) and target.shape == (4, 3)
+    y_w, past, known, target = fc._windows(y, np.ones((10, 1)), np.zeros((10, 2)))  # past: the observed flag
+    assert y_w.shape == (4, 4) and past.shape == (4, 4, 1) and known.shape == (4, 7, 2) and target.shape == (4, 3)
     spread = float(np.std([0, 1, 2, 3], ddof=1)) if window_scale else 1.0
     torch.testing.assert_close(y_w[0], torch.tensor([-3.0, -2.0, -1.0, 0.0]) / spread)
     torch.testing.assert_close(target[0], torch.tensor([1.0, 2.0, 3.0]) / spread)
-    level, scale = fc._window_norm(torch.zeros(2, 4))  # a flat window: the spread floor, no division by 0
+    level, scale = fc._window_norm(torch.zeros(2, 4), torch.ones(2, 4))  # flat: the spread floor, no division by 0
     assert torch.all(scale == (0.1 if window_scale else 1.0))
+
+
+def test_padded_windows_ignore_the_padding() -> None:
+    fc = Forecaster(horizon=2, lookback=5, **FAST)
+    y = np.array([0.0, 0.0, 4.0, 6.0, 8.0, 9.0, 10.0])  # two rows of padding, then a series of 5
+    observed = np.array([0, 0, 1, 1, 1, 1, 1.0])[:, None]
+    y_w, past, _, target = fc._windows(y, observed, np.zeros((7, 0)))
+    spread = float(np.std([4.0, 6.0, 8.0], ddof=1))  # the observed inputs only
+    torch.testing.assert_close(y_w[0], torch.tensor([0.0, 0.0, -4.0, -2.0, 0.0]) / spread)  # padding stays 0
+    torch.testing.assert_close(target[0], torch.tensor([1.0, 2.0]) / spread)
+    assert past[0, :, 0].tolist() == [0, 0, 1, 1, 1]
 
 
 @pytest.mark.parametrize("head", ["direct", "decoder"])
@@ -71,41 +81,86 @@ def test_quantiles_never_cross(head: str) -> None:
     assert torch.all(out[..., 1:] >= out[..., :-1])
 
 
-def test_calibration_puts_the_nominal_share_below_each_quantile() -> None:
+def test_calibration_covers_the_nominal_share_of_new_data() -> None:
     config = ForecasterConfig(horizon=4, lookback=6, quantiles=(0.1, 0.5, 0.9), hidden_size=8, ensemble=1)
     torch.manual_seed(0)
-    model = ForecastEnsemble(config, num_past=0, num_known=0).eval()
-    data = (torch.randn(500, 6), torch.zeros(500, 6, 0), torch.zeros(500, 10, 0), 3 * torch.randn(500, 4))
-    model.calibrate([data], config.quantiles)  # the held-out windows of the one member
-    shift = model.calibration.clone()
+    model = ForecastEnsemble(config, num_past=0, num_known=0).eval()  # untrained: its raw intervals are wrong
+    draw = lambda n: (torch.randn(n, 6), torch.zeros(n, 6, 0), torch.zeros(n, 10, 0), 3 * torch.randn(n, 4))
+    calibration, new = draw(2000), draw(2000)  # the second set is never seen by calibrate
+
+    def below(data: tuple[torch.Tensor, ...]) -> torch.Tensor:  # share of targets below each quantile
+        return (data[3].unsqueeze(2) <= model(*data[:3])).float().mean(dim=(0, 1))
+
+    raw = below(new)
+    assert raw[2] - raw[0] < 0.6  # uncalibrated, the 80 % interval covers far less: the test can fail
+    model.calibrate([calibration], config.quantiles)
+    assert model.calibration[1] == 0  # the median is left alone
+    torch.testing.assert_close(below(new)[[0, 2]], torch.tensor([0.1, 0.9]), atol=0.02, rtol=0)
+    predicted = model(*new[:3])
+    assert torch.all(predicted[..., 1:] >= predicted[..., :-1])
     model.calibrate([None], config.quantiles)  # a member with nothing held out calibrates nothing
     assert torch.equal(model.calibration, torch.zeros(3))
-    model.calibrate([data], config.quantiles)
-    assert torch.equal(model.calibration, shift)
-    assert model.calibration[1] == 0  # the median is left alone
-    predicted = model(*data[:3])  # (500, 4, 3)
-    below = (data[3].unsqueeze(2) <= predicted).float().mean(dim=(0, 1))
-    torch.testing.assert_close(below[[0, 2]], torch.tensor([0.1, 0.9]), atol=0.01, rtol=0)
-    assert torch.all(predicted[..., 1:] >= predicted[..., :-1])
 
 
-def test_each_member_validates_on_its_own_block_and_never_trains_on_its_targets() -> None:
-    horizon, n = 3, 20
-    window_ids = torch.arange(n)  # window i forecasts the series at i + lookback ... + horizon - 1
-    series = (window_ids.float()[:, None], window_ids)  # any per-window tensors, first dim = windows
-    for k, block in ((0, range(17, 20)), (1, range(14, 17)), (2, range(11, 14))):
-        train, val = blocked_fold([series], horizon, k, purge=True)
-        assert val[1].tolist() == list(block)
-        # purged: no training window's targets overlap a validation window's targets
-        assert all(abs(i - j) >= horizon for i in train[1].tolist() for j in block)
-        assert len(train[1]) == n - horizon - 2 * (horizon - 1) + (2 if k == 0 else 0)
-    train, val = blocked_fold([series], horizon, 0, purge=False)
-    assert val[1].tolist() == [17, 18, 19] and train[1].tolist() == list(range(17))
-    short = (torch.arange(4).float()[:, None], torch.arange(4))  # 4 windows: too short to purge
-    train, val = blocked_fold([short], horizon, 5, purge=True)
-    assert val[1].tolist() == [1, 2, 3] and train[1].tolist() == [0]
-    train, val = blocked_fold([short[:1] + short[1:], (torch.zeros(2, 1), torch.arange(2))], horizon, 0)
-    assert train[1].tolist() == [0, 0, 1] and val[1].tolist() == [1, 2, 3]  # 2 windows: it only trains
+def member_target_sets(horizon: int, lookback: int, lengths: list[int], members: int) -> list[dict[str, set]]:
+    """Per member, the (series, time index) of every target its train / stop / calibration windows hold.
+
+    The windows are the forecaster's own (``_windows``, padded as ``fit`` pads); each
+    series' known-feature channels carry its number and the time index, so a window's
+    target indices are read off the windows themselves, not recomputed.
+    """
+    fc = Forecaster(horizon=horizon, lookback=lookback, **FAST)
+    fc.freq = "MS"
+    pad = lookback - fc.min_input
+    windows = []
+    for s, n in enumerate(lengths):
+        observed = np.r_[np.zeros(pad), np.ones(n)][:, None]
+        index = np.stack([np.full(n + pad, s), np.arange(-pad, n)], axis=1).astype(float)  # (series, t)
+        windows.append(fc._windows(np.r_[np.zeros(pad), np.arange(n, dtype=float)], observed, index))
+    targets = lambda part: {tuple(map(int, row)) for w in part[2][:, lookback:] for row in w} if part else set()
+    return [dict(zip(("train", "stop", "calibrate"), map(targets, holdout_fold(windows, horizon, k))))
+            for k in range(members)]
+
+
+@pytest.mark.parametrize("horizon, lookback", [(3, 9), (6, 18), (4, 30)])
+def test_each_member_is_stopped_and_calibrated_on_values_it_never_trains_on_its_targets(horizon: int,
+                                                                                        lookback: int) -> None:
+    least = min(lookback, 12)  # a window's fewest observed values: a (monthly) season, at most the lookback
+    needed = least + horizon + holdout_span(horizon)  # one window to train on, one stretch held out
+    lengths = [130, 70, needed, needed - 1]  # the last one too short to hold out
+    sets = member_target_sets(horizon, lookback, lengths, members=5)
+    for k, member in enumerate(sets):
+        assert member["stop"] and member["calibrate"] and member["train"]
+        assert not member["train"] & member["stop"], k  # never stopped on a value it was trained to predict
+        assert not member["train"] & member["calibrate"], k  # never calibrated on one
+        assert not member["stop"] & member["calibrate"], k  # stopping and calibration on separate values
+        width = holdout_width(horizon)  # windows per part and series: W + H - 1 values
+        assert len({t for s, t in member["calibrate"] if s == 0}) == width + horizon - 1
+        assert len({t for s, t in member["stop"] if s == 0}) == width + horizon - 1
+    assert sets[0]["calibrate"] >= {(0, t) for t in range(130 - horizon, 130)}  # member 0: the last horizon
+    assert sets[1]["train"] >= {(0, t) for t in range(130 - horizon, 130)}  # member 1 trains on it
+    assert len({frozenset(m["calibrate"]) for m in sets}) == 5  # five members, five calibration stretches
+    short = [{t for s, t in m["calibrate"] | m["stop"] if s == 3} for m in sets]
+    assert not any(short) and all({t for s, t in m["train"] if s == 3} for m in sets)  # the short one only trains
+
+
+@pytest.mark.slow
+def test_intervals_cover_their_share_of_the_held_out_future() -> None:
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(40):  # a season, and AR(1) noise the intervals have to account for
+        noise = np.zeros(84)
+        for i in range(1, 84):
+            noise[i] = 0.5 * noise[i - 1] + 3 * rng.standard_normal()
+        y = 50 + 5 * k + 8 * np.sin(2 * np.pi * np.arange(84) / 12 + k) + noise
+        frames.append(pd.DataFrame({"unique_id": f"s{k:02d}", "ds": pd.date_range("2000-01-01", periods=84, freq="MS"),
+                                    "y": y}))
+    frame = pd.concat(frames, ignore_index=True)
+    train, future = frame.groupby("unique_id").head(78), frame.groupby("unique_id").tail(6)
+    fc = Forecaster(horizon=6, hidden_size=16, ensemble=3, max_steps=300, progress=False, minutes=None).fit(train)
+    forecast = fc.predict().merge(future, on=["unique_id", "ds"])  # 240 values no part of fit has seen
+    inside = (forecast["y"] >= forecast["y_hat_q10"]) & (forecast["y"] <= forecast["y_hat_q90"])
+    assert len(forecast) == 240 and 0.7 <= inside.mean() <= 0.9, inside.mean()
 
 
 def test_calendar_features() -> None:

@@ -55,11 +55,65 @@ def test_each_malformed_csv_has_its_own_error(tmp_path: Path, text: str, message
     assert "\n" not in str(info.value)
 
 
-def test_series_too_short_for_lookback_and_horizon(tmp_path: Path) -> None:
+def test_a_panel_too_short_to_train_is_refused_with_the_fix(tmp_path: Path) -> None:
     frame = read_series_csv(monthly_csv(tmp_path, n=20, series=1))
-    with pytest.raises(DataError, match=r"series 'shop0' has 20 points; one training window \(lookback \+ horizon\) "
-                                        r"needs at least 48; use a shorter lookback or horizon"):
+    with pytest.raises(DataError, match=r"every series is shorter than one season \+ horizon = 24 points, the least "
+                                        r"that trains; use a shorter horizon"):
         Forecaster(horizon=12, progress=False).fit(frame)
+    with pytest.raises(DataError, match=r"no series has the 58 points \(one season \+ horizon \+ 34\) needed to "
+                                        r"hold out windows for early stopping and calibration; use a shorter horizon"):
+        Forecaster(horizon=12, progress=False).fit(read_series_csv(monthly_csv(tmp_path, n=57, series=1)))
+
+
+def mixed_lengths_csv(tmp_path: Path, lengths: tuple[int, ...], seed: int = 0) -> Path:
+    """A monthly panel ending together, series ``s<length>`` of the given lengths."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k, n in enumerate(lengths):
+        t = np.arange(n)
+        y = 100 + 20 * k + 0.3 * t + 10 * np.sin(2 * np.pi * (t - n) / 12) + rng.standard_normal(n)
+        frames.append(pd.DataFrame({"unique_id": f"s{n}", "ds": pd.date_range(end="2020-12-01", periods=n, freq="MS"),
+                                    "y": y}))
+    path = tmp_path / "panel.csv"
+    pd.concat(frames).to_csv(path, index=False)
+    return path
+
+
+def test_every_series_gets_a_forecast_short_ones_by_seasonal_naive(tmp_path: Path) -> None:
+    frame = read_series_csv(mixed_lengths_csv(tmp_path, (126, 96, 50, 31, 29, 8)))
+    fc = Forecaster(horizon=18, hidden_size=8, ensemble=2, max_steps=40, progress=False, minutes=None).fit(frame)
+    assert fc.min_points == 30 and fc.too_short == ["s29", "s8"]  # one season (12) + horizon (18)
+    forecast = fc.predict()
+    assert forecast.groupby("unique_id").size().to_dict() == {f"s{n}": 18 for n in (126, 96, 50, 31, 29, 8)}
+    assert fc.fallback == {"s29": "seasonal_naive", "s8": "naive"}
+    by_series = {uid: rows for uid, rows in forecast.groupby("unique_id")}
+    last_season = frame[frame["unique_id"] == "s29"]["y"].to_numpy()[-12:]
+    np.testing.assert_allclose(by_series["s29"]["y_hat"], np.resize(last_season, 18))  # the last year repeated
+    assert by_series["s29"]["y_hat_q10"].isna().all()  # no interval is claimed for a fallback
+    for uid in ("s126", "s50", "s31"):  # the model's, with an ordered interval
+        rows = by_series[uid]
+        assert (rows["y_hat_q10"] <= rows["y_hat"]).all() and (rows["y_hat"] <= rows["y_hat_q90"]).all()
+
+
+@pytest.mark.slow
+def test_cli_panel_with_a_50_point_series_and_default_options(tmp_path: Path) -> None:
+    lengths = (126, 110, 96, 80, 64, 50, 20)  # h=18: the default lookback 54 + 18 = 72 exceeds 64, 50 and 20
+    data, bundle, out = mixed_lengths_csv(tmp_path, lengths), tmp_path / "panel.rnnkit", tmp_path / "forecast.csv"
+    result = runner.invoke(app, ["forecast", "train", str(data), "--out", str(bundle), "--horizon", "18"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "1 series too short to train on (fewer than 30 points, one season + horizon)" in said
+    result = runner.invoke(app, ["forecast", "predict", str(bundle), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "1 series too short for the model (fewer than 30 points): forecast by seasonal naive" in said
+    forecast = pd.read_csv(out)
+    assert forecast.groupby("unique_id").size().to_dict() == {f"s{n}": 18 for n in lengths}
+    model_rows = forecast[forecast["unique_id"] != "s20"]
+    assert model_rows[["y_hat_q10", "y_hat_q90"]].notna().all().all()
+    truth = 100 + 20 * 5 + 0.3 * np.arange(50, 68) + 10 * np.sin(2 * np.pi * np.arange(18) / 12)  # s50 continued
+    error = np.abs(forecast[forecast["unique_id"] == "s50"]["y_hat"].to_numpy() - truth).mean()
+    assert error < 4, error  # amplitude 10, noise 1: the season is learnt, not guessed
 
 
 def test_missing_covariate_column_and_nan_covariate(tmp_path: Path) -> None:

@@ -75,6 +75,9 @@ def train(
     path = forecaster.save(out)
     losses = ", ".join(f"{r.best_val_loss:.4f}" for r in forecaster.train_results)
     console.print(f"trained {len(forecaster.train_results)} model(s), best validation loss {losses}; bundle: {path}")
+    if forecaster.too_short:
+        console.print(f"{len(forecaster.too_short)} series too short to train on (fewer than {forecaster.min_points} "
+                      f"points, one season + horizon): predict forecasts them by seasonal naive")
 
 
 @app.command()
@@ -97,6 +100,11 @@ def predict(
         history = frame if frame is not None else forecaster.history_frame()
         plot_forecast(history, forecast, plot, title="forecast:")
     console.print(f"wrote {len(forecast)} rows to {out}" + (f" and a plot to {plot}" if plot else ""))
+    if forecaster.fallback:
+        naive = sum(method == "naive" for method in forecaster.fallback.values())
+        console.print(f"{len(forecaster.fallback)} series too short for the model (fewer than {forecaster.min_points} "
+                      f"points): forecast by seasonal naive" + (f" ({naive} by naive: shorter than a season)" if naive
+                                                                else "") + ", without an interval")
 
 
 @app.command()

@@ -159,14 +159,60 @@ def future_dates(last: pd.Timestamp, freq: str, steps: int) -> pd.DatetimeIndex:
     return pd.date_range(start=last, periods=steps + 1, freq=freq)[1:]
 
 
-def check_length(series: dict[str, np.ndarray], needed: int, what: str, source: Optional[str] = None) -> None:
-    """Every series must have at least ``needed`` points."""
-    for uid, values in series.items():
-        if len(values) < needed:
-            raise DataError(
-                f"series {uid!r} has {len(values)} points; {what} needs at least {needed}; "
-                f"use a shorter lookback or horizon"
-            )
+def holdout_fold(windows: list[tuple[Tensor, ...]], horizon: int, k: int
+                 ) -> tuple[tuple[Tensor, ...], Optional[tuple[Tensor, ...]], Optional[tuple[Tensor, ...]]]:
+    """``(train, stop, calibrate)`` windows of ensemble member ``k``, none sharing a target value.
+
+    ``windows`` holds each series' windows in time order, window ``i`` forecasting values
+    ``i .. i+H-1`` (counted from the first target). In every series member ``k`` holds out
+    the ``k``-th stretch of ``holdout_span(H)`` windows from the end: ``W = holdout_width(H)``
+    consecutive windows decide early stopping, and the ``W`` windows whose targets start right
+    after the stopping targets end supply the calibration residuals (member 0: the last ``W``
+    windows, whose targets end with the series). Every window whose targets touch either part
+    is left out of training (purged, on both sides), so the member is never stopped or
+    calibrated on a value it was trained to predict, and stopping and calibration read
+    separate values. Windows after the stretch still train (their inputs, never their targets,
+    may hold its values), so all but member 0 train on the most recent windows and the members
+    together calibrate on several stretches of the past. A series with at most
+    ``holdout_span(H)`` windows only trains; one too short for stretch ``k`` uses an earlier
+    one (``k`` modulo the stretches it has).
+    Returns ``None`` for ``stop`` and ``calibrate`` when no series holds anything out.
+    """
+    width, span = holdout_width(horizon), holdout_span(horizon)
+    train, stop, calibrate = [], [], []
+    for series in windows:
+        n = len(series[0])
+        stretches = (n - 1) // span  # each leaves at least one window to train on
+        if stretches == 0:
+            train.append(series)
+            continue
+        end = n - span * (k % stretches)  # one past the last calibration window
+        last = end - width  # the first calibration window
+        first = last - horizon - width + 1  # the first stopping window; its targets end before the calibration ones
+        index = torch.arange(n)
+        keep = (index <= first - horizon) | (index >= end - 1 + horizon)
+        train.append(tuple(t[keep] for t in series))
+        stop.append(tuple(t[first:first + width] for t in series))
+        calibrate.append(tuple(t[last:end] for t in series))
+    join = lambda parts: tuple(torch.cat(p) for p in zip(*parts)) if parts else None  # noqa: E731
+    return join(train), join(stop), join(calibrate)
+
+
+def holdout_width(horizon: int) -> int:
+    """Windows per series in each held-out part (stopping, calibration): half a horizon."""
+    return max(1, horizon // 2)
+
+
+def holdout_span(horizon: int) -> int:
+    """Windows one held-out stretch takes out of training at the end of a series: both parts and
+    the windows whose targets reach into them (``H - 1`` before each part)."""
+    return 2 * (holdout_width(horizon) + horizon - 1)
+
+
+def season_length(freq: str) -> int:
+    """Steps in one season at frequency ``freq``: 12 monthly, 4 quarterly, 52 weekly, 7 daily,
+    5 business-daily, 24 hourly, 60 by the minute; 1 (no season) for yearly and anything else."""
+    return {"M": 12, "Q": 4, "W": 52, "D": 7, "B": 5, "h": 24, "min": 60}.get(_frequency_kind(freq), 1)
 
 
 def calendar_features(ds: pd.DatetimeIndex, freq: str) -> np.ndarray:

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from ..bundle import Bundle, load_weights, register, save_bundle
 from ..data.csv import parse_csv, parse_dates
-from ..data.series import (SeriesScaler, calendar_features, check_length, future_dates, infer_frequency,
-                           split_series, validate_long_frame)
+from ..data.series import (SeriesScaler, calendar_features, future_dates, holdout_fold, holdout_span,
+                           infer_frequency, season_length, split_series, validate_long_frame)
 from ..errors import DataError, RnnkitError
 from ..inspection import InspectionInput, parse_series
 from ..layers import Recurrent
@@ -27,7 +27,7 @@ from ..training import TrainConfig, TrainResult, budget_shares, fit
 from .forecast_model import ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
 
 MODEL_TYPE = "forecaster"
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # y (T,), past (T, P), known (T, K)
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # y (T,), past (T, P + 1: covariates, observed), known (T, K)
 
 
 class Forecaster:
@@ -52,8 +52,10 @@ class Forecaster:
         self.scaler: Optional[SeriesScaler] = None
         self.covariate_stats: dict[str, tuple[float, float]] = {}  # per covariate column: mean, std
         self.freq: Optional[str] = None
-        self.num_features: tuple[int, int] = (0, 0)  # past covariates P, known-future features K
+        self.num_features: tuple[int, int] = (0, 0)  # past channels P + 1 (covariates, observed), known features K
         self.history: dict[str, dict[str, Any]] = {}  # per series: last_ds and the last lookback rows
+        self.too_short: list[str] = []  # series of the last fit too short to train on (fewer than min_points)
+        self.fallback: dict[str, str] = {}  # series of the last predict forecast by "seasonal_naive" or "naive"
         self.train_results: list[TrainResult] = []
 
     @property
@@ -70,30 +72,49 @@ class Forecaster:
     def _fit(self, frame: pd.DataFrame) -> "Forecaster":
         cfg = self.config
         frame = validate_long_frame(frame, covariates=self.covariates)
-        series = split_series(frame)
-        check_length(series, cfg.lookback + cfg.horizon, "one training window (lookback + horizon)")
-        if max(len(v) for v in series.values()) < cfg.lookback + 2 * cfg.horizon:
-            raise DataError(f"no series has lookback + 2 x horizon = {cfg.lookback + 2 * cfg.horizon} points, "
-                            f"needed to train and validate; use a shorter lookback or horizon")
         self.freq = self._common_frequency(frame)
-        self.scaler = SeriesScaler.fit(series)
+        self.scaler = SeriesScaler.fit(split_series(frame))
         self.covariate_stats = {c: (float(frame[c].mean()), float(frame[c].std()) or 1.0) for c in self.covariates}
-        windows = [self._windows(*self._arrays(str(uid), group))  # per series, in time order
-                   for uid, group in frame.groupby("unique_id", sort=False)]
-        num_past, num_known = self.num_features = windows[0][1].size(2), windows[0][2].size(2)
-        self.model = ForecastEnsemble(cfg, num_past, num_known)
-        self.train_results, held_out = [], []
+        groups = [(str(uid), group) for uid, group in frame.groupby("unique_id", sort=False)]
+        self.too_short = [uid for uid, group in groups if len(group) < self.min_points]
+        windows = [self._windows(*self._arrays(uid, group, pad=cfg.lookback - self.min_input))  # in time order
+                   for uid, group in groups if len(group) >= self.min_points]
+        if not windows:
+            raise DataError(f"every series is shorter than one season + horizon = {self.min_points} points, the "
+                            f"least that trains; use a shorter horizon (or forecast them by seasonal naive)")
+        span = holdout_span(cfg.horizon)
+        if max(len(w[0]) for w in windows) <= span:
+            raise DataError(f"no series has the {self.min_points + span} points (one season + horizon + {span}) "
+                            f"needed to hold out windows for early stopping and calibration; use a shorter horizon")
+        self.num_features = windows[0][1].size(2), windows[0][2].size(2)
+        self.model = ForecastEnsemble(cfg, *self.num_features)
+        self.train_results, calibration = [], []
         for k, (member, budget) in enumerate(zip(self.model.members, budget_shares(cfg.minutes, cfg.ensemble))):
-            train_data, val_data = blocked_fold(windows, cfg.horizon, k, cfg.purge)
+            train_data, stop_data, calibration_data = holdout_fold(windows, cfg.horizon, k)
             torch.manual_seed(cfg.seed + k)
-            member.load_state_dict(ForecastNet(cfg, num_past, num_known).state_dict())
-            self.train_results.append(self._train_member(member, train_data, val_data, cfg.seed + k, budget))
-            held_out.append(val_data)
+            member.load_state_dict(ForecastNet(cfg, *self.num_features).state_dict())
+            self.train_results.append(self._train_member(member, train_data, stop_data, cfg.seed + k, budget))
+            calibration.append(calibration_data)
         self.model.cpu().eval()
         if cfg.calibrate:
-            self.model.calibrate(held_out, cfg.quantiles)
-        self.history = {str(uid): self._tail_of(group) for uid, group in frame.groupby("unique_id", sort=False)}
+            self.model.calibrate(calibration, cfg.quantiles)
+        self.history = {uid: self._tail_of(group) for uid, group in groups}
         return self
+
+    @property
+    def min_input(self) -> int:
+        """The fewest observed values a window may hold: one season (at least 3), at most the lookback.
+
+        Windows of a series start once it has this many values: the lookback before them
+        is padded with zeros and flagged as unobserved (the last channel of ``past``), as
+        NeuralForecast pads, so a series shorter than ``lookback + horizon`` still trains.
+        """
+        return min(self.config.lookback, max(3, season_length(self.freq)))
+
+    @property
+    def min_points(self) -> int:
+        """The shortest series the model trains on and forecasts; shorter ones get seasonal naive."""
+        return self.min_input + self.config.horizon
 
     def _train_member(self, member: nn.Module, train: tuple[Tensor, ...], val: Optional[tuple[Tensor, ...]],
                       seed: int, minutes: Optional[float]) -> TrainResult:
@@ -118,21 +139,25 @@ class Forecaster:
                             f"one frequency: resample them or fit one forecaster per frequency")
         return freqs.pop()
 
-    def _arrays(self, uid: str, group: pd.DataFrame, future: Optional[pd.DataFrame] = None) -> Arrays:
-        """Scaled target ``(T,)``, past covariates ``(T, P)`` and known features ``(T [+ H], K)``.
+    def _arrays(self, uid: str, group: pd.DataFrame, future: Optional[pd.DataFrame] = None, pad: int = 0) -> Arrays:
+        """Scaled target ``(T,)``, past channels ``(T, P + 1)`` and known features ``(T [+ H], K)``.
 
-        With ``future`` (the horizon's rows), the known features also cover the horizon.
+        ``pad`` rows of zeros go before the series (in every channel, calendar included); the
+        last past channel is 1 where a value was observed and 0 on the padding. With ``future``
+        (the horizon's rows), the known features also cover the horizon.
         """
         cfg = self.config
-        y = self.scaler.transform(uid, group["y"].to_numpy(dtype=float))
-        past = self._scaled(group, cfg.past_covariates)
+        zeros = lambda a: np.concatenate([np.zeros((pad, *a.shape[1:])), a])  # noqa: E731
+        y = zeros(self.scaler.transform(uid, group["y"].to_numpy(dtype=float)))
+        observed = zeros(np.ones((len(group), 1)))
+        past = np.concatenate([zeros(self._scaled(group, cfg.past_covariates)), observed], axis=1)
         ds = pd.DatetimeIndex(group["ds"])
         futr = self._scaled(group, cfg.future_covariates)
         if future is not None:
             ds = ds.append(pd.DatetimeIndex(future["ds"]))
             futr = np.concatenate([futr, self._scaled(future, cfg.future_covariates)])
         calendar = calendar_features(ds, self.freq) if cfg.calendar else np.zeros((len(ds), 0))
-        return y, past, np.concatenate([calendar, futr], axis=1)
+        return y, past, zeros(np.concatenate([calendar, futr], axis=1))
 
     def _scaled(self, frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
         values = frame[list(columns)].to_numpy(dtype=float, copy=True).reshape(len(frame), len(columns))
@@ -142,34 +167,42 @@ class Forecaster:
         return values
 
     def _windows(self, y: np.ndarray, past: np.ndarray, known: np.ndarray) -> tuple[Tensor, ...]:
-        """All windows of one series: y ``(N, L)``, past ``(N, L, P)``, known ``(N, L+H, K)``, target ``(N, H)``."""
-        span = self.config.lookback + self.config.horizon
+        """All windows of one series: y ``(N, L)``, past ``(N, L, P + 1)``, known ``(N, L+H, K)``, target ``(N, H)``.
+
+        Window ``i`` reads rows ``i .. i+L-1`` and forecasts rows ``i+L .. i+L+H-1``.
+        """
+        lookback, span = self.config.lookback, self.config.lookback + self.config.horizon
         as_windows = lambda a: torch.as_tensor(a, dtype=torch.float32).unfold(0, span, 1)  # (N, [F,] L+H)
         y_w, past_w, known_w = as_windows(y), as_windows(past), as_windows(known)
-        inputs, targets = y_w[:, : self.config.lookback], y_w[:, self.config.lookback:]
-        level, scale = self._window_norm(inputs)
-        past_w = past_w[:, :, : self.config.lookback].transpose(1, 2)  # (N, L, P)
-        return (inputs - level) / scale, past_w, known_w.transpose(1, 2), (targets - level) / scale
+        past_w = past_w[:, :, :lookback].transpose(1, 2)  # (N, L, P + 1)
+        inputs, targets, observed = y_w[:, :lookback], y_w[:, lookback:], past_w[:, :, -1]
+        level, scale = self._window_norm(inputs, observed)
+        return (inputs - level) / scale * observed, past_w, known_w.transpose(1, 2), (targets - level) / scale
 
-    def _window_norm(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+    def _window_norm(self, inputs: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
         """Per window ``(N, L)``: the level (last value) and, with ``window_scale``, the spread, both ``(N, 1)``.
 
         Dividing by the window's own spread (at least 0.1 series standard deviations, so a
         flat stretch does not blow up) lets one model serve a season whose amplitude grows
-        with the level, as RevIN and NeuralForecast's per-window scalers do.
+        with the level, as RevIN and NeuralForecast's per-window scalers do. The spread is
+        taken over the observed values only (``observed`` is 1 there, 0 on padding).
         """
         level = inputs[:, -1:]
         if not self.config.window_scale:
             return level, torch.ones_like(level)
-        return level, inputs.std(dim=1, keepdim=True).clamp_min(0.1)
+        count = observed.sum(dim=1, keepdim=True)
+        mean = (inputs * observed).sum(dim=1, keepdim=True) / count
+        variance = ((inputs - mean) ** 2 * observed).sum(dim=1, keepdim=True) / (count - 1).clamp_min(1)
+        return level, variance.sqrt().clamp_min(0.1)
 
     def _tail_of(self, group: pd.DataFrame) -> dict[str, Any]:
-        tail = group.iloc[-self.config.lookback:]
-        return {"last_ds": tail["ds"].iloc[-1].isoformat(), "y": tail["y"].tolist(),
+        """What ``predict`` needs of a series: its length and its last ``lookback`` (or season) rows."""
+        tail = group.iloc[-max(self.config.lookback, season_length(self.freq)):]
+        return {"last_ds": tail["ds"].iloc[-1].isoformat(), "points": len(group), "y": tail["y"].tolist(),
                 **{c: tail[c].tolist() for c in self.covariates}}
 
     def history_frame(self) -> pd.DataFrame:
-        """The end of each training series kept in the model (its last ``lookback`` rows)."""
+        """The end of each training series kept in the model (its last ``lookback`` or season rows)."""
         frames = []
         for uid, info in self.history.items():
             dates = pd.date_range(end=pd.Timestamp(info["last_ds"]), periods=len(info["y"]), freq=self.freq)
@@ -189,36 +222,60 @@ class Forecaster:
         ``future_covariates`` columns, ``horizon`` rows per series); it is needed exactly
         when the model has future covariates.
 
-        Returns columns ``unique_id, ds, y_hat`` and ``y_hat_qNN`` per other quantile.
+        Returns columns ``unique_id, ds, y_hat`` and ``y_hat_qNN`` per other quantile. A series
+        shorter than ``min_points`` (one season + horizon) is forecast by seasonal naive (naive
+        below one season), without an interval (NaN), and named in ``self.fallback``.
         """
         self._require_fitted()
         cfg = self.config
         scaler = self.scaler
         if frame is None:
             frame = self.history_frame()
+            points = {uid: info["points"] for uid, info in self.history.items()}
         else:
             frame = validate_long_frame(frame, covariates=self.covariates)
             series = split_series(frame)
-            check_length(series, cfg.lookback, "a forecast window (lookback)")
             known = {uid: self.scaler.stats[uid] for uid in series if uid in self.scaler.stats}
             scaler = SeriesScaler({**SeriesScaler.fit(series).stats, **known})
+            points = {uid: len(values) for uid, values in series.items()}
+        groups = [(str(uid), group) for uid, group in frame.groupby("unique_id", sort=False)]
+        short = [uid for uid, _ in groups if points[uid] < self.min_points]
+        self.fallback = {}
+        fallback = self._fallback(frame[frame["unique_id"].isin(short)]) if short else {}
         saved, self.scaler = self.scaler, scaler
         try:
             with torch_threads(cfg.threads):
-                rows = [self._predict_one(str(uid), group.iloc[-cfg.lookback:], future)
-                        for uid, group in frame.groupby("unique_id", sort=False)]
+                rows = [fallback[uid] if uid in fallback else self._predict_one(uid, group.iloc[-cfg.lookback:], future)
+                        for uid, group in groups]
         finally:
             self.scaler = saved
         return pd.concat(rows, ignore_index=True)
+
+    def _fallback(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Seasonal-naive forecasts (naive below one season) of the series too short for the model.
+
+        Their interval columns are NaN: no interval is claimed. ``self.fallback`` names the
+        method used per series, so callers can say how many series were not the model's.
+        """
+        from .forecast_eval import naive_forecasts
+
+        season = season_length(self.freq)
+        forecast = naive_forecasts(frame, self.config.horizon, season, self.freq)["seasonal_naive"]
+        columns = [quantile_column(q) for q in self.config.quantiles]
+        forecast = forecast.assign(**{c: np.nan for c in columns if c != "y_hat"})[["unique_id", "ds", *columns]]
+        lengths = frame.groupby("unique_id", sort=False).size()
+        self.fallback = {str(uid): "seasonal_naive" if n >= season else "naive" for uid, n in lengths.items()}
+        return {str(uid): rows.reset_index(drop=True) for uid, rows in forecast.groupby("unique_id", sort=False)}
 
     def _predict_one(self, uid: str, window: pd.DataFrame, future: Optional[pd.DataFrame]) -> pd.DataFrame:
         cfg = self.config
         dates = future_dates(window["ds"].iloc[-1], self.freq, cfg.horizon)
         horizon_rows = self._future_rows(uid, dates, future)
-        y, past, known = self._arrays(uid, window, horizon_rows)
+        y, past, known = self._arrays(uid, window, horizon_rows, pad=cfg.lookback - len(window))
         as_batch = lambda a: torch.as_tensor(a, dtype=torch.float32)[None]  # (1, ...)
-        level, scale = self._window_norm(as_batch(y))
-        out = self.model((as_batch(y) - level) / scale, as_batch(past), as_batch(known))  # (1, H, Q)
+        y, past = as_batch(y), as_batch(past)
+        level, scale = self._window_norm(y, past[:, :, -1])
+        out = self.model((y - level) / scale * past[:, :, -1], past, as_batch(known))  # (1, H, Q)
         quantiles = (out * scale.unsqueeze(2) + level.unsqueeze(2))[0].numpy()  # (H, Q)
         values = self.scaler.inverse(uid, quantiles)
         return pd.DataFrame({"unique_id": uid, "ds": dates,
@@ -298,8 +355,9 @@ class Forecaster:
         values = parse_series(source, "forecaster input")
         scaled = SeriesScaler.fit({"input": values}).transform("input", values)
         y = torch.as_tensor(scaled, dtype=torch.float32)[None]  # (1, T)
-        level, scale = self._window_norm(y)
-        channels = [((y - level) / scale).unsqueeze(2)]  # (1, T, 1)
+        observed = torch.ones_like(y)
+        level, scale = self._window_norm(y, observed)
+        channels = [((y - level) / scale).unsqueeze(2), observed.unsqueeze(2)]  # (1, T, 1) each: y, observed flag
         if self.config.calendar:
             calendar = calendar_features(_dates_in(source, len(values)), self.freq)  # (T, K)
             channels.append(torch.as_tensor(calendar, dtype=torch.float32)[None])
@@ -308,38 +366,6 @@ class Forecaster:
 
 
 register(MODEL_TYPE)(Forecaster.from_bundle)
-
-
-def blocked_fold(windows: list[tuple[Tensor, ...]], horizon: int, k: int, purge: bool = False
-                 ) -> tuple[tuple[Tensor, ...], Optional[tuple[Tensor, ...]]]:
-    """``(train, val)`` of ensemble member ``k``: in every series, the ``k``-th block of ``horizon``
-    windows from the end validates, and the others train.
-
-    ``windows`` holds each series' windows in time order (``_windows``). Member 0 validates on
-    the most recent windows, member 1 on the block before, and so on: together the members are
-    checked on several stretches of the past, which calibrates the intervals on more than one
-    year's luck, and all but one member train on the most recent windows. With ``purge`` the
-    windows whose targets overlap the block's targets are left out of training too, so neither
-    early stopping nor calibration sees a value the member was trained to predict (a series
-    shorter than two blocks is not purged). A series too short for block ``k`` uses an
-    earlier block; one too short for any only trains.
-    """
-    train, val = [], []
-    for series in windows:
-        n = len(series[0])
-        gap = horizon - 1 if purge and n >= 2 * horizon else 0
-        blocks = (n - 1 - gap) // horizon  # each block leaves at least one window to train on
-        if blocks == 0:
-            train.append(series)
-            continue
-        end = n - (k % blocks) * horizon
-        start = end - horizon
-        index = torch.arange(n)
-        keep = (index < start - gap) | (index >= end + gap)
-        train.append(tuple(t[keep] for t in series))
-        val.append(tuple(t[start:end] for t in series))
-    join = lambda parts: tuple(torch.cat(p) for p in zip(*parts))  # noqa: E731
-    return join(train), (join(val) if val else None)
 
 
 @contextmanager

@@ -19,7 +19,8 @@ BASELINES = ("naive", "seasonal_naive", "auto", "AutoARIMA", "AutoETS")  # "auto
 
 def evaluate_forecast(y: np.ndarray, forecast: pd.DataFrame, past: np.ndarray, quantiles: tuple[float, ...],
                       season_length: int) -> dict[str, float]:
-    """Metrics of one series' forecast against the truth ``y``; interval metrics are NaN without quantiles.
+    """Metrics of one series' forecast against the truth ``y``; interval metrics are NaN without quantiles
+    (a baseline, or a series the forecaster gave seasonal naive: its interval columns are NaN).
 
     ``coverage`` is the share of ``y`` inside the outermost quantiles; ``below_qNN`` the
     share below each quantile (a calibrated ``q10`` has about 0.10 of the truth below it).
@@ -28,7 +29,7 @@ def evaluate_forecast(y: np.ndarray, forecast: pd.DataFrame, past: np.ndarray, q
     scores = {"mae": metrics.mae(y, y_hat), "rmse": metrics.rmse(y, y_hat), "smape": metrics.smape(y, y_hat),
               "mase": metrics.mase(y, y_hat, past, season_length)}
     columns = [quantile_column(q) for q in quantiles]
-    if all(c in forecast.columns for c in columns):
+    if all(c in forecast.columns for c in columns) and not forecast[columns].isna().any().any():
         band = {q: forecast[quantile_column(q)].to_numpy()[: len(y)] for q in quantiles}
         scores["quantile_loss"] = float(np.mean([metrics.pinball(y, band[q], q) for q in quantiles]))
         scores["coverage"] = metrics.coverage(y, band[quantiles[0]], band[quantiles[-1]])

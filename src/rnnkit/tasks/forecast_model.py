@@ -46,8 +46,6 @@ class ForecasterConfig(JsonConfig):
     dropout: float = 0.0  # between stacked layers only; early stopping and the ensemble regularise
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)  # 0.5 is the point forecast; 0.1-0.9 an 80 % interval
     calibrate: bool = True  # shift the quantiles so held-out windows are covered at their nominal rates
-    purge: bool = False  # also leave out of training the windows whose targets overlap a member's validation
-    # targets: stricter, but it cost 6 % of validation MASE (0.788 vs 0.744) by dropping recent windows
     window_scale: bool = True  # also divide each window by its own spread; halved AirPassengers' validation MASE
     calendar: bool = True  # add sin/cos calendar features of the timestamps (known in the future)
     past_covariates: tuple[str, ...] = ()  # columns known only up to the forecast origin
@@ -142,7 +140,8 @@ class ForecastEnsemble(nn.Module):
         """Shift each quantile but the median so that a share ``q`` of held-out targets falls below it.
 
         One-sided split-conformal calibration: ``held_out[m]`` (``y, past, known, target``,
-        or ``None``) holds windows member ``m`` was not trained on; ``calibration[k]`` is the
+        or ``None``) holds windows member ``m`` neither trained on nor was stopped on (none
+        of their target values; see :func:`rnnkit.data.series.holdout_fold`); ``calibration[k]`` is the
         ``q_k``-quantile of ``target - prediction_k`` of each member on its own held-out
         windows, over every window and step. Quantile regression fitted on training windows is
         usually too confident; this widens (or narrows) the interval from evidence no member
