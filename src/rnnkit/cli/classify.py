@@ -14,38 +14,36 @@ from ..errors import RnnkitError
 from ..files import write_csv
 from ..plotting import plot_confusion_matrix
 from ..tasks.classify import MODEL_TYPE, SequenceClassifier, SequenceClassifierConfig
-from . import Precision, create_app
+from . import create_app
+from .options import CELL_HELP, TrainingOptions, training_options
 
 app = create_app("Classify texts (sentiment, topics, ...) with a recurrent network, from CSV files.")
 console = Console(stderr=True)
 
 
 @app.command()
+@training_options(minutes=3.0)
 def train(
     data: Annotated[Path, typer.Argument(help="CSV with a text and a label column.", show_default=False)],
     text_col: Annotated[str, typer.Option(help="Column holding the texts.")],
     label_col: Annotated[str, typer.Option(help="Column holding the labels.")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
-    minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 3.0,
+    training: TrainingOptions,
     tokenizer: Annotated[str, typer.Option(help="word, bpe or char.")] = "word",
-    cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")] = "lstm",
+    cell: Annotated[str, typer.Option(help=CELL_HELP)] = "lstm",
     hidden_size: Annotated[int, typer.Option(help="Hidden units per direction.")] = 128,
     bidirectional: Annotated[bool, typer.Option(help="Read each text both ways.")] = True,
     class_weights: Annotated[bool, typer.Option(help="Weigh classes inversely to their frequency.")] = True,
     encoding: Annotated[str, typer.Option(help="Text encoding of DATA.")] = "utf-8",
     plot: Annotated[Optional[Path], typer.Option(help="PNG confusion matrix on the validation slice.")] = None,
     ensemble: Annotated[int, typer.Option(help="Members from different seeds, averaged; they share --minutes.")] = 1,
-    precision: Precision = "fp32",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Train a classifier on DATA and write a bundle; report validation accuracy and macro-F1."""
     config = SequenceClassifierConfig(tokenizer=tokenizer, cell=cell, hidden_size=hidden_size,
                                       bidirectional=bidirectional, class_weights="balanced" if class_weights else None,
-                                      ensemble=ensemble, minutes=minutes, precision=precision, seed=seed,
-                                      progress=progress)
+                                      ensemble=ensemble, **training.config_fields())
     frame = read_text_csv(data, text_col, label_col, encoding)
-    clf = SequenceClassifier(config).fit(frame["text"].tolist(), frame["label"].tolist())
+    clf = SequenceClassifier(config).fit(frame["text"].tolist(), frame["label"].tolist(), **training.fit_options())
     m = clf.metrics
     if plot:
         plot_confusion_matrix(m["val_confusion_matrix"], clf.classes, plot, title="validation slice")

@@ -12,35 +12,34 @@ from ..bundle import load
 from ..data.text import read_text
 from ..tasks.textgen import MODEL_TYPE, TextGenerator, TextGeneratorConfig
 from . import Precision, create_app
+from .options import CELL_HELP, TrainingOptions, training_options
 
 app = create_app("Train language models on a text file and generate text from them.")
 console = Console(stderr=True)
 
 
 @app.command()
+@training_options(minutes=5.0)
 def train(
     corpus: Annotated[Path, typer.Argument(help="A plain-text file (UTF-8 unless --encoding).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
-    minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 5.0,
+    training: TrainingOptions,
     tokenizer: Annotated[str, typer.Option(help="char, word or bpe.")] = "char",
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size for word and bpe tokenizers.")] = 4000,
-    cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")] = "lstm",
+    cell: Annotated[str, typer.Option(help=CELL_HELP)] = "lstm",
     hidden_size: Annotated[int, typer.Option(help="Hidden units per layer.")] = 512,
     num_layers: Annotated[int, typer.Option(help="Stacked recurrent layers (1-3).")] = 1,
     dropout: Annotated[float, typer.Option(help="Dropout between layers.")] = 0.0,
     seq_len: Annotated[int, typer.Option(help="Truncated-BPTT length (state carries further).")] = 128,
     batch_size: Annotated[int, typer.Option(help="Parallel streams through the corpus.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
-    precision: Precision = "fp32",
     encoding: Annotated[str, typer.Option(help="Text encoding of CORPUS.")] = "utf-8",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Train a language model on CORPUS (last 5 % held out) and write a bundle with metrics.json."""
     config = TextGeneratorConfig(tokenizer=tokenizer, vocab_size=vocab_size, cell=cell, hidden_size=hidden_size,
                                  num_layers=num_layers, dropout=dropout, seq_len=seq_len, batch_size=batch_size,
-                                 lr=lr, minutes=minutes, precision=precision, seed=seed, progress=progress)
-    lm = TextGenerator(config).fit(read_text(corpus, encoding))
+                                 lr=lr, **training.config_fields())
+    lm = TextGenerator(config).fit(read_text(corpus, encoding), **training.fit_options())
     path = lm.save(out)
     m = lm.metrics
     held = (f"held-out {m['val_bpc']:.3f} bits/char, perplexity {m['val_ppl']:.2f}" if "val_bpc" in m

@@ -12,18 +12,21 @@ from ..bundle import read_bundle
 from ..data.parallel import read_pairs
 from ..errors import RnnkitError
 from ..tasks.translate import Translator, TranslatorConfig
-from . import Precision, create_app
+from . import create_app
+from .options import CELL_HELP, TrainingOptions, training_options
 
 app = create_app("Translate sentences with an encoder-decoder LSTM/GRU and attention (TSV: source TAB target).")
 console = Console(stderr=True)
 
 
 @app.command()
+@training_options(minutes=12.0)
 def train(
     pairs: Annotated[Path, typer.Argument(help="UTF-8 file, one 'source<TAB>target' pair per line.",
                                           show_default=False)],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
-    cell: Annotated[str, typer.Option(help="Recurrent cell: lstm or gru.")] = "lstm",
+    training: TrainingOptions,
+    cell: Annotated[str, typer.Option(help=CELL_HELP)] = "lstm",
     attention: Annotated[str, typer.Option(help="luong (multiplicative), bahdanau (additive) or none.")] = "luong",
     input_feeding: Annotated[bool, typer.Option(help="Feed the previous attentional vector (Luong).")] = False,
     hidden_size: Annotated[int, typer.Option(help="Decoder width; the encoder gets half per direction.")] = 256,
@@ -34,19 +37,14 @@ def train(
     joint_vocab: Annotated[bool, typer.Option(help="One vocabulary for both languages.")] = False,
     max_length: Annotated[int, typer.Option(help="Tokens per side; longer training pairs are skipped.")] = 64,
     sampling_rate: Annotated[float, typer.Option(help="Scheduled sampling: feed own predictions this often.")] = 0.0,
-    minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 12.0,
-    precision: Precision = "fp32",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show the training progress bar.")] = True,
 ) -> None:
     """Train a translator on PAIRS and write a bundle."""
     config = TranslatorConfig(cell=cell, attention=attention, input_feeding=input_feeding, hidden_size=hidden_size,
                               embedding_size=embedding_size, encoder_layers=layers, decoder_layers=layers,
                               tokenizer=tokenizer, vocab_size=vocab_size, joint_vocab=joint_vocab,
-                              max_length=max_length, sampling_rate=sampling_rate, minutes=minutes, precision=precision,
-                              seed=seed, progress=progress)
+                              max_length=max_length, sampling_rate=sampling_rate, **training.config_fields())
     data = read_pairs(pairs)
-    translator = Translator(config).fit(data)
+    translator = Translator(config).fit(data, **training.fit_options())
     path = translator.save(out)
     result = translator.train_results[-1]
     skipped = f"; skipped {translator.skipped} pairs longer than {max_length} tokens" if translator.skipped else ""

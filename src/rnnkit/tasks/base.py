@@ -40,6 +40,9 @@ from .schema import Schema, check
 T = TypeVar("T", bound="Task")
 PathLike = Union[str, Path]
 
+#: optimizer steps between checkpoints of a fit given a checkpoint_dir (a kill loses at most these)
+CHECKPOINT_EVERY = 50
+
 #: the TaskConfig fields every `train` command offers under the same names
 SHARED_OPTIONS = ("epochs", "max_steps", "minutes", "clock", "precision", "seed", "progress")
 
@@ -107,7 +110,7 @@ class Task:
         self.model: Optional[nn.Module] = None
         self.metrics: dict[str, Any] = {}
         self.train_results: list[TrainResult] = []
-        self._checkpoints: tuple[Optional[Path], bool] = (None, False)
+        self._checkpoints: tuple[Optional[Path], bool, int] = (None, False, CHECKPOINT_EVERY)
 
     # ------------------------------------------------------------------ what a task implements
 
@@ -136,11 +139,14 @@ class Task:
     # ------------------------------------------------------------------ what every task gets
 
     def fit(self: T, *data: Any, checkpoint_dir: Optional[PathLike] = None, resume: bool = False,
-            **options: Any) -> T:
+            checkpoint_every: int = CHECKPOINT_EVERY, **options: Any) -> T:
         """Train on ``data`` (the task says what it takes). With ``checkpoint_dir`` the run is
-        checkpointed there (one subdirectory per ensemble member); ``resume=True`` continues a
-        run that was stopped, ending with the weights an uninterrupted run would have."""
-        self._checkpoints = (None if checkpoint_dir is None else Path(checkpoint_dir), resume)
+        checkpointed there every ``checkpoint_every`` steps (one subdirectory per ensemble
+        member); ``resume=True`` continues a run that was stopped, on the same data and config,
+        ending with the weights an uninterrupted run would have."""
+        if resume and checkpoint_dir is None:
+            raise RnnkitError("resume=True needs the checkpoint_dir of the run to continue")
+        self._checkpoints = (None if checkpoint_dir is None else Path(checkpoint_dir), resume, checkpoint_every)
         self._fit(*data, **options)
         if self.model is not None:
             self.model.eval()
@@ -150,8 +156,10 @@ class Task:
               lengths: Optional[Tensor] = None, **overrides: Any) -> TrainResult:
         """Train ``model`` (one ensemble ``member``) with the shared trainer and options, plus the
         task's ``overrides`` of :class:`~rnnkit.training.TrainConfig`; record the result."""
-        directory, resume = self._checkpoints
+        directory, resume, every = self._checkpoints
         member_dir = None if directory is None else directory / f"member{member}"
+        if member_dir is not None:
+            overrides.setdefault("checkpoint_every", every)
         resume_member = resume and member_dir is not None and (member_dir / "checkpoint.safetensors").exists()
         if resume and member_dir is not None and not resume_member and member == 0:
             raise RnnkitError(f"--resume: no checkpoint in {member_dir}; start without --resume")
@@ -163,8 +171,11 @@ class Task:
     def training_summary(self) -> dict[str, Any]:
         """Steps and why each member stopped, for ``metrics``."""
         results = self.train_results
-        return {"steps": sum(r.steps for r in results),
-                "stopped": ", ".join(dict.fromkeys(r.stopped for r in results)) or "not trained"}
+        summary = {"steps": sum(r.steps for r in results),
+                   "stopped": ", ".join(dict.fromkeys(r.stopped for r in results)) or "not trained"}
+        if any(r.resumed_from for r in results):
+            summary["resumed_from"] = [r.resumed_from for r in results]
+        return summary
 
     def save(self, path: PathLike) -> Path:
         """Write a bundle directory: config, weights, preprocessing state and metrics (with history)."""
@@ -226,4 +237,4 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
-__all__ = ["SHARED_OPTIONS", "Task", "TaskConfig", "dumps"]
+__all__ = ["CHECKPOINT_EVERY", "SHARED_OPTIONS", "Task", "TaskConfig", "dumps"]

@@ -111,6 +111,7 @@ class TrainResult:
     epochs_completed: int
     stopped: str                    # "completed" | "max_steps" | "early_stopping" | "time_budget"
     elapsed_s: float                # seconds of the whole run on its clock (wall or cpu), across resumes
+    resumed_from: int = 0           # the step this session continued from (0: it started the run)
 
 
 @dataclass

@@ -151,7 +151,9 @@ def fit(
     run = RunState(loss_sum=torch.zeros((), device=device))
     if resume:
         load_checkpoint(directory, model, optimizer, run, config, n, device)
+        resumed_from = run.step
     else:
+        resumed_from = 0
         torch.manual_seed(config.seed)
     clock = CLOCKS[config.clock]
     started, lr = clock(), config.lr
@@ -204,7 +206,8 @@ def fit(
     if directory:
         publish(directory, history_files(run.history))
     return TrainResult(history=run.history, best_val_loss=run.best_val, steps=run.step,
-                       epochs_completed=run.epochs_completed, stopped=stopped, elapsed_s=elapsed())
+                       epochs_completed=run.epochs_completed, stopped=stopped, elapsed_s=elapsed(),
+                       resumed_from=resumed_from)
 
 
 # ------------------------------------------------------------------------ the loop's parts
