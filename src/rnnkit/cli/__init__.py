@@ -99,6 +99,7 @@ def _add_commands(root: typer.Typer) -> None:
     """Join every command and task sub-app to ``root``: the one place to add them."""
     # Imported here so that task modules can import create_app from this package.
     from .info import info
+    from .predict import predict
 
     from .bench import bench
     from .demo import demo
@@ -109,6 +110,7 @@ def _add_commands(root: typer.Typer) -> None:
     from .lab import inspect, lab
 
     root.command("info")(info)
+    root.command("predict")(predict)
     root.command("demo")(demo)
     root.command("bench")(bench)
     root.add_typer(forecast, name="forecast")

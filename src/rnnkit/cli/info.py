@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..bundle import read_bundle, weight_shapes
+from ..tasks import task_class
 
 
 def info(
@@ -42,6 +43,34 @@ def info(
             for key, value in values.items():
                 table.add_row(Text(str(key)), Text(_show(value)))
             console.print(table)
+    task = task_class(read.model_type)
+    if task is not None:
+        console.print(_task_table(task, read.path))
+
+
+def _task_table(task: type, path: Path) -> Table:
+    """How to ask the model something: the task's request and response, from its contract."""
+    table = _table("task")
+    table.add_row("name", Text(task.name))
+    table.add_row("streams", "yes: rnnkit predict --stream" if task.streams else "no")
+    table.add_row("request", Text(_fields(task.request_schema)))
+    table.add_row("response", Text(_fields(task.response_schema)))
+    table.add_row("try", Text(f"rnnkit predict {path} '<request JSON>'"))
+    return table
+
+
+def _fields(schema: dict[str, Any]) -> str:
+    """One line per top-level field: name, type, required or not, description."""
+    required = set(schema.get("required", ()))
+    lines = []
+    for name, field in schema.get("properties", {}).items():
+        kinds = field.get("type", "any")
+        kind = " or ".join(kinds) if isinstance(kinds, list) else kinds
+        if kind == "array" and "type" in field.get("items", {}):
+            kind = f"array of {field['items']['type']}"
+        note = f" - {field['description']}" if "description" in field else ""
+        lines.append(f"{name}: {kind}{' (required)' if name in required else ''}{note}")
+    return "\n".join(lines) or json.dumps(schema)
 
 
 def _table(title: str) -> Table:

@@ -18,7 +18,7 @@ Nothing is imported until it is used: ``import rnnkit`` loads no task, pandas or
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Optional
 
 #: model_type -> the module (in this package) that defines its task
 BUILTIN: dict[str, str] = {
@@ -45,10 +45,18 @@ def import_task(model_type: str) -> None:
         importlib.import_module(f"{__name__}.{BUILTIN[model_type]}")
 
 
+def task_class(model_type: str) -> Optional[type]:
+    """The :class:`~.base.Task` subclass that saves ``model_type`` bundles, or ``None``."""
+    import_task(model_type)
+    from .base import TASKS
+
+    return TASKS.get(model_type)
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = sorted(_EXPORTS) + ["BUILTIN", "import_task"]
+__all__ = sorted(_EXPORTS) + ["BUILTIN", "import_task", "task_class"]

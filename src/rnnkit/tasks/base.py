@@ -40,6 +40,9 @@ from .schema import Schema, check
 T = TypeVar("T", bound="Task")
 PathLike = Union[str, Path]
 
+#: model_type -> its task class, filled as task classes are defined
+TASKS: dict[str, type["Task"]] = {}
+
 #: optimizer steps between checkpoints of a fit given a checkpoint_dir (a kill loses at most these)
 CHECKPOINT_EVERY = 50
 
@@ -100,6 +103,7 @@ class Task:
         super().__init_subclass__(**kwargs)
         if "model_type" in cls.__dict__:  # a concrete task: rnnkit.load finds it by its model_type
             register(cls.model_type)(cls.from_bundle)
+            TASKS[cls.model_type] = cls
 
     def __init__(self, config: Optional[TaskConfig] = None, **options: Any) -> None:
         if config is not None and options:
@@ -237,4 +241,4 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
-__all__ = ["CHECKPOINT_EVERY", "SHARED_OPTIONS", "Task", "TaskConfig", "dumps"]
+__all__ = ["CHECKPOINT_EVERY", "SHARED_OPTIONS", "TASKS", "Task", "TaskConfig", "dumps"]
