@@ -17,7 +17,7 @@ from ..tasks.memory import TASKS, LabConfig, MemoryLab
 
 def lab(
     task: Annotated[str, typer.Argument(help=f"Memory task: {', '.join(TASKS)}.", show_default=False)],
-    cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru, rnn, mingru or minlstm.")] = "lstm",
+    cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")] = "lstm",
     length: Annotated[int, typer.Option(help="Sequence length T: the span to remember across.")] = 100,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = LabConfig.max_steps,
     params: Annotated[int, typer.Option(help="Parameter budget; the hidden size is chosen to fit it.")] = LabConfig.params,
