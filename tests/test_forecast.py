@@ -362,3 +362,25 @@ def test_each_member_checkpoints_and_resumes_on_its_own(tmp_path: Path) -> None:
     for other in (checkpointed, resumed):
         for a, b in zip(plain.model.state_dict().values(), other.model.state_dict().values()):
             assert torch.equal(a, b)
+
+
+def test_predict_json_takes_covariates_and_their_future() -> None:
+    frame = seasonal_frame(n=60, series=1, noise=0.5)
+    frame["price"], frame["visits"] = np.arange(60.0) % 7, np.arange(60.0) % 5
+    fc = Forecaster(horizon=6, lookback=12, past_covariates=("visits",), future_covariates=("price",), **FAST)
+    fc.fit(frame.iloc[:54])
+    history, future = frame.iloc[:54], frame.iloc[54:]
+    item = {"values": history["y"].tolist(), "dates": [d.date().isoformat() for d in history["ds"]],
+            "covariates": {"price": history["price"].tolist(), "visits": history["visits"].tolist()},
+            "future": {"price": future["price"].tolist()}}
+    response = fc.predict_checked({"series": [item]})
+    expected = fc.predict(history.assign(unique_id="0"), future=future.assign(unique_id="0"))
+    assert response["forecasts"][0]["median"] == pytest.approx(expected["y_hat"].tolist())
+    shifted = fc.predict_checked({"series": [{**item, "future": {"price": (future["price"] + 3).tolist()}}]})
+    assert shifted["forecasts"][0]["median"] != response["forecasts"][0]["median"]  # the future prices are read
+    with pytest.raises(DataError, match=r"^request.series\[0\].future.price has 2 item\(s\); it needs 6, one per "
+                                        r"forecast step$"):
+        fc.predict_checked({"series": [{**item, "future": {"price": [1.0, 2.0]}}]})
+    with pytest.raises(DataError, match=r"^request.series\[0\].covariates gives 'price'; this model reads "
+                                        r"visits, price$"):
+        fc.predict_checked({"series": [{**item, "covariates": {"price": item["covariates"]["price"]}}]})

@@ -81,14 +81,16 @@ def request_frames(forecaster: Any, request: dict[str, Any]) -> tuple[pd.DataFra
         history.append(pd.DataFrame({"unique_id": uid, "ds": _sized(dates, n, f"{where}.dates", "value"),
                                      "y": item["values"], **covariates}))
         if cfg.future_covariates:
-            columns = _columns(item, "future", cfg.future_covariates, cfg.horizon, where, "forecast step")
-            last = pd.Timestamp(history[-1]["ds"].iloc[-1])
-            future.append(pd.DataFrame({"unique_id": uid, "ds": future_dates(last, forecaster.freq, cfg.horizon),
-                                        **columns}))
+            future.append((uid, _columns(item, "future", cfg.future_covariates, cfg.horizon, where, "forecast step")))
         elif "future" in item:
             raise DataError(f"{where}.future: this model reads no future covariates; leave it out")
     frame = validate_long_frame(pd.concat(history, ignore_index=True), "request", forecaster.covariates)
-    return frame, (pd.concat(future, ignore_index=True) if future else None)
+    if not future:
+        return frame, None
+    last = frame.groupby("unique_id")["ds"].max()
+    return frame, pd.concat([pd.DataFrame({"unique_id": uid, "ds": future_dates(last[uid], forecaster.freq,
+                                                                                  cfg.horizon), **columns})
+                             for uid, columns in future], ignore_index=True)
 
 
 def _ids(request: dict[str, Any]) -> list[str]:
