@@ -52,7 +52,7 @@ def scan_width(cell: str, params: int, task: str = "adding") -> int:
 
 def lab_config(length: int, cell: str, steps: int, train_size: int, progress: bool) -> LabConfig:
     """The lab's settings for one row; scan cells get :func:`scan_width` and no chrono init."""
-    config = LabConfig(task="adding", cell=cell, length=length, steps=steps, train_size=train_size,
+    config = LabConfig(task="adding", cell=cell, length=length, max_steps=steps, train_size=train_size,
                        test_size=1000, progress=progress)
     if ALL_CELLS[cell].recurrent_weights:
         return config
@@ -70,7 +70,7 @@ def run_one(job: tuple[int, str, int, int, bool, int]) -> dict:
     before = gradient_profile("adding", build_model(config), x, y)  # the init fit() starts from
     lab.fit()
     after = lab.gradient_profile()
-    row = {**lab.result, "grad_ratio_init": before["ratio"], "grad_ratio_trained": after["ratio"],
+    row = {**lab.metrics, "grad_ratio_init": before["ratio"], "grad_ratio_trained": after["ratio"],
            "grad_norms_init": before["norms"], "grad_norms_trained": after["norms"]}
     print(f"T={length:4d} {cell.upper():4s} H={row['hidden_size']:3d} params={row['params']:,} "
           f"MSE {row['error']:.4f} (baseline {row['baseline']:.4f}, ratio {row['error'] / row['baseline']:.3f}) "

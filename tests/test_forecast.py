@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 import rnnkit
 from rnnkit.data.series import SeriesScaler, calendar_features, holdout_fold, holdout_span, holdout_width
-from rnnkit.errors import DataError, RnnkitError
+from rnnkit.errors import BundleError, DataError, RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
 from rnnkit.tasks.forecast_eval import backtest_plot_frames, coverage_report, evaluate_forecast
 from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet
@@ -270,3 +271,116 @@ def test_evaluate_forecast_metrics() -> None:
     scores = evaluate_forecast(y, forecast, np.arange(10.0), (0.1, 0.5, 0.9), 1)
     assert scores["mae"] == 1.0 and scores["mase"] == 1.0 and scores["coverage"] == 1.0
     assert scores["below_q10"] == 0.0 and scores["below_q90"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def fitted() -> Forecaster:
+    return Forecaster(horizon=6, lookback=12, **FAST).fit(seasonal_frame(n=60, series=2, noise=0.5))
+
+
+def _request(frame: pd.DataFrame, **extra) -> dict:
+    series = [{"id": uid, "values": group["y"].tolist(), "dates": [d.date().isoformat() for d in group["ds"]]}
+              for uid, group in frame.groupby("unique_id", sort=False)]
+    return {"series": series, **extra}
+
+
+def test_predict_json_answers_as_predict_does(fitted: Forecaster) -> None:
+    frame = seasonal_frame(n=60, series=2, noise=0.5)
+    request = _request(frame, horizon=4)
+    request["series"] = request["series"][::-1]  # s1 first
+    response = fitted.predict_checked(request)
+    expected = fitted.predict(frame)
+    assert [f["id"] for f in response["forecasts"]] == ["s1", "s0"]  # request order
+    s1 = expected[expected["unique_id"] == "s1"].iloc[:4]
+    first = response["forecasts"][0]
+    assert first["dates"] == ["2005-01-01", "2005-02-01", "2005-03-01", "2005-04-01"]
+    assert first["median"] == pytest.approx(s1["y_hat"].tolist())
+    assert first["quantiles"]["0.1"] == pytest.approx(s1["y_hat_q10"].tolist())
+    assert set(first["quantiles"]) == {"0.1", "0.5", "0.9"} and first["method"] == "model"
+    assert json.loads(json.dumps(response, allow_nan=False)) == response  # plain JSON
+    short = fitted.predict_checked({"series": [{"values": [1.0, 2.0, 3.0, 4.0],
+                                                "dates": ["2001-01-01", "2001-02-01", "2001-03-01", "2001-04-01"]}]})
+    assert short["forecasts"][0] == {"id": "0", "dates": ["2001-05-01", "2001-06-01", "2001-07-01", "2001-08-01",
+                                                          "2001-09-01", "2001-10-01"],
+                                     "median": [4.0] * 6, "quantiles": {}, "method": "naive"}
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"values": [1, 2, 3]}, r"^request is missing 'series'"),
+    ({"series": [{"values": [1.0, float("nan"), 3.0], "dates": ["2001-01-01"] * 3}]},
+     r"^request.series\[0\].values\[1\] must be number, got nan$"),
+    ({"series": [{"values": [1.0, 2.0], "dates": ["2001-01-01", "2001-02-01"]}]},
+     r"^request.series\[0\].values needs at least 3 item\(s\), got 2$"),
+    ({"series": [{"values": [1.0, 2.0, 3.0]}]}, r"needs \"dates\" \(ISO dates, one per value\)"),
+    ({"series": [{"values": [1.0, 2.0, 3.0], "dates": ["2001-01-01", "2001-02-01"]}]},
+     r"^request.series\[0\].dates has 2 item\(s\); it needs 3, one per value$"),
+    ({"series": [{"values": [1, 2, 3], "dates": ["2001-01-01", "2001-02-01", "2001-03-01"]}], "horizon": 7},
+     r"^request.horizon is 7, but this model forecasts at most 6 steps"),
+    ({"series": [{"values": [1, 2, 3], "dates": ["2001-01-01", "2001-01-02", "2001-01-03"]}]},
+     r"frequency D, but this model forecasts MS series"),
+    ({"series": [{"values": [1, 2, 3], "dates": ["2001-01-01", "2001-02-01", "2001-03-01"],
+                  "covariates": {"price": [1, 2, 3]}}]}, r"covariates gives 'price'; this model reads none$"),
+])
+def test_predict_json_refuses_a_bad_request_in_one_line(fitted: Forecaster, request_: dict, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        fitted.predict_checked(request_)
+
+
+def test_save_and_load_keep_the_json_answers(fitted: Forecaster, tmp_path: Path) -> None:
+    request = _request(seasonal_frame(n=40, series=1, noise=0.5))
+    loaded = rnnkit.load(fitted.save(tmp_path / "fc.rnnkit"))
+    assert isinstance(loaded, Forecaster) and loaded.config == fitted.config
+    assert loaded.predict_json(request) == fitted.predict_json(request)
+    assert loaded.metrics["members"][0]["steps"] == fitted.train_results[0].steps
+
+
+def test_a_bundle_from_before_the_purged_holdout_is_refused_with_the_fix(fitted: Forecaster, tmp_path: Path) -> None:
+    path = fitted.save(tmp_path / "old.rnnkit")
+    header = json.loads((path / "config.json").read_text())
+    header["config"]["purge"] = False  # the option the purged hold-out replaced
+    (path / "config.json").write_text(json.dumps(header))
+    with pytest.raises(BundleError, match=r"cannot read \(RnnkitError: unknown forecaster option\(s\): purge;.*"
+                                          r"re-save it with the rnnkit that wrote it, or train it again"):
+        rnnkit.load(path)
+    del header["config"]["purge"]  # and without it, the missing observed channel is named
+    (path / "config.json").write_text(json.dumps(header))
+    pre = json.loads((path / "preprocessing.json").read_text())
+    pre["num_features"][0] -= 1
+    (path / "preprocessing.json").write_text(json.dumps(pre))
+    with pytest.raises(BundleError, match=r"its model reads 0 past channel\(s\), this rnnkit's reads 1 .*"
+                                          r"train it again"):
+        rnnkit.load(path)
+
+
+def test_each_member_checkpoints_and_resumes_on_its_own(tmp_path: Path) -> None:
+    frame = seasonal_frame(n=60, series=2, noise=0.5)
+    options = dict(FAST, horizon=6, lookback=12, ensemble=2, max_steps=20)
+    plain = Forecaster(**options).fit(frame)
+    checkpointed = Forecaster(**options).fit(frame, checkpoint_dir=tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"member0", "member1"}
+    resumed = Forecaster(**options).fit(frame, checkpoint_dir=tmp_path, resume=True)
+    for other in (checkpointed, resumed):
+        for a, b in zip(plain.model.state_dict().values(), other.model.state_dict().values()):
+            assert torch.equal(a, b)
+
+
+def test_predict_json_takes_covariates_and_their_future() -> None:
+    frame = seasonal_frame(n=60, series=1, noise=0.5)
+    frame["price"], frame["visits"] = np.arange(60.0) % 7, np.arange(60.0) % 5
+    fc = Forecaster(horizon=6, lookback=12, past_covariates=("visits",), future_covariates=("price",), **FAST)
+    fc.fit(frame.iloc[:54])
+    history, future = frame.iloc[:54], frame.iloc[54:]
+    item = {"values": history["y"].tolist(), "dates": [d.date().isoformat() for d in history["ds"]],
+            "covariates": {"price": history["price"].tolist(), "visits": history["visits"].tolist()},
+            "future": {"price": future["price"].tolist()}}
+    response = fc.predict_checked({"series": [item]})
+    expected = fc.predict(history.assign(unique_id="0"), future=future.assign(unique_id="0"))
+    assert response["forecasts"][0]["median"] == pytest.approx(expected["y_hat"].tolist())
+    shifted = fc.predict_checked({"series": [{**item, "future": {"price": (future["price"] + 3).tolist()}}]})
+    assert shifted["forecasts"][0]["median"] != response["forecasts"][0]["median"]  # the future prices are read
+    with pytest.raises(DataError, match=r"^request.series\[0\].future.price has 2 item\(s\); it needs 6, one per "
+                                        r"forecast step$"):
+        fc.predict_checked({"series": [{**item, "future": {"price": [1.0, 2.0]}}]})
+    with pytest.raises(DataError, match=r"^request.series\[0\].covariates gives 'price'; this model reads "
+                                        r"visits, price$"):
+        fc.predict_checked({"series": [{**item, "covariates": {"price": item["covariates"]["price"]}}]})

@@ -1,7 +1,11 @@
 """The memory lab: task generators, parameter budgets, chrono init, training and scoring."""
 
+import json
+
 import pytest
 import torch
+
+import rnnkit
 
 from rnnkit.data.memory import (COPY_DELIMITER, ORDER_ALPHABET, adding_problem, copy_task, order_text,
                                 temporal_order)
@@ -63,7 +67,7 @@ def test_generators_refuse_bad_sizes():
         copy_task(0, 5)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru", "minlstm"])
 def test_hidden_for_budget_matches_the_real_parameter_count(cell):
     for task, spec in TASKS.items():
         width = hidden_for_budget(cell, spec.input_size, spec.output_size, 17_500)
@@ -92,6 +96,27 @@ def test_chrono_init_spreads_gate_time_scales_up_to_the_span():
     assert (gru.cells[0].bias_ih[16:32] > 0).all() and (gru.cells[0].bias_hh == 0).all()
 
 
+def test_chrono_init_sets_the_memory_gates_of_mingru_and_minlstm():
+    span = torch.log(torch.tensor(99.0))
+    minlstm = Recurrent(2, 16, cell="minlstm")  # no bias_hh: chrono init used to crash on it
+    chrono_init(minlstm, 100)
+    forget, write = minlstm.cells[0].bias_ih[:16], minlstm.cells[0].bias_ih[16:32]
+    assert (forget >= 0).all() and (forget <= span).all() and forget.std() > 0.3
+    assert torch.equal(write, -forget)
+    mingru = Recurrent(2, 16, cell="mingru")
+    chrono_init(mingru, 100)
+    update = mingru.cells[0].bias_ih[:16]  # z writes, so a long memory needs z near 0
+    assert (update <= 0).all() and (update >= -span).all() and update.std() > 0.3
+    model = build_model(LabConfig(task="adding", cell="mingru", length=20))  # the lab builds it too
+    assert (model.recurrent.cells[0].bias_ih[:model.recurrent.hidden_size] <= 0).all()
+
+
+def test_a_scan_cell_gets_the_width_its_parameters_allow():
+    # minGRU has no H x H matrix: 2 (H I + H) + O (H + 1) parameters, so far more units than a GRU's
+    assert parameter_count("mingru", 2, 1, 10) == 2 * (10 * 2 + 10) + 11
+    assert hidden_for_budget("mingru", 2, 1, 17_500) > 10 * hidden_for_budget("gru", 2, 1, 17_500)
+
+
 def test_score_compares_with_the_trivial_baseline():
     class Constant(torch.nn.Module):
         def __init__(self, value):
@@ -114,15 +139,46 @@ def test_lab_config_refuses_unknown_tasks_and_cells():
         LabConfig(cell="tcn")
     config = LabConfig(task="copy", length=30, cell="gru")
     assert LabConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(RnnkitError, match=r"^LabConfig.train_size must be a positive integer, got 0$"):
+        LabConfig(train_size=0)
+
+
+def test_a_lab_bundle_from_before_the_task_contract_loads(tmp_path):
+    lab = MemoryLab(task="adding", length=5, max_steps=2, train_size=16, test_size=8, progress=False).fit()
+    path = lab.save(tmp_path / "old.rnnkit")
+    header = json.loads((path / "config.json").read_text())
+    config = header["config"]
+    config["steps"] = config.pop("max_steps")  # how bundles spelled it before
+    for shared in ("epochs", "clock", "precision", "patience"):
+        del config[shared]
+    (path / "config.json").write_text(json.dumps(header))
+    again = rnnkit.load(path)
+    assert again.config.max_steps == 2 and again.config.epochs == LabConfig().epochs
+    answer = again.predict_checked({"input": "0.5,1\n0.2,0\n0.25,1\n0.9,0\n0.1,0"})["answer"]
+    with torch.no_grad():
+        expected = float(lab.model(torch.tensor([[[0.5, 1], [0.2, 0], [0.25, 1], [0.9, 0], [0.1, 0]]])))
+    assert answer == pytest.approx(expected)
+
+
+def test_predict_json_answers_in_the_task_s_terms():
+    torch.manual_seed(0)
+    lab = MemoryLab(task="order", length=10)
+    lab.model = lab.build_model().eval()
+    answer = lab.predict_checked({"input": "BacXdbYcaE"})["answer"]
+    assert answer == ["XX", "XY", "YX", "YY"][int(lab.model(lab.inspection_input("BacXdbYcaE").x).argmax())]
+    with pytest.raises(RnnkitError, match=r"^request has unknown key\(s\) 'text'"):
+        lab.predict_checked({"input": "BaE", "text": "x"})
+    with pytest.raises(RnnkitError, match="the order task reads only the characters 'abcdXYBE', got 'z'"):
+        lab.predict_checked({"input": "Baz"})
 
 
 @pytest.mark.slow
 def test_lstm_learns_the_temporal_order_task_and_the_bundle_round_trips(tmp_path):
-    lab = MemoryLab(task="order", cell="lstm", length=20, steps=250, train_size=2000, test_size=400,
+    lab = MemoryLab(task="order", cell="lstm", length=20, max_steps=250, train_size=2000, test_size=400,
                     progress=False).fit()
-    assert lab.result["error"] < 0.1 < lab.result["baseline"]
+    assert lab.metrics["error"] < 0.1 < lab.metrics["baseline"]
     path = lab.save(tmp_path / "order.rnnkit")
     again = MemoryLab.from_bundle(__import__("rnnkit").read_bundle(path))
     x, y = lab.test_data()
     assert score("order", again.model, x, y) == score("order", lab.model, x, y)
-    assert again.result["error"] == lab.result["error"]
+    assert again.metrics["error"] == lab.metrics["error"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from rnnkit import RnnkitError
 from rnnkit.precision import autocast, check_precision, linear_at_best_precision, native_bf16
-from rnnkit.tasks import base, classify, textgen, translate
+from rnnkit.tasks import base, classify, forecast, memory, textgen, translate
 from rnnkit.training import TrainConfig, evaluate, fit
 from test_training import Tagger, delayed_copy  # the trainer's own test model and task
 
@@ -100,6 +101,10 @@ class _Stop(Exception):
     (translate, lambda: translate.Translator(translate.TranslatorConfig(precision="bf16", hidden_size=8, embedding_size=8,
                                                                        tokenizer="word", progress=False))
      .fit([("a b", "b a"), ("c d", "d c")] * 10)),
+    (forecast, lambda: forecast.Forecaster(precision="bf16", horizon=2, hidden_size=8, ensemble=1, progress=False)
+     .fit(pd.DataFrame({"unique_id": "s", "ds": pd.date_range("2000-01-01", periods=40, freq="MS"),
+                        "y": [float(i % 12) for i in range(40)]}))),
+    (memory, lambda: memory.MemoryLab(precision="bf16", length=5, train_size=16, test_size=8, progress=False).fit()),
 ])
 def test_each_task_hands_its_precision_to_the_trainer(monkeypatch, module, make):
     seen = []

@@ -135,7 +135,7 @@ def _check_speed_block(ns: dict, values: dict) -> None:
 
 def _check_memory_lab(ns: dict, values: dict) -> None:
     lab, x, y, norms, traces = ns["lab"], ns["x"], ns["y"], ns["norms"], ns["traces"]
-    assert {"error", "baseline", "solved"} <= set(lab.result)  # test MSE, baseline, solved
+    assert {"error", "baseline", "solved"} <= set(lab.metrics)  # test MSE, baseline, solved
     assert x.shape == (64, 50, 2) and y.shape == (64,)
     assert set(norms) == {"l0"} and tuple(norms["l0"].shape) == (50,)
     assert set(traces["l0"]) == {"input", "forget", "output", "candidate", "cell", "hidden"}

@@ -9,7 +9,6 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from ..bundle import read_bundle
 from ..data import load_dataset
 from ..data.csv import parse_dates, read_csv
 from ..data.series import read_series_csv
@@ -90,7 +89,7 @@ def predict(
     dayfirst: DayFirst = None,
 ) -> None:
     """Forecast the horizon after each series ends."""
-    forecaster = _load_forecaster(bundle)
+    forecaster = Forecaster.load(bundle)
     covariates = forecaster.covariates
     frame = read_series_csv(data, covariates=covariates, dayfirst=dayfirst) if data else None
     future_frame = _read_future(future, dayfirst) if future else None
@@ -163,10 +162,3 @@ def _read_future(path: Path, dayfirst: Optional[bool]) -> pd.DataFrame:
         raise DataError(f"{path} lacks column(s) {', '.join(missing)}; it needs unique_id, ds and the covariates")
     frame["ds"] = parse_dates(frame["ds"], dayfirst=dayfirst, groups=frame["unique_id"], source=str(path))
     return frame
-
-
-def _load_forecaster(path: Path) -> Forecaster:
-    bundle = read_bundle(path)
-    if bundle.model_type != "forecaster":
-        raise RnnkitError(f"{path} holds a {bundle.model_type!r} model, not a forecaster")
-    return Forecaster.from_bundle(bundle)

@@ -19,7 +19,7 @@ def lab(
     task: Annotated[str, typer.Argument(help=f"Memory task: {', '.join(TASKS)}.", show_default=False)],
     cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")] = "lstm",
     length: Annotated[int, typer.Option(help="Sequence length T: the span to remember across.")] = 100,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = LabConfig.steps,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = LabConfig.max_steps,
     params: Annotated[int, typer.Option(help="Parameter budget; the hidden size is chosen to fit it.")] = LabConfig.params,
     lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = LabConfig.lr,
     chrono: Annotated[bool, typer.Option(help="Chrono-initialise the gate biases to time scales up to T.")] = True,
@@ -34,12 +34,12 @@ def lab(
     if threads < 1:
         raise RnnkitError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)  # a second thread only adds synchronisation to 64-unit matmuls
-    config = LabConfig(task=task, cell=cell, length=length, steps=steps, params=params, lr=lr, chrono=chrono,
+    config = LabConfig(task=task, cell=cell, length=length, max_steps=steps, params=params, lr=lr, chrono=chrono,
                        minutes=minutes, seed=seed, progress=progress)
     console.print(f"[bold]{task}[/bold] task, T = {length}: {cell.upper()} with {config.width} units "
                   f"(budget {params:,} parameters), {steps} steps")
     lab_run = MemoryLab(config).fit()
-    result = lab_run.result
+    result = lab_run.metrics
     table = Table(title=f"{task}, T = {length}, test set of {config.test_size}")
     for column in ("model", "params", result["metric"]):
         table.add_column(column, justify="left" if column == "model" else "right")

@@ -27,14 +27,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Optional, TypeVar, Union
+from typing import Any, ClassVar, Iterator, Optional, Sequence, TypeVar, Union
 
 from torch import Tensor, nn
 
 from ..bundle import Bundle, load_weights, read_bundle, register, save_bundle
 from ..config import JsonConfig
 from ..errors import BundleError, RnnkitError
-from ..training import TrainConfig, TrainResult, fit
+from ..training import TrainConfig, TrainResult, budget_shares, fit
 from .schema import Schema, check
 
 T = TypeVar("T", bound="Task")
@@ -171,6 +171,13 @@ class Task:
                      checkpoint_dir=member_dir, resume=resume_member, lengths=lengths)
         self.train_results.append(result)
         return result
+
+    def member_budgets(self, members: Sequence[nn.Module]) -> Iterator[tuple[int, nn.Module, Optional[float]]]:
+        """``(k, member, minutes)`` for each ensemble member, trained one after another: each gets an
+        equal share of what is left of ``config.minutes`` (on ``config.clock``) when it starts, so
+        time one member leaves unused goes to the next (``minutes`` is None without a budget)."""
+        budgets = budget_shares(self.config.minutes, len(members), self.config.clock)
+        return ((k, member, minutes) for k, (member, minutes) in enumerate(zip(members, budgets)))
 
     def training_summary(self) -> dict[str, Any]:
         """Steps and why each member stopped, for ``metrics``."""

@@ -21,7 +21,6 @@ from .. import metrics
 from ..data.tokenizers import KINDS, UNK, Tokenizer, build_tokenizer, tokenizer_from_dict, tokenizer_options
 from ..errors import DataError, RnnkitError
 from ..topologies import ManyToOne
-from ..training import budget_shares
 from .base import Task, TaskConfig
 
 MODEL_TYPE = "sequence_classifier"
@@ -183,9 +182,8 @@ class SequenceClassifier(Task):
             return nn.functional.cross_entropy(logits, target, weight=w), None
 
         train, val = (ids[keep], lengths[keep], targets[keep]), (ids[held], lengths[held], targets[held])
-        budgets = budget_shares(cfg.minutes, cfg.ensemble, cfg.clock)
         self.train_results = []
-        for k, (member, minutes) in enumerate(zip(self.model.members, budgets)):
+        for k, member, minutes in self.member_budgets(self.model.members):
             # Batches of texts of near-equal length: each is cut to its longest text, so little is padding.
             self.train(member, loss_fn, train, val, member=k, lengths=train[1], minutes=minutes,
                        seed=cfg.seed + k, decay_over_budget=minutes is not None)

@@ -1,36 +1,37 @@
 """Forecasting: a global LSTM/GRU/RNN over many series, multi-horizon quantiles, covariates.
 
-A thin estimator (``fit`` / ``predict`` / ``backtest`` / ``save``) over the torch modules of
-:mod:`rnnkit.tasks.forecast_model`; evaluation and baselines live in
-:mod:`rnnkit.tasks.forecast_eval`.
+A thin estimator (``fit`` / ``predict`` / ``backtest`` / ``save``) on the task contract
+(:mod:`rnnkit.tasks.base`) over the torch modules of :mod:`rnnkit.tasks.forecast_model`;
+evaluation and baselines live in :mod:`rnnkit.tasks.forecast_eval`, and the JSON face
+(``predict_json``) in :mod:`rnnkit.tasks.forecast_json`.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..bundle import Bundle, load_weights, register, save_bundle
 from ..data.csv import parse_csv, parse_dates
 from ..data.series import (SeriesScaler, calendar_features, future_dates, holdout_fold, holdout_span,
                            infer_frequency, season_length, split_series, validate_long_frame)
-from ..errors import DataError, RnnkitError
+from ..errors import DataError
 from ..inspection import InspectionInput, parse_series
 from ..layers import Recurrent
-from ..training import TrainConfig, TrainResult, budget_shares, fit
+from .base import Task
+from .forecast_eval import BacktestResult, backtest, naive_forecasts
+from .forecast_json import REQUEST_SCHEMA, RESPONSE_SCHEMA, forecasts_json, request_frames
 from .forecast_model import ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
 
 MODEL_TYPE = "forecaster"
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # y (T,), past (T, P + 1: covariates, observed), known (T, K)
 
 
-class Forecaster:
+class Forecaster(Task):
     """A global recurrent forecaster: fit on a long frame, forecast ``horizon`` steps per series.
 
     Targets are scaled twice: per series (mean and standard deviation of its history,
@@ -46,9 +47,15 @@ class Forecaster:
         fc.save("sunspots.rnnkit")
     """
 
+    name = "forecast"
+    model_type = MODEL_TYPE
+    config_class = ForecasterConfig
+    request_schema = REQUEST_SCHEMA
+    response_schema = RESPONSE_SCHEMA
+    config: ForecasterConfig
+
     def __init__(self, config: Optional[ForecasterConfig] = None, **options: Any) -> None:
-        self.config = config or ForecasterConfig(**options)
-        self.model: Optional[ForecastEnsemble] = None
+        super().__init__(config, **options)
         self.scaler: Optional[SeriesScaler] = None
         self.covariate_stats: dict[str, tuple[float, float]] = {}  # per covariate column: mean, std
         self.freq: Optional[str] = None
@@ -56,7 +63,6 @@ class Forecaster:
         self.history: dict[str, dict[str, Any]] = {}  # per series: last_ds and the last lookback rows
         self.too_short: list[str] = []  # series of the last fit too short to train on (fewer than min_points)
         self.fallback: dict[str, str] = {}  # series of the last predict forecast by "seasonal_naive" or "naive"
-        self.train_results: list[TrainResult] = []
 
     @property
     def covariates(self) -> tuple[str, ...]:
@@ -64,12 +70,12 @@ class Forecaster:
 
     # --------------------------------------------------------------------- training
 
-    def fit(self, frame: pd.DataFrame) -> "Forecaster":
+    def _fit(self, frame: pd.DataFrame) -> None:
         """Train on every series of a long frame (``unique_id, ds, y`` and the covariate columns)."""
         with torch_threads(self.config.threads):
-            return self._fit(frame)
+            self._fit_frame(frame)
 
-    def _fit(self, frame: pd.DataFrame) -> "Forecaster":
+    def _fit_frame(self, frame: pd.DataFrame) -> None:
         cfg = self.config
         frame = validate_long_frame(frame, covariates=self.covariates)
         self.freq = self._common_frequency(frame)
@@ -87,19 +93,17 @@ class Forecaster:
             raise DataError(f"no series has the {self.min_points + span} points (one season + horizon + {span}) "
                             f"needed to hold out windows for early stopping and calibration; use a shorter horizon")
         self.num_features = windows[0][1].size(2), windows[0][2].size(2)
-        self.model = ForecastEnsemble(cfg, *self.num_features)
-        self.train_results, calibration = [], []
-        for k, (member, budget) in enumerate(zip(self.model.members, budget_shares(cfg.minutes, cfg.ensemble))):
-            train_data, stop_data, calibration_data = holdout_fold(windows, cfg.horizon, k)
-            torch.manual_seed(cfg.seed + k)
-            member.load_state_dict(ForecastNet(cfg, *self.num_features).state_dict())
-            self.train_results.append(self._train_member(member, train_data, stop_data, cfg.seed + k, budget))
-            calibration.append(calibration_data)
+        self.model = self.build_model()
+        self.train_results = []
+        calibration = [self._train_member(k, member, minutes, windows)
+                       for k, member, minutes in self.member_budgets(self.model.members)]
         self.model.cpu().eval()
         if cfg.calibrate:
             self.model.calibrate(calibration, cfg.quantiles)
         self.history = {uid: self._tail_of(group) for uid, group in groups}
-        return self
+        members = [{"best_val_loss": r.best_val_loss, "steps": r.steps, "stopped": r.stopped}
+                   for r in self.train_results]
+        self.metrics = {**self.training_summary(), "members": members}
 
     @property
     def min_input(self) -> int:
@@ -116,21 +120,44 @@ class Forecaster:
         """The shortest series the model trains on and forecasts; shorter ones get seasonal naive."""
         return self.min_input + self.config.horizon
 
-    def _train_member(self, member: nn.Module, train: tuple[Tensor, ...], val: Optional[tuple[Tensor, ...]],
-                      seed: int, minutes: Optional[float]) -> TrainResult:
+    def _train_member(self, k: int, member: nn.Module, minutes: Optional[float],
+                      windows: list[tuple[Tensor, ...]]) -> Optional[tuple[Tensor, ...]]:
+        """Train ensemble member ``k`` on its fold of ``windows``; return its calibration windows.
+
+        Each member holds out its own purged stretch per series (see :func:`holdout_fold`)
+        and starts from its own seed, so the members differ in data and initial weights.
+        """
         cfg = self.config
+        train, stop, calibration = holdout_fold(windows, cfg.horizon, k)
+        torch.manual_seed(cfg.seed + k)
+        member.load_state_dict(ForecastNet(cfg, *self.num_features).state_dict())
         quantiles = torch.tensor(cfg.quantiles)
 
         def loss_fn(model: nn.Module, batch: tuple[Tensor, ...], state: Any):
             y, past, known, target = batch
             return pinball_loss(model(y, past, known), target, quantiles.to(y.device)), None
 
-        steps_per_epoch = -(-len(train[0]) // cfg.batch_size)
-        train_config = TrainConfig(epochs=-(-cfg.max_steps // steps_per_epoch), max_steps=cfg.max_steps,
-                                   minutes=minutes, batch_size=cfg.batch_size, lr=cfg.lr,
-                                   patience=cfg.patience if val is not None else None, eval_every=20, seed=seed,
-                                   progress=cfg.progress)
-        return fit(member, loss_fn, train, val, train_config)
+        self.train(member, loss_fn, train, stop, member=k, minutes=minutes, seed=cfg.seed + k, eval_every=20,
+                   patience=cfg.patience if stop is not None else None)
+        return calibration
+
+    def build_model(self) -> ForecastEnsemble:
+        return ForecastEnsemble(self.config, *self.num_features)
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"scaler": self.scaler.to_dict(), "covariates": self.covariate_stats, "freq": self.freq,
+                "num_features": list(self.num_features), "series": self.history}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        num_past, num_known = (int(n) for n in state["num_features"])
+        if num_past != len(self.config.past_covariates) + 1:
+            # Bundles written before short series were padded read no "observed" channel.
+            raise ValueError(f"its model reads {num_past} past channel(s), this rnnkit's reads "
+                             f"{len(self.config.past_covariates) + 1} (the covariates and the observed flag)")
+        self.num_features = num_past, num_known
+        self.scaler = SeriesScaler.from_dict(state["scaler"])
+        self.covariate_stats = {c: (float(m), float(s)) for c, (m, s) in state["covariates"].items()}
+        self.freq, self.history = state["freq"], state["series"]
 
     def _common_frequency(self, frame: pd.DataFrame) -> str:
         freqs = {infer_frequency(g["ds"], f"series {uid!r}") for uid, g in frame.groupby("unique_id", sort=False)}
@@ -226,7 +253,7 @@ class Forecaster:
         shorter than ``min_points`` (one season + horizon) is forecast by seasonal naive (naive
         below one season), without an interval (NaN), and named in ``self.fallback``.
         """
-        self._require_fitted()
+        self.require_fitted()
         cfg = self.config
         scaler = self.scaler
         if frame is None:
@@ -234,6 +261,9 @@ class Forecaster:
             points = {uid: info["points"] for uid, info in self.history.items()}
         else:
             frame = validate_long_frame(frame, covariates=self.covariates)
+            if self._common_frequency(frame) != self.freq:
+                raise DataError(f"the series are at frequency {self._common_frequency(frame)}, but this model "
+                                f"forecasts {self.freq} series; resample them to {self.freq}")
             series = split_series(frame)
             known = {uid: self.scaler.stats[uid] for uid in series if uid in self.scaler.stats}
             scaler = SeriesScaler({**SeriesScaler.fit(series).stats, **known})
@@ -257,8 +287,6 @@ class Forecaster:
         Their interval columns are NaN: no interval is claimed. ``self.fallback`` names the
         method used per series, so callers can say how many series were not the model's.
         """
-        from .forecast_eval import naive_forecasts
-
         season = season_length(self.freq)
         forecast = naive_forecasts(frame, self.config.horizon, season, self.freq)["seasonal_naive"]
         columns = [quantile_column(q) for q in self.config.quantiles]
@@ -298,48 +326,21 @@ class Forecaster:
         return rows.rename_axis("ds").reset_index()
 
     def backtest(self, frame: pd.DataFrame, windows: int = 3, season_length: int = 1,
-                 baselines: tuple[str, ...] = ("naive", "seasonal_naive", "auto")):
-        """Rolling-origin evaluation; see :func:`rnnkit.tasks.forecast_eval.backtest`."""
-        from .forecast_eval import backtest
+                 baselines: tuple[str, ...] = ("naive", "seasonal_naive", "auto")) -> BacktestResult:
+        """Rolling-origin evaluation of forecasters with this one's config (this one is left as it is);
+        see :func:`rnnkit.tasks.forecast_eval.backtest`."""
+        return backtest(self, frame, windows=windows, season_length=season_length, baselines=baselines)
 
-        return backtest(self.config, frame, windows=windows, season_length=season_length, baselines=baselines)
-
-    # ----------------------------------------------------------------------- bundles
-
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write a bundle directory (config, safetensors weights, scalers and history as JSON, metrics)."""
-        self._require_fitted()
-        metrics_json = {"members": [{"best_val_loss": r.best_val_loss, "steps": r.steps, "stopped": r.stopped}
-                                    for r in self.train_results]}
-        preprocessing = {"scaler": self.scaler.to_dict(), "covariates": self.covariate_stats, "freq": self.freq,
-                         "num_features": list(self.num_features),
-                         "series": self.history}
-        return save_bundle(path, model_type=MODEL_TYPE, config=self.config.to_dict(), model=self.model,
-                           preprocessing=preprocessing, metrics=metrics_json)
-
-    @classmethod
-    def from_bundle(cls, bundle: Bundle) -> "Forecaster":
-        """Rebuild a fitted forecaster from a bundle read by :func:`rnnkit.bundle.read_bundle`."""
-        forecaster = cls(ForecasterConfig.from_dict(bundle.config))
-        pre = bundle.preprocessing
-        forecaster.num_features = tuple(pre["num_features"])
-        forecaster.model = ForecastEnsemble(forecaster.config, *forecaster.num_features)
-        load_weights(forecaster.model, bundle)
-        forecaster.model.eval()
-        forecaster.scaler = SeriesScaler.from_dict(pre["scaler"])
-        forecaster.covariate_stats = {c: (float(m), float(s)) for c, (m, s) in pre["covariates"].items()}
-        forecaster.freq, forecaster.history = pre["freq"], pre["series"]
-        return forecaster
-
-    def _require_fitted(self) -> None:
-        if self.model is None:
-            raise RnnkitError("this forecaster is not fitted yet; call fit(frame) or load a bundle")
+    def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Forecast the series of a ``request`` (see :mod:`rnnkit.tasks.forecast_json` for both shapes)."""
+        frame, future = request_frames(self, request)
+        return forecasts_json(self, self.predict(frame, future=future), request)
 
     # -------------------------------------------------------------------- inspection
 
     def inspection_recurrent(self) -> Recurrent:
         """The first ensemble member's encoder, for ``rnnkit inspect`` (see :class:`rnnkit.inspection.Inspectable`)."""
-        self._require_fitted()
+        self.require_fitted()
         return self.model.members[0].encoder
 
     def inspection_input(self, source: str) -> InspectionInput:
@@ -348,7 +349,7 @@ class Forecaster:
         ``source``: numbers, or a CSV with a value column (``y`` or ``value``) and, when the
         model reads calendar features, a date column (``ds``, ``date`` or the first one).
         """
-        self._require_fitted()
+        self.require_fitted()
         if self.covariates:
             raise DataError(f"inspect feeds the series alone, but this forecaster also reads covariates "
                             f"{', '.join(self.covariates)}; inspect a forecaster trained without them")
@@ -363,9 +364,6 @@ class Forecaster:
             channels.append(torch.as_tensor(calendar, dtype=torch.float32)[None])
         return InspectionInput(torch.cat(channels, dim=2), [f"{v:.4g}" for v in values], {"value": values},
                                "forecaster")
-
-
-register(MODEL_TYPE)(Forecaster.from_bundle)
 
 
 @contextmanager

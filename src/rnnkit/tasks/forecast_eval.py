@@ -1,10 +1,14 @@
-"""Judging forecasts: metrics, baselines (naive, seasonal naive, statsforecast) and rolling-origin backtests."""
+"""Judging forecasts: metrics, baselines (naive, seasonal naive, statsforecast) and rolling-origin backtests.
+
+This module does not import the forecaster (which imports it for its seasonal-naive fallback):
+:func:`backtest` is handed one and refits copies of it.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import pandas as pd
@@ -91,6 +95,17 @@ def statsforecast_installed() -> bool:
     return True
 
 
+class Refittable(Protocol):
+    """What :func:`backtest` needs of a forecaster: its config, and a class that builds, fits and predicts."""
+
+    config: ForecasterConfig
+
+    def fit(self, frame: pd.DataFrame) -> Any: ...
+
+    def predict(self, frame: Optional[pd.DataFrame] = None, future: Optional[pd.DataFrame] = None
+                ) -> pd.DataFrame: ...
+
+
 @dataclass
 class BacktestResult:
     """Per window, series and model: ``metrics`` (one row each) and ``forecasts`` (one row per step, with ``y``)."""
@@ -104,17 +119,17 @@ class BacktestResult:
         return numeric.sort_values("mase").reset_index()
 
 
-def backtest(config: ForecasterConfig, frame: pd.DataFrame, *, windows: int = 3, season_length: int = 1,
+def backtest(forecaster: Refittable, frame: pd.DataFrame, *, windows: int = 3, season_length: int = 1,
              baselines: tuple[str, ...] = ("naive", "seasonal_naive", "auto")) -> BacktestResult:
     """Rolling origin: before each of the last ``windows`` horizons, refit on all data before it and forecast it.
 
-    The rnnkit forecaster (model ``"rnnkit"``) is scored next to ``baselines``: ``"naive"``,
+    Each window fits a new ``type(forecaster)(forecaster.config)`` (``forecaster`` itself, fitted
+    or not, is left alone): the rnnkit model (``"rnnkit"``) is scored next to ``baselines``: ``"naive"``,
     ``"seasonal_naive"``, and ``"AutoARIMA"``/``"AutoETS"`` (statsforecast; ``"auto"`` adds
     both when statsforecast is installed). Future covariates of each window come from
     ``frame``, as they would be known in advance.
     """
-    from .forecast import Forecaster
-
+    config = forecaster.config
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise RnnkitError(f"unknown baseline(s) {', '.join(sorted(unknown))}; choose from {', '.join(BASELINES)}")
@@ -130,9 +145,9 @@ def backtest(config: ForecasterConfig, frame: pd.DataFrame, *, windows: int = 3,
     metric_rows, forecast_frames = [], []
     for window, train, actual in rolling_splits(frame, horizon, windows):
         start = time.perf_counter()
-        forecaster = Forecaster(config).fit(train)
+        model = type(forecaster)(config).fit(train)
         fit_s = time.perf_counter() - start
-        candidates = {"rnnkit": (forecaster.predict(future=actual if config.future_covariates else None), fit_s)}
+        candidates = {"rnnkit": (model.predict(future=actual if config.future_covariates else None), fit_s)}
         start = time.perf_counter()
         simple = naive_forecasts(train, horizon, season_length, freq)
         simple_s = (time.perf_counter() - start) / 2

@@ -24,15 +24,15 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..config import JsonConfig
 from ..errors import RnnkitError
 from ..layers import Recurrent
+from .base import TaskConfig
 
 HEADS = ("direct", "decoder")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ForecasterConfig(JsonConfig):
+class ForecasterConfig(TaskConfig):
     """Everything that defines a forecaster; saved in its bundle as ``config.json``."""
 
     KIND = "forecaster"
@@ -50,16 +50,16 @@ class ForecasterConfig(JsonConfig):
     calendar: bool = True  # add sin/cos calendar features of the timestamps (known in the future)
     past_covariates: tuple[str, ...] = ()  # columns known only up to the forecast origin
     future_covariates: tuple[str, ...] = ()  # columns known for the horizon too (prices, holidays)
-    ensemble: int = 3  # models from different seeds, averaged: steadier than one on small data
-    max_steps: int = 600  # optimizer steps per model; early stopping usually ends sooner
-    minutes: Optional[float] = 2.0  # wall-clock budget of one whole fit (all ensemble members)
-    batch_size: int = 64  # windows per step: steadier quantile gradients than 32, still fast
-    lr: float = 5e-3  # with ~200 steps to early stopping, a brisk rate
-    patience: Optional[int] = 5  # validations (every 20 steps) without improvement before stopping
+    ensemble: int = 3  # models from different seeds (member k uses seed + k), averaged: steadier on small data
     threads: Optional[int] = 1  # torch threads in fit/predict: a net this small gains nothing from more, and
-    # OpenMP barriers collapse on a busy machine (40 steps took 60-110 s on 2 threads vs 3 s on 1); None = torch's
-    seed: int = 0  # member k of the ensemble uses seed + k
-    progress: bool = True  # the trainer's progress bar; off in scripts and tests
+    # OpenMP barriers collapse on a busy machine; None = torch's
+    # Training defaults that differ from TaskConfig's:
+    epochs: int = 10_000  # a bound only: a small panel has a few steps an epoch, so max_steps decides
+    max_steps: Optional[int] = 600  # optimizer steps per model; early stopping usually ends sooner
+    minutes: Optional[float] = 2.0  # time budget of one whole fit (all ensemble members)
+    batch_size: int = 64  # windows per step: steadier quantile gradients than 32, still fast
+    lr: float = 5e-3  # with a few hundred steps to early stopping, a brisk rate
+    patience: Optional[int] = 5  # validations (every 20 steps) without improvement before stopping
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(sorted(float(q) for q in self.quantiles)))
@@ -67,10 +67,8 @@ class ForecasterConfig(JsonConfig):
             object.__setattr__(self, "lookback", 3 * self.horizon)
         for name in ("past_covariates", "future_covariates"):
             object.__setattr__(self, name, tuple(str(c) for c in getattr(self, name)))
-        for name in ("horizon", "lookback", "hidden_size", "num_layers", "ensemble", "max_steps", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise RnnkitError(f"{name} must be a positive integer, got {value!r}")
+        super().__post_init__()
+        self.check_positive("horizon", "lookback", "hidden_size", "num_layers", "ensemble")
         if 0.5 not in self.quantiles or any(not 0 < q < 1 for q in self.quantiles):
             raise RnnkitError(f"quantiles must lie in (0, 1) and include 0.5, got {list(self.quantiles)}")
         if self.head not in HEADS:

@@ -10,25 +10,21 @@ error next to the error of the best answer that ignores the sequence.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..bundle import Bundle, load_weights, register, save_bundle
 from ..cells import CELLS
-from ..config import JsonConfig
-from ..data.memory import (COPY_DELIMITER, COPY_VOCAB, ORDER_ALPHABET, adding_problem, copy_task,
+from ..data.memory import (COPY_DELIMITER, COPY_VOCAB, ORDER_ALPHABET, ORDER_CLASSES, adding_problem, copy_task,
                            temporal_order)
 from ..errors import DataError, RnnkitError
 from ..inspection import InspectionInput, hidden_gradient_norms, parse_values
 from ..layers import Recurrent
 from ..topologies import ManyToMany, ManyToOne
-from ..training import TrainConfig, TrainResult, fit
+from .base import Task, TaskConfig
 
 MODEL_TYPE = "memory_lab"
 COPY_RECALL = 10  # symbols the copy task asks to remember
@@ -53,45 +49,50 @@ TASKS: dict[str, TaskSpec] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class LabConfig(JsonConfig):
+class LabConfig(TaskConfig):
     """One memory-lab experiment; saved in its bundle as ``config.json``."""
 
     KIND = "lab"
 
     task: str = "adding"            # "adding", "copy" or "order"
     length: int = 100               # T: the span the memory has to bridge
-    cell: str = "lstm"              # "lstm", "gru" or "rnn"
+    cell: str = "lstm"              # any recurrent cell: "lstm", "gru", "rnn", "mingru", "minlstm"
     params: int = 17_500            # parameter budget (an LSTM with 64 units on the adding problem)
     hidden_size: Optional[int] = None  # None = the largest width that fits the budget
-    steps: int = 1000               # the adding problem's loss sits on a plateau for ~600 steps, then drops
-    batch_size: int = 64            # cheap on a CPU: the time loop, not the batch, sets the cost
-    lr: float = 0.01                # AdamW; high, since the loss plateau is flat until memory forms
     schedule: str = "constant"      # the plateau ends at an unpredictable step: a decayed lr may end it too late
     clip_norm: float = 1.0          # gradients spike when the memory forms
     chrono: bool = True             # chrono init (Tallec & Ollivier, 2018): gate timescales up to T
     train_size: int = 20_000        # samples drawn once; enough that the model cannot memorise them
     test_size: int = 2_000          # held-out samples from another seed
-    seed: int = 0
-    minutes: Optional[float] = None  # optional wall-clock budget
-    progress: bool = True
+    # Training defaults that differ from TaskConfig's:
+    epochs: int = 10_000            # a bound only: the lab is told steps (max_steps), not passes over the data
+    max_steps: Optional[int] = 1000  # the adding problem's loss sits on a plateau for hundreds of steps, then drops
+    batch_size: int = 64            # cheap on a CPU: the time loop, not the batch, sets the cost
+    lr: float = 0.01                # AdamW; high, since the loss plateau is flat until memory forms
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.task not in TASKS:
             raise RnnkitError(f"unknown lab task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.cell not in CELLS:
             raise RnnkitError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
         minimum = 10 if self.task == "order" else 2
-        for name, low in (("length", minimum), ("params", 10), ("steps", 1), ("batch_size", 1),
-                          ("train_size", 1), ("test_size", 1)):
+        for name, low in (("length", minimum), ("params", 10)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise RnnkitError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.hidden_size is not None and (not isinstance(self.hidden_size, int) or self.hidden_size < 1):
-            raise RnnkitError(f"hidden_size must be None or a positive integer, got {self.hidden_size!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise RnnkitError(f"lr must be a positive number, got {self.lr!r}")
+                raise RnnkitError(f"LabConfig.{name} must be an integer >= {low}, got {value!r}")
+        self.check_positive("train_size", "test_size")
+        if self.hidden_size is not None:
+            self.check_positive("hidden_size")
         if self.schedule not in ("constant", "cosine"):
-            raise RnnkitError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+            raise RnnkitError(f"LabConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LabConfig":
+        """The inverse of ``to_dict``; bundles written before the task contract called ``max_steps`` ``steps``."""
+        if "steps" in data and "max_steps" not in data:
+            data = {("max_steps" if key == "steps" else key): value for key, value in data.items()}
+        return super().from_dict(data)
 
     @property
     def width(self) -> int:
@@ -101,18 +102,31 @@ class LabConfig(JsonConfig):
 
 
 def parameter_count(cell: str, input_size: int, output_size: int, hidden_size: int) -> int:
-    """Parameters of one recurrent layer plus a linear head: ``k (H I + H H + 2 H) + O H + O``."""
-    chunks = CELLS[cell].num_chunks  # 4 for LSTM, 3 for GRU, 1 for RNN
-    return chunks * (hidden_size * (input_size + hidden_size + 2)) + output_size * (hidden_size + 1)
+    """Parameters of one recurrent layer plus a linear head ``O (H + 1)``.
+
+    The layer is counted as built (on the meta device, so nothing is allocated): an LSTM, GRU
+    or RNN has ``k (H I + H H + 2 H)`` with ``k`` gate blocks, while minGRU and minLSTM have
+    no recurrent matrix, only ``k (H I + H)``.
+    """
+    with torch.device("meta"):
+        layer = Recurrent(input_size, hidden_size, cell=cell)
+    return sum(p.numel() for p in layer.parameters()) + output_size * (hidden_size + 1)
 
 
 def hidden_for_budget(cell: str, input_size: int, output_size: int, params: int) -> int:
-    """The hidden size whose :func:`parameter_count` comes closest to ``params``."""
-    k = CELLS[cell].num_chunks
-    b = k * (input_size + 2) + output_size  # solve k H^2 + b H + O = params
-    guess = max(1, int((-b + math.sqrt(b * b + 4 * k * max(params - output_size, 0))) / (2 * k)))
-    return min((h for h in (guess, guess + 1) if h >= 1),
-               key=lambda h: abs(parameter_count(cell, input_size, output_size, h) - params))
+    """The hidden size whose :func:`parameter_count` comes closest to ``params``.
+
+    The count grows with the hidden size, so a bisection finds the widest layer within the
+    budget; the next width up wins if it misses the budget by less.
+    """
+    count = lambda h: parameter_count(cell, input_size, output_size, h)  # noqa: E731
+    low, high = 1, 2
+    while count(high) <= params:
+        low, high = high, 2 * high
+    while high - low > 1:  # count(low) <= params < count(high), or low = 1
+        middle = (low + high) // 2
+        low, high = (middle, high) if count(middle) <= params else (low, middle)
+    return min((low, high), key=lambda h: abs(count(h) - params))
 
 
 def make_data(task: str, n: int, length: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -138,18 +152,26 @@ def chrono_init(recurrent: Recurrent, max_span: int, generator: Optional[torch.G
     ``1 + e^b`` steps. Drawing ``b = log U[1, max_span - 1]`` spreads the units' time scales
     over every span up to ``max_span``, so some unit remembers for as long as the task needs
     from the first step on. LSTM: forget bias ``b``, input bias ``-b``; GRU: update gate ``b``
-    (``h_t = (1 - z) n + z h_{t-1}``). A vanilla RNN has no gate and is left alone.
+    (``h_t = (1 - z) n + z h_{t-1}``); minLSTM: forget ``b``, input ``-b``; minGRU: update gate
+    ``-b`` (its ``z`` writes: ``h_t = (1 - z) h_{t-1} + z h~``). minGRU and minLSTM have no
+    ``bias_hh``. A vanilla RNN has no gate and is left alone.
     """
     generator = generator or torch.Generator().manual_seed(0)
+    kind = recurrent.cell_type
     with torch.no_grad():
         for cell in recurrent.cells:
-            if recurrent.cell_type == "rnn" or not cell.bias:
+            if kind == "rnn" or not cell.bias:
                 continue
             H = cell.hidden_size
             timescale = torch.log(torch.empty(H).uniform_(1, max(max_span - 1, 2), generator=generator))
-            cell.bias_hh.zero_()
-            if recurrent.cell_type == "lstm":  # gate order i, f, g, o
+            if cell.bias_hh is not None:
+                cell.bias_hh.zero_()
+            if kind == "lstm":  # gate order i, f, g, o
                 cell.bias_ih[:H], cell.bias_ih[H:2 * H] = -timescale, timescale
+            elif kind == "minlstm":  # gate order f, i, candidate
+                cell.bias_ih[:H], cell.bias_ih[H:2 * H] = timescale, -timescale
+            elif kind == "mingru":  # gate order z, candidate
+                cell.bias_ih[:H] = -timescale
             else:  # GRU gate order r, z, n
                 cell.bias_ih[H:2 * H] = timescale
 
@@ -204,21 +226,26 @@ def gradient_profile(task: str, model: nn.Module, x: Tensor, y: Tensor) -> dict[
     return {"norms": curve.tolist(), "ratio": float(curve[0]) / last if last > 0 else float("nan")}
 
 
-class MemoryLab:
+class MemoryLab(Task):
     """Train one cell on one memory task and score it; save it as a bundle that ``rnnkit inspect`` reads.
 
     Example::
 
         lab = MemoryLab(task="adding", cell="lstm", length=100).fit()
-        lab.result   # {"error": 0.002, "baseline": 0.167, "solved": True, ...}
+        lab.metrics  # {"error": 0.002, "baseline": 0.167, "solved": True, ...}
         lab.save("adding-lstm.rnnkit")
     """
 
-    def __init__(self, config: Optional[LabConfig] = None, **options: Any) -> None:
-        self.config = config or LabConfig(**options)
-        self.model: Optional[nn.Module] = None
-        self.result: dict[str, Any] = {}
-        self.train_result: Optional[TrainResult] = None
+    name = "lab"
+    model_type = MODEL_TYPE
+    config_class = LabConfig
+    request_schema = {"type": "object", "required": ["input"], "additionalProperties": False, "properties": {
+        "input": {"type": "string", "description": "one sequence as `rnnkit inspect --input` reads it: adding, "
+                  "lines of value,marker; copy, digits 0-9; order, letters of abcdXYBE"}}}
+    response_schema = {"type": "object", "properties": {
+        "answer": {"type": ["number", "string"], "description": "adding: the marked sum; copy: the symbol "
+                   "written at each step, as digits; order: XX, XY, YX or YY"}}}
+    config: LabConfig
 
     @property
     def spec(self) -> TaskSpec:
@@ -229,37 +256,48 @@ class MemoryLab:
         cfg = self.config
         return make_data(cfg.task, cfg.test_size, cfg.length, seed=cfg.seed + 1_000_003)
 
-    def fit(self) -> "MemoryLab":
+    def _fit(self) -> None:
         """Draw the data, train through the shared trainer, score on the test set."""
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg)
+        self.model = self.build_model()
         train = make_data(cfg.task, cfg.train_size, cfg.length, seed=cfg.seed)
         # Validation (which picks the best weights) has its own seed, so the test set stays unseen.
         val = make_data(cfg.task, min(500, cfg.test_size), cfg.length, seed=cfg.seed + 2_000_003)
-        train_config = TrainConfig(epochs=10_000, max_steps=cfg.steps, minutes=cfg.minutes,
-                                   batch_size=cfg.batch_size, lr=cfg.lr, schedule=cfg.schedule, weight_decay=0.0,
-                                   clip_norm=cfg.clip_norm, seed=cfg.seed,
-                                   eval_every=max(1, min(100, cfg.steps // 10)), progress=cfg.progress)
-        self.train_result = fit(self.model, lab_loss(cfg.task), train, val, train_config)
+        self.train_results = []
+        result = self.train(self.model, lab_loss(cfg.task), train, val, schedule=cfg.schedule, weight_decay=0.0,
+                            clip_norm=cfg.clip_norm, eval_every=max(1, min(100, (cfg.max_steps or 1000) // 10)))
         self.model.cpu().eval()
         scores = score(cfg.task, self.model, *self.test_data())
-        self.result = {"task": cfg.task, "cell": cfg.cell, "length": cfg.length, "hidden_size": cfg.width,
-                       "params": sum(p.numel() for p in self.model.parameters()), "metric": self.spec.metric,
-                       "error": scores["error"], "baseline": scores["baseline"],
-                       "solved": scores["error"] < self.spec.solved_below, "solved_below": self.spec.solved_below,
-                       "steps": self.train_result.steps, "seconds": round(self.train_result.elapsed_s, 1)}
-        return self
+        self.metrics = {"task": cfg.task, "cell": cfg.cell, "length": cfg.length, "hidden_size": cfg.width,
+                        "params": sum(p.numel() for p in self.model.parameters()), "metric": self.spec.metric,
+                        "error": scores["error"], "baseline": scores["baseline"],
+                        "solved": scores["error"] < self.spec.solved_below, "solved_below": self.spec.solved_below,
+                        "steps": result.steps, "seconds": round(result.elapsed_s, 1)}
+
+    def build_model(self) -> nn.Module:
+        return build_model(self.config)
+
+    @torch.no_grad()
+    def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
+        x = self.inspection_input(request["input"]).x  # (1, T, I)
+        task = self.config.task
+        if task == "adding":
+            return {"answer": float(self.model(x)[0, 0])}
+        if task == "copy":
+            logits, _ = self.model(x)  # (1, T, 9)
+            return {"answer": "".join(str(int(i)) for i in logits[0].argmax(-1))}
+        return {"answer": ORDER_CLASSES[int(self.model(x)[0].argmax())]}
 
     def gradient_profile(self, batch: int = 64) -> dict[str, Any]:
         """:func:`gradient_profile` of the trained model on a test batch."""
-        self._require_fitted()
+        self.require_fitted()
         return gradient_profile(self.config.task, self.model, *(t[:batch] for t in self.test_data()))
 
     # ------------------------------------------------------------------- inspection
 
     def inspection_recurrent(self) -> Recurrent:
-        self._require_fitted()
+        self.require_fitted()
         return self.model.recurrent
 
     def inspection_input(self, source: str) -> InspectionInput:
@@ -286,29 +324,6 @@ class MemoryLab:
         return InspectionInput(x, list(text), {"relevant": relevant, "seen_relevant": np.cumsum(relevant)},
                                f"{task} task")
 
-    # ----------------------------------------------------------------------- bundles
-
-    def save(self, path: Union[str, Path]) -> Path:
-        """Write a bundle: config, weights, and the test result as metrics."""
-        self._require_fitted()
-        return save_bundle(path, model_type=MODEL_TYPE, config=self.config.to_dict(), model=self.model,
-                           metrics=self.result)
-
-    @classmethod
-    def from_bundle(cls, bundle: Bundle) -> "MemoryLab":
-        lab = cls(LabConfig.from_dict(bundle.config))
-        lab.model = build_model(lab.config)
-        load_weights(lab.model, bundle)
-        lab.model.eval()
-        lab.result = dict(bundle.metrics)
-        return lab
-
-    def _require_fitted(self) -> None:
-        if self.model is None:
-            raise RnnkitError("this lab model is not trained yet; call fit() or load a bundle")
-
-
-register(MODEL_TYPE)(MemoryLab.from_bundle)
 
 __all__ = ["LabConfig", "MemoryLab", "TASKS", "build_model", "chrono_init", "gradient_profile", "hidden_for_budget", "lab_loss",
            "make_data", "parameter_count", "score"]
