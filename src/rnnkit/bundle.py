@@ -21,8 +21,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 from torch import nn
 
-from . import __version__  # set before rnnkit/__init__.py imports this module
 from .errors import BundleError, RnnkitError
+from .version import __version__
 
 FORMAT = "rnnkit-bundle"
 FORMAT_VERSION = 1  # the newest bundle layout this rnnkit writes and reads

@@ -24,8 +24,8 @@ from typing import Annotated, Any, NoReturn, Optional, Sequence
 import typer
 from typer.core import TyperGroup
 
-from .. import __version__
 from ..errors import RnnkitError
+from ..version import __version__
 
 #: the --precision option of every training command (rnnkit/precision.py)
 Precision = Annotated[str, typer.Option(help="fp32, or bf16: faster on CPUs with AVX-512 BF16 or AMX.")]
