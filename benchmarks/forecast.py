@@ -35,7 +35,7 @@ import torch
 
 from rnnkit.data import DATASETS, load_dataset
 from rnnkit.data.series import calendar_features, future_dates
-from rnnkit.tasks import ForecasterConfig, backtest
+from rnnkit.tasks import Forecaster, ForecasterConfig
 from rnnkit.tasks.forecast_eval import rolling_splits, score_window
 
 #: horizon = one season (sunspots: one ~11-year cycle). co2 is taken as monthly means of the
@@ -96,8 +96,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         options.update(max_steps=100, ensemble=1)
     config = ForecasterConfig(**options)
     stats = tuple(m for m in ("AutoARIMA", "AutoETS") if m in args.models) if _installed("statsforecast") else ()
-    result = backtest(config, frame, windows=args.windows, season_length=spec["season"],
-                      baselines=("seasonal_naive",) + stats)
+    result = Forecaster(config).backtest(frame, windows=args.windows, season_length=spec["season"],
+                                         baselines=("seasonal_naive",) + stats)
     metrics = [result.metrics]
     if "NF-LSTM" in args.models and _installed("neuralforecast"):
         freq = spec.get("resample", DATASETS[name].frequency)

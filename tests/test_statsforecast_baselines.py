@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rnnkit.tasks.forecast_eval import backtest, statsforecast_forecasts
+from rnnkit.tasks.forecast import Forecaster
+from rnnkit.tasks.forecast_eval import statsforecast_forecasts
 from rnnkit.tasks.forecast_model import ForecasterConfig
 
 pytest.importorskip("statsforecast", reason="pip install -c constraints.txt 'rnnkit[bench]'")
@@ -38,7 +39,7 @@ def test_statsforecast_forecasts_carry_the_interval_of_the_outer_quantiles():
 
 def test_backtest_reports_autoarima_and_autoets_beside_rnnkit_with_sane_scores():
     config = ForecasterConfig(horizon=H, hidden_size=8, ensemble=1, max_steps=20, minutes=None, progress=False)
-    result = backtest(config, _seasonal_series(), windows=2, season_length=12)
+    result = Forecaster(config).backtest(_seasonal_series(), windows=2, season_length=12)
     rows = result.metrics.set_index(["model", "window"])
     assert {"rnnkit", "naive", "seasonal_naive", "AutoARIMA", "AutoETS"} == set(result.metrics["model"])
     for name in ("AutoARIMA", "AutoETS"):

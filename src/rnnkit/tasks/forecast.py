@@ -302,7 +302,8 @@ class Forecaster:
         """Rolling-origin evaluation; see :func:`rnnkit.tasks.forecast_eval.backtest`."""
         from .forecast_eval import backtest
 
-        return backtest(self.config, frame, windows=windows, season_length=season_length, baselines=baselines)
+        return backtest(self.config, frame, forecaster=type(self), windows=windows, season_length=season_length,
+                        baselines=baselines)
 
     # ----------------------------------------------------------------------- bundles
 

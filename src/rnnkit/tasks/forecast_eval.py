@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -104,17 +104,19 @@ class BacktestResult:
         return numeric.sort_values("mase").reset_index()
 
 
-def backtest(config: ForecasterConfig, frame: pd.DataFrame, *, windows: int = 3, season_length: int = 1,
+def backtest(config: ForecasterConfig, frame: pd.DataFrame, *, forecaster: Callable[[ForecasterConfig], Any],
+             windows: int = 3, season_length: int = 1,
              baselines: tuple[str, ...] = ("naive", "seasonal_naive", "auto")) -> BacktestResult:
     """Rolling origin: before each of the last ``windows`` horizons, refit on all data before it and forecast it.
 
-    The rnnkit forecaster (model ``"rnnkit"``) is scored next to ``baselines``: ``"naive"``,
-    ``"seasonal_naive"``, and ``"AutoARIMA"``/``"AutoETS"`` (statsforecast; ``"auto"`` adds
-    both when statsforecast is installed). Future covariates of each window come from
-    ``frame``, as they would be known in advance.
+    ``forecaster(config)`` builds the model refitted per window (``Forecaster``, whose
+    ``backtest`` passes itself): taken as an argument because the Forecaster imports this
+    module for its baselines, so this one does not import it back. Its forecasts (model
+    ``"rnnkit"``) are scored next to ``baselines``: ``"naive"``, ``"seasonal_naive"``, and
+    ``"AutoARIMA"``/``"AutoETS"`` (statsforecast; ``"auto"`` adds both when statsforecast is
+    installed). Future covariates of each window come from ``frame``, as they would be known
+    in advance.
     """
-    from .forecast import Forecaster
-
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise RnnkitError(f"unknown baseline(s) {', '.join(sorted(unknown))}; choose from {', '.join(BASELINES)}")
@@ -130,9 +132,9 @@ def backtest(config: ForecasterConfig, frame: pd.DataFrame, *, windows: int = 3,
     metric_rows, forecast_frames = [], []
     for window, train, actual in rolling_splits(frame, horizon, windows):
         start = time.perf_counter()
-        forecaster = Forecaster(config).fit(train)
+        model = forecaster(config).fit(train)
         fit_s = time.perf_counter() - start
-        candidates = {"rnnkit": (forecaster.predict(future=actual if config.future_covariates else None), fit_s)}
+        candidates = {"rnnkit": (model.predict(future=actual if config.future_covariates else None), fit_s)}
         start = time.perf_counter()
         simple = naive_forecasts(train, horizon, season_length, freq)
         simple_s = (time.perf_counter() - start) / 2
