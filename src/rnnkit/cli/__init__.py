@@ -100,7 +100,6 @@ def _add_commands(root: typer.Typer) -> None:
     # Imported here so that task modules can import create_app from this package.
     from .info import info
 
-    from .bench import bench
     from .demo import demo
     from .forecast import app as forecast
     from .translate import app as translate
@@ -110,7 +109,6 @@ def _add_commands(root: typer.Typer) -> None:
 
     root.command("info")(info)
     root.command("demo")(demo)
-    root.command("bench")(bench)
     root.add_typer(forecast, name="forecast")
     root.add_typer(translate, name="translate")
     root.add_typer(textgen, name="textgen")
