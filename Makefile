@@ -37,6 +37,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/cells.py --quick
+	$(PY) benchmarks/speed.py --quick  # streaming, fused and scan cells against torch.nn: one table of ratios
 	$(PY) benchmarks/translate.py --quick --no-progress
 
 clean:

@@ -8,6 +8,7 @@ must load and run: a wheel missing any file a kernel needs fails here. Run with 
 pointing at an empty directory, so that the build really happens.
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from rnnkit.layers import Recurrent
 CELLS = {"rnn": {}, "lstm": {}, "gru": {}, "mingru": {}, "minlstm": {},
          "lstm+layer_norm": {"layer_norm": True}, "lstm+peephole": {"peephole": True}}
 assert "site-packages" in rnnkit.__file__, f"rnnkit imported from {rnnkit.__file__}, not the installed wheel"
+assert importlib.util.find_spec("rnnkit.bench") is None, "the wheel ships rnnkit.bench; benchmarks live in benchmarks/"
 for name in kernels.KERNELS:  # every file each kernel is built from shipped
     for file in kernels.sources(name):
         assert Path(kernels.__file__).with_name(file).exists(), f"{file} missing from the wheel"

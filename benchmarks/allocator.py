@@ -51,7 +51,7 @@ def child(case: str, tuned: bool, steps: int) -> dict:
     from torch import nn
 
     from rnnkit.allocator import keep_freed_memory
-    from rnnkit.bench.timing import training_step
+    from common.timing import training_step
     from rnnkit.layers import Recurrent
 
     torch.set_num_threads(1)
@@ -113,7 +113,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, args.mode == "tuned", args.steps)))
         return 0
-    from rnnkit.bench.timing import write_result
+    from common.timing import write_result
 
     start = time.perf_counter()
     result = run(args.quick)

@@ -43,7 +43,7 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import rnnkit
 
-from rnnkit.bench.timing import training_step  # noqa: E402
+from common.timing import training_step  # noqa: E402
 from rich.console import Console
 from rich.table import Table
 

@@ -1,7 +1,7 @@
 """Thin wrapper: ``python benchmarks/precision.py [--quick]`` writes benchmarks/results/precision.json.
 
-The benchmark itself lives in the package (``rnnkit/bench/precision.py``) so that ``rnnkit bench``
-runs the same code on any install; see that module's docstring for what is measured.
+The benchmark itself is ``benchmarks/common/precision.py``, which ``benchmarks/speed.py`` runs too;
+see that module's docstring for what is measured.
 """
 
 import sys
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout
 
-from rnnkit.bench import main_for  # noqa: E402
+from common import main_for  # noqa: E402  benchmarks/common/, beside this script
 
 if __name__ == "__main__":
     sys.exit(main_for("precision", Path(__file__).resolve().parent / "results")())

@@ -6,11 +6,15 @@ LSTM's parameters for that upstream comes from ``torch.autograd.grad`` on a twin
 update is -lr * g / (|g| + eps) whatever the gradient's scale.
 """
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from rnnkit.bench.timing import training_step
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # benchmarks/common/, by path
+from common.timing import training_step  # noqa: E402
 
 LR = 1e-3  # the documented default: SGD at lr 1e-3
 

@@ -171,30 +171,3 @@ def test_console_script(tmp_path: Path) -> None:
     done = subprocess.run([str(script), "info", str(tmp_path)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2 and "it has no config.json" in _one_error_line(done.stderr)
-
-
-def test_bench_rejects_an_unknown_suite():
-    result = CliRunner().invoke(app, ["bench", "--only", "gpu"])
-    assert result.exit_code == 2
-    assert "unknown suite 'gpu'; choose from streaming, fused, scan, precision" in result.output
-
-
-@pytest.mark.slow
-def test_bench_quick_streaming_writes_its_ratios(tmp_path, monkeypatch):
-    """What `rnnkit bench --quick` does, on its fastest suite (the others share the code path);
-    with --no-build-kernel and no kernel built, it measures the Python path and builds none."""
-    import json
-
-    from rnnkit.cells import kernels
-
-    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path / "cache"))  # no kernel built there
-    monkeypatch.setattr(kernels, "_loaded", {})
-    result = CliRunner().invoke(app, ["bench", "--quick", "--only", "streaming", "--no-build-kernel",
-                                      "--out", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    assert "step speed-up vs torch.nn.LSTM" in result.output
-    assert not list(tmp_path.glob("cache/**/*.so")), "--no-build-kernel built a kernel"
-    saved = json.loads((tmp_path / "streaming.json").read_text())
-    assert saved["stream_path"].startswith("python ops")
-    assert saved["latency"]["floor_us_median"] > 0
-    assert saved["generation_64_streams"]["tokens_per_s_median"]["rnnkit Recurrent.step"] > 0

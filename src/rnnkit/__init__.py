@@ -4,14 +4,13 @@ Light to import: the cells and the bundle functions load at once; a task (and pa
 matplotlib) only when it is first used, e.g. ``rnnkit.Forecaster``.
 """
 
-__version__ = "0.1.0"
-
 import importlib
 from typing import Any
 
-from .bundle import load, read_bundle, save_bundle  # noqa: E402
-from .cells import GRU, LSTM, RNN, MinGRU, MinLSTM  # noqa: E402
-from .errors import BundleError, DataError, RnnkitError  # noqa: E402
+from .bundle import load, read_bundle, save_bundle
+from .cells import GRU, LSTM, RNN, MinGRU, MinLSTM
+from .errors import BundleError, DataError, RnnkitError
+from .version import __version__
 
 _TASKS = ("Forecaster", "MemoryLab", "SequenceClassifier", "TextGenerator", "Translator")
 

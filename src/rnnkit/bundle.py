@@ -2,7 +2,8 @@
 
 Never a pickle: unpickling runs arbitrary code and breaks when classes move (darts 1424,
 neuralforecast 855). Tied weights are stored once; saves are atomic (a temporary directory
-renamed into place); tasks ``@register`` a loader per ``model_type`` for ``rnnkit.load``.
+renamed into place: :func:`rnnkit.files.atomic_directory`); tasks ``@register`` a loader per
+``model_type`` for ``rnnkit.load``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar, Union
@@ -21,8 +19,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 from torch import nn
 
-from . import __version__  # set before rnnkit/__init__.py imports this module
 from .errors import BundleError, RnnkitError
+from .files import atomic_directory
+from .version import __version__
 
 FORMAT = "rnnkit-bundle"
 FORMAT_VERSION = 1  # the newest bundle layout this rnnkit writes and reads
@@ -66,19 +65,10 @@ def save_bundle(path: PathLike, *, model_type: str, config: dict[str, Any], mode
              PREPROCESSING_FILE: _to_json(preprocessing, "preprocessing"),
              METRICS_FILE: _to_json(metrics, "metrics")}
     _check_replaceable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         for name, text in texts.items():
             (tmp / name).write_text(text, encoding="utf-8")
         save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"}, force_contiguous=True)
-        for name in (*texts, WEIGHTS_FILE):  # on disk before a rename can make it visible
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        _swap_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -289,17 +279,3 @@ def _check_replaceable(target: Path) -> None:
             raise BundleError(f"cannot save a bundle to {target}: it is a non-empty directory "
                               "that is not an rnnkit bundle; choose a new path or empty it first")
 
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    if not os.path.lexists(target):
-        os.rename(tmp, target)  # atomic: the bundle appears whole or not at all
-        return
-    # Two renames: for an instant the target is absent, the old bundle whole under `old`.
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -26,9 +26,9 @@ from .errors import RnnkitError
 
 PRECISIONS = ("fp32", "bf16")
 #: Multiply-adds below which a CPU product is faster in float32 than in bfloat16 under autocast,
-#: whose bfloat16 path costs ~40 us more per call. Measured after a step's 8 MB weight read: a
-#: 1 x 512 by 512 x 76 head (a character LM's) 16 us in float32 against 59 us in bfloat16;
-#: 8 rows 24 against 59; 64 rows even; 1 x 512 by 512 x 4000 296 against 238.
+#: whose bfloat16 path adds a fixed cost per call (converting the operands). Set by timing heads
+#: after a step's 8 MB weight read: a character LM's 1 x 512 by 512 x 76 head, and 8 rows of it,
+#: ran faster in float32, 64 rows even, and a 1 x 512 by 512 x 4000 head faster in bfloat16.
 SMALL_PRODUCT = 1_000_000
 
 

@@ -262,7 +262,7 @@ class GRUScan(torch.autograd.Function):
         dh = d_hT
         dhw_all = torch.empty_like(gates)  # d(W_hh h + b_hh): (T, B, 3H)
         # d(W_ih x + b_ih): the r, z columns equal dhw's; the n columns are dn (dhw's are dn * r).
-        # Written step by step while they are in cache: one concatenation at the end cost ~5 %.
+        # Written step by step while they are in cache: a concatenation at the end would pass over them again.
         dxw_all = torch.empty_like(gates)
         for t in reversed(range(T)):
             r, z, n = gates[t].view(B, 3, H).unbind(1)

@@ -2,9 +2,10 @@
 
 Stepping a small batch (generation, live forecasting, serving) is a matrix-vector product:
 each step reads every weight once and does two flops per weight read, so its floor is
-memory bandwidth, not arithmetic. ``torch.nn.LSTM`` called one step at a time spends ~10x
-that floor on per-call overhead (argument checks, weight flattening, oneDNN reorders);
-``_VF.lstm_cell`` spends ~2x on two separate matrix products and ten small ops.
+memory bandwidth, not arithmetic. ``torch.nn.LSTM`` called one step at a time spends most
+of its step above that floor on per-call overhead (argument checks, weight flattening, oneDNN
+reorders); ``_VF.lstm_cell`` less, on two separate matrix products and ten small ops
+(``benchmarks/streaming.py`` measures both against the floor).
 
 Here one step of one layer is::
 
@@ -24,33 +25,33 @@ This product runs only inside the compiled kernel, for batches above its own pro
 (``lstm_stack_step``); Python ops around MKL's product were slower than ATen's ``lstm_cell``
 at every batch size, so the path without the kernel runs ``lstm_cell``.
 
-At batch 1 the ten small ops per layer cost more than the product (~2 us each from
+At batch 1 the ten small ops per layer cost more than the product (each is a call from
 Python), and MKL's product itself reads the weights at about half the speed of a plain sum.
 :func:`stack_step` therefore runs a whole stack of plain LSTM layers in ONE call of a
 compiled kernel (``kernels/stream_step.cpp``) once it has been built (``kernels/__init__.py``), and
 caches on the stack a ``StreamStack`` whose ``step`` checks its own arguments, so from the
-second step on ``Recurrent.step`` is one call into it (:func:`compiled_step`; measured, a
-2-layer H=16 step, all overhead, went from 8.6 to 2.9 us):
+second step on ``Recurrent.step`` is one call into it (:func:`compiled_step`), which matters
+most for small models, whose step is nearly all overhead:
 
 - up to ``BLOCKED_MAX_BATCH`` streams (256 with AVX-512), its own product over weights laid out for it
   (:func:`_blocked`: 4 gates x one vector of units contiguous per input), fused with the gates and
   the state update: each half of a layer's weights (``W_ih``, ``W_hh``) is one pass, so a
   batch-1 step costs about what reading the weights once costs (the floor); the passes'
   order alternates from step to step so that what one step read last, still in L2, the next
-  reads first (1.2x on a Xeon with 2 MB of L2 per core, where the 4 MB of a 2-layer H=256
-  stack do not fit);
+  reads first (this pays where the weights outgrow L2: the 4 MB of a 2-layer H=256 stack on a
+  core with 2 MB of L2);
 - above that, the MKL path above with its ops dispatched from C++.
 
 Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` the blocked product reads a bfloat16
 copy of the weights (half the bytes, so about half the step) and widens each to float32 as
 it loads it: the state, the sums and the gates stay float32, so the only rounding is the
-weights' (the benchmark measures ~0.2 % relative error on the outputs after 200 steps).
+weights' (``benchmarks/streaming.py`` measures the outputs' relative error after 200 steps).
 
 Under bfloat16 autocast, from ``BF16_GEMM_FROM_BATCH`` (16) streams on, where the CPU multiplies
 bfloat16 in hardware (AMX, AVX-512 BF16) and torch carries MKL, the stack's step is instead one
 bfloat16 GEMM per layer, ``[x | h]`` and ``W`` rounded to bfloat16, sums, gates and state in
 float32 (``kernels/gemm_lstm.h``): there the product is compute-bound, and bfloat16 tiles
-multiply several times faster than float32 FMAs (64 streams: 2.2x the blocked product).
+multiply several times faster than float32 FMAs (``BF16_GEMM_FROM_BATCH`` says from where).
 
 Without a built kernel (not built yet, ``RNNKIT_KERNELS=0``, no compiler: ``kernels/__init__.py``)
 or where it cannot run (gradients wanted, float64, another device), :func:`stack_step` loops
@@ -116,15 +117,16 @@ def aten_stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, t
 
 _EMPTY = torch.empty(0)
 #: Up to how many streams the kernel's own product (one pass over each weight half, fused
-#: with the gates) runs, by its vector width (``kernel.LANES``); above, MKL's GEMM. Measured on a
-#: 2-layer H=256 stack, 1 thread, against MKL: with AVX-512 (4 rows per pass) it is 1.9x faster
-#: at 1 stream and still 1.16x at 64 and 256; built for AVX2 (2 rows per pass) 2.5x at 1, 1.6x
-#: at 16, 0.88x at 64. Four lanes (SSE, NEON): not measured, MKL from 9 streams.
+#: with the gates) runs, by its vector width (``kernel.LANES``); above, MKL's GEMM. Each is the
+#: largest batch at which the blocked product still beat MKL, timed on a 2-layer H=256 stack on
+#: 1 thread: with AVX-512 (4 rows per pass) it won at every batch tried, up to 256; built for
+#: AVX2 (2 rows per pass) it won at 16 and lost at 64. Four lanes (SSE, NEON): not measured, MKL
+#: from 9 streams.
 BLOCKED_MAX_BATCH = {16: 256, 8: 32, 4: 8}
 #: From how many streams a step under bfloat16 autocast is one bfloat16 GEMM per layer
-#: (``kernels/gemm_lstm.h``) where the CPU multiplies bfloat16 in hardware. Measured on a Xeon
-#: with AMX, 2-layer H=256, 1 thread, per step against the blocked product on bfloat16 weights:
-#: 198 against 179 us at 12 streams, 213 / 235 at 16, 295 / 463 at 32, 406 / 899 at 64.
+#: (``kernels/gemm_lstm.h``) where the CPU multiplies bfloat16 in hardware: the batch from which
+#: it overtook the blocked product on bfloat16 weights, timed per step on a Xeon with AMX
+#: (2-layer H=256, 1 thread); below it, the blocked product wins.
 BF16_GEMM_FROM_BATCH = 16
 
 

@@ -24,8 +24,8 @@ from typing import Annotated, Any, NoReturn, Optional, Sequence
 import typer
 from typer.core import TyperGroup
 
-from .. import __version__
 from ..errors import RnnkitError
+from ..version import __version__
 
 #: the --precision option of every training command (rnnkit/precision.py)
 Precision = Annotated[str, typer.Option(help="fp32, or bf16: faster on CPUs with AVX-512 BF16 or AMX.")]
@@ -101,7 +101,6 @@ def _add_commands(root: typer.Typer) -> None:
     from .info import info
     from .predict import predict
 
-    from .bench import bench
     from .demo import demo
     from .forecast import app as forecast
     from .translate import app as translate
@@ -112,7 +111,6 @@ def _add_commands(root: typer.Typer) -> None:
     root.command("info")(info)
     root.command("predict")(predict)
     root.command("demo")(demo)
-    root.command("bench")(bench)
     root.add_typer(forecast, name="forecast")
     root.add_typer(translate, name="translate")
     root.add_typer(textgen, name="textgen")

@@ -69,7 +69,7 @@ def forecast_sunspots(out: Path, minutes: float, progress: bool) -> None:
 
 
 def translate_dates(out: Path, progress: bool, minutes: float = 0.5) -> None:
-    """Written dates in 18 locales to ISO dates with an attention LSTM, ~30 s; plot one attention map."""
+    """Written dates in 18 locales to ISO dates with an attention LSTM, for ``minutes``; plot one attention map."""
     from ..data.parallel import DATE_LOCALES, date_pairs
     from ..tasks.translate import Translator
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -23,6 +21,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from ..errors import RnnkitError
+from ..files import atomic_write_files
 from .config import RunState, TrainConfig
 
 
@@ -71,7 +70,10 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     blob = safetensors_bytes(tensors, metadata={"checkpoint": json.dumps(meta)})
     text = json.dumps(meta, indent=1).encode()
-    publish(directory, {"checkpoint.safetensors": blob, "checkpoint.json": text, **history_files(run.history)})
+    # each file whole; the checkpoint first, and it carries its own JSON, so a crash between two
+    # renames cannot pair new tensors with an old position
+    atomic_write_files(directory, {"checkpoint.safetensors": blob, "checkpoint.json": text,
+                                   **history_files(run.history)}, tmp_prefix=_TMP_PREFIX)
 
 
 def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: RunState,
@@ -141,36 +143,14 @@ def _unflatten(shape: Any, prefix: str, tensors: dict[str, Tensor], device: torc
     return items if shape[0] == "list" else tuple(items)
 
 
+def save_history(directory: Path, history: list[dict[str, Any]]) -> None:
+    """Write the metrics history as ``history.json`` and ``history.csv``, each whole or not at all."""
+    atomic_write_files(directory, history_files(history), tmp_prefix=_TMP_PREFIX)
+
+
 def history_files(history: list[dict[str, Any]]) -> dict[str, bytes]:
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=_HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     return {"history.json": json.dumps(history, indent=1).encode(), "history.csv": table.getvalue().encode()}
-
-
-def publish(directory: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into ``directory`` so that each appears whole or not at all.
-
-    They are written and fsynced in a temporary directory beside their final place (the same
-    filesystem, so the rename is atomic), then renamed over the old versions, the checkpoint
-    first. ``checkpoint.safetensors`` carries its own JSON, so a crash between two renames
-    cannot pair new tensors with an old position.
-    """
-    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=directory))
-    try:
-        for name, data in files.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        for name in files:
-            os.replace(tmp / name, directory / name)
-        try:  # make the renames durable; Windows cannot open a directory, and need not
-            fd = os.open(directory, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-        except OSError:
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

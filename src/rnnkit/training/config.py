@@ -63,7 +63,7 @@ class TrainConfig(JsonConfig):
     progress: bool = True                   # a rich progress bar; switch it off in scripts and tests
     device: str = "auto"                    # "auto" = cuda if available, else cpu
     precision: str = "fp32"                 # "bf16": products in bfloat16 under autocast, weights float32;
-    #                                         1.2-2.1x faster where the CPU has AVX-512 BF16 or AMX (precision.py)
+    #                                         faster only on CPUs with AVX-512 BF16 or AMX (benchmarks/precision.py)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):

@@ -36,7 +36,7 @@ from ..errors import RnnkitError
 from ..precision import autocast, check_precision
 from ..progress import TrainingProgress
 from .batching import batch_pieces, check_lengths, split_time, time_steps
-from .checkpoints import history_files, load_checkpoint, prepare_directory, publish, save_checkpoint
+from .checkpoints import load_checkpoint, prepare_directory, save_checkpoint, save_history
 from .config import CLOCKS, RunState, TrainConfig, TrainResult, check_clock, device_of
 
 LossFn = Callable[[nn.Module, tuple[Tensor, ...], Any], tuple[Tensor, Any]]
@@ -204,7 +204,7 @@ def fit(
     if run.best_weights is not None:
         model.load_state_dict(run.best_weights)
     if directory:
-        publish(directory, history_files(run.history))
+        save_history(directory, run.history)
     return TrainResult(history=run.history, best_val_loss=run.best_val, steps=run.step,
                        epochs_completed=run.epochs_completed, stopped=stopped, elapsed_s=elapsed(),
                        resumed_from=resumed_from)

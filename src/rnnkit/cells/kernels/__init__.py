@@ -23,7 +23,7 @@ build environment. So the package ships the sources (every ``.cpp`` and ``.h`` h
 kernels are built where rnnkit runs, by whichever comes first:
 
 - ahead of time: ``python -m rnnkit.cells.kernels`` (``make install`` runs it, so ``make test``
-  and ``make demo`` start with them; so does ``rnnkit bench``);
+  and ``make demo`` start with them; so does ``benchmarks/speed.py``);
 - on first use: when a kernel is asked for (:func:`kernel`) and is not built, and a C++
   compiler and ninja are on the PATH, rnnkit starts ONE detached, low-priority background
   process running ``python -m rnnkit.cells.kernels`` (output in the cache's ``build.log``) and
@@ -63,8 +63,8 @@ import torch
 from ...errors import RnnkitError
 
 # GCC vectorises `omp simd` loops 256 bits wide on AVX-512 CPUs unless told otherwise (its
-# tuning for Intel's and AMD's server parts): at 512 bits the minLSTM scan's passes run 1.4x
-# (forward) and 1.7x (backward) faster on a Xeon with AVX-512.
+# tuning for Intel's and AMD's server parts): at 512 bits the minLSTM scan's passes, forward
+# and backward, run faster on a Xeon with AVX-512 (benchmarks/scan_cells.py times them).
 # x86 only (other targets reject the flag); the stream kernel picks its own width (blocked_lstm.h).
 _WIDE = ("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ()
 
@@ -281,7 +281,7 @@ def wait_for_build(timeout: Optional[float] = None) -> Optional[int]:
 
 
 def allow_run_time_builds(allowed: bool) -> None:
-    """Whether :func:`kernel` may start a background build in this process (``rnnkit bench
+    """Whether :func:`kernel` may start a background build in this process (``benchmarks/speed.py
     --no-build-kernel`` forbids it, to measure only what is built); ``RNNKIT_BUILD_KERNELS=0``
     forbids it for every process."""
     _run_time_builds[0] = allowed

@@ -104,7 +104,7 @@ class BlockedStack {
       // last, still in L2, are what the next reads first (for a 2-layer stack):
       //   even: W_ih0 (descending), W_hh0, W_ih1, W_hh1     odd: W_hh1 (descending), W_hh0, W_ih0, W_ih1
       // W_ih of a layer above needs the layer below finished; W_hh needs only the last state.
-      // On a CPU whose L2 holds half the weights this makes a batch-1 step ~1.2x faster.
+      // This pays on a CPU whose L2 holds half the weights: a batch-1 step reads less from L3.
       if (odd) half(layers - 1, kHiddenHalf, true);
       for (int64_t l = 0; l < layers; ++l) {
         if (odd) {
@@ -130,7 +130,8 @@ class BlockedStack {
 
 // A plain LSTM stack (a torch.nn.ModuleList of cells) stepped by the blocked kernel in ONE call
 // that checks everything itself, so a batch-1 step costs little more than reading its weights:
-// Python's checks cost ~5 us a step, 10 % of the step at H=256 and most of it for small models.
+// Python's checks would cost a fixed time per step, a visible share of the step at H=256 and most
+// of it for small models.
 //
 // step() returns None wherever it cannot run, and the caller takes its checked Python path:
 // arguments that are not float32 CPU tensors of shapes these weights step, more than max_batch

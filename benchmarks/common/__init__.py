@@ -1,4 +1,4 @@
-"""rnnkit's benchmark suite, inside the package so that ``rnnkit bench`` runs anywhere.
+"""The speed suites and the timing helpers the benchmark scripts share; the library never imports them.
 
 Four suites, each a module with ``run(quick) -> dict`` (a ``"ratios"`` entry holds its
 headline figures, everything else the raw measurements):
@@ -8,10 +8,12 @@ headline figures, everything else the raw measurements):
 - ``fused``: LayerNorm/peephole LSTM and GRU training against ``torch.nn``; bfloat16;
 - ``scan``: minGRU/minLSTM training against ``torch.nn.LSTM`` at T=1024; the adding problem.
 - ``precision``: training in bfloat16 against float32, its speed and its held-out cost
-  (``rnnkit bench`` runs it only with ``--only precision``: it trains language models).
+  (``benchmarks/speed.py`` runs it only with ``--only precision``: it trains language models).
 
-The scripts in ``benchmarks/`` are thin wrappers writing ``benchmarks/results/<name>.json``;
-``benchmarks/cells.py`` (the plain cells, the trainer) stays a script of its own.
+``benchmarks/speed.py`` runs the speed suites and prints one table of ratios; the scripts
+``benchmarks/streaming.py``, ``fused_cells.py``, ``scan_cells.py`` and ``precision.py`` run one
+suite each and write ``benchmarks/results/<name>.json``. The scripts import this package by
+path (``benchmarks/`` is the script's own directory, first on ``sys.path``), from a checkout.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from .timing import write_result
 
 #: suite name -> (JSON file name, runner)
 SUITES: dict[str, tuple[str, str]] = {
-    "streaming": ("streaming", "rnnkit.bench.streaming"),
-    "fused": ("fused_cells", "rnnkit.bench.fused"),
-    "scan": ("scan_cells", "rnnkit.bench.scan"),
-    "precision": ("precision", "rnnkit.bench.precision"),
+    "streaming": ("streaming", "common.streaming"),
+    "fused": ("fused_cells", "common.fused"),
+    "scan": ("scan_cells", "common.scan"),
+    "precision": ("precision", "common.precision"),
 }
-#: what ``rnnkit bench`` runs unless told ``--only``: the speed suites, a minute in all when quick
+#: what ``benchmarks/speed.py`` runs unless told ``--only``: the speed suites, a minute in all when quick
 #: (precision also trains language models to score them: minutes, so only when asked for)
 DEFAULT_SUITES = ("streaming", "fused", "scan")
 
@@ -43,8 +45,8 @@ def kernel_path(name: str) -> str:
     or ``"python ops (why)"``."""
     import os
 
-    from ..cells import kernels
-    from ..errors import RnnkitError
+    from rnnkit.cells import kernels
+    from rnnkit.errors import RnnkitError
 
     if os.environ.get("RNNKIT_KERNELS", "1") == "0":
         return "python ops (RNNKIT_KERNELS=0)"
@@ -65,7 +67,7 @@ def run_suite(name: str, quick: bool, out_dir: Optional[Path], build_kernels: bo
 
     file_name, module = SUITES[name]
     start = time.perf_counter()
-    from ..cells import kernels
+    from rnnkit.cells import kernels
 
     _BUILD_KERNELS[0] = build_kernels
     kernels.allow_run_time_builds(build_kernels)  # no compiling in the background while timing

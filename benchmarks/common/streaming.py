@@ -44,10 +44,10 @@ from typing import Callable
 import torch
 from torch import _VF, nn
 
-from ..cells import kernels
-from ..cells.kernels import stream_kernel
-from ..cells.streaming import compiled_step
-from ..layers import Recurrent
+from rnnkit.cells import kernels
+from rnnkit.cells.kernels import stream_kernel
+from rnnkit.cells.streaming import compiled_step
+from rnnkit.layers import Recurrent
 from . import kernel_path
 from .timing import interleaved, threads
 

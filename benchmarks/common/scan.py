@@ -1,7 +1,7 @@
 """Parallel-scan cells: minGRU and minLSTM against torch.nn.LSTM, in speed and on the adding problem.
 
 Speed: training tokens/s (forward, backward from a fixed gradient of the outputs, SGD step:
-:func:`~rnnkit.bench.timing.training_step`) at T=1024, H=256, batch 16, one layer, input
+:func:`common.timing.training_step`) at T=1024, H=256, batch 16, one layer, input
 256, interleaved with ``torch.nn.LSTM`` on the same shapes, on 1 and 2 threads (the GUIDE's
 figures are on 2; a scan's large ops use both cores, an LSTM's small per-step products at
 batch 16 hardly can); also with a mean-square loss on top of both, which adds about the
@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..layers import Recurrent
+from rnnkit.layers import Recurrent
 from . import kernel_path
 from .timing import interleaved, threads, training_step
 

@@ -1,7 +1,7 @@
 """Fused custom cells and bfloat16: training speed against torch.nn, accuracy cost of bf16.
 
 Training tokens/s (forward, backward from a fixed gradient of the outputs, SGD step:
-:func:`~rnnkit.bench.timing.training_step`) at B=64, T=100, H=256 (input 256), one layer,
+:func:`common.timing.training_step`) at B=64, T=100, H=256 (input 256), one layer,
 interleaved in one run, on 1 and then 2 threads:
 
 - LayerNorm and peephole LSTMs on rnnkit's fused recurrence (``cells/scan.py``) and on the

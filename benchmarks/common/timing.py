@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from ..files import atomic_write_bytes
+from rnnkit.files import atomic_write_bytes
 
 
 def seconds_per_call(fn: Callable[[], object], calls: int) -> float:

@@ -30,10 +30,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data.text import load_shakespeare
-from ..layers import Recurrent
-from ..precision import autocast, native_bf16
-from ..tasks.textgen import TextGenerator, TextGeneratorConfig, language_model, next_token_loss
+from rnnkit.data.text import load_shakespeare
+from rnnkit.layers import Recurrent
+from rnnkit.precision import autocast, native_bf16
+from rnnkit.tasks.textgen import TextGenerator, TextGeneratorConfig, language_model, next_token_loss
 from . import kernel_path
 from .timing import interleaved, threads
 
