@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from .cells import CELLS, RecurrentCell
 from .cells.base import _check_lengths
-from .cells.streaming import compiled_step, stack_step
+from .cells.paths import STACK_STEPS, Path, Paths, autocast_bf16, needs_grad, select, step_path
+from .cells.streaming import PathCache, compiled_step, stack_step
 from .errors import RnnkitError
 
 #: a layer's state, laid out as ``torch.nn``'s: ``(num_layers * num_directions, B, H)``,
@@ -72,10 +73,8 @@ class Recurrent(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.num_states = self.cells[0].num_states
-        first = self.cells[0]
-        # A stack the compiled streaming kernel can step in one call (cells/streaming.py)
-        self._plain_lstm = (cell == "lstm" and not bidirectional and first.backend != "reference"
-                            and first.torch_nn_unavailable_reason() is None)
+        #: what the step paths cache between steps (compiled stack, packed weights): cells/streaming.py
+        self.path_cache = PathCache()
 
     @property
     def output_size(self) -> int:
@@ -130,11 +129,13 @@ class Recurrent(nn.Module):
         return (outputs, state, traces) if return_gates else (outputs, state)
 
     def step(self, x_t: Tensor, state: Optional[LayerState] = None) -> tuple[Tensor, LayerState]:
-        """One step of every layer for a batch of streams: ``x_t`` ``(B, I)`` to ``(output_t (B, H), state)``."""
-        if self._plain_lstm and type(state) is tuple and len(state) == 2:
-            # The streaming hot path: one compiled call that checks its arguments itself (at
-            # ~50 us a step each us of Python here is 2 %); None sends it the checked way below.
-            out = compiled_step(self._modules["cells"], x_t, state)
+        """One step of every layer for a batch of streams: ``x_t`` ``(B, I)`` to ``(output_t (B, H), state)``.
+
+        The path is chosen by ``cells.paths.step_path`` (``self.paths()`` says which, and why)."""
+        if type(state) is tuple and len(state) == 2:
+            # The streaming hot path: the compiled stack the selector chose on an earlier step, one
+            # call that re-checks its conditions itself; None sends it the checked way below.
+            out = compiled_step(self.path_cache, self._modules["cells"], x_t, state)
             if out is not None:
                 return out
         if self.bidirectional:
@@ -143,17 +144,25 @@ class Recurrent(nn.Module):
             raise RnnkitError(f"step expects x_t of shape (batch, {self.input_size}), got {tuple(x_t.shape)}")
         # Checked once here, not per cell: this is the streaming hot path.
         parts = self._check_state(state, x_t)  # x_t (B, I): only its batch size and dtype are read
-        if self._plain_lstm:
-            fused = stack_step(self.cells, x_t, *parts)  # the whole stack in one compiled call
-            if fused is not None:
-                return fused
-        states = list(zip(*(p.unbind(0) for p in parts)))
+        h = parts[0]
+        state_dtype = h.dtype if h.dtype != torch.float32 else parts[-1].dtype  # float32 only if all are
+        path = step_path(self.cells, batch=x_t.size(0), dtype=x_t.dtype, state_dtype=state_dtype,
+                         device=x_t.device, grad=needs_grad(self.cells, x_t, *parts), bf16=autocast_bf16())
+        if path.name in STACK_STEPS:
+            return stack_step(path, self.cells, self.path_cache, x_t, *parts)
         final = []
-        for cell, cell_state in zip(self.cells, states):
-            cell_state = cell._step(x_t, cell_state)
+        for cell, cell_state in zip(self.cells, zip(*(p.unbind(0) for p in parts))):
+            cell_state = cell._step_on(path, x_t, cell_state)
             x_t = cell_state[0]
             final.append(cell_state)
         return x_t, self._join_state(final)
+
+    def paths(self, batch: int = 1, *, dtype: Optional[torch.dtype] = None, training: bool = False,
+              precision: str = "fp32") -> Paths:
+        """The paths ``step`` and ``forward`` take for ``batch`` streams on this machine, and why
+        (``cells.paths.select``); ``precision="bf16"``: under bfloat16 autocast."""
+        return select(self.cells, batch=batch, dtype=dtype, training=training, precision=precision,
+                      bidirectional=self.bidirectional)
 
     def initial_state(self, batch_size: int, like: Tensor) -> LayerState:
         """The zero state for ``batch_size`` streams, on ``like``'s device and dtype."""

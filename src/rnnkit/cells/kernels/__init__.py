@@ -86,6 +86,7 @@ KERNELS: dict[str, tuple[str, tuple[str, ...], str]] = {
 HOW = "`python -m rnnkit.cells.kernels` builds them"
 log = logging.getLogger("rnnkit")
 _loaded: dict[str, Optional[ModuleType]] = {}  # name -> module, or None: the Python path runs
+_why_off: dict[str, str] = {}  # name -> why _find() returned None, for explain() (cells/paths.py)
 _UNSET = object()
 _builder: Optional[subprocess.Popen] = None  # the background build this process started, while it runs
 _builder_started = False  # at most one per process, whatever it ends in
@@ -207,6 +208,7 @@ def _find(name: str) -> Optional[ModuleType]:
     Called once per kernel (:func:`kernel` keeps the answer), so each reason is said once."""
     what = KERNELS[name][2]
     if os.environ.get("RNNKIT_KERNELS", "1") == "0":
+        _why_off[name] = "RNNKIT_KERNELS=0"
         log.info(f"rnnkit's compiled {name} kernel is off (RNNKIT_KERNELS=0): {what}")
         return None
     try:  # any problem at all (a missing header, a build for another torch): the Python path runs
@@ -219,6 +221,7 @@ def _find(name: str) -> Optional[ModuleType]:
         reason = _not_built()
     except Exception as exc:
         reason = f"cannot load it: {_first_line(exc)}; {HOW} again and shows why"
+    _why_off[name] = reason
     log.warning(f"rnnkit's compiled {name} kernel is off ({reason}): {what}")
     return None
 
@@ -285,6 +288,12 @@ def allow_run_time_builds(allowed: bool) -> None:
     --no-build-kernel`` forbids it, to measure only what is built); ``RNNKIT_BUILD_KERNELS=0``
     forbids it for every process."""
     _run_time_builds[0] = allowed
+
+
+def why_off(name: str) -> str:
+    """Why kernel ``name`` is not running, as :func:`kernel` last found (for the path selector's
+    reasons); call it after :func:`kernel` returned ``None``."""
+    return _why_off.get(name, "not loaded in this process")
 
 
 def stream_kernel() -> Optional[ModuleType]:
