@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
@@ -253,6 +254,44 @@ class Recurrent(nn.Module):
         )
 
 
+@dataclass(frozen=True)
+class LayerPaths:
+    """One recurrent layer of a model and the paths its step and forward take (:func:`explain`)."""
+
+    name: str  # the layer's name in the model (``model.named_modules()``), "" for the model itself
+    layer: str  # what it is, e.g. "Recurrent(lstm, 2 layers, 256 -> 256)"
+    step: Path
+    forward: Path
+
+
+def explain(model: nn.Module, batch: int = 1, *, dtype: Optional[torch.dtype] = None, training: bool = False,
+            precision: str = "fp32") -> list[LayerPaths]:
+    """Which path the step and the forward of every recurrent layer in ``model`` take on this
+    machine, and why (``cells.paths``), for ``batch`` streams of ``dtype`` (the weights' if
+    ``None``), with gradients (``training``) or without, in ``precision`` ("bf16": bfloat16 autocast).
+
+    Every :class:`Recurrent` is one entry; so is a cell used on its own, outside one. Asking may
+    load (or start building, once) the optional compiled kernels, as the first step would."""
+    if not isinstance(batch, int) or batch < 1:
+        raise RnnkitError(f"batch must be a positive integer, got {batch!r}")
+    if precision not in ("fp32", "bf16"):
+        raise RnnkitError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    found, stacked = [], set()
+    for name, module in model.named_modules():  # a layer comes before its cells
+        if isinstance(module, Recurrent):
+            stacked.update(id(cell) for cell in module.cells)
+            paths = module.paths(batch, dtype=dtype, training=training, precision=precision)
+            what = (f"Recurrent({module.cell_type}, {module.num_layers} layer{'s' * (module.num_layers > 1)}"
+                    f"{', bidirectional' if module.bidirectional else ''}, {module.input_size} -> {module.hidden_size})")
+        elif isinstance(module, RecurrentCell) and id(module) not in stacked:
+            paths = select(module, batch=batch, dtype=dtype, training=training, precision=precision)
+            what = f"{type(module).__name__}({module.input_size} -> {module.hidden_size})"
+        else:
+            continue
+        found.append(LayerPaths(name, what, paths.step, paths.forward))
+    return found
+
+
 def _reverse_within_lengths(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     """Reverse each sequence's first ``length`` steps in time, leaving its padding in place."""
     if lengths is None:
@@ -263,4 +302,4 @@ def _reverse_within_lengths(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.gather(1, index[:, :, None].expand_as(x))
 
 
-__all__ = ["Recurrent", "RecurrentCell", "LayerState"]
+__all__ = ["LayerPaths", "LayerState", "Recurrent", "RecurrentCell", "explain"]

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..errors import RnnkitError
-from .paths import Path, forced_reference, forward_path, step_path
+from .paths import Path, Paths, forced_reference, forward_path, select, step_path
 
 Backend = Literal["auto", "fused", "reference"]
 State = Union[Tensor, tuple[Tensor, Tensor]]
@@ -118,6 +118,12 @@ class RecurrentCell(nn.Module):
         """Whether ``forward`` (without ``return_gates``) runs a fused path, not the reference
         equations (which one: ``paths.forward_path``)."""
         return forced_reference(self) is None
+
+    def paths(self, batch: int = 1, *, dtype: Optional[torch.dtype] = None, training: bool = False,
+              precision: str = "fp32") -> Paths:
+        """The paths ``step`` and ``forward`` take for ``batch`` streams on this machine, and why
+        (``paths.select``); ``precision="bf16"``: under bfloat16 autocast."""
+        return select(self, batch=batch, dtype=dtype, training=training, precision=precision)
 
     def initial_state(self, batch_size: int, like: Tensor) -> State:
         """The zero state for ``batch_size`` streams, on ``like``'s device and dtype."""
