@@ -49,8 +49,8 @@ def log_space_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
     """All ``h_t = a_t ⊙ h_{t-1} + b_t`` at once from ``log a``, ``log b`` ``(B, T, H)`` and ``h0`` ``(B, H)``.
 
     Heinsen's form: one ``cumsum`` and one ``logcumsumexp`` over time. Fast where
-    ``logcumsumexp`` is a parallel kernel (GPU); on a CPU ATen's is a scalar loop (~0.2 s
-    for 4M elements), so CPUs run :func:`_blocked_scan` or the compiled kernel.
+    ``logcumsumexp`` is a parallel kernel (GPU); on a CPU ATen's is a scalar loop, so CPUs
+    run :func:`_blocked_scan` or the compiled kernel (``paths.forward_path`` chooses).
     """
     log_A = log_a.cumsum(dim=1)  # (B, T, H): log of the running product A_t
     h = torch.exp(log_A + torch.logcumsumexp(log_b - log_A, dim=1))  # the scan from a zero state
@@ -126,7 +126,7 @@ def _candidate_and_slope(v: Tensor) -> tuple[Tensor, Tensor]:
 class _MinGRUCoefficients(torch.autograd.Function):
     """``(a, b) = (1 - z, z ⊙ g(k_h))`` with ``z = σ(k_z)``, and their gradient written out:
     ``dk_z = (db ⊙ g - da) ⊙ z(1 - z)``, ``dk_h = db ⊙ z ⊙ g'``. Autograd's version of these
-    few elementwise ops makes ~3x the passes over the (B, T, H) tensors."""
+    few elementwise ops makes several times the passes over the (B, T, H) tensors."""
 
     @staticmethod
     def forward(ctx, k_z: Tensor, k_h: Tensor):
@@ -176,8 +176,8 @@ class _CompiledScan(torch.autograd.Function):
     Only ``x W^T`` and ``h`` are kept in between; the gates are recomputed. Under CPU
     autocast the two GEMMs run in its dtype (:func:`_autocast_dtype`); in bfloat16, ``x W^T``
     stays as the GEMM wrote it and ``dk`` is written in bfloat16 for the GEMMs after it, the
-    kernel widening and rounding them as it reads and writes (no float32 copies of either:
-    minLSTM's training step at T=1024 is 1.25x faster for it, minGRU's 1.13x). The same
+    kernel widening and rounding them as it reads and writes (no float32 copies of either,
+    which would cost a pass over each). The same
     equations as :class:`LinearScan` with ``_MinGRUCoefficients``/``_MinLSTMCoefficients``,
     which tests check it against.
     """
@@ -221,7 +221,7 @@ class _CompiledScan(torch.autograd.Function):
         dk_ = dk if ctx.low is None else dk.to(ctx.low)  # the GEMMs in the forward's dtype
         dx = dk_.mm(weight.to(dk_.dtype)).view(ctx.input_shape).to(weight.dtype) if ctx.needs_input_grad[0] else None
         # dW = dk^T x, computed as (x^T dk)^T: MKL runs the long reduction over B*T faster with
-        # the small operand transposed (~10 % of the GEMM here); autograd lays it out afresh
+        # the small operand transposed; autograd lays it out afresh
         dweight = x2.t().mm(dk_).t().to(weight.dtype) if ctx.needs_input_grad[1] else None
         return dx, dweight, dbias if ctx.has_bias else None, dh0, None
 

@@ -63,8 +63,8 @@ import torch
 from ...errors import RnnkitError
 
 # GCC vectorises `omp simd` loops 256 bits wide on AVX-512 CPUs unless told otherwise (its
-# tuning for Intel's and AMD's server parts): at 512 bits the minLSTM scan's passes run 1.4x
-# (forward) and 1.7x (backward) faster on a Xeon with AVX-512.
+# tuning for Intel's and AMD's server parts); the scans' passes run faster 512 bits wide
+# (benchmarks/scan_cells.py and fused_cells.py measure the kernels that use it).
 # x86 only (other targets reject the flag); the stream kernel picks its own width (blocked_lstm.h).
 _WIDE = ("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ()
 
