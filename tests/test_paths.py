@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from rnnkit.cells import GRU, LSTM, MinGRU, kernels, paths
 from rnnkit.cli import app
 from rnnkit.errors import RnnkitError
-from rnnkit.layers import Recurrent, explain
+from rnnkit.layers import Recurrent, explain, set_backend
 
 
 @pytest.fixture
@@ -150,3 +150,19 @@ def test_rnnkit_info_prints_the_execution_paths_of_a_bundle(no_kernels, tmp_path
     assert "execution paths" in result.stdout
     assert "aten-lstm-cell" in result.stdout and "aten-lstm " in result.stdout
     assert "RNNKIT_KERNELS=0" in result.stdout  # the reason, not only the name
+
+
+def test_set_backend_forces_the_reference_path_on_a_built_model_and_keeps_its_numbers(no_kernels):
+    model = _Model().eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        before, _ = model.decoder(x)
+        model.decoder.step(x[:, 0])
+    assert set_backend(model, "reference") is model
+    assert {e.step.name for e in explain(model)} == {"reference", "not-steppable"}
+    assert {e.forward.name for e in explain(model)} == {"reference"}
+    with torch.no_grad():
+        after, _ = model.decoder(x)
+    assert torch.allclose(before, after, atol=1e-6) and model.decoder.path_cache.stack is None
+    with pytest.raises(RnnkitError, match="backend must be"):
+        set_backend(model, "fast")

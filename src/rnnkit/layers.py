@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .cells import CELLS, RecurrentCell
-from .cells.base import _check_lengths
+from .cells.base import Backend, _check_lengths
 from .cells.paths import STACK_STEPS, Path, Paths, autocast_bf16, needs_grad, select, step_path
 from .cells.streaming import PathCache, compiled_step, stack_step
 from .errors import RnnkitError
@@ -292,6 +292,27 @@ def explain(model: nn.Module, batch: int = 1, *, dtype: Optional[torch.dtype] = 
     return found
 
 
+def set_backend(model: nn.Module, backend: Backend) -> nn.Module:
+    """Switch every recurrent cell in ``model`` to ``backend`` and drop what the layers' step paths
+    cached; returns ``model``. ``set_backend(model, "reference")`` makes every step and forward run
+    the cells' equations in plain torch ops (``cells/paths.py``): what an exporter that traces the
+    model needs, whatever kernels this machine has. All cells are checked before any changes."""
+    if backend not in ("auto", "fused", "reference"):
+        raise RnnkitError(f"backend must be 'auto', 'fused' or 'reference', got {backend!r}")
+    cells = [(name, m) for name, m in model.named_modules() if isinstance(m, RecurrentCell)]
+    for name, cell in cells:
+        reason = cell.fused_unavailable_reason()
+        if backend == "fused" and reason:
+            raise RnnkitError(f"backend='fused' cannot be honoured by {name or 'the model'}: {reason}; use 'auto'")
+    for _, cell in cells:
+        cell.backend = backend
+    for layer in model.modules():
+        if isinstance(layer, Recurrent):
+            layer.cell_options["backend"] = backend
+            layer.path_cache.clear()  # a cached compiled stack would otherwise keep stepping
+    return model
+
+
 def _reverse_within_lengths(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     """Reverse each sequence's first ``length`` steps in time, leaving its padding in place."""
     if lengths is None:
@@ -302,4 +323,4 @@ def _reverse_within_lengths(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.gather(1, index[:, :, None].expand_as(x))
 
 
-__all__ = ["LayerPaths", "LayerState", "Recurrent", "RecurrentCell", "explain"]
+__all__ = ["LayerPaths", "LayerState", "Recurrent", "RecurrentCell", "explain", "set_backend"]

@@ -42,10 +42,12 @@ A forward pass over a sequence (``cell(x)``, ``Recurrent(x)``):
 
 ``backend="reference"`` on a cell (``Recurrent(..., backend="reference")``) forces the
 ``reference`` path for both, whatever the machine: the way to run plain torch ops only (an
-exporter that traces the model, a test of the equations).
+exporter that traces the model, a test of the equations). On a model already built,
+``rnnkit.layers.set_backend(model, "reference")`` switches every cell and drops the layers'
+cached compiled stacks.
 
-The thresholds between the compiled step's variants are constants below; which batch sizes
-they should be is measured by ``benchmarks/streaming.py``.
+The thresholds between the compiled step's variants are constants below;
+``benchmarks/streaming.py`` measures the step they lead to.
 """
 
 from __future__ import annotations
@@ -62,11 +64,13 @@ from .kernels import cpu_multiplies_bf16, gru_kernel, lstm_kernel, scan_kernel, 
 HAS_MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 #: Up to how many streams the stream kernel's own blocked product runs, by its vector width
 #: (``kernel.LANES``: 16 floats with AVX-512, 8 with AVX2, 4 with SSE/NEON); above, MKL's GEMM.
-#: Set by ``benchmarks/streaming.py``'s runs on AVX-512 and AVX2 builds; 4 lanes is unmeasured.
+#: Chosen by timing both against each other on AVX-512 and AVX2 builds (the figures are in
+#: ``benchmarks/results/figures_from_comments.json``); 4 lanes is unmeasured.
 BLOCKED_MAX_BATCH = {16: 256, 8: 32, 4: 8}
 #: From how many streams a step under bfloat16 autocast is one bfloat16 GEMM per layer, where
 #: the CPU multiplies bfloat16 in hardware: below it the blocked product on bfloat16 weights
-#: reads fewer bytes, above it the GEMM's tiles win (measured on a CPU with AMX).
+#: reads fewer bytes, above it the GEMM's tiles win (timed on a CPU with AMX: the figures are in
+#: ``benchmarks/results/figures_from_comments.json``).
 BF16_GEMM_FROM_BATCH = 16
 
 #: the step paths :func:`stack_step` (``streaming.py``) runs for a whole plain-LSTM stack at once
@@ -151,6 +155,8 @@ def step_path(target: Cells, *, batch: int = 1, dtype: torch.dtype = torch.float
     options = first.torch_nn_unavailable_reason() if first.kind == "lstm" else None
     if options:
         return Path("reference", f"{options}, nor in any fused step: the equations, step by step")
+    if first.kind not in _ATEN_CELLS:
+        return _unknown(first)
     if first.kind != "lstm" or not _is_stack(target):
         return _ATEN_CELLS[first.kind]  # a lone cell, or a stack the compiled kernel does not step
     return _lstm_stack_step(cells, batch, dtype, state_dtype or dtype, device, grad, bf16)
@@ -232,6 +238,8 @@ def forward_path(cell: nn.Module, *, dtype: torch.dtype = torch.float32,
         kernel = None if why else gru_kernel()
         return _scan("gru-scan", "training on a CPU: one product for the weight gradient", kernel,
                      why or f"kernel off ({why_off('gru')})")
+    if kind not in ("mingru", "minlstm"):
+        return _unknown(cell)
     # minGRU / minLSTM: a parallel scan
     why = "variable lengths" if lengths else _compilable(cpu, device, dtype, True)
     kernel = None if why else scan_kernel()
@@ -243,6 +251,11 @@ def forward_path(cell: nn.Module, *, dtype: torch.dtype = torch.float32,
     if cpu:
         return Path("min-scan-blocked", f"the parallel scan in blocked torch ops ({why})")
     return Path("min-scan-log-space", f"the parallel scan in log space: logcumsumexp is parallel on {device}")
+
+
+def _unknown(cell: nn.Module) -> Path:
+    """A cell family this module has no rules for (a new one registers its paths here)."""
+    return Path("reference", f"no fused path is known for {type(cell).__name__} (kind {cell.kind!r}): its equations")
 
 
 def _compilable(cpu: bool, device: torch.device, dtype: torch.dtype, same_dtype: bool) -> Optional[str]:
