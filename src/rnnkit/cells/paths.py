@@ -20,7 +20,8 @@ A step (one time step for a batch of streams; ``Recurrent.step``, ``cell.step``)
                                   where torch has no packed GEMM)
 ``aten-lstm-cell``                ATen's fused ``lstm_cell`` per layer (what ``torch.nn.LSTMCell``
                                   runs): differentiable, any dtype and device
-``aten-gru-cell``, ``aten-rnn-cell``  the same for GRU and Elman cells
+``aten-gru-cell``,                the same for GRU and Elman cells
+``aten-rnn-cell``
 ``reference``                     the cell's equations as written (``_reference_step``)
 ================================  ======================================================
 
@@ -45,6 +46,11 @@ A forward pass over a sequence (``cell(x)``, ``Recurrent(x)``):
 exporter that traces the model, a test of the equations). On a model already built,
 ``rnnkit.layers.set_backend(model, "reference")`` switches every cell and drops the layers'
 cached compiled stacks.
+
+Once ``compiled-*-step`` has run, ``Recurrent.step`` first calls the compiled stack it cached
+(``streaming.compiled_step``), which re-checks this module's conditions for it in C++ and
+declines whatever they rule out; only then is :func:`step_path` asked again. That keeps the
+streaming hot path to one call.
 
 The thresholds between the compiled step's variants are constants below;
 ``benchmarks/streaming.py`` measures the step they lead to.
