@@ -44,7 +44,7 @@ def test_reference_backend_is_forced_for_step_and_forward_and_nothing_compiled_r
     assert step.name == forward.name == "reference"
     assert "backend='reference'" in step.reason and "backend='reference'" in forward.reason
     with torch.no_grad():  # the fake kernel would fail if anything reached it
-        y, state = layer.step(torch.randn(1, 4))
+        _, state = layer.step(torch.randn(1, 4))
         layer.step(torch.randn(1, 4), state)
     assert layer.path_cache.stack is None
 
@@ -109,7 +109,7 @@ def test_the_step_that_runs_is_the_one_chosen(no_kernels):
     assert layer.paths().step.name == "aten-lstm-cell"
     x = torch.randn(2, 3)
     with torch.no_grad():
-        y, (h, c) = layer.step(x)
+        y, _ = layer.step(x)
         want = x
         for cell in layer.cells:
             want, _ = torch.lstm_cell(want, (torch.zeros(2, 5), torch.zeros(2, 5)), cell.weight_ih, cell.weight_hh,

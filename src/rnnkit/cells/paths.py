@@ -79,6 +79,7 @@ BLOCKED_MAX_BATCH = {16: 256, 8: 32, 4: 8}
 #: ``benchmarks/results/figures_from_comments.json``).
 BF16_GEMM_FROM_BATCH = 16
 
+_CPU = torch.device("cpu")
 #: the step paths :func:`stack_step` (``streaming.py``) runs for a whole plain-LSTM stack at once
 STACK_STEPS = frozenset({"compiled-stack-step", "compiled-stack-step-bf16", "compiled-bf16-gemm-step",
                          "compiled-mkl-stack-step", "compiled-addmm-stack-step", "aten-lstm-cell"})
@@ -144,7 +145,7 @@ def select(target: Cells, *, batch: int = 1, dtype: Optional[torch.dtype] = None
 
 
 def step_path(target: Cells, *, batch: int = 1, dtype: torch.dtype = torch.float32,
-              state_dtype: Optional[torch.dtype] = None, device: torch.device = torch.device("cpu"),
+              state_dtype: Optional[torch.dtype] = None, device: torch.device = _CPU,
               grad: bool = False, bf16: bool = False) -> Path:
     """The path of one step of ``target`` (a cell, or a stack's cells stepped together).
 
@@ -215,7 +216,7 @@ def forced_reference(cell: nn.Module) -> Optional[Path]:
 
 
 def forward_path(cell: nn.Module, *, dtype: torch.dtype = torch.float32,
-                 state_dtype: Optional[torch.dtype] = None, device: torch.device = torch.device("cpu"),
+                 state_dtype: Optional[torch.dtype] = None, device: torch.device = _CPU,
                  grad: bool = False, lengths: bool = False, return_gates: bool = False) -> Path:
     """The path of ``cell``'s forward over a sequence of ``dtype`` on ``device``.
 

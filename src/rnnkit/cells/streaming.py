@@ -49,7 +49,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, _VF, nn
+from torch import _VF, Tensor, nn
 
 from . import paths
 from .paths import Path, bf16_gemm

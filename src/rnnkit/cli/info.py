@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from torch import nn
 from rich.table import Table
 from rich.text import Text
+from torch import nn
 
 from ..bundle import load, read_bundle, weight_shapes
 from ..layers import explain
@@ -63,7 +63,7 @@ def _paths_table(path: Path) -> Table:
     table.add_column("why")
     try:
         loaded = load(path)
-    except Exception as exc:  # only this table needs the model: the rest of `info` stands
+    except Exception as exc:  # noqa: BLE001 -- only this table needs the model: the rest of `info` stands
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         table.add_row("-", "", "unknown", Text(f"cannot build the model: {why}"))
         return table
