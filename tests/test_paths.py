@@ -166,3 +166,29 @@ def test_set_backend_forces_the_reference_path_on_a_built_model_and_keeps_its_nu
     assert torch.allclose(before, after, atol=1e-6) and model.decoder.path_cache.stack is None
     with pytest.raises(RnnkitError, match="backend must be"):
         set_backend(model, "fast")
+
+
+@pytest.mark.slow
+def test_with_the_built_kernel_the_chosen_compiled_step_is_what_runs(monkeypatch):
+    import shutil
+
+    if shutil.which("c++") is None or shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or ninja: the kernel is optional")
+    saved = dict(kernels._loaded)
+    built = kernels.build(names=["stream"])[0]
+    kernels._loaded.clear()
+    kernels._loaded.update(saved)
+    monkeypatch.setattr(kernels, "_loaded", {"stream": built})
+    layer = Recurrent(6, 16, num_layers=2).eval()
+    assert layer.paths().step.name == "compiled-stack-step"
+    with torch.no_grad():
+        layer.step(torch.randn(1, 6))
+    assert layer.path_cache.stack is not None and layer.path_cache.stack.has_weights(False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.paths(precision="bf16").step.name == "compiled-stack-step-bf16"
+        layer.step(torch.randn(1, 6))
+    assert layer.path_cache.stack.has_weights(True)
+    big = layer.paths(batch=paths.BLOCKED_MAX_BATCH[built.LANES] + 1).step
+    with torch.no_grad():
+        layer.step(torch.randn(paths.BLOCKED_MAX_BATCH[built.LANES] + 1, 6))
+    assert big.name.startswith("compiled-") and big.name.endswith("-stack-step") and layer.path_cache.packed
