@@ -169,15 +169,8 @@ def test_set_backend_forces_the_reference_path_on_a_built_model_and_keeps_its_nu
 
 
 @pytest.mark.slow
-def test_with_the_built_kernel_the_chosen_compiled_step_is_what_runs(monkeypatch):
-    import shutil
-
-    if shutil.which("c++") is None or shutil.which("ninja") is None:
-        pytest.skip("no C++ compiler or ninja: the kernel is optional")
-    saved = dict(kernels._loaded)
-    built = kernels.build(names=["stream"])[0]
-    kernels._loaded.clear()
-    kernels._loaded.update(saved)
+def test_with_the_built_kernel_the_chosen_compiled_step_is_what_runs(built_kernel, monkeypatch):
+    built = built_kernel
     monkeypatch.setattr(kernels, "_loaded", {"stream": built})
     layer = Recurrent(6, 16, num_layers=2).eval()
     assert layer.paths().step.name == "compiled-stack-step"

@@ -8,7 +8,6 @@ cache of re-laid-out weights must never serve stale weights: after an optimiser 
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 import torch
@@ -23,18 +22,6 @@ STEPS = 40
 def _close(a, b, what, atol=1e-5):
     diff = (a - b).abs().max().item()
     assert diff <= atol, f"{what}: max abs diff {diff:.3g} > {atol}"
-
-
-@pytest.fixture(scope="module")
-def built_kernel():
-    """The compiled kernel (built once into the cache; ~30 s of CPU the first time)."""
-    if shutil.which("c++") is None or shutil.which("ninja") is None:
-        pytest.skip("no C++ compiler or ninja: the kernel is optional and the Python step runs")
-    saved = dict(kernels._loaded)
-    module = kernels.build(names=["stream"])[0]
-    kernels._loaded.clear()
-    kernels._loaded.update(saved)
-    return module
 
 
 @pytest.fixture(params=[pytest.param("kernel", marks=pytest.mark.slow), "python"])
