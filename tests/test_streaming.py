@@ -8,7 +8,6 @@ cache of re-laid-out weights must never serve stale weights: after an optimiser 
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn
