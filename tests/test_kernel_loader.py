@@ -107,7 +107,7 @@ def test_a_kernel_not_built_is_built_once_in_the_background_and_runs_when_ready(
         second, _ = layer.step(x)
     assert _FakeBuild.started == [[sys.executable, "-m", "rnnkit.cells.kernels", "--background"]]
     assert "stream kernel is off (not built; compiling the kernels in the background now (pid 4242" in caplog.text
-    assert kernels.stream_kernel() is not None and layer.cells.__dict__["_stream"]["stack"] is not None
+    assert kernels.stream_kernel() is not None and layer.path_cache.stack is not None
     assert torch.allclose(first, second, atol=1e-6)
 
 

@@ -8,13 +8,11 @@ cache of re-laid-out weights must never serve stale weights: after an optimiser 
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from torch import nn
 
-from rnnkit.cells import kernels, streaming
+from rnnkit.cells import kernels, paths, streaming
 from rnnkit.layers import Recurrent
 
 STEPS = 40
@@ -23,18 +21,6 @@ STEPS = 40
 def _close(a, b, what, atol=1e-5):
     diff = (a - b).abs().max().item()
     assert diff <= atol, f"{what}: max abs diff {diff:.3g} > {atol}"
-
-
-@pytest.fixture(scope="module")
-def built_kernel():
-    """The compiled kernel (built once into the cache; ~30 s of CPU the first time)."""
-    if shutil.which("c++") is None or shutil.which("ninja") is None:
-        pytest.skip("no C++ compiler or ninja: the kernel is optional and the Python step runs")
-    saved = dict(kernels._loaded)
-    module = kernels.build(names=["stream"])[0]
-    kernels._loaded.clear()
-    kernels._loaded.update(saved)
-    return module
 
 
 @pytest.fixture(params=[pytest.param("kernel", marks=pytest.mark.slow), "python"])
@@ -50,8 +36,8 @@ def path(request, monkeypatch):
 
 
 def _compiled(layer: Recurrent):
-    """The compiled stack the kernel steps, cached on the layer's cells (None if it never ran)."""
-    return layer.cells.__dict__.get("_stream", {}).get("stack")
+    """The compiled stack the kernel steps, cached in the layer's path cache (None if it never ran)."""
+    return layer.path_cache.stack
 
 
 def _stepped(layer: Recurrent, x: torch.Tensor, state=None):
@@ -112,12 +98,12 @@ def test_a_step_does_not_depend_on_the_order_its_weight_passes_ran_in(built_kern
 @pytest.mark.slow
 def test_kernel_above_the_blocked_batch_runs_mkl_and_equals_torch_nn(built_kernel, monkeypatch):
     monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
-    monkeypatch.setattr(streaming, "BLOCKED_MAX_BATCH", {built_kernel.LANES: 2})
+    monkeypatch.setattr(paths, "BLOCKED_MAX_BATCH", {built_kernel.LANES: 2})
     torch.manual_seed(1)
     layer = Recurrent(6, 24, num_layers=2).eval()
     _assert_equals_torch_nn(layer, torch.randn(4, 12, 6), "MKL path")
     assert _compiled(layer) is None
-    assert layer.cells[0].__dict__.get("_stream_cache"), "the MKL path did not run"
+    assert layer.path_cache.packed.get(0), "the MKL path did not run"
 
 
 def test_step_sees_fresh_weights(path):
@@ -262,19 +248,19 @@ def test_many_streams_under_bfloat16_autocast_step_as_one_bfloat16_gemm_per_laye
     monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
     torch.manual_seed(8)
     layer = Recurrent(7, 33, num_layers=2).eval()
-    x = torch.randn(streaming.BF16_GEMM_FROM_BATCH + 3, 12, 7)
+    x = torch.randn(paths.BF16_GEMM_FROM_BATCH + 3, 12, 7)
     want = _bf16_gemm_reference(layer, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got, (h, c) = _stepped(layer, x)
-        monkeypatch.setattr(streaming, "BF16_GEMM_FROM_BATCH", 10**6)
-        layer.cells.__dict__.pop("_stream")  # rebuilt with the new threshold
+        monkeypatch.setattr(paths, "BF16_GEMM_FROM_BATCH", 10**6)
+        layer.path_cache.clear()  # rebuilt with the new threshold
         blocked, _ = _stepped(layer, x)
     assert got.dtype == h.dtype == c.dtype == torch.float32
     _close(got, want, "bfloat16 GEMM step: outputs", atol=1e-5)  # measured: 1e-7
     assert (blocked - want).abs().max() > 1e-4, "the blocked product ran where the GEMM should have"  # 4e-4
 
 
-@pytest.mark.parametrize("batch", [1, streaming.BF16_GEMM_FROM_BATCH], ids=["blocked", "gemm"])
+@pytest.mark.parametrize("batch", [1, paths.BF16_GEMM_FROM_BATCH], ids=["blocked", "gemm"])
 def test_bfloat16_step_sees_fresh_weights(built_kernel, monkeypatch, batch):
     monkeypatch.setattr(kernels, "_loaded", {"stream": built_kernel})
     torch.manual_seed(7)
@@ -303,7 +289,7 @@ def test_after_the_first_step_the_compiled_step_runs_alone_and_bad_input_still_g
     x = torch.randn(1, 6)
     with torch.no_grad():
         y, state = layer.step(x)  # builds the stack
-        monkeypatch.setattr(layers, "stack_step", None)  # the checked path would now fail
+        monkeypatch.setattr(layers, "step_path", None)  # the checked path would now fail
         y2, state2 = layer.step(x, state)
         want, _ = layer.to_torch().eval()(torch.stack([x, x], 1))
         _close(y2, want[:, 1], "the compiled step alone")
@@ -326,4 +312,5 @@ def test_the_compiled_stack_refuses_a_stack_whose_upper_layer_does_not_read_the_
     cells = nn.ModuleList([LSTM(5, 8), LSTM(6, 8)])
     zeros = torch.zeros(2, 1, 8)
     with torch.no_grad():
-        assert streaming.stack_step(cells, torch.randn(1, 5), zeros, zeros) is None
+        stack = streaming.PathCache().compiled_stack(built_kernel, cells, bf16=False)
+        assert stack.step(torch.randn(1, 5), zeros, zeros) is None

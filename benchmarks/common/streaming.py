@@ -123,10 +123,10 @@ def latency(quick: bool) -> dict:
         # what Recurrent.step costs beyond its kernel call (Python's dispatch to it)
         with torch.no_grad():
             rnnkit_lstm.step(x, (zeros, zeros))  # builds the compiled stack
-            cells = rnnkit_lstm.cells
-            assert compiled_step(cells, x, (zeros, zeros)) is not None, "the compiled step did not run"
+            cache, cells = rnnkit_lstm.path_cache, rnnkit_lstm.cells
+            assert compiled_step(cache, cells, x, (zeros, zeros)) is not None, "the compiled step did not run"
         candidates["rnnkit compiled_step (the kernel call under Recurrent.step)"] = _steps(
-            lambda: compiled_step(cells, x, (zeros, zeros)))
+            lambda: compiled_step(cache, cells, x, (zeros, zeros)))
         # the tightest floors: a plain read with no per-call dispatch, in one order, and in the
         # step's own alternating order of weight halves (what one step leaves in L2 the next reuses)
         candidates["floor: stream-read the weights (kernel, no dispatch)"] = _steps(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from .cells import CELLS, RecurrentCell
-from .cells.base import _check_lengths
-from .cells.streaming import compiled_step, stack_step
+from .cells.base import Backend, _check_lengths
+from .cells.paths import STACK_STEPS, Path, Paths, autocast_bf16, needs_grad, select, step_path
+from .cells.streaming import PathCache, compiled_step, stack_step
 from .errors import RnnkitError
 
 #: a layer's state, laid out as ``torch.nn``'s: ``(num_layers * num_directions, B, H)``,
@@ -72,10 +74,8 @@ class Recurrent(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.num_states = self.cells[0].num_states
-        first = self.cells[0]
-        # A stack the compiled streaming kernel can step in one call (cells/streaming.py)
-        self._plain_lstm = (cell == "lstm" and not bidirectional and first.backend != "reference"
-                            and first.torch_nn_unavailable_reason() is None)
+        #: what the step paths cache between steps (compiled stack, packed weights): cells/streaming.py
+        self.path_cache = PathCache()
 
     @property
     def output_size(self) -> int:
@@ -130,11 +130,13 @@ class Recurrent(nn.Module):
         return (outputs, state, traces) if return_gates else (outputs, state)
 
     def step(self, x_t: Tensor, state: Optional[LayerState] = None) -> tuple[Tensor, LayerState]:
-        """One step of every layer for a batch of streams: ``x_t`` ``(B, I)`` to ``(output_t (B, H), state)``."""
-        if self._plain_lstm and type(state) is tuple and len(state) == 2:
-            # The streaming hot path: one compiled call that checks its arguments itself (a
-            # batch-1 step is short enough that any Python here shows); None sends it the checked way below.
-            out = compiled_step(self._modules["cells"], x_t, state)
+        """One step of every layer for a batch of streams: ``x_t`` ``(B, I)`` to ``(output_t (B, H), state)``.
+
+        The path is chosen by ``cells.paths.step_path`` (``self.paths()`` says which, and why)."""
+        if type(state) is tuple and len(state) == 2:
+            # The streaming hot path: the compiled stack the selector chose on an earlier step, one
+            # call that re-checks its conditions itself; None sends it the checked way below.
+            out = compiled_step(self.path_cache, self._modules["cells"], x_t, state)
             if out is not None:
                 return out
         if self.bidirectional:
@@ -143,17 +145,25 @@ class Recurrent(nn.Module):
             raise RnnkitError(f"step expects x_t of shape (batch, {self.input_size}), got {tuple(x_t.shape)}")
         # Checked once here, not per cell: this is the streaming hot path.
         parts = self._check_state(state, x_t)  # x_t (B, I): only its batch size and dtype are read
-        if self._plain_lstm:
-            fused = stack_step(self.cells, x_t, *parts)  # the whole stack in one compiled call
-            if fused is not None:
-                return fused
-        states = list(zip(*(p.unbind(0) for p in parts)))
+        h = parts[0]
+        state_dtype = h.dtype if h.dtype != torch.float32 else parts[-1].dtype  # float32 only if all are
+        path = step_path(self.cells, batch=x_t.size(0), dtype=x_t.dtype, state_dtype=state_dtype,
+                         device=x_t.device, grad=needs_grad(self.cells, x_t, *parts), bf16=autocast_bf16())
+        if path.name in STACK_STEPS:
+            return stack_step(path, self.cells, self.path_cache, x_t, *parts)
         final = []
-        for cell, cell_state in zip(self.cells, states):
-            cell_state = cell._step(x_t, cell_state)
+        for cell, cell_state in zip(self.cells, zip(*(p.unbind(0) for p in parts))):
+            cell_state = cell._step_on(path, x_t, cell_state)
             x_t = cell_state[0]
             final.append(cell_state)
         return x_t, self._join_state(final)
+
+    def paths(self, batch: int = 1, *, dtype: Optional[torch.dtype] = None, training: bool = False,
+              precision: str = "fp32") -> Paths:
+        """The paths ``step`` and ``forward`` take for ``batch`` streams on this machine, and why
+        (``cells.paths.select``); ``precision="bf16"``: under bfloat16 autocast."""
+        return select(self.cells, batch=batch, dtype=dtype, training=training, precision=precision,
+                      bidirectional=self.bidirectional)
 
     def initial_state(self, batch_size: int, like: Tensor) -> LayerState:
         """The zero state for ``batch_size`` streams, on ``like``'s device and dtype."""
@@ -244,6 +254,65 @@ class Recurrent(nn.Module):
         )
 
 
+@dataclass(frozen=True)
+class LayerPaths:
+    """One recurrent layer of a model and the paths its step and forward take (:func:`explain`)."""
+
+    name: str  # the layer's name in the model (``model.named_modules()``), "" for the model itself
+    layer: str  # what it is, e.g. "Recurrent(lstm, 2 layers, 256 -> 256)"
+    step: Path
+    forward: Path
+
+
+def explain(model: nn.Module, batch: int = 1, *, dtype: Optional[torch.dtype] = None, training: bool = False,
+            precision: str = "fp32") -> list[LayerPaths]:
+    """Which path the step and the forward of every recurrent layer in ``model`` take on this
+    machine, and why (``cells.paths``), for ``batch`` streams of ``dtype`` (the weights' if
+    ``None``), with gradients (``training``) or without, in ``precision`` ("bf16": bfloat16 autocast).
+
+    Every :class:`Recurrent` is one entry; so is a cell used on its own, outside one. Asking may
+    load (or start building, once) the optional compiled kernels, as the first step would."""
+    if not isinstance(batch, int) or batch < 1:
+        raise RnnkitError(f"batch must be a positive integer, got {batch!r}")
+    if precision not in ("fp32", "bf16"):
+        raise RnnkitError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    found, stacked = [], set()
+    for name, module in model.named_modules():  # a layer comes before its cells
+        if isinstance(module, Recurrent):
+            stacked.update(id(cell) for cell in module.cells)
+            paths = module.paths(batch, dtype=dtype, training=training, precision=precision)
+            what = (f"Recurrent({module.cell_type}, {module.num_layers} layer{'s' * (module.num_layers > 1)}"
+                    f"{', bidirectional' if module.bidirectional else ''}, {module.input_size} -> {module.hidden_size})")
+        elif isinstance(module, RecurrentCell) and id(module) not in stacked:
+            paths = select(module, batch=batch, dtype=dtype, training=training, precision=precision)
+            what = f"{type(module).__name__}({module.input_size} -> {module.hidden_size})"
+        else:
+            continue
+        found.append(LayerPaths(name, what, paths.step, paths.forward))
+    return found
+
+
+def set_backend(model: nn.Module, backend: Backend) -> nn.Module:
+    """Switch every recurrent cell in ``model`` to ``backend`` and drop what the layers' step paths
+    cached; returns ``model``. ``set_backend(model, "reference")`` makes every step and forward run
+    the cells' equations in plain torch ops (``cells/paths.py``): what an exporter that traces the
+    model needs, whatever kernels this machine has. All cells are checked before any changes."""
+    if backend not in ("auto", "fused", "reference"):
+        raise RnnkitError(f"backend must be 'auto', 'fused' or 'reference', got {backend!r}")
+    cells = [(name, m) for name, m in model.named_modules() if isinstance(m, RecurrentCell)]
+    for name, cell in cells:
+        reason = cell.fused_unavailable_reason()
+        if backend == "fused" and reason:
+            raise RnnkitError(f"backend='fused' cannot be honoured by {name or 'the model'}: {reason}; use 'auto'")
+    for _, cell in cells:
+        cell.backend = backend
+    for layer in model.modules():
+        if isinstance(layer, Recurrent):
+            layer.cell_options["backend"] = backend
+            layer.path_cache.clear()  # a cached compiled stack would otherwise keep stepping
+    return model
+
+
 def _reverse_within_lengths(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     """Reverse each sequence's first ``length`` steps in time, leaving its padding in place."""
     if lengths is None:
@@ -254,4 +323,4 @@ def _reverse_within_lengths(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.gather(1, index[:, :, None].expand_as(x))
 
 
-__all__ = ["Recurrent", "RecurrentCell", "LayerState"]
+__all__ = ["LayerPaths", "LayerState", "Recurrent", "RecurrentCell", "explain", "set_backend"]

@@ -9,11 +9,12 @@ family (``rnn.py``, ``lstm.py``, ``gru.py``) writes down only what makes it itse
 - which options the fused kernels can honour.
 
 Where ATen has no kernel for a cell's options (peepholes, layer norm, the minimal cells),
-``_run_fused`` runs rnnkit's own fused recurrence instead (``scan.py``, ``minimal.py``), and
-``step`` without gradients runs the streaming path (``streaming.py``).
+``_run_fused`` runs rnnkit's own fused recurrence instead (``scan.py``, ``minimal.py``).
 
-This base class runs the time loop, masks padding, packs variable-length batches for the
-fused kernels, and picks the path (``backend="auto" | "fused" | "reference"``).
+Which of these runs is chosen in one place, ``paths.py`` (``forward_path``, ``step_path``),
+from the options (``backend="auto" | "fused" | "reference"``), the dtype, the device and
+whether gradients are wanted; this base class asks it, then runs the time loop, masks
+padding and packs variable-length batches for the fused kernels.
 
 Internally a state is always a tuple of ``(batch, hidden_size)`` tensors: ``(h,)`` for
 RNN and GRU, ``(h, c)`` for LSTM. At the public surface RNN and GRU take and return the
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..errors import RnnkitError
+from .paths import Path, Paths, forced_reference, forward_path, select, step_path
 
 Backend = Literal["auto", "fused", "reference"]
 State = Union[Tensor, tuple[Tensor, Tensor]]
@@ -55,6 +57,8 @@ class RecurrentCell(nn.Module):
 
     #: names of the gate traces ``forward(..., return_gates=True)`` returns
     gate_names: tuple[str, ...] = ()
+    #: the family's name in the cell registry (``cells.CELLS``): what ``paths.py`` chooses by
+    kind: str = ""
     #: how many ``H``-sized blocks ``weight_ih`` stacks (4 for LSTM, 3 for GRU, 1 for RNN)
     num_chunks: int = 1
     #: how many tensors the state holds: 2 for LSTM ``(h, c)``, 1 otherwise
@@ -111,8 +115,15 @@ class RecurrentCell(nn.Module):
 
     @property
     def uses_fused(self) -> bool:
-        """Whether ``forward`` (without ``return_gates``) runs the fused kernel."""
-        return self.backend != "reference" and self.fused_unavailable_reason() is None
+        """Whether ``forward`` (without ``return_gates``) runs a fused path, not the reference
+        equations (which one: ``paths.forward_path``)."""
+        return forced_reference(self) is None
+
+    def paths(self, batch: int = 1, *, dtype: Optional[torch.dtype] = None, training: bool = False,
+              precision: str = "fp32") -> Paths:
+        """The paths ``step`` and ``forward`` take for ``batch`` streams on this machine, and why
+        (``paths.select``); ``precision="bf16"``: under bfloat16 autocast."""
+        return select(self, batch=batch, dtype=dtype, training=training, precision=precision)
 
     def initial_state(self, batch_size: int, like: Tensor) -> State:
         """The zero state for ``batch_size`` streams, on ``like``'s device and dtype."""
@@ -164,18 +175,26 @@ class RecurrentCell(nn.Module):
         self, x: Tensor, states: States, lengths: Optional[Tensor], return_gates: bool
     ) -> tuple[Tensor, States, Optional[dict[str, Tensor]]]:
         """The unchecked forward used by layers: inputs already validated."""
-        if self.uses_fused and not return_gates:
-            outputs, states = self._run_fused(x, states, lengths)
-            return outputs, states, None
-        return self._run_reference(x, states, lengths, return_gates)
+        path = forward_path(self, dtype=x.dtype, state_dtype=states[0].dtype, device=x.device,
+                            grad=torch.is_grad_enabled(), lengths=lengths is not None, return_gates=return_gates)
+        if path.name == "reference":
+            return self._run_reference(x, states, lengths, return_gates)
+        outputs, states = self._run_fused(path, x, states, lengths)
+        return outputs, states, None
 
     def _step(self, x_t: Tensor, states: States) -> States:
-        """The unchecked step used by ``step`` and by layers: the one place that picks its path."""
-        if self.uses_fused:
-            return self._fused_step(x_t, states)
-        return self._reference_step(self._project_input(x_t), states)[0]
+        """The unchecked step used by ``step``: on the path ``paths.step_path`` picks for this cell."""
+        return self._step_on(step_path(self), x_t, states)
 
-    def _run_fused(self, x: Tensor, states: States, lengths: Optional[Tensor]):
+    def _step_on(self, path: Path, x_t: Tensor, states: States) -> States:
+        """One step on ``path`` (chosen by ``paths.step_path``): the equations, or ATen's fused cell."""
+        if path.name == "reference":
+            return self._reference_step(self._project_input(x_t), states)[0]
+        return self._fused_step(x_t, states)
+
+    def _run_fused(self, path: Path, x: Tensor, states: States, lengths: Optional[Tensor]):
+        """The forward on ``path`` (chosen by ``paths.forward_path``); here ATen's kernels
+        (``aten-*``), packed for variable lengths; families with paths of their own override it."""
         hx = tuple(s.unsqueeze(0) for s in states)  # each (1, B, H): one layer, one direction
         if lengths is None:
             outputs, *final = self._fused_sequence(x, hx, batch_sizes=None)
@@ -276,7 +295,7 @@ class RecurrentCell(nn.Module):
         return states if self.num_states == 2 else states[0]
 
     def extra_repr(self) -> str:
-        path = "fused" if self.uses_fused else "reference"
+        path = "fused" if self.uses_fused else "reference"  # which fused one: paths.forward_path
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, path={path}"
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Optional
 
 import torch
 from torch import Tensor, _VF
 
-from .base import Backend, RecurrentCell, States, valid_steps
-from .kernels import gru_kernel
+from .base import Backend, Path, RecurrentCell, States, valid_steps
 from .scan import CompiledGRUScan, GRUScan
 
 
@@ -47,6 +45,7 @@ class GRU(RecurrentCell):
     each ``(B, T, H)``.
     """
 
+    kind = "gru"
     gate_names = ("reset", "update", "candidate")
     num_chunks = 3
 
@@ -67,19 +66,19 @@ class GRU(RecurrentCell):
         gates = {"reset": r, "update": z, "candidate": n} if return_gates else None
         return (h_next,), gates
 
-    def _run_fused(self, x: Tensor, states: States, lengths: Optional[Tensor]):
-        # Training on a CPU: rnnkit's own recurrence (scan.py), whose backward computes the
-        # weight gradient in one product over all steps, on the compiled kernel if built;
-        # elsewhere ATen's kernel (cuDNN on GPU).
-        if x.device.type == "cpu" and torch.is_grad_enabled() and self.weight_hh.requires_grad:
-            xw = self._project_input(x)  # (B, T, 3H): W_ih x + b_ih for every step at once
-            with torch.autocast("cpu", enabled=False):  # mixed dtypes would break its small ops
-                xw = xw.to(self.weight_hh.dtype)
-                args = (xw, states[0], self.weight_hh, self.bias_hh, valid_steps(lengths, x))
-                kernel = _compiled_gru(*args[:3])
-                outputs, h = GRUScan.apply(*args) if kernel is None else CompiledGRUScan.apply(*args, kernel)
-            return outputs, (h,)
-        return super()._run_fused(x, states, lengths)
+    def _run_fused(self, path: Path, x: Tensor, states: States, lengths: Optional[Tensor]):
+        # Training on a CPU (paths.forward_path: "gru-scan", "compiled-gru-scan"): rnnkit's own
+        # recurrence (scan.py), whose backward computes the weight gradient in one product over
+        # all steps; elsewhere ATen's kernel (cuDNN on GPU).
+        if path.name == "aten-gru":
+            return super()._run_fused(path, x, states, lengths)
+        xw = self._project_input(x)  # (B, T, 3H): W_ih x + b_ih for every step at once
+        with torch.autocast("cpu", enabled=False):  # mixed dtypes would break its small ops
+            xw = xw.to(self.weight_hh.dtype)
+            args = (xw, states[0], self.weight_hh, self.bias_hh, valid_steps(lengths, x))
+            kernel = path.kernel
+            outputs, h = GRUScan.apply(*args) if kernel is None else CompiledGRUScan.apply(*args, kernel)
+        return outputs, (h,)
 
     def _fused_sequence(self, x: Tensor, hx: States, batch_sizes: Optional[Tensor]):
         if batch_sizes is None:
@@ -89,9 +88,3 @@ class GRU(RecurrentCell):
     def _fused_step(self, x_t: Tensor, states: States) -> States:
         return (_VF.gru_cell(x_t, states[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh),)
 
-
-def _compiled_gru(xw: Tensor, h0: Tensor, weight_hh: Tensor) -> Optional[ModuleType]:
-    """The compiled GRU kernel if it can run this CPU call (one dtype, float32 or float64), else ``None``."""
-    if weight_hh.dtype not in (torch.float32, torch.float64) or not xw.dtype == h0.dtype == weight_hh.dtype:
-        return None
-    return gru_kernel()

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, _VF, nn
 
-from .base import Backend, RecurrentCell, States, valid_steps
+from .base import Backend, Path, RecurrentCell, States, valid_steps
 from .scan import LSTMScan
 
 
@@ -49,9 +49,9 @@ class LSTM(RecurrentCell):
     The plain cell runs ATen's fused LSTM kernel (what ``torch.nn.LSTM`` runs: oneDNN on
     CPU, cuDNN on GPU); with peepholes or layer norm, rnnkit's own fused recurrence
     (``scan.py``: the same equations with a hand-written backward; its time loops in C++ when
-    the optional compiled kernel ``kernels/lstm_scan.cpp`` is built). ``step`` without
-    gradients runs the streaming path (``streaming.py``). ``backend="reference"`` runs the
-    equations below as written, step by step under autograd.
+    the optional compiled kernel ``kernels/lstm_scan.cpp`` is built). A ``Recurrent`` stack of
+    plain cells steps on the streaming path (``streaming.py``). ``backend="reference"`` runs the
+    equations below as written, step by step under autograd. ``paths.py`` chooses among these.
 
     Gate traces (``return_gates=True``): ``input`` i, ``forget`` f, ``output`` o,
     ``candidate`` g and ``cell`` c, each ``(B, T, H)``.
@@ -64,6 +64,7 @@ class LSTM(RecurrentCell):
         (torch.Size([4, 10, 32]), torch.Size([4, 32]))
     """
 
+    kind = "lstm"
     gate_names = ("input", "forget", "output", "candidate", "cell")
     num_chunks = 4
     num_states = 2
@@ -146,10 +147,11 @@ class LSTM(RecurrentCell):
             return _VF.lstm(x, hx, self._flat_weights(), self.bias, 1, 0.0, self.training, False, True)
         return _VF.lstm(x, batch_sizes, hx, self._flat_weights(), self.bias, 1, 0.0, self.training, False)
 
-    def _run_fused(self, x: Tensor, states: States, lengths: Optional[Tensor]):
-        if self.torch_nn_unavailable_reason() is None:
-            return super()._run_fused(x, states, lengths)  # ATen's kernel, as torch.nn.LSTM
-        # rnnkit's own recurrence with a hand-written backward (scan.py)
+    def _run_fused(self, path: Path, x: Tensor, states: States, lengths: Optional[Tensor]):
+        if path.name == "aten-lstm":
+            return super()._run_fused(path, x, states, lengths)  # ATen's kernel, as torch.nn.LSTM
+        # (compiled-)lstm-scan: rnnkit's own recurrence with a hand-written backward (scan.py),
+        # whose time loops run in C++ where paths.forward_path found the kernel can
         xw = self._project_input(x)  # (B, T, 4H): LN(W_ih x) with layer norm, else W_ih x + b_ih
         bias = self.bias_hh
         norms = (None,) * 4
@@ -163,10 +165,9 @@ class LSTM(RecurrentCell):
         return outputs, (h, c)
 
     def _fused_step(self, x_t: Tensor, states: States) -> States:
-        if self.torch_nn_unavailable_reason() is not None:
-            return self._reference_step(self._project_input(x_t), states)[0]
-        # ATen's fused cell, with or without gradients: measured against the packed-product step
-        # this file once ran without gradients, it is faster at every batch size (benchmarks/streaming.py)
+        # ATen's fused cell, with or without gradients (faster than torch ops around MKL's packed
+        # product at every batch size: benchmarks/streaming.py); the compiled stack step of a
+        # whole Recurrent layer is streaming.py's
         return tuple(_VF.lstm_cell(x_t, states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh))
 
     def extra_repr(self) -> str:

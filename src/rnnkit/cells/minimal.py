@@ -31,9 +31,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .base import Backend, RecurrentCell, States, valid_steps
+from .base import Backend, Path, RecurrentCell, States, valid_steps
 from .buffers import reused_buffer as _reused_buffer
-from .kernels import scan_kernel
 
 
 def g(v: Tensor) -> Tensor:
@@ -50,8 +49,8 @@ def log_space_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
     """All ``h_t = a_t ⊙ h_{t-1} + b_t`` at once from ``log a``, ``log b`` ``(B, T, H)`` and ``h0`` ``(B, H)``.
 
     Heinsen's form: one ``cumsum`` and one ``logcumsumexp`` over time. Fast where
-    ``logcumsumexp`` is a parallel kernel (GPU); on a CPU ATen's is a scalar loop, one element
-    after another, so CPUs run :func:`_blocked_scan` or the compiled kernel.
+    ``logcumsumexp`` is a parallel kernel (GPU); on a CPU ATen's is a scalar loop, so CPUs
+    run :func:`_blocked_scan` or the compiled kernel (``paths.forward_path`` chooses).
     """
     log_A = log_a.cumsum(dim=1)  # (B, T, H): log of the running product A_t
     h = torch.exp(log_A + torch.logcumsumexp(log_b - log_A, dim=1))  # the scan from a zero state
@@ -127,7 +126,7 @@ def _candidate_and_slope(v: Tensor) -> tuple[Tensor, Tensor]:
 class _MinGRUCoefficients(torch.autograd.Function):
     """``(a, b) = (1 - z, z ⊙ g(k_h))`` with ``z = σ(k_z)``, and their gradient written out:
     ``dk_z = (db ⊙ g - da) ⊙ z(1 - z)``, ``dk_h = db ⊙ z ⊙ g'``. Autograd's version of these
-    few elementwise ops makes about three times the passes over the (B, T, H) tensors."""
+    few elementwise ops makes several times the passes over the (B, T, H) tensors."""
 
     @staticmethod
     def forward(ctx, k_z: Tensor, k_h: Tensor):
@@ -177,8 +176,8 @@ class _CompiledScan(torch.autograd.Function):
     Only ``x W^T`` and ``h`` are kept in between; the gates are recomputed. Under CPU
     autocast the two GEMMs run in its dtype (:func:`_autocast_dtype`); in bfloat16, ``x W^T``
     stays as the GEMM wrote it and ``dk`` is written in bfloat16 for the GEMMs after it, the
-    kernel widening and rounding them as it reads and writes (no float32 copies of either: at
-    T=1024 the training step is bound by the bytes it moves). The same
+    kernel widening and rounding them as it reads and writes (no float32 copies of either,
+    which would cost a pass over each). The same
     equations as :class:`LinearScan` with ``_MinGRUCoefficients``/``_MinLSTMCoefficients``,
     which tests check it against.
     """
@@ -236,13 +235,6 @@ def _autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
     return torch.get_autocast_dtype("cpu")
 
 
-def _compiled_scan(x: Tensor, lengths: Optional[Tensor]):
-    """The compiled scan kernel if it can run this call, else ``None`` (then Python ops run)."""
-    if x.device.type != "cpu" or lengths is not None or x.dtype not in (torch.float32, torch.float64):
-        return None
-    return scan_kernel()
-
-
 class _MinimalCell(RecurrentCell):
     """What minGRU and minLSTM share: no recurrent weights, a parallel scan, a sequential step."""
 
@@ -263,17 +255,16 @@ class _MinimalCell(RecurrentCell):
         """``(log a, log b)``, computed stably in log space (for :func:`log_space_scan`)."""
         raise NotImplementedError
 
-    def _run_fused(self, x: Tensor, states: States, lengths: Optional[Tensor]):
-        kernel = _compiled_scan(x, lengths)
-        if kernel is not None and x.dtype == self.weight_ih.dtype == states[0].dtype:
-            h = _CompiledScan.apply(x, self.weight_ih, self.bias_ih, states[0], kernel)  # (B, T, H)
+    def _run_fused(self, path: Path, x: Tensor, states: States, lengths: Optional[Tensor]):
+        if path.name == "compiled-min-scan":
+            h = _CompiledScan.apply(x, self.weight_ih, self.bias_ih, states[0], path.kernel)  # (B, T, H)
             return h, (h[:, -1],)
         xw = self._project_input(x)  # (B, T, chunks*H)
         # The scans need float32 at least (bfloat16 under autocast would round a 1000-step
         # product to nothing).
         xw = xw.to(torch.promote_types(xw.dtype, torch.float32))
         valid = valid_steps(lengths, x)  # (B, T, 1) or None
-        if x.device.type == "cpu":  # linear space, blocked scan (see chunked scan notes above)
+        if path.name == "min-scan-blocked":  # linear space, blocked scan (see chunked scan notes above)
             a, b = self._coefficients(xw)  # each (B, T, H)
             if valid is not None:
                 a = a.masked_fill(~valid, 1.0)  # a padded step keeps the state ...
@@ -288,9 +279,6 @@ class _MinimalCell(RecurrentCell):
         final = h[:, -1]  # padding carried the last valid state to the end
         outputs = h if valid is None else h * valid
         return outputs, (final,)
-
-    def _fused_step(self, x_t: Tensor, states: States) -> States:
-        return self._reference_step(self._project_input(x_t), states)[0]
 
 
 class MinGRU(_MinimalCell):
@@ -315,6 +303,7 @@ class MinGRU(_MinimalCell):
     Gate traces (``return_gates=True``): ``update`` z and ``candidate`` h̃, each ``(B, T, H)``.
     """
 
+    kind = "mingru"
     gate_names = ("update", "candidate")
     num_chunks = 2
 
@@ -356,6 +345,7 @@ class MinLSTM(_MinimalCell):
     each ``(B, T, H)``.
     """
 
+    kind = "minlstm"
     gate_names = ("forget", "input", "candidate")
     num_chunks = 3
 

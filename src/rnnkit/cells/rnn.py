@@ -36,6 +36,7 @@ class RNN(RecurrentCell):
     ``(B, T, H)``; where it sits far from 0, tanh saturates and passes no gradient.
     """
 
+    kind = "rnn"
     gate_names = ("preactivation",)
     num_chunks = 1
 

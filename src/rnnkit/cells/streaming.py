@@ -1,62 +1,46 @@
-"""The streaming fast path: one LSTM step for a batch of streams at the cost of reading its weights.
+"""The streaming step: one LSTM step for a batch of streams at the cost of reading its weights.
 
 Stepping a small batch (generation, live forecasting, serving) is a matrix-vector product:
 each step reads every weight once and does two flops per weight read, so its floor is
 memory bandwidth, not arithmetic. ``torch.nn.LSTM`` called one step at a time spends most
-of its step above that floor on per-call overhead (argument checks, weight flattening, oneDNN
-reorders); ``_VF.lstm_cell`` less, on two separate matrix products and ten small ops
-(``benchmarks/streaming.py`` measures both against the floor).
+of a step on per-call overhead (argument checks, weight flattening, oneDNN reorders);
+``_VF.lstm_cell`` on two separate matrix products and ten small ops per layer.
 
-Here one step of one layer is::
+This module runs the step paths of a plain LSTM stack that ``paths.py`` chooses (its
+docstring lists them, :func:`paths.step_path` picks one) and keeps what they cache in a
+:class:`PathCache` owned by the layer (``Recurrent.path_cache``):
 
-    z = [x_t | h_{t-1}] @ W^T + b     # (B, 4H): ONE product, W = [W_ih | W_hh] (4H, I+H),
-                                      # rows reordered i, f, o, g, b = b_ih + b_hh
-    i, f, o = sigmoid(z[:, :3H])      # one op over three gates
-    g = tanh(z[:, 3H:])
-    c_t = f * c_{t-1} + i * g         # one addcmul
-    h_t = o * tanh(c_t)
+- ``compiled-stack-step`` runs a whole stack in ONE call of the compiled stream kernel
+  (``kernels/stream_step.cpp``), a ``StreamStack`` built once and cached, whose ``step`` checks
+  its own arguments; so from the second step on ``Recurrent.step`` is one call into it
+  (:func:`compiled_step`). Its product runs over weights laid out for it (:func:`_blocked`:
+  4 gates x one vector of units contiguous per input), fused with the gates and the state
+  update: each half of a layer's weights (``W_ih``, ``W_hh``) is one pass, so a batch-1 step
+  costs about what reading the weights once costs (the floor); the passes' order alternates
+  from step to step so that what one step read last, still in L2, the next reads first.
+- ``compiled-stack-step-bf16``: under ``torch.autocast("cpu", dtype=torch.bfloat16)`` the same
+  product reads a bfloat16 copy of the weights (half the bytes) and widens each to float32 as
+  it loads it: the state, the sums and the gates stay float32, so the only rounding is the
+  weights' (``benchmarks/streaming.py`` measures the output error after 200 steps).
+- ``compiled-bf16-gemm-step``: under bfloat16 autocast with many streams, where the CPU
+  multiplies bfloat16 in hardware (AMX, AVX-512 BF16) and torch carries MKL, one bfloat16 GEMM
+  per layer, ``[x | h]`` and ``W`` rounded to bfloat16, sums, gates and state in float32
+  (``kernels/gemm_lstm.h``): there the product is compute-bound and bfloat16 tiles win.
+- ``compiled-mkl-stack-step``: above the blocked product's batch, per layer::
 
-On a CPU with MKL, ``W`` is packed once by ``cblas_sgemm_pack`` for the batch size in use,
-so the product streams the weights at (measured) the speed of reading them. The packed
-copy is rebuilt whenever a parameter changes (its ``_version`` or storage), so training
-between generations, ``load_state_dict`` or ``.to()`` never see stale weights.
+      z = [x_t | h_{t-1}] @ W^T + b     # (B, 4H): ONE product, W = [W_ih | W_hh] (4H, I+H),
+                                        # rows reordered i, f, o, g, b = b_ih + b_hh
+      i, f, o = sigmoid(z[:, :3H]); g = tanh(z[:, 3H:])
+      c_t = f * c_{t-1} + i * g; h_t = o * tanh(c_t)
 
-This product runs only inside the compiled kernel, for batches above its own product's
-(``lstm_stack_step``); Python ops around MKL's product were slower than ATen's ``lstm_cell``
-at every batch size, so the path without the kernel runs ``lstm_cell``.
+  with ``W`` packed once by MKL's ``cblas_sgemm_pack`` for the batch size in use and the gate
+  ops dispatched from C++ (``lstm_stack_step``); from Python, ops around MKL's product were
+  slower than ATen's ``lstm_cell``, so no Python version of it exists.
+- ``aten-lstm-cell``: ATen's fused ``lstm_cell`` per layer (:func:`aten_stack_step`), reading
+  the parameters straight from each cell: differentiable, any dtype or device.
 
-At batch 1 the ten small ops per layer cost more than the product (each is a call from
-Python), and MKL's product itself reads the weights at about half the speed of a plain sum.
-:func:`stack_step` therefore runs a whole stack of plain LSTM layers in ONE call of a
-compiled kernel (``kernels/stream_step.cpp``) once it has been built (``kernels/__init__.py``), and
-caches on the stack a ``StreamStack`` whose ``step`` checks its own arguments, so from the
-second step on ``Recurrent.step`` is one call into it (:func:`compiled_step`), which matters
-most for small models, whose step is nearly all overhead:
-
-- up to ``BLOCKED_MAX_BATCH`` streams (256 with AVX-512), its own product over weights laid out for it
-  (:func:`_blocked`: 4 gates x one vector of units contiguous per input), fused with the gates and
-  the state update: each half of a layer's weights (``W_ih``, ``W_hh``) is one pass, so a
-  batch-1 step costs about what reading the weights once costs (the floor); the passes'
-  order alternates from step to step so that what one step read last, still in L2, the next
-  reads first (this pays where the weights outgrow L2: the 4 MB of a 2-layer H=256 stack on a
-  core with 2 MB of L2);
-- above that, the MKL path above with its ops dispatched from C++.
-
-Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` the blocked product reads a bfloat16
-copy of the weights (half the bytes, so about half the step) and widens each to float32 as
-it loads it: the state, the sums and the gates stay float32, so the only rounding is the
-weights' (``benchmarks/streaming.py`` measures the outputs' relative error after 200 steps).
-
-Under bfloat16 autocast, from ``BF16_GEMM_FROM_BATCH`` (16) streams on, where the CPU multiplies
-bfloat16 in hardware (AMX, AVX-512 BF16) and torch carries MKL, the stack's step is instead one
-bfloat16 GEMM per layer, ``[x | h]`` and ``W`` rounded to bfloat16, sums, gates and state in
-float32 (``kernels/gemm_lstm.h``): there the product is compute-bound, and bfloat16 tiles
-multiply several times faster than float32 FMAs (``BF16_GEMM_FROM_BATCH`` says from where).
-
-Without a built kernel (not built yet, ``RNNKIT_KERNELS=0``, no compiler: ``kernels/__init__.py``)
-or where it cannot run (gradients wanted, float64, another device), :func:`stack_step` loops
-over the layers calling ATen's fused ``lstm_cell`` (what ``torch.nn.LSTMCell`` runs), reading
-the parameters straight from each cell: no slower than that loop written by hand.
+Every cached copy is rebuilt when a parameter changes (its object, storage or ``_version``),
+so training between generations, ``load_state_dict`` or ``.to()`` never see stale weights.
 """
 
 from __future__ import annotations
@@ -65,45 +49,113 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, _VF
+from torch import _VF, Tensor, nn
 
-from .kernels import cpu_multiplies_bf16, stream_kernel
+from . import paths
+from .paths import Path, bf16_gemm
 
-#: MKL's packed GEMM as exposed by ATen (what inductor's ``freezing`` uses on CPU)
-HAS_MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 _MAX_PACKED_BATCHES = 4  # a packed copy per batch size in use; streams rarely change batch
+_EMPTY = torch.empty(0)
+StepOutput = tuple[Tensor, tuple[Tensor, Tensor]]
 
 
-def compiled_step(cells, x_t: Tensor, state) -> Optional[tuple[Tensor, tuple[Tensor, Tensor]]]:
-    """The batch-1 hot path: ``(y_t, (h', c'))`` from the stack's compiled ``StreamStack``, which
-    checks its arguments itself (dtypes, shapes, gradients, fresh weights) in one call; ``None``
-    where it cannot run or was not built yet: then the caller checks and runs :func:`stack_step`."""
-    stack = cells.__dict__.get("_stream", _NO_CACHE).get("stack")
-    return stack.step(x_t, *state) if stack is not None else None
+class PathCache:
+    """What a layer's step paths keep between steps, owned by the layer (``Recurrent.path_cache``).
+
+    - ``stack``: the compiled stream kernel's ``StreamStack`` for ``stack_cells`` (the layer's
+      ``cells``), with its weights laid out per precision in use; it knows itself when a
+      parameter changed (``fresh()``) and is then rebuilt;
+    - ``packed``: per cell index, ``[W_ih | W_hh]`` reordered and MKL's packed copies of it per
+      batch size, keyed by the parameters' pointers and versions.
+
+    A copy or a pickle of the layer carries none of it (MKL's packed weights and the kernel's
+    objects neither copy nor pickle, and a copy has new parameters anyway): it rebuilds its own."""
+
+    def __init__(self) -> None:
+        self.stack = None
+        self.stack_cells: Optional[nn.ModuleList] = None
+        self.packed: dict[int, dict] = {}
+
+    def clear(self) -> None:
+        self.__init__()
+
+    def __deepcopy__(self, memo) -> "PathCache":
+        return PathCache()
+
+    def __reduce__(self):
+        return PathCache, ()
+
+    def __repr__(self) -> str:
+        return f"PathCache(stack={'built' if self.stack is not None else None}, packed={sorted(self.packed)})"
+
+    def compiled_stack(self, kernel, cells: nn.ModuleList, bf16: bool):
+        """The kernel's ``StreamStack`` for ``cells`` with the weights of the precision in force
+        laid out (:func:`_blocked`; bfloat16 under CPU autocast): the cached one while ``cells``
+        and their parameters are unchanged, else a new one."""
+        stack = self.stack
+        if stack is None or self.stack_cells is not cells or not stack.fresh():
+            stack = self.stack = kernel.StreamStack(cells, paths.BLOCKED_MAX_BATCH.get(kernel.LANES, 8))
+            self.stack_cells = cells
+        if not stack.has_weights(bf16):
+            input_sizes = [cell.input_size for cell in cells]
+            weights, biases = zip(*(_blocked(cell, kernel.LANES) for cell in cells))
+            if bf16:
+                weights = [_paired_bf16(w, cell.input_size) for w, cell in zip(weights, cells)]
+                if bf16_gemm(kernel):
+                    gemm_weights, gemm_biases = zip(*(_joined(cell) for cell in cells))
+                    stack.set_gemm_weights([w.to(torch.bfloat16) for w in gemm_weights], list(gemm_biases),
+                                           input_sizes, paths.BF16_GEMM_FROM_BATCH)
+            stack.set_weights(bf16, list(weights), list(biases), input_sizes)
+        return stack
+
+    def mkl_weights(self, index: int, cell: nn.Module, batch: int) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(W, b, packed W or None)`` of cell ``index`` for ``batch``, rebuilt when a parameter changes."""
+        key = [(p.data_ptr(), p._version) for p in cell._flat_weights()]
+        cache = self.packed.setdefault(index, {})
+        entry = cache.get("weights")
+        if entry is None or entry[0] != key:
+            entry = (key, *_reordered(cell))
+            cache.clear()
+            cache["weights"] = entry
+        _, weight, bias = entry
+        packed = None
+        if paths.HAS_MKL_PACKED and weight.device.type == "cpu":
+            packed = cache.get(batch)
+            if packed is None:
+                if len(cache) > _MAX_PACKED_BATCHES:
+                    cache.clear()
+                    cache["weights"] = entry
+                packed = cache[batch] = torch.ops.mkl._mkl_reorder_linear_weight(weight, batch)
+        return weight, bias, packed
 
 
-def stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """All layers of a plain, unidirectional LSTM stack: ``(y_t, (h', c'))`` with ``h``, ``c``
-    ``(L, B, H)``; in one kernel call where it can run (then it builds, and caches on ``cells``,
-    what :func:`compiled_step` steps next time), else :func:`aten_stack_step`."""
-    kernel = stream_kernel() if x_t.is_cpu else None
-    if kernel is None or not x_t.dtype == h.dtype == c.dtype == torch.float32:
-        return aten_stack_step(cells, x_t, h, c)
-    params = [p for cell in cells for p in cell._parameters.values() if p is not None]
-    if torch.is_grad_enabled() and (x_t.requires_grad or h.requires_grad or c.requires_grad
-                                    or any(p.requires_grad for p in params)):
-        return aten_stack_step(cells, x_t, h, c)  # autograd must see the step
-    max_batch = BLOCKED_MAX_BATCH.get(kernel.LANES, 8)
-    if x_t.size(0) <= max_batch or (_autocast_bf16() and _bf16_gemm(kernel)):
-        stack = _stream_stack(kernel, cells, params, max_batch)
-        return stack.step(x_t, h, c) if stack is not None else aten_stack_step(cells, x_t, h, c)
-    weights, biases, packed = zip(*(_stream_weights(cell, x_t.size(0)) for cell in cells))
-    packed = [p if p is not None else _EMPTY for p in packed]
-    y, h, c = kernel.lstm_stack_step(x_t, h, c, list(weights), list(biases), packed)
-    return y, (h, c)
+def compiled_step(cache: PathCache, cells: nn.ModuleList, x_t: Tensor, state) -> Optional[StepOutput]:
+    """The hot path: ``(y_t, (h', c'))`` from the ``StreamStack`` cached for ``cells``, which
+    re-checks in one call everything :func:`paths.step_path` checked when it chose it (dtypes,
+    shapes, device, gradients, fresh weights, batch); ``None`` where it cannot run or none is
+    cached yet: then the caller checks its arguments and asks the selector."""
+    stack = cache.stack
+    return stack.step(x_t, *state) if stack is not None and cache.stack_cells is cells else None
 
 
-def aten_stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+def stack_step(path: Path, cells: nn.ModuleList, cache: PathCache, x_t: Tensor, h: Tensor, c: Tensor) -> StepOutput:
+    """All layers of a plain, unidirectional LSTM stack on ``path`` (one of ``paths.STACK_STEPS``):
+    ``(y_t, (h', c'))`` with ``h``, ``c`` ``(L, B, H)``."""
+    kernel = path.kernel
+    if path.name in ("compiled-mkl-stack-step", "compiled-addmm-stack-step"):
+        weights, biases, packed = zip(*(cache.mkl_weights(i, cell, x_t.size(0)) for i, cell in enumerate(cells)))
+        packed = [p if p is not None else _EMPTY for p in packed]
+        y, h, c = kernel.lstm_stack_step(x_t, h, c, list(weights), list(biases), packed)
+        return y, (h, c)
+    if path.name != "aten-lstm-cell":
+        bf16 = path.name in ("compiled-stack-step-bf16", "compiled-bf16-gemm-step")
+        out = cache.compiled_stack(kernel, cells, bf16).step(x_t, h, c)
+        if out is not None:
+            return out
+    return aten_stack_step(cells, x_t, h, c)  # also where the stack declined what it cannot step
+
+
+def aten_stack_step(cells: nn.ModuleList, x_t: Tensor, h: Tensor, c: Tensor) -> StepOutput:
     """The stack's step without the kernel: ATen's fused ``lstm_cell`` per layer (differentiable,
     any dtype or device), the parameters read from each cell's ``_parameters`` (no module lookups)."""
     hs, cs = [], []
@@ -113,70 +165,6 @@ def aten_stack_step(cells, x_t: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, t
         hs.append(x_t)
         cs.append(c_l)
     return x_t, (torch.stack(hs), torch.stack(cs))
-
-
-_EMPTY = torch.empty(0)
-#: Up to how many streams the kernel's own product (one pass over each weight half, fused
-#: with the gates) runs, by its vector width (``kernel.LANES``); above, MKL's GEMM. Each is the
-#: largest batch at which the blocked product still beat MKL, timed on a 2-layer H=256 stack on
-#: 1 thread: with AVX-512 (4 rows per pass) it won at every batch tried, up to 256; built for
-#: AVX2 (2 rows per pass) it won at 16 and lost at 64. Four lanes (SSE, NEON): not measured, MKL
-#: from 9 streams.
-BLOCKED_MAX_BATCH = {16: 256, 8: 32, 4: 8}
-#: From how many streams a step under bfloat16 autocast is one bfloat16 GEMM per layer
-#: (``kernels/gemm_lstm.h``) where the CPU multiplies bfloat16 in hardware: the batch from which
-#: it overtook the blocked product on bfloat16 weights, timed per step on a Xeon with AMX
-#: (2-layer H=256, 1 thread); below it, the blocked product wins.
-BF16_GEMM_FROM_BATCH = 16
-
-
-def _autocast_bf16() -> bool:
-    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-
-
-def _bf16_gemm(kernel) -> bool:
-    """Whether the kernel's bfloat16 GEMM step can run and pays: MKL in torch, bfloat16 in the CPU."""
-    return bool(getattr(kernel, "HAS_BF16_GEMM", False)) and cpu_multiplies_bf16()
-
-
-def _stream_stack(kernel, cells, params: list[Tensor], max_batch: int):
-    """The kernel's ``StreamStack`` for ``cells``, with every layer's weights laid out
-    (:func:`_blocked`) for the precision in force (bfloat16 under CPU autocast): the cached one
-    while its parameters are unchanged, else a new one, cached on ``cells``; ``None`` if the
-    weights are not float32 on the CPU."""
-    if not all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params):
-        return None
-    cache = cells.__dict__.setdefault("_stream", _Cache())
-    stack = cache.get("stack")
-    if stack is None or not stack.fresh():
-        stack = cache["stack"] = kernel.StreamStack(cells, max_batch)
-    bf16 = _autocast_bf16()
-    if not stack.has_weights(bf16):
-        input_sizes = [cell.input_size for cell in cells]
-        weights, biases = zip(*(_blocked(cell, kernel.LANES) for cell in cells))
-        if bf16:
-            weights = [_paired_bf16(w, cell.input_size) for w, cell in zip(weights, cells)]
-            if _bf16_gemm(kernel):
-                gemm_weights, gemm_biases = zip(*(_joined(cell) for cell in cells))
-                stack.set_gemm_weights([w.to(torch.bfloat16) for w in gemm_weights], list(gemm_biases),
-                                       input_sizes, BF16_GEMM_FROM_BATCH)
-        stack.set_weights(bf16, list(weights), list(biases), input_sizes)
-    return stack
-
-
-class _Cache(dict):
-    """Re-laid-out weights kept on a module. A copy or a pickle of the module carries none:
-    MKL's packed weights and the kernel's objects neither copy nor pickle, and a copy has
-    new parameters anyway (it rebuilds its own at its first step)."""
-
-    def __deepcopy__(self, memo) -> "_Cache":
-        return _Cache()
-
-    def __reduce__(self):
-        return _Cache, ()
-
-
-_NO_CACHE = _Cache()
 
 
 @torch.no_grad()
@@ -213,27 +201,6 @@ def _paired_bf16(weight: Tensor, input_size: int) -> Tensor:
         U, K, gates, lanes = part.shape
         parts.append(part.view(U, K // 2, 2, gates, lanes).permute(0, 1, 3, 4, 2))  # (U, K/2, 4, lanes, 2)
     return torch.cat(parts, dim=1).to(torch.bfloat16).contiguous()
-
-
-def _stream_weights(cell, batch: int) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """``(W, b, packed W or None)`` for ``batch``, cached on the cell until a parameter changes."""
-    key = [(p.data_ptr(), p._version) for p in cell._flat_weights()]
-    cache = cell.__dict__.setdefault("_stream_cache", _Cache())
-    entry = cache.get("weights")
-    if entry is None or entry[0] != key:
-        entry = (key, *_reordered(cell))
-        cache.clear()
-        cache["weights"] = entry
-    _, weight, bias = entry
-    packed = None
-    if HAS_MKL_PACKED and weight.device.type == "cpu":
-        packed = cache.get(batch)
-        if packed is None:
-            if len(cache) > _MAX_PACKED_BATCHES:
-                cache.clear()
-                cache["weights"] = entry
-            packed = cache[batch] = torch.ops.mkl._mkl_reorder_linear_weight(weight, batch)
-    return weight, bias, packed
 
 
 @torch.no_grad()

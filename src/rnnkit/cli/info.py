@@ -1,4 +1,9 @@
-"""``rnnkit info BUNDLE``: what a saved model is, read from its files without building it."""
+"""``rnnkit info BUNDLE``: what a saved model is, read from its files, and which paths it runs here.
+
+The summary, config and metrics come from the files alone. The "execution paths" table builds
+the model (``rnnkit.load``) and asks ``rnnkit.layers.explain`` which path each recurrent layer's
+step (one stream, no gradients: generation, serving) and forward take on this machine, and why.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from torch import nn
 
-from ..bundle import read_bundle, weight_shapes
+from ..bundle import load, read_bundle, weight_shapes
+from ..layers import explain
 from ..tasks import task_class
 
 
@@ -46,6 +53,7 @@ def info(
     task = task_class(read.model_type)
     if task is not None:
         console.print(_task_table(task, read.path))
+    console.print(_paths_table(read.path))
 
 
 def _task_table(task: type, path: Path) -> Table:
@@ -71,6 +79,32 @@ def _fields(schema: dict[str, Any]) -> str:
         note = f" - {field['description']}" if "description" in field else ""
         lines.append(f"{name}: {kind}{' (required)' if name in required else ''}{note}")
     return "\n".join(lines) or json.dumps(schema)
+
+
+def _paths_table(path: Path) -> Table:
+    """Which path each recurrent layer of the bundle's model runs on this machine, and why; one
+    row saying why not where the model cannot be built (an unknown model type, say)."""
+    table = Table(title=Text("execution paths (this machine; step: 1 stream, no gradients)"),
+                  title_justify="left")
+    table.add_column("layer", style="bold")
+    table.add_column("")
+    table.add_column("path", no_wrap=True)  # a name to grep for, never broken
+    table.add_column("why")
+    try:
+        loaded = load(path)
+    except Exception as exc:  # noqa: BLE001 -- only this table needs the model: the rest of `info` stands
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        table.add_row("-", "", "unknown", Text(f"cannot build the model: {why}"))
+        return table
+    model = loaded if isinstance(loaded, nn.Module) else getattr(loaded, "model", None)
+    layers = explain(model) if isinstance(model, nn.Module) else []
+    for entry in layers:
+        name = Text(f"{entry.name or '(model)'}: {entry.layer}")
+        table.add_row(name, "step", entry.step.name, Text(entry.step.reason))
+        table.add_row("", "forward", entry.forward.name, Text(entry.forward.reason))
+    if not layers:
+        table.add_row("-", "", "none", "the model has no recurrent layer")
+    return table
 
 
 def _table(title: str) -> Table:

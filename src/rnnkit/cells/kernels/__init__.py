@@ -23,7 +23,7 @@ build environment. So the package ships the sources (every ``.cpp`` and ``.h`` h
 kernels are built where rnnkit runs, by whichever comes first:
 
 - ahead of time: ``python -m rnnkit.cells.kernels`` (``make install`` runs it, so ``make test``
-  and ``make demo`` start with them; so does ``benchmarks/speed.py``);
+  and ``make demo`` start with them; so does ``rnnkit bench``);
 - on first use: when a kernel is asked for (:func:`kernel`) and is not built, and a C++
   compiler and ninja are on the PATH, rnnkit starts ONE detached, low-priority background
   process running ``python -m rnnkit.cells.kernels`` (output in the cache's ``build.log``) and
@@ -63,8 +63,8 @@ import torch
 from ...errors import RnnkitError
 
 # GCC vectorises `omp simd` loops 256 bits wide on AVX-512 CPUs unless told otherwise (its
-# tuning for Intel's and AMD's server parts): at 512 bits the minLSTM scan's passes, forward
-# and backward, run faster on a Xeon with AVX-512 (benchmarks/scan_cells.py times them).
+# tuning for Intel's and AMD's server parts); the scans' passes run faster 512 bits wide
+# (benchmarks/scan_cells.py and fused_cells.py measure the kernels that use it).
 # x86 only (other targets reject the flag); the stream kernel picks its own width (blocked_lstm.h).
 _WIDE = ("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ()
 
@@ -86,6 +86,7 @@ KERNELS: dict[str, tuple[str, tuple[str, ...], str]] = {
 HOW = "`python -m rnnkit.cells.kernels` builds them"
 log = logging.getLogger("rnnkit")
 _loaded: dict[str, Optional[ModuleType]] = {}  # name -> module, or None: the Python path runs
+_why_off: dict[str, str] = {}  # name -> why _find() returned None, for explain() (cells/paths.py)
 _UNSET = object()
 _builder: Optional[subprocess.Popen] = None  # the background build this process started, while it runs
 _builder_started = False  # at most one per process, whatever it ends in
@@ -207,6 +208,7 @@ def _find(name: str) -> Optional[ModuleType]:
     Called once per kernel (:func:`kernel` keeps the answer), so each reason is said once."""
     what = KERNELS[name][2]
     if os.environ.get("RNNKIT_KERNELS", "1") == "0":
+        _why_off[name] = "RNNKIT_KERNELS=0"
         log.info(f"rnnkit's compiled {name} kernel is off (RNNKIT_KERNELS=0): {what}")
         return None
     try:  # any problem at all (a missing header, a build for another torch): the Python path runs
@@ -219,6 +221,7 @@ def _find(name: str) -> Optional[ModuleType]:
         reason = _not_built()
     except Exception as exc:
         reason = f"cannot load it: {_first_line(exc)}; {HOW} again and shows why"
+    _why_off[name] = reason
     log.warning(f"rnnkit's compiled {name} kernel is off ({reason}): {what}")
     return None
 
@@ -281,10 +284,16 @@ def wait_for_build(timeout: Optional[float] = None) -> Optional[int]:
 
 
 def allow_run_time_builds(allowed: bool) -> None:
-    """Whether :func:`kernel` may start a background build in this process (``benchmarks/speed.py
+    """Whether :func:`kernel` may start a background build in this process (``rnnkit bench
     --no-build-kernel`` forbids it, to measure only what is built); ``RNNKIT_BUILD_KERNELS=0``
     forbids it for every process."""
     _run_time_builds[0] = allowed
+
+
+def why_off(name: str) -> str:
+    """Why kernel ``name`` is not running, as :func:`kernel` last found (for the path selector's
+    reasons); call it after :func:`kernel` returned ``None``."""
+    return _why_off.get(name, "not loaded in this process")
 
 
 def stream_kernel() -> Optional[ModuleType]:
