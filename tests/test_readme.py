@@ -1,4 +1,5 @@
-"""The README stays true: its Python examples and its `rnnkit` commands run as written.
+"""The README stays true: its Python examples and its `rnnkit` commands run as written, and so do
+the Python examples of the docs pages it links to for the details (``DOCS``).
 
 `make test` and `make demo` are run by CI (.ci/run); the benchmark line by its own quick mode.
 """
@@ -15,11 +16,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+#: the pages whose Python examples run after the README's, in this order
+DOCS = [ROOT / "docs" / "cells.md", ROOT / "docs" / "memory-lab.md"]
 
 
-def code_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+def code_blocks(language: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def python_blocks() -> list[str]:
+    """The README's Python blocks, then those of each page in ``DOCS``."""
+    return code_blocks("python") + [block for page in DOCS for block in code_blocks("python", page.read_text())]
 
 
 def run_block(block: str, namespace: dict) -> dict[str, object]:
@@ -45,17 +54,18 @@ def value(values: dict[str, object], start: str) -> object:
 
 @pytest.mark.slow
 def test_python_examples_run_and_give_what_their_comments_say(tmp_path, monkeypatch):
-    """Every python block runs as written, in the README's order and budgets (minutes=0.2 or 0.3,
-    1 for the forecaster); then each comment's claim is asserted. Claims about quality that such
-    budgets cannot promise are checked for their form, and say so."""
+    """Every python block runs as written, in the README's order (then the docs pages') and budgets
+    (minutes=0.2 or 0.3, 1 for the forecaster); then each comment's claim is asserted. Claims
+    about quality that such budgets cannot promise are checked for their form, and say so."""
     monkeypatch.chdir(tmp_path)
     assert "import rnnkit as rk" in "\n".join(code_blocks("python"))
     checks = {"ManyToOne(": _check_cells_and_layers, "rk.Forecaster(": _check_forecasting,
-              "rk.Translator(": _check_dates_translation, "rk.TextGenerator(": _check_text,
-              'cell="mingru"': _check_speed_block, "rk.MemoryLab(": _check_memory_lab}
+              "rk.Translator(": _check_dates_translation, "rk.TextGenerator(": _check_text_generation,
+              "rk.SequenceClassifier(": _check_sentiment, 'cell="mingru"': _check_speed_block,
+              "rk.MemoryLab(": _check_memory_lab}
     ns: dict = {"__name__": "readme"}
     checked = set()
-    for block in code_blocks("python"):
+    for block in python_blocks():
         values = run_block(block, ns)
         for marker, check in checks.items():  # right after its block: later blocks reuse names (x, state)
             if marker in block:
@@ -108,14 +118,18 @@ def _check_dates_translation(ns: dict, values: dict) -> None:
     assert again.translate("Mittwoch, 25. November 2026", beam=5) == value(values, "tr.translate(")
 
 
-def _check_text(ns: dict, values: dict) -> None:
-    lm, tweets = ns["lm"], ns["tweets"]
+def _check_text_generation(ns: dict, values: dict) -> None:
+    lm = ns["lm"]
     bpc, uniform = value(values, 'lm.metrics["val_bpc"]'), math.log2(lm.tokenizer.vocab_size)
     # Held-out bits per character: an untrained model sits at about log2(vocabulary) (6.3 bits);
     # 0.2 minutes of wall clock on a busy machine train only tens of steps, so the bound is loose.
     assert 0 < bpc < uniform - 0.5, (bpc, uniform)
     sample = value(values, "lm.generate(")
     assert sample.startswith("ROMEO:") and len(sample) == len("ROMEO:") + 100  # 100 characters after the prime
+
+
+def _check_sentiment(ns: dict, values: dict) -> None:
+    tweets = ns["tweets"]
     assert list(tweets.columns[:2]) == ["text", "label"] and len(tweets) == 3000
     assert set(tweets["label"]) == {"negative", "neutral", "positive"}
     probs = value(values, "clf.predict_proba(")
