@@ -2,7 +2,7 @@
 
 ``export_bundle(BUNDLE, OUT)`` writes a directory::
 
-    OUT/export.json          what was exported: format, task, model_type, config, the graphs
+    OUT/export.json          what was exported: format, model_type, the bundle's config, the graphs
     OUT/preprocessing.json   the bundle's preprocessing state (vocabularies, classes, scalers)
     OUT/NAME.onnx            one graph per entry point (graphs.py says which, per task)
     OUT/NAME.json            its sidecar: inputs, outputs, shapes, dtypes, pre- and post-processing
@@ -32,8 +32,8 @@ from typing import Any, Union
 
 from ..bundle import _swap_into_place, load, read_bundle
 from ..errors import RnnkitError
-from .graphs import Graph, task_graphs
-from .verify import EXAMPLE, verify
+from .graphs import Graph, builder_for
+from .runtime import EXAMPLE, verify
 
 FORMATS = ("onnx",)
 FORMAT = "rnnkit-onnx-export"
@@ -47,11 +47,11 @@ def export_bundle(bundle: PathLike, out: PathLike, *, format: str = "onnx") -> P
     if format not in FORMATS:
         raise RnnkitError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
     read = read_bundle(bundle)
+    build = builder_for(read.model_type)
     target = Path(out)
     check_out_dir(target)
     require_onnx()
-    task = load(read.path)
-    graphs = task_graphs(read.model_type, task, read.preprocessing)
+    graphs = build(load(read.path), read.preprocessing)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -61,7 +61,7 @@ def export_bundle(bundle: PathLike, out: PathLike, *, format: str = "onnx") -> P
         for graph in graphs:
             write_graph(graph, tmp)
         manifest = {"format": FORMAT, "format_version": 1, "model_type": read.model_type,
-                    "task": getattr(task, "name", read.model_type), "config": read.config,
+                    "config": read.config,
                     "graphs": [g.name for g in graphs], "preprocessing": "preprocessing.json"}
         _write_json(tmp / "preprocessing.json", read.preprocessing)
         _write_json(tmp / MANIFEST, manifest)

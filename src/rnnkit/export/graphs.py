@@ -245,9 +245,10 @@ def translator_graphs(task: Any, preprocessing: dict[str, Any]) -> list[Graph]:
         make_example=decoder_example,
         about=f"{cfg.cell} translator, one decoder step ({cfg.attention} attention)",
         preprocessing=[f"target {TOKENIZER.format(key='target')}"],
-        postprocessing=[f"greedy: y = argmax(logits), fed back with the state out until {EOS} <eos> (or "
-                        f"{task.config.max_length + 1} tokens); decode the ids before <eos> with the target tokenizer; "
-                        f"{PAD} <pad> never starts a sentence"])
+        postprocessing=[f"greedy: y = argmax(logits), fed back with the state (and feed) out until every row has "
+                        f"given {EOS} <eos>, or after min({task.config.max_length + 1}, 2 x the longest source + 10) "
+                        f"tokens, as Translator.translate; decode each row's ids before <eos> with the target "
+                        f"tokenizer (preprocessing.json['target']); {PAD} is <pad>"])
     return [encoder, decoder]
 
 
@@ -257,12 +258,12 @@ BUILDERS: dict[str, Callable[[Any, dict[str, Any]], list[Graph]]] = {
 }
 
 
-def task_graphs(model_type: str, task: Any, preprocessing: dict[str, Any]) -> list[Graph]:
-    """The graphs of a loaded ``task`` whose bundle says ``model_type``."""
+def builder_for(model_type: str) -> Callable[[Any, dict[str, Any]], list[Graph]]:
+    """The function that makes a ``model_type``'s graphs from its loaded task and preprocessing state."""
     if model_type not in BUILDERS:
         raise RnnkitError(f"a {model_type!r} model cannot be exported to ONNX; the exportable ones are: "
                           f"{', '.join(BUILDERS)}")
-    return BUILDERS[model_type](task, preprocessing)
+    return BUILDERS[model_type]
 
 
-__all__ = ["BUILDERS", "Graph", "Port", "task_graphs"]
+__all__ = ["BUILDERS", "Graph", "Port", "builder_for"]
