@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 import rnnkit as rk
+from rnnkit.bundle import save_bundle
 from rnnkit.cli import app
 from rnnkit.data.series import calendar_features, future_dates
 from rnnkit.data.tokenizers import BOS, EOS, SPECIALS, tokenizer_from_dict
@@ -248,6 +250,13 @@ def test_export_refuses_a_path_that_is_not_a_bundle(tmp_path: Path) -> None:
 def test_export_refuses_an_unknown_format(tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", str(tmp_path), "--format", "tflite", "--out", str(tmp_path / "out")])
     assert "unknown export format 'tflite'; choose one of: onnx" in _one_error_line(result)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_a_model_it_cannot_export(tmp_path: Path) -> None:
+    save_bundle(tmp_path / "lab.rnnkit", model_type="memory_lab", config={}, model=nn.Linear(2, 2))
+    result = runner.invoke(app, ["export", str(tmp_path / "lab.rnnkit"), "--out", str(tmp_path / "out")])
+    assert "a 'memory_lab' model cannot be exported to ONNX; the exportable ones are: forecaster" in _one_error_line(result)
     assert not (tmp_path / "out").exists()
 
 

@@ -58,12 +58,18 @@ class Call(nn.Module):
         return self.fn(self.model, *inputs)
 
 
+def calls(original: nn.Module, copy: nn.Module, fn: Callable[..., Any]) -> tuple[Call, Call]:
+    """``fn`` on the reference copy (to export) and on the task's own model (to check the export against)."""
+    return Call(copy, fn), Call(original, fn)
+
+
 @dataclass
 class Graph:
     """A module to export, its ports, example inputs of any size, and what happens around it."""
 
     name: str
-    module: nn.Module
+    module: nn.Module  # what is exported: on the reference copy of the task's model
+    original: nn.Module  # the same entry point on the task's own model, which the export must match
     inputs: list[Port]
     outputs: list[Port]
     make_example: Callable[[int, int], tuple[Tensor, ...]]  # (batch, steps) -> inputs; steps may be ignored
@@ -117,7 +123,7 @@ def forecaster_graphs(task: Any, preprocessing: dict[str, Any]) -> list[Graph]:
               + ("the standard deviation (ddof 1) of the observed values of the window, at least 0.1"
                  if cfg.window_scale else "1") + "; y = (y - level) / scale * observed")
     return [Graph(
-        "forecast", Call(model, ensemble_forecast),
+        "forecast", *calls(task.model, model, ensemble_forecast),
         inputs=[Port("y", (BATCH, lookback), "float32", "the last lookback values of each series, scaled and "
                      "window-normalised (see preprocessing); 0 on left padding"),
                 Port("past", (BATCH, lookback, past), "float32", "past covariates (standardised) then the observed "
@@ -131,7 +137,8 @@ def forecaster_graphs(task: Any, preprocessing: dict[str, Any]) -> list[Graph]:
         preprocessing=[
             "per series: z = (value - mean) / std with (mean, std) = preprocessing.json['scaler'][series id] "
             "(a new series: its own history's mean and std)",
-            f"take the last {lookback} values; a shorter series is left-padded with zeros (observed = 0 there)",
+            f"take the last {lookback} values; a shorter series is left-padded with zeros (observed = 0 there); "
+            "rnnkit's predict forecasts a series shorter than one season + horizon by seasonal naive instead",
             window,
             f"past covariates {list(cfg.past_covariates)} and future covariates {list(cfg.future_covariates)}: "
             "(x - mean) / std with preprocessing.json['covariates'][column]",
@@ -148,7 +155,7 @@ def classifier_graphs(task: Any, preprocessing: dict[str, Any]) -> list[Graph]:
     model = reference_copy(task.model)
     vocab = task.tokenizer.vocab_size
     return [Graph(
-        "classify", Call(model, lambda m, x, n: m(x, lengths=n)),
+        "classify", *calls(task.model, model, lambda m, x, n: m(x, lengths=n)),
         inputs=[Port("ids", (BATCH, TIME), "int64", TOKENIZER.format(key="tokenizer") + ", right-padded with 0"),
                 Port("lengths", (BATCH,), "int64", "tokens of each row, 1..time")],
         outputs=[Port("log_probs", (BATCH, len(classes)), "float32",
@@ -173,7 +180,7 @@ def textgen_graphs(task: Any, preprocessing: dict[str, Any]) -> list[Graph]:
 
     vocab = task.tokenizer.vocab_size
     return [Graph(
-        "lm_step", Call(model, step),
+        "lm_step", *calls(task.model, model, step),
         inputs=[Port("token", (BATCH,), "int64", TOKENIZER.format(key="tokenizer") + ": the current token"),
                 *state_ports("the state before this token", layers, hidden, count)],
         outputs=[Port("logits", (BATCH, vocab), "float32", "scores of the next token (softmax: probabilities)"),
@@ -220,7 +227,7 @@ def translator_graphs(task: Any, preprocessing: dict[str, Any]) -> list[Graph]:
 
     source = TOKENIZER.format(key="source")
     encoder = Graph(
-        "encoder", Call(model, encode),
+        "encoder", *calls(task.model, model, encode),
         inputs=[Port("src", (BATCH, SOURCE), "int64", source + ", right-padded with 0"),
                 Port("src_lengths", (BATCH,), "int64", "tokens of each source row, 1..source_time")],
         outputs=[*memory_ports, *state_ports("the decoder's initial state", layers, hidden, count)],
@@ -231,7 +238,7 @@ def translator_graphs(task: Any, preprocessing: dict[str, Any]) -> list[Graph]:
         postprocessing=["feed the outputs to decoder_step with y_prev = 2 (<bos>)"
                         + (" and feed = zeros (batch, hidden)" if feeds else "")])
     decoder = Graph(
-        "decoder_step", Call(model, decode),
+        "decoder_step", *calls(task.model, model, decode),
         inputs=[Port("y_prev", (BATCH,), "int64", f"the previous target token ({BOS} <bos> at the start)"),
                 *state_ports("the decoder state", layers, hidden, count),
                 *([Port("feed", (BATCH, hidden), "float32", "the previous step's feed_out (zeros at the start)")]

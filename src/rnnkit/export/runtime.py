@@ -3,7 +3,7 @@
 A graph whose dynamic axes were fixed during tracing (an unrolled loop, a shape baked in as a
 constant) still runs at the example's size; it fails, or answers wrongly, at another. So the
 check feeds batch sizes and lengths that differ from the example's (:data:`SIZES`) and compares
-every output with the PyTorch module's, float32 within ``ATOL + RTOL * |expected|``.
+every output with the task's own model in PyTorch, float32 within ``ATOL + RTOL * |expected|``.
 """
 
 from __future__ import annotations
@@ -57,13 +57,14 @@ def compare(name: str, expected: Sequence[torch.Tensor], got: Sequence[np.ndarra
 
 
 def verify(graph: Graph, path: Path) -> dict[str, Any]:
-    """Check ``path`` against ``graph.module`` at every size of :data:`SIZES`; what was checked, for the sidecar."""
+    """Check ``path`` against the task's own model (``graph.original``, its fused paths) at every size of
+    :data:`SIZES`; returns what was checked, for the sidecar."""
     sess = session(path)
     worst = 0.0
     for batch, steps in SIZES:
         inputs = graph.make_example(batch, steps)
         with torch.no_grad():
-            expected = graph.module(*inputs)
+            expected = graph.original(*inputs)
         expected = (expected,) if isinstance(expected, torch.Tensor) else tuple(expected)
         worst = max(worst, compare(graph.name, expected, run(sess, graph, inputs)))
     return {"sizes": [{"batch": b, "steps": s} for b, s in SIZES], "max_abs_diff": worst,
