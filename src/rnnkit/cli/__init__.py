@@ -107,6 +107,7 @@ def _add_commands(root: typer.Typer) -> None:
     from .textgen import app as textgen
     from .classify import app as classify
     from .lab import inspect, lab
+    from .serve import serve
 
     root.command("info")(info)
     root.command("demo")(demo)
@@ -117,6 +118,7 @@ def _add_commands(root: typer.Typer) -> None:
     root.add_typer(classify, name="classify")
     root.command("lab")(lab)
     root.command("inspect")(inspect)
+    root.command("serve")(serve)
 
 
 _add_commands(app)
