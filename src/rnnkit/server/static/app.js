@@ -67,7 +67,6 @@ function show(model) {
   const panel = PANELS.includes(model.task) ? model.task : "json";
   for (const name of [...PANELS, "json"]) $("panel-" + name).hidden = name !== panel;
   if (panel === "json") $("json-schema").textContent = JSON.stringify(model.request, null, 2);
-  if (panel === "forecast") $("forecast-horizon-label").hidden = !("horizon" in (model.request.properties || {}));
   status(`${model.name}: ${model.task} (${model.model_type})${model.streams ? ", streams" : ""}`);
 }
 
@@ -160,52 +159,58 @@ function attentionMap({ attention, source_tokens: src = [], target_tokens: tgt =
 
 // ---------------------------------------------------------------- forecast
 guarded("forecast-run", async () => {
-  const series = $("forecast-series").value.split(/[\s,;]+/).filter(Boolean).map(Number);
-  if (!series.length || series.some(Number.isNaN)) throw new Error("the series must be numbers");
-  const properties = current().request.properties || {};
-  const key = Object.keys(properties).find((k) => properties[k].type === "array") || "series";
-  const request = { [key]: series };
-  if ("horizon" in properties) request.horizon = Number($("forecast-horizon").value);
-  const answer = await predict(request);
-  $("forecast-output").textContent = JSON.stringify(answer, null, 1);
-  $("forecast-plot").replaceChildren(forecastPlot(series, numericArrays(answer)));
+  const values = $("forecast-series").value.split(/[\s,;]+/).filter(Boolean).map(Number);
+  if (values.length < 3 || values.some(Number.isNaN)) throw new Error("the history must be at least 3 numbers");
+  const item = { values };
+  const start = $("forecast-start").value.trim();
+  if (start) item.dates = dates(start, $("forecast-every").value, values.length);
+  const request = { series: [item] };
+  if ($("forecast-horizon").value) request.horizon = Number($("forecast-horizon").value);
+  const forecast = (await predict(request)).forecasts[0];
+  const levels = Object.keys(forecast.quantiles).sort((a, b) => a - b);
+  const interval = levels.length >= 2 ? [forecast.quantiles[levels[0]], forecast.quantiles[levels.at(-1)]] : null;
+  $("forecast-plot").replaceChildren(forecastPlot(values, forecast.median, interval));
+  $("forecast-output").textContent = `${forecast.method}; median ${forecast.median.map((v) => v.toPrecision(4)).join(", ")}` +
+    (interval ? `\ninterval ${levels[0]}-${levels.at(-1)} shaded` : "\nno interval (naive forecast)");
 });
 
-// Every array of numbers in an answer, by key (the first element of an array of objects is read).
-function numericArrays(value, found = {}, prefix = "") {
-  if (Array.isArray(value)) {
-    if (value.length && value.every((v) => typeof v === "number")) found[prefix] = value;
-    else if (value.length && typeof value[0] === "object") numericArrays(value[0], found, prefix);
-  } else if (value && typeof value === "object") {
-    for (const [k, v] of Object.entries(value)) numericArrays(v, found, k);
-  }
-  return found;
+// `count` ISO dates from `start`, one `every` apart; a month-end start stays on month ends.
+function dates(start, every, count) {
+  const first = new Date(start + "T00:00:00Z");
+  if (Number.isNaN(first.getTime())) throw new Error(`first date ${start} is not a date like 1958-01-01`);
+  const monthEnd = new Date(Date.UTC(first.getUTCFullYear(), first.getUTCMonth() + 1, 0)).getUTCDate() === first.getUTCDate();
+  const months = { month: 1, quarter: 3, year: 12 }[every];
+  return Array.from({ length: count }, (_, i) => {
+    let d;
+    if (months) {
+      const m = first.getUTCMonth() + i * months;
+      d = monthEnd ? new Date(Date.UTC(first.getUTCFullYear(), m + 1, 0))
+                   : new Date(Date.UTC(first.getUTCFullYear(), m, first.getUTCDate()));
+    } else {
+      d = new Date(first.getTime() + i * (every === "week" ? 7 : 1) * 86400000);
+    }
+    return d.toISOString().slice(0, 10);
+  });
 }
 
-function pick(arrays, pattern) {
-  return Object.entries(arrays).find(([k]) => pattern.test(k))?.[1];
-}
-
-// The series, then the point forecast and the interval (a shaded band) after it.
-function forecastPlot(series, arrays) {
-  const point = pick(arrays, /mean|median|forecast|yhat|point|^y$|0\.5|p50/i) || Object.values(arrays)[0] || [];
-  const lo = pick(arrays, /lo|lower|0\.[0-4]|q10|p10/i), hi = pick(arrays, /hi|upper|0\.[6-9]|q90|p90/i);
-  const all = [...series, ...point, ...(lo || []), ...(hi || [])].filter(Number.isFinite);
+// The history, then the point forecast and the interval (a shaded band) after it.
+function forecastPlot(series, point, interval) {
+  const all = [...series, ...point, ...(interval ? interval.flat() : [])];
   const width = 720, height = 260, pad = 30, n = series.length + point.length;
   const ymin = Math.min(...all), ymax = Math.max(...all), span = ymax - ymin || 1;
   const x = (i) => pad + (i * (width - 2 * pad)) / Math.max(1, n - 1);
   const y = (v) => height - pad - ((v - ymin) * (height - 2 * pad)) / span;
-  const line = (values, offset) => values.map((v, i) => `${x(i + offset)},${y(v)}`).join(" ");
-  const svg = element("svg", { width, height, role: "img" });
+  const points = (values, offset) => values.map((v, i) => `${x(i + offset)},${y(v)}`);
+  const svg = element("svg", { width, height, role: "img", id: "forecast-svg" });
   svg.append(element("rect", { x: 0, y: 0, width, height, fill: "#fff", stroke: "#dde1e7" }));
-  if (lo && hi) {
-    const band = [...lo.map((v, i) => `${x(i + series.length)},${y(v)}`),
-                  ...hi.map((v, i) => `${x(i + series.length)},${y(v)}`).reverse()].join(" ");
-    svg.append(element("polygon", { points: band, fill: "rgba(214, 111, 47, 0.25)" }));
+  if (interval) {
+    const band = [...points(interval[0], series.length), ...points(interval[1], series.length).reverse()];
+    svg.append(element("polygon", { points: band.join(" "), fill: "rgba(214, 111, 47, 0.25)", class: "interval" }));
   }
-  svg.append(element("polyline", { points: line(series, 0), fill: "none", stroke: "#1d2430", "stroke-width": 1.5 }));
-  svg.append(element("polyline", { points: line([series.at(-1), ...point], series.length - 1), fill: "none",
-                                   stroke: "#d66f2f", "stroke-width": 2 }));
+  svg.append(element("polyline", { points: points(series, 0).join(" "), fill: "none", stroke: "#1d2430",
+                                   "stroke-width": 1.5, class: "history" }));
+  svg.append(element("polyline", { points: points([series.at(-1), ...point], series.length - 1).join(" "),
+                                   fill: "none", stroke: "#d66f2f", "stroke-width": 2, class: "forecast" }));
   svg.append(label(ymax.toPrecision(4), 2, pad), label(ymin.toPrecision(4), 2, height - pad));
   return svg;
 }
