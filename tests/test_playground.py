@@ -37,9 +37,9 @@ class StubForecaster(Task):
     def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
         self.requests.append(request)
         last, h = request["series"][0]["values"][-1], request.get("horizon", 4)
-        return {"forecasts": [{"id": "0", "median": [last + i for i in range(h)], "method": "model",
-                               "quantiles": {"0.1": [last + i - 5 for i in range(h)], "0.5": [last + i for i in range(h)],
-                                             "0.9": [last + i + 5 for i in range(h)]}}]}
+        median = [last + i for i in range(h)]
+        return {"forecasts": [{"id": "0", "median": median, "method": "model", "quantiles": {
+            "0.1": [v - 5 for v in median], "0.5": median, "0.9": [v + 5 for v in median]}}]}
 
 
 @pytest.fixture(scope="module")

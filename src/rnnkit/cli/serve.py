@@ -26,7 +26,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Most items in any array of one request.")] = 256,
     max_streams: Annotated[int, typer.Option(help="Most generations one model runs at once.")] = 64,
 ) -> None:
-    """Serve model bundles over HTTP: /v1/models, /v1/NAME/predict, /v1/NAME/generate (SSE), /docs, and a playground at /."""
+    """Serve model bundles over HTTP: /v1/models, /v1/NAME/predict, /v1/NAME/generate (SSE), /docs,
+    and a web playground at /."""
     try:
         import uvicorn
 

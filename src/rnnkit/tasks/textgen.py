@@ -411,4 +411,5 @@ def _check_sampling(num_samples: int, max_tokens: int, temperature: float, top_k
         raise RnnkitError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
 
-__all__ = ["Generation", "TextGenerator", "TextGeneratorConfig", "language_model", "next_token_loss", "sample_next", "streams"]
+__all__ = ["Generation", "TextGenerator", "TextGeneratorConfig", "language_model", "next_token_loss", "sample_next",
+           "streams"]
