@@ -108,7 +108,8 @@ async def predict_load(url: str, clients: int, requests: int) -> dict:
         await asyncio.gather(*(client(http, requests // clients) for _ in range(clients)))
         elapsed = time.perf_counter() - start
     ordered = sorted(latencies)
-    return {"clients": clients, "requests": len(latencies), "errors": errors, "requests_per_s": len(latencies) / elapsed,
+    return {"clients": clients, "requests": len(latencies), "errors": errors,
+            "requests_per_s": len(latencies) / elapsed,
             "p50_ms": 1e3 * statistics.median(ordered), "p99_ms": 1e3 * ordered[int(0.99 * (len(ordered) - 1))]}
 
 
@@ -159,7 +160,8 @@ def main() -> None:
               "model": "char LSTM, 1 layer, H=512; server and client processes, torch 1 thread each",
               "tokens_per_stream": tokens,
               "in_process": {"one_stream_tokens_per_s": one, "64_streams_tokens_per_s": many, "speedup": many / one},
-              "http_64_streams": {**http_streams, "share_of_in_process_64": http_streams["concurrent_tokens_per_s"] / many},
+              "http_64_streams": {**http_streams,
+                                  "share_of_in_process_64": http_streams["concurrent_tokens_per_s"] / many},
               "http_predict": predict}
     path = write_result(result, args.out, "serve")
     s = result["http_64_streams"]
