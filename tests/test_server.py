@@ -186,6 +186,27 @@ def test_an_unexpected_failure_is_a_500_line_and_the_server_goes_on(bundles: dic
     assert client.post("/v1/clf/predict", json={"texts": ["a"]}).json() == {"predictions": []}
 
 
+def test_a_generation_that_fails_midway_ends_with_an_error_event(bundles: dict[str, Path]) -> None:
+    app = create_app({"lm": bundles["lm"]}, limits=LIMITS)
+    task, steps = app.state.models["lm"].task, []
+    step = task.step_streams
+
+    def failing(slots: list) -> list:
+        steps.append(len(slots))
+        if len(steps) == 3:
+            raise RuntimeError("out of memory")
+        return step(slots)
+
+    task.step_streams = failing
+    client = TestClient(app)
+    parsed = events(client.post("/v1/lm/generate", json={"prime": "the ", "max_tokens": 50, "temperature": 0}).text)
+    assert [name for name, _ in parsed] == ["message", "message", "error"]
+    assert parsed[-1][1] == {"error": "generation failed: out of memory"}
+    assert streamed_text(client.post("/v1/lm/generate", json={"max_tokens": 5}).text)  # the next one runs
+    with pytest.raises(RnnkitError, match="max_streams must be a positive integer, got 0"):
+        Limits(max_streams=0)
+
+
 # ------------------------------------------------------------------------------ streams on a real server
 
 

@@ -30,7 +30,12 @@ class Limits:
     max_tokens: int = 2000          # tokens one generation may ask for ("max_tokens")
     max_horizon: int = 1000         # steps one forecast may ask for ("horizon")
     max_batch: int = 256            # items in any one array of a request (texts, series, ...)
-    max_streams: int = 64           # generations one model runs at once; more wait for 429 to pass
+    max_streams: int = 64           # generations one model runs at once; one more is refused with 429
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise RnnkitError(f"the server limit {name} must be a positive integer, got {value!r}")
 
     def check(self, request: Any) -> None:
         """Raise a 422 :class:`HTTPError` when ``request`` asks for more than these limits allow."""
