@@ -108,6 +108,7 @@ def _add_commands(root: typer.Typer) -> None:
     from .classify import app as classify
     from .lab import inspect, lab
     from .export import export
+    from .serve import serve
 
     root.command("info")(info)
     root.command("predict")(predict)
@@ -119,6 +120,7 @@ def _add_commands(root: typer.Typer) -> None:
     root.command("lab")(lab)
     root.command("inspect")(inspect)
     root.command("export")(export)
+    root.command("serve")(serve)
 
 
 _add_commands(app)

@@ -8,7 +8,6 @@ here works there.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,6 +17,7 @@ import typer
 from ..bundle import load
 from ..errors import DataError, RnnkitError
 from ..tasks.base import Task, dumps
+from ..tasks.schema import loads_request
 
 
 def predict(
@@ -56,11 +56,4 @@ def _parse(text: str) -> Any:
     if not text.strip():
         raise DataError("the request is empty; pass a JSON object, e.g. rnnkit predict BUNDLE '{...}' "
                         "(rnnkit info BUNDLE shows what it takes)")
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"the request is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise DataError(f"the request holds {name}, which is not JSON; send null for a missing value")
+    return loads_request(text)

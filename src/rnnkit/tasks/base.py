@@ -9,7 +9,9 @@ A task is a thin estimator over a torch module. It implements five things:
   scalers): what a bundle needs beside the weights;
 - ``predict_json(request) -> response``: one prediction with JSON in and JSON out, described by
   the class's ``request_schema`` and ``response_schema`` (:mod:`rnnkit.tasks.schema`);
-- optionally ``stream_json(request)``: the same request answered piece by piece (generation).
+- optionally ``stream_json(request)``: the same request answered piece by piece (generation);
+  and, to let a server step many such streams together as one batch, ``open_stream(request)``
+  and ``step_streams(slots)`` (see :class:`StreamSlot`), with ``batches_streams = True``.
 
 and declares ``name`` (the CLI's and the server's word for it), ``model_type`` (the bundle's)
 and ``config_class`` (a :class:`TaskConfig`). In return it gets ``fit(..., checkpoint_dir,
@@ -98,6 +100,7 @@ class Task:
     request_schema: ClassVar[Schema] = {"type": "object"}
     response_schema: ClassVar[Schema] = {"type": "object"}
     streams: ClassVar[bool] = False          # True when stream_json answers piece by piece
+    batches_streams: ClassVar[bool] = False  # True when open_stream/step_streams are implemented
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -139,6 +142,18 @@ class Task:
     def stream_json(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Answer ``request`` piece by piece (generating tasks set ``streams = True``)."""
         raise RnnkitError(f"the {self.name} task does not stream; use predict")
+
+    def open_stream(self, request: dict[str, Any]) -> "StreamSlot":
+        """Start answering ``request`` piece by piece: a slot that :meth:`step_streams` advances."""
+        raise RnnkitError(f"the {self.name} task cannot step streams together; use stream_json")
+
+    def step_streams(self, slots: list["StreamSlot"]) -> list[list[dict[str, Any]]]:
+        """Advance every slot one step, all as one batch; return each slot's new pieces (maybe none).
+
+        A slot that has ended comes back with ``done`` set and its last pieces; each slot keeps
+        its own state and options, so slots may join and leave between any two steps.
+        """
+        raise RnnkitError(f"the {self.name} task cannot step streams together; use stream_json")
 
     # ------------------------------------------------------------------ what every task gets
 
@@ -232,6 +247,12 @@ class Task:
         check(request, self.request_schema)
         return self.stream_json(request)
 
+    def open_stream_checked(self, request: Any) -> "StreamSlot":
+        """``open_stream`` after the same checks."""
+        self.require_fitted()
+        check(request, self.request_schema)
+        return self.open_stream(request)
+
     def require_fitted(self) -> None:
         if self.model is None:
             raise RnnkitError(f"this {self.name} model is not fitted yet; call fit(...) or load a bundle")
@@ -243,9 +264,19 @@ class Task:
                 "request": cls.request_schema, "response": cls.response_schema}
 
 
+class StreamSlot:
+    """One answer in progress that :meth:`Task.step_streams` advances together with others.
+
+    A task subclasses it to hold what one stream needs between steps (its recurrent state,
+    sampling options, random generator, text held back); ``done`` turns true at its end.
+    """
+
+    done: bool = False
+
+
 def dumps(value: Any) -> str:
     """JSON text of a response: compact, UTF-8 as is, NaN refused (it is not JSON)."""
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
-__all__ = ["CHECKPOINT_EVERY", "SHARED_OPTIONS", "TASKS", "Task", "TaskConfig", "dumps"]
+__all__ = ["CHECKPOINT_EVERY", "SHARED_OPTIONS", "StreamSlot", "TASKS", "Task", "TaskConfig", "dumps"]

@@ -10,7 +10,8 @@ predict`` and the server refuse a bad request with the same one line, naming whe
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Union
 
 from ..errors import DataError
 
@@ -44,6 +45,23 @@ def check(value: Any, schema: Schema, where: str = "request") -> None:
             check(item, schema.get("items", {}), f"{where}[{i}]")
 
 
+def loads_request(text: Union[str, bytes]) -> Any:
+    """A request's JSON text parsed, or a one-line :class:`DataError` saying where it breaks.
+
+    NaN and infinity are refused as JSON refuses them; the shape is left to :func:`check`.
+    """
+    def refuse(constant: str) -> None:
+        raise DataError(f"the request is not valid JSON: {constant} is not a JSON number; send null or a number")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"the request is not UTF-8 text ({exc.reason}); send JSON encoded as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"the request is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; "
+                        "send one JSON object shaped as the task's request schema says") from None
+
+
 def _check_object(value: dict, schema: Schema, where: str) -> None:
     properties = schema.get("properties", {})
     missing = [key for key in schema.get("required", ()) if key not in value]
@@ -75,4 +93,4 @@ def _name(value: Any) -> str:
     return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-__all__ = ["Schema", "check"]
+__all__ = ["Schema", "check", "loads_request"]

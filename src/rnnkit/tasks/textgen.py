@@ -21,7 +21,7 @@ from ..errors import DataError, RnnkitError
 from ..precision import autocast, check_precision
 from ..topologies import ManyToMany
 from ..training import TrainConfig, evaluate
-from .base import Task, TaskConfig
+from .base import StreamSlot, Task, TaskConfig
 
 MODEL_TYPE = "text_generator"
 
@@ -152,6 +152,42 @@ class TextStream:
         self.printed = len(self.ids)
 
 
+class Generation(StreamSlot):
+    """One text generation in progress (a slot of :meth:`TextGenerator.step_streams`).
+
+    It holds what this stream alone needs between steps: the next-token logits ``(1, V)``, its
+    recurrent state (batch 1), its sampling options and random generator, the tokens left, and
+    the text completed but not yet taken.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, logits: Tensor, state: Any, options: dict[str, Any],
+                 generator: Optional[torch.Generator]) -> None:
+        self.logits, self.state, self.generator = logits, state, generator
+        self.left = options["max_tokens"]
+        self.sampling = (options["temperature"], options["top_k"], options["top_p"])
+        self.pieces: list[str] = []
+        self.printer = TextStream(tokenizer, self.pieces.append)
+        self.done = self.left == 0
+
+    def sample(self) -> Optional[Tensor]:
+        """Draw the next token ``(1,)`` and add it to the text; ``done`` after the last one."""
+        if self.done:
+            return None
+        self.logits[:, : len(SPECIALS)] = float("-inf")  # never <pad>, <unk>, <bos>, <eos>
+        token = sample_next(self.logits, *self.sampling, generator=self.generator)
+        self.printer.add(int(token[0]))
+        self.left -= 1
+        if self.left == 0:
+            self.printer.finish()
+            self.done = True
+        return token
+
+    def take(self) -> list[dict[str, Any]]:
+        """The pieces of text completed since the last call, as stream_json's ``{"text": ...}``."""
+        pieces, self.pieces[:] = [{"text": piece} for piece in self.pieces], []
+        return pieces
+
+
 class TextGenerator(Task):
     """A recurrent language model: ``fit`` a corpus, ``generate`` text, score held-out text.
 
@@ -167,6 +203,7 @@ class TextGenerator(Task):
     model_type = MODEL_TYPE
     config_class = TextGeneratorConfig
     streams = True
+    batches_streams = True
     request_schema = {"type": "object", "additionalProperties": False, "properties": {
         "prime": {"type": "string", "description": "text to continue; empty starts after a newline"},
         "max_tokens": {"type": "integer", "minimum": 0, "description": "tokens to generate (default 200)"},
@@ -273,15 +310,9 @@ class TextGenerator(Task):
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
                precision: str = "fp32") -> Iterator[Tensor]:
         """The generated token ids, ``(num_samples,)`` at each step, as they are sampled."""
-        self.require_fitted()
         _check_sampling(num_samples, max_tokens, temperature, top_k, top_p)
-        prime_ids = self._encode_prime(prime)
-        device = next(self.model.parameters()).device
-        check_precision(precision, device)
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        with autocast(precision, device):
-            logits, state = self.model(torch.tensor([prime_ids] * num_samples, device=device))  # (N, P, V)
-        logits = logits[:, -1].float()  # sampled in float32 whatever the precision
+        logits, state, generator = self._start(prime, num_samples, seed, precision)
+        device = logits.device
         for _ in range(max_tokens):
             logits[:, : len(SPECIALS)] = float("-inf")  # never <pad>, <unk>, <bos>, <eos>
             token = sample_next(logits, temperature, top_k, top_p, generator)  # (N,)
@@ -294,15 +325,45 @@ class TextGenerator(Task):
         return {"text": self.generate(**_sampling_options(request))}
 
     def stream_json(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        slot = self.open_stream(request)
+        while not slot.done:
+            yield from self.step_streams([slot])[0]
+
+    @torch.no_grad()
+    def open_stream(self, request: dict[str, Any]) -> Generation:
+        """One generation as a slot: the prime read (batch 1), nothing sampled yet."""
         options = _sampling_options(request)
-        pieces: list[str] = []
-        printer = TextStream(self.tokenizer, pieces.append)
-        for token in self.tokens(options.pop("prime"), 1, **options):
-            printer.add(int(token[0]))
-            while pieces:
-                yield {"text": pieces.pop(0)}
-        printer.finish()
-        yield from ({"text": piece} for piece in pieces)
+        _check_sampling(1, options["max_tokens"], options["temperature"], options["top_k"], options["top_p"])
+        logits, state, generator = self._start(options["prime"], 1, options["seed"])
+        return Generation(self.tokenizer, logits, state, options, generator)
+
+    @torch.no_grad()
+    def step_streams(self, slots: list[Generation]) -> list[list[dict[str, Any]]]:
+        """Sample each slot's next token with its own options, then step the live ones as one batch.
+
+        The states of the slots still generating are stacked along the batch axis ``(L, B, H)``,
+        stepped once (the layer's multi-stream path) and split back, one row per slot.
+        """
+        tokens = [slot.sample() for slot in slots]  # each (1,), or None for a slot already done
+        live = [i for i, slot in enumerate(slots) if not slot.done]
+        if live:
+            state = _join_states([slots[i].state for i in live])
+            logits, state = self.model.step(torch.cat([tokens[i] for i in live]), state)  # (B, V)
+            for row, i in enumerate(live):
+                slots[i].logits, slots[i].state = logits[row:row + 1].float(), _state_row(state, row)
+        return [slot.take() for slot in slots]
+
+    def _start(self, prime: str, rows: int, seed: Optional[int], precision: str = "fp32"
+               ) -> tuple[Tensor, Any, Optional[torch.Generator]]:
+        """Read the prime into ``rows`` identical streams: next-token logits ``(rows, V)``, state, generator."""
+        self.require_fitted()
+        prime_ids = self._encode_prime(prime)
+        device = next(self.model.parameters()).device
+        check_precision(precision, device)
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        with autocast(precision, device):
+            logits, state = self.model(torch.tensor([prime_ids] * rows, device=device))  # (N, P, V)
+        return logits[:, -1].float(), state, generator  # sampled in float32 whatever the precision
 
     def _encode_prime(self, prime: str) -> list[int]:
         if not isinstance(prime, str):
@@ -322,6 +383,20 @@ def _sampling_options(request: dict[str, Any]) -> dict[str, Any]:
             "top_p": request.get("top_p"), "seed": request.get("seed")}
 
 
+def _join_states(states: list[Any]) -> Any:
+    """Per-stream states (each ``(L, 1, H)``, or an LSTM's pair of them) stacked into ``(L, B, H)``."""
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*states))
+    return torch.cat(states, dim=1)
+
+
+def _state_row(state: Any, row: int) -> Any:
+    """Stream ``row`` of a batched state, ``(L, 1, H)`` (or the pair)."""
+    if isinstance(state, tuple):
+        return tuple(part[:, row:row + 1] for part in state)
+    return state[:, row:row + 1]
+
+
 def _check_sampling(num_samples: int, max_tokens: int, temperature: float, top_k: Optional[int],
                     top_p: Optional[float]) -> None:
     for name, value in (("num_samples", num_samples), ("max_tokens", max_tokens)):
@@ -336,4 +411,5 @@ def _check_sampling(num_samples: int, max_tokens: int, temperature: float, top_k
         raise RnnkitError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
 
-__all__ = ["TextGenerator", "TextGeneratorConfig", "language_model", "next_token_loss", "sample_next", "streams"]
+__all__ = ["Generation", "TextGenerator", "TextGeneratorConfig", "language_model", "next_token_loss", "sample_next",
+           "streams"]

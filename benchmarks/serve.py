@@ -1,0 +1,179 @@
+"""`rnnkit serve` under load: streams stepped together against streams one at a time, and predict latency.
+
+The server runs as its own process (``rnnkit serve`` on a free loopback port), started and
+stopped by this script; the clients are one asyncio process with httpx. Measured, for a
+character language model at the textgen defaults' size (one LSTM layer, H=512, untrained: speed
+does not depend on the weights):
+
+- **in process**: ``TextGenerator.step_streams`` on 64 slots until each has ``--tokens`` tokens,
+  against one slot stepped alone (tokens/s), the kernel's multi-stream rate;
+- **over HTTP, streaming**: 64 concurrent ``POST /v1/lm/generate`` (the server batches them)
+  against the same 64 sent one after another, aggregate tokens/s, and the share of the in-process
+  64-slot rate the server reaches;
+- **over HTTP, predict**: ``POST /v1/clf/predict`` (a 2-layer GRU classifier, one text) at 1 and
+  32 concurrent clients: p50/p99 latency, requests/s, errors (must be 0).
+
+Not measured here (other parts of issue 20): the forecaster's in-process predict against
+NeuralForecast, and onnxruntime against PyTorch.
+
+    PYTHONPATH=src python benchmarks/serve.py [--quick]
+
+Writes benchmarks/results/serve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))  # run from a checkout
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+from rnnkit import SequenceClassifier, TextGenerator  # noqa: E402
+from rnnkit.bench.timing import write_result  # noqa: E402
+
+TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.\n" * 40
+
+
+def bundles(directory: Path) -> dict[str, Path]:
+    """An LM at the textgen defaults' size and a small classifier, trained a few steps (speed only)."""
+    lm = TextGenerator(hidden_size=512, seq_len=32, batch_size=8, max_steps=2, minutes=None, progress=False).fit(TEXT)
+    clf = SequenceClassifier(hidden_size=64, num_layers=2, cell="gru", max_steps=2, minutes=None, epochs=1,
+                             progress=False).fit(["good film", "bad plot", "fine"] * 10, ["pos", "neg", "meh"] * 10)
+    return {"lm": lm.save(directory / "lm"), "clf": clf.save(directory / "clf"), "task": lm}
+
+
+def in_process(lm: TextGenerator, streams: int, tokens: int) -> float:
+    """Tokens/s of ``streams`` slots stepped together until each has ``tokens`` tokens."""
+    slots = [lm.open_stream({"prime": "To be", "max_tokens": tokens, "temperature": 0.8, "seed": i})
+             for i in range(streams)]
+    start = time.perf_counter()
+    while not slots[0].done:
+        lm.step_streams(slots)
+    return streams * tokens / (time.perf_counter() - start)
+
+
+async def generate(http: httpx.AsyncClient, tokens: int, seed: int) -> int:
+    """One streamed generation; the pieces received."""
+    pieces = 0
+    request = {"prime": "To be", "max_tokens": tokens, "temperature": 0.8, "seed": seed}
+    async with http.stream("POST", "/v1/lm/generate", json=request) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            pieces += line.startswith("data: {\"text\"")
+    return pieces
+
+
+async def streaming(url: str, streams: int, tokens: int) -> dict:
+    limits = httpx.Limits(max_connections=streams)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(generate(http, tokens, i) for i in range(streams)))
+        together = streams * tokens / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in range(streams):
+            await generate(http, tokens, i)
+        alone = streams * tokens / (time.perf_counter() - start)
+    return {"concurrent_tokens_per_s": together, "one_after_another_tokens_per_s": alone,
+            "speedup": together / alone}
+
+
+async def predict_load(url: str, clients: int, requests: int) -> dict:
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(http: httpx.AsyncClient, count: int) -> None:
+        nonlocal errors
+        for _ in range(count):
+            start = time.perf_counter()
+            response = await http.post("/v1/clf/predict", json={"texts": ["a good film with a fine plot"]})
+            latencies.append(time.perf_counter() - start)
+            errors += response.status_code != 200
+
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=clients)) as http:
+        await client(http, 5)  # warm up
+        latencies.clear()
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http, requests // clients) for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    ordered = sorted(latencies)
+    return {"clients": clients, "requests": len(latencies), "errors": errors,
+            "requests_per_s": len(latencies) / elapsed,
+            "p50_ms": 1e3 * statistics.median(ordered), "p99_ms": 1e3 * ordered[int(0.99 * (len(ordered) - 1))]}
+
+
+def start_server(paths: dict[str, Path]) -> tuple[subprocess.Popen, str]:
+    """``rnnkit serve`` on a free loopback port, once /healthz answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "rnnkit", "serve", f"lm={paths['lm']}", f"clf={paths['clf']}",
+                               "--port", str(port), "--max-streams", "64"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return server, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+        if server.poll() is not None:
+            break
+    server.kill()
+    raise SystemExit("rnnkit serve did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer tokens and requests")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    tokens, requests = (20, 64) if args.quick else (100, 640)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as directory:
+        paths = bundles(Path(directory))
+        lm = paths.pop("task")
+        one, many = in_process(lm, 1, tokens), in_process(lm, 64, tokens)
+        server, url = start_server(paths)
+        try:
+            http_streams = asyncio.run(streaming(url, 64, tokens))
+            predict = [asyncio.run(predict_load(url, clients, requests)) for clients in (1, 32)]
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    result = {"mode": "quick" if args.quick else "full", "elapsed_s": time.perf_counter() - started,
+              "model": "char LSTM, 1 layer, H=512; server and client processes, torch 1 thread each",
+              "tokens_per_stream": tokens,
+              "in_process": {"one_stream_tokens_per_s": one, "64_streams_tokens_per_s": many, "speedup": many / one},
+              "http_64_streams": {**http_streams,
+                                  "share_of_in_process_64": http_streams["concurrent_tokens_per_s"] / many},
+              "http_predict": predict}
+    path = write_result(result, args.out, "serve")
+    s = result["http_64_streams"]
+    print(f"in process: 64 streams {many:,.0f} tokens/s, one {one:,.0f} ({many / one:.1f}x)")
+    print(f"HTTP: 64 concurrent streams {s['concurrent_tokens_per_s']:,.0f} tokens/s, one after another "
+          f"{s['one_after_another_tokens_per_s']:,.0f} ({s['speedup']:.1f}x); {s['share_of_in_process_64']:.0%} "
+          "of the in-process 64-stream rate")
+    for p in predict:
+        print(f"predict, {p['clients']} client(s): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, "
+              f"{p['requests_per_s']:.0f} requests/s, {p['errors']} errors")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
