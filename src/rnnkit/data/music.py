@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -275,5 +278,33 @@ def write_midi(notes: np.ndarray, path: PathLike, *, tempo_bpm: float = 80.0, pr
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-__all__ = ["FORMAT_VERSION", "Piece", "TICKS", "bach_chorales", "common_key_shift", "load_pieces", "piano_roll", "piece_from_score",
+SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/default-GM.sf2")
+AUDIO_INSTALL = "apt-get install fluidsynth fluid-soundfont-gm"
+
+
+def check_audio() -> tuple[str, str]:
+    """The ``fluidsynth`` program and a General MIDI soundfont, or the one line that says what to install."""
+    program = shutil.which("fluidsynth")
+    font = next((f for f in SOUNDFONTS if Path(f).is_file()), None)
+    if program is None or font is None:
+        missing = "fluidsynth" if program is None else "a General MIDI soundfont"
+        raise DataError(f"WAV output needs {missing}; install it with `{AUDIO_INSTALL}`, or drop --wav")
+    return program, font
+
+
+def render_wav(midi: PathLike, path: PathLike, sample_rate: int = 44100) -> Path:
+    """A MIDI file rendered to WAV by fluidsynth with a General MIDI soundfont (written atomically)."""
+    program, font = check_audio()
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "out.wav"
+        done = subprocess.run([program, "-ni", "-q", "-F", str(wav), "-r", str(sample_rate), font, str(midi)],
+                              capture_output=True, text=True)
+        if done.returncode != 0 or not wav.is_file():
+            reason = " ".join((done.stderr or done.stdout).split())[:200]
+            raise DataError(f"fluidsynth could not render {midi} ({reason})")
+        return atomic_write_bytes(path, wav.read_bytes())
+
+
+__all__ = ["check_audio", "render_wav", "FORMAT_VERSION", "Piece", "TICKS", "bach_chorales", "common_key_shift", "load_pieces", "piano_roll", "piece_from_score",
            "read_folder", "read_score", "roll_to_notes", "save_pieces", "split_of", "write_midi"]
