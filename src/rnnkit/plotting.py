@@ -109,6 +109,27 @@ def plot_confusion_matrix(matrix, labels: list[str], path: Union[str, Path], *, 
     return _save(figure, path)
 
 
+def plot_piano_roll(roll, path: Union[str, Path], *, steps_per_quarter: int = 2, primer_frames: int = 0,
+                    title: str = "") -> Path:
+    """A ``(T, 128)`` boolean roll as a piano roll: time across in quarter notes, MIDI pitch up;
+    a dashed line where a primer ends and the generated part begins."""
+    import numpy as np
+
+    roll = np.asarray(roll, dtype=bool)
+    used = np.flatnonzero(roll.any(0))
+    low, high = (int(used.min()) - 2, int(used.max()) + 3) if len(used) else (48, 72)
+    figure, ax = plt.subplots(figsize=(min(4 + len(roll) / 12, 16), 3.8))
+    ax.imshow(roll[:, low:high].T, origin="lower", aspect="auto", cmap="Greys", interpolation="nearest",
+              extent=(0, len(roll) / steps_per_quarter, low - 0.5, high - 0.5))
+    if primer_frames:
+        ax.axvline(primer_frames / steps_per_quarter, color="tab:red", ls="--", lw=1, label="primer ends")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlabel("quarter notes")
+    ax.set_ylabel("MIDI pitch")
+    ax.set_title(title or "piano roll")
+    return _save(figure, path)
+
+
 def _save(figure, path: Union[str, Path]) -> Path:
     """Lay out, render as PNG, close ``figure`` and write the file atomically; return the path."""
     figure.tight_layout()

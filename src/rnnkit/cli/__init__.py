@@ -106,6 +106,7 @@ def _add_commands(root: typer.Typer) -> None:
     from .translate import app as translate
     from .textgen import app as textgen
     from .classify import app as classify
+    from .music import app as music
     from .lab import inspect, lab
     from .export import export
     from .serve import serve
@@ -117,6 +118,7 @@ def _add_commands(root: typer.Typer) -> None:
     root.add_typer(translate, name="translate")
     root.add_typer(textgen, name="textgen")
     root.add_typer(classify, name="classify")
+    root.add_typer(music, name="music")
     root.command("lab")(lab)
     root.command("inspect")(inspect)
     root.command("export")(export)

@@ -27,6 +27,7 @@ BUILTIN: dict[str, str] = {
     "text_generator": "textgen",
     "translator": "translate",
     "memory_lab": "memory",
+    "music_generator": "music",
 }
 
 #: public name -> its module, imported on first use
@@ -35,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "backtest": "forecast_eval", "SequenceClassifier": "classify", "SequenceClassifierConfig": "classify",
     "TextGenerator": "textgen", "TextGeneratorConfig": "textgen", "Translator": "translate",
     "TranslatorConfig": "translate", "MemoryLab": "memory", "LabConfig": "memory",
+    "MusicGenerator": "music", "MusicConfig": "music",
     "Task": "base", "TaskConfig": "base",
 }
 
