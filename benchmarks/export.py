@@ -7,7 +7,7 @@ Two entry points a deployment calls per request, at their task's default sizes:
 - the language model's step (graph ``lm_step``): one token and the state to the next logits and
   state (a 512-unit LSTM over a character vocabulary).
 
-Per entry point three candidates, timed interleaved in one process (``rnnkit.bench.timing``):
+Per entry point three candidates, timed interleaved in one process (``benchmarks/common/timing.py``):
 PyTorch eager on the task's own model (what ``predict`` / ``generate`` run: the fused kernels, and
 the compiled streaming kernel for the step when it is built), PyTorch eager on the reference
 equations that the export traces, and onnxruntime on the exported graph. The ratio quoted is
@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout
 
-from rnnkit.bench.timing import interleaved, write_result  # noqa: E402
+from common.timing import interleaved, write_result  # noqa: E402
 from rnnkit.cells.kernels import stream_kernel  # noqa: E402
 from rnnkit.export import export_bundle  # noqa: E402
 from rnnkit.export.graphs import ensemble_forecast  # noqa: E402

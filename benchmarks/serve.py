@@ -41,7 +41,7 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from rnnkit import SequenceClassifier, TextGenerator  # noqa: E402
-from rnnkit.bench.timing import write_result  # noqa: E402
+from common.timing import write_result  # noqa: E402
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.\n" * 40
 

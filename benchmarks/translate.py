@@ -51,7 +51,7 @@ def bible(minutes: float, quick: bool, progress: bool, clock: str) -> dict:
         started = time.monotonic()
         translator = Translator(TranslatorConfig(attention=attention, **base)).fit(train)
         models[name] = translator
-        result = translator.train_result
+        result = translator.train_results[-1]
         print(f"{name}: {result.steps} steps in {time.monotonic() - started:.0f} s ({result.stopped}), "
               f"best validation loss {result.best_val_loss:.3f}", flush=True)
         rows[name] = {"train_s": round(time.monotonic() - started, 1), "steps": result.steps,
@@ -83,9 +83,9 @@ def dates(minutes: float, quick: bool, progress: bool) -> dict:
     train_s = time.monotonic() - started
     greedy, beam = translator.evaluate(test), translator.evaluate(test, beam=5)
     print(f"dates: exact match {greedy['exact']:.2%} greedy, {beam['exact']:.2%} beam 5 after {train_s:.0f} s "
-          f"({translator.train_result.steps} steps)", flush=True)
+          f"({translator.train_results[-1].steps} steps)", flush=True)
     return {"train_pairs": len(train), "test_pairs": len(test), "train_s": round(train_s, 1),
-            "steps": translator.train_result.steps, "exact_greedy": greedy["exact"], "exact_beam5": beam["exact"],
+            "steps": translator.train_results[-1].steps, "exact_greedy": greedy["exact"], "exact_beam5": beam["exact"],
             "test_rule": "dates whose ordinal is divisible by 10 (never in training)",
             "examples": [(s, translator.translate(s)) for s, _ in test[:5]]}
 

@@ -159,7 +159,7 @@ def test_plots_are_written_as_png(tmp_path):
 @pytest.fixture(scope="module")
 def order_bundle(tmp_path_factory):
     torch.manual_seed(0)
-    lab = MemoryLab(task="order", length=12, steps=5, train_size=64, test_size=32, progress=False).fit()
+    lab = MemoryLab(task="order", length=12, max_steps=5, train_size=64, test_size=32, progress=False).fit()
     return lab.save(tmp_path_factory.mktemp("lab") / "order.rnnkit")
 
 
@@ -225,7 +225,7 @@ def test_inspect_reads_a_forecaster_bundle_and_a_series_csv(tmp_path):
 
 @pytest.mark.slow
 def test_lab_prints_the_error_next_to_the_baseline_and_saves_a_bundle(tmp_path):
-    result = runner.invoke(app, ["lab", "adding", "--cell", "rnn", "--length", "10", "--steps", "20",
+    result = runner.invoke(app, ["lab", "adding", "--cell", "rnn", "--length", "10", "--max-steps", "20",
                                  "--no-progress", "--out", str(tmp_path / "add.rnnkit")])
     assert result.exit_code == 0, result.output
     assert "RNN with 130 units" in result.output and "baseline: always predict 1" in result.output

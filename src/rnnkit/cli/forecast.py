@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import pandas as pd
 import typer
@@ -18,6 +18,7 @@ from ..plotting import plot_forecast
 from ..tasks.forecast import Forecaster, ForecasterConfig
 from ..tasks.forecast_eval import backtest_plot_frames, coverage_report
 from . import create_app
+from .options import CELL_HELP, TrainingOptions, training_options
 
 app = create_app("Forecast time series (CSV: unique_id, ds, y [, covariates]; or one date,value series).")
 console = Console(stderr=True)
@@ -25,7 +26,7 @@ console = Console(stderr=True)
 Data = Annotated[Path, typer.Argument(help="CSV with columns unique_id, ds, y (or date,value).", show_default=False)]
 Horizon = Annotated[int, typer.Option(help="Steps to forecast.")]
 Lookback = Annotated[Optional[int], typer.Option(help="Input window; default 3 x horizon.")]
-Cell = Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")]
+Cell = Annotated[str, typer.Option(help=CELL_HELP)]
 Head = Annotated[str, typer.Option(help="decoder (a recurrent decoder over the horizon) or direct (all steps at once).")]
 Hidden = Annotated[int, typer.Option(help="Hidden units.")]
 Quantiles = Annotated[str, typer.Option(help="Comma-separated quantiles; 0.5 is the point forecast.")]
@@ -39,7 +40,7 @@ DayFirst = Annotated[Optional[bool], typer.Option(
 
 
 def _config(horizon: int, lookback: Optional[int], cell: str, head: str, hidden_size: int, quantiles: str,
-            past: str, future: str, ensemble: int, minutes: float, seed: int) -> ForecasterConfig:
+            past: str, future: str, ensemble: int, **training: Any) -> ForecasterConfig:
     try:
         levels = tuple(float(q) for q in quantiles.split(","))
     except ValueError:
@@ -47,13 +48,15 @@ def _config(horizon: int, lookback: Optional[int], cell: str, head: str, hidden_
     columns = lambda text: tuple(c.strip() for c in text.split(",") if c.strip())
     return ForecasterConfig(horizon=horizon, lookback=lookback, cell=cell, head=head, hidden_size=hidden_size,
                             quantiles=levels, past_covariates=columns(past), future_covariates=columns(future),
-                            ensemble=ensemble, minutes=minutes, seed=seed)
+                            ensemble=ensemble, **training)
 
 
 @app.command()
+@training_options(minutes=2.0)
 def train(
     data: Data,
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    training: TrainingOptions,
     horizon: Horizon = 12,
     lookback: Lookback = None,
     cell: Cell = "lstm",
@@ -63,14 +66,13 @@ def train(
     past: Past = "",
     future: Future = "",
     ensemble: Ensemble = 3,
-    minutes: Annotated[float, typer.Option(help="Wall-clock training budget.")] = 2.0,
-    seed: Seed = 0,
     dayfirst: DayFirst = None,
 ) -> None:
     """Train a global forecaster on every series in DATA and write a bundle."""
-    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble, minutes, seed)
+    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble,
+                     **training.config_fields())
     frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates, dayfirst=dayfirst)
-    forecaster = Forecaster(config).fit(frame)
+    forecaster = Forecaster(config).fit(frame, **training.fit_options())
     path = forecaster.save(out)
     losses = ", ".join(f"{r.best_val_loss:.4f}" for r in forecaster.train_results)
     console.print(f"trained {len(forecaster.train_results)} model(s), best validation loss {losses}; bundle: {path}")
@@ -129,7 +131,7 @@ def backtest(
 ) -> None:
     """Refit before each of the last WINDOWS horizons; score rnnkit next to naive, seasonal naive and
     (when statsforecast is installed) AutoARIMA and AutoETS."""
-    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble, minutes, 0)
+    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble, minutes=minutes)
     frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates, dayfirst=dayfirst)
     chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())
     result = Forecaster(config).backtest(frame, windows=windows, season_length=season_length, baselines=chosen)

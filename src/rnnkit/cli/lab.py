@@ -14,19 +14,18 @@ from ..bundle import load
 from ..errors import RnnkitError
 from ..inspection import best_cells, gate_traces, plot_gates, read_source, recurrent_of
 from ..tasks.memory import TASKS, LabConfig, MemoryLab
+from .options import CELL_HELP, TrainingOptions, training_options
 
+@training_options(minutes=None)
 def lab(
     task: Annotated[str, typer.Argument(help=f"Memory task: {', '.join(TASKS)}.", show_default=False)],
-    cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")] = "lstm",
+    training: TrainingOptions,
+    cell: Annotated[str, typer.Option(help=CELL_HELP)] = "lstm",
     length: Annotated[int, typer.Option(help="Sequence length T: the span to remember across.")] = 100,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = LabConfig.max_steps,
     params: Annotated[int, typer.Option(help="Parameter budget; the hidden size is chosen to fit it.")] = LabConfig.params,
     lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = LabConfig.lr,
     chrono: Annotated[bool, typer.Option(help="Chrono-initialise the gate biases to time scales up to T.")] = True,
-    minutes: Annotated[Optional[float], typer.Option(help="Wall-clock budget (stops early, keeps the best).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed of data and weights.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Bundle directory to write (for rnnkit inspect).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show the training progress bar.")] = True,
     threads: Annotated[int, typer.Option(help="Torch threads: a net this small runs fastest on one.")] = 1,
 ) -> None:
     """Train a cell on a long-range memory task; print its test error next to the trivial baseline."""
@@ -34,11 +33,11 @@ def lab(
     if threads < 1:
         raise RnnkitError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)  # a second thread only adds synchronisation to 64-unit matmuls
-    config = LabConfig(task=task, cell=cell, length=length, max_steps=steps, params=params, lr=lr, chrono=chrono,
-                       minutes=minutes, seed=seed, progress=progress)
+    config = LabConfig(task=task, cell=cell, length=length, params=params, lr=lr, chrono=chrono,
+                       **training.config_fields())
     console.print(f"[bold]{task}[/bold] task, T = {length}: {cell.upper()} with {config.width} units "
-                  f"(budget {params:,} parameters), {steps} steps")
-    lab_run = MemoryLab(config).fit()
+                  f"(budget {params:,} parameters), {config.max_steps} steps")
+    lab_run = MemoryLab(config).fit(**training.fit_options())
     result = lab_run.metrics
     table = Table(title=f"{task}, T = {length}, test set of {config.test_size}")
     for column in ("model", "params", result["metric"]):

@@ -57,9 +57,10 @@ class TrainingOptions:
         """The :class:`~rnnkit.tasks.base.TaskConfig` fields these options set. An option left
         out (``--epochs``, ``--max-steps``) keeps the task's default."""
         fields = dict(minutes=self.budget_minutes(), seed=self.seed, precision=self.precision,
-                      progress=self.progress, max_steps=self.max_steps)
-        if self.epochs is not None:
-            fields["epochs"] = self.epochs
+                      progress=self.progress)
+        for name in ("max_steps", "epochs"):
+            if getattr(self, name) is not None:
+                fields[name] = getattr(self, name)
         return fields
 
     def budget_minutes(self) -> Optional[float]:
@@ -85,7 +86,8 @@ def _shared_parameters(minutes: Optional[float]) -> list[inspect.Parameter]:
             help=f"Training budget in wall-clock minutes, all ensemble members together (default: {default}).",
             show_default=False)], None),
         option("max_steps", Annotated[Optional[int], typer.Option(
-            help="Stop after this many optimizer steps (per ensemble member).")], None),
+            help="Stop after this many optimizer steps, per ensemble member (default: the task's).",
+            show_default=False)], None),
         option("epochs", Annotated[Optional[int], typer.Option(
             help="Stop after this many passes over the data (default: the task's).", show_default=False)], None),
         option("seed", Annotated[int, typer.Option(help="Random seed: data split, weights, batch order.")], 0),
