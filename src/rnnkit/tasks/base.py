@@ -48,9 +48,6 @@ TASKS: dict[str, type["Task"]] = {}
 #: optimizer steps between checkpoints of a fit given a checkpoint_dir (a kill loses at most these)
 CHECKPOINT_EVERY = 50
 
-#: the TaskConfig fields every `train` command offers under the same names
-SHARED_OPTIONS = ("epochs", "max_steps", "minutes", "clock", "precision", "seed", "progress")
-
 
 @dataclass(frozen=True, kw_only=True)
 class TaskConfig(JsonConfig):
@@ -235,22 +232,24 @@ class Task:
                               f"one; pass a bundle written by `rnnkit {cls.name} train`")
         return cls.from_bundle(bundle)
 
-    def predict_checked(self, request: Any) -> dict[str, Any]:
-        """``predict_json`` after checking ``request`` against ``request_schema`` (one-line errors)."""
+    def check_request(self, request: Any) -> None:
+        """Refuse, in one line, a request to an unfitted model or one that breaks ``request_schema``."""
         self.require_fitted()
         check(request, self.request_schema)
+
+    def predict_checked(self, request: Any) -> dict[str, Any]:
+        """``predict_json`` after :meth:`check_request`."""
+        self.check_request(request)
         return self.predict_json(request)
 
     def stream_checked(self, request: Any) -> Iterator[dict[str, Any]]:
-        """``stream_json`` after the same checks."""
-        self.require_fitted()
-        check(request, self.request_schema)
+        """``stream_json`` after :meth:`check_request`."""
+        self.check_request(request)
         return self.stream_json(request)
 
     def open_stream_checked(self, request: Any) -> "StreamSlot":
-        """``open_stream`` after the same checks."""
-        self.require_fitted()
-        check(request, self.request_schema)
+        """``open_stream`` after :meth:`check_request`."""
+        self.check_request(request)
         return self.open_stream(request)
 
     def require_fitted(self) -> None:
@@ -279,4 +278,4 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
-__all__ = ["CHECKPOINT_EVERY", "SHARED_OPTIONS", "StreamSlot", "TASKS", "Task", "TaskConfig", "dumps"]
+__all__ = ["CHECKPOINT_EVERY", "StreamSlot", "TASKS", "Task", "TaskConfig", "dumps"]
