@@ -71,7 +71,7 @@ if compiler:
     layer = Recurrent(8, 16, num_layers=2).eval()
     with torch.no_grad():
         layer.step(torch.randn(1, 8))
-    assert layer.cells.__dict__["_stream"]["stack"] is not None, "the LSTM step did not run the stream kernel"
+    assert layer.path_cache.stack is not None, "the LSTM step did not run the stream kernel"
     print("compiled kernels built in the background and loaded:", ", ".join(kernels.KERNELS))
 else:
     print("no C++ compiler or ninja: the Python path ran (as it should)")
