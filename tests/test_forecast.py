@@ -16,7 +16,7 @@ from rnnkit.data.series import SeriesScaler, calendar_features, holdout_fold, ho
 from rnnkit.errors import BundleError, DataError, RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
 from rnnkit.tasks.forecast_eval import backtest_plot_frames, coverage_report, evaluate_forecast
-from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet
+from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet, conformal_level
 from rnnkit.plotting import plot_forecast
 
 FAST = dict(hidden_size=16, ensemble=1, max_steps=60, progress=False, minutes=None)
@@ -384,3 +384,11 @@ def test_predict_json_takes_covariates_and_their_future() -> None:
     with pytest.raises(DataError, match=r"^request.series\[0\].covariates gives 'price'; this model reads "
                                         r"visits, price$"):
         fc.predict_checked({"series": [{**item, "covariates": {"price": item["covariates"]["price"]}}]})
+
+
+def test_the_calibration_level_is_split_conformal_over_windows() -> None:
+    assert conformal_level(0.9, windows=9) == pytest.approx(1.0)  # 9 windows: the largest residual
+    assert conformal_level(0.1, windows=9) == pytest.approx(0.0)
+    assert conformal_level(0.9, windows=99) == pytest.approx(0.9 * 100 / 99)
+    assert conformal_level(0.1, windows=99) == pytest.approx(1 - 0.9 * 100 / 99)
+    assert conformal_level(0.9, windows=4) == 1.0 and conformal_level(0.1, windows=4) == 0.0  # clipped

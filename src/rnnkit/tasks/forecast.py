@@ -11,6 +11,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Optional
 
+import logging
+
 import numpy as np
 import pandas as pd
 import torch
@@ -26,6 +28,8 @@ from .base import Task
 from .forecast_eval import BacktestResult, backtest, naive_forecasts
 from .forecast_json import REQUEST_SCHEMA, RESPONSE_SCHEMA, forecasts_json, request_frames
 from .forecast_model import ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
+
+log = logging.getLogger("rnnkit")
 
 MODEL_TYPE = "forecaster"
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # y (T,), past (T, P + 1: covariates, observed), known (T, K)
@@ -62,6 +66,7 @@ class Forecaster(Task):
         self.num_features: tuple[int, int] = (0, 0)  # past channels P + 1 (covariates, observed), known features K
         self.history: dict[str, dict[str, Any]] = {}  # per series: last_ds and the last lookback rows
         self.too_short: list[str] = []  # series of the last fit too short to train on (fewer than min_points)
+        self.held_out = True  # whether the last fit held out windows (early stopping, interval calibration)
         self.fallback: dict[str, str] = {}  # series of the last predict forecast by "seasonal_naive" or "naive"
 
     @property
@@ -89,9 +94,11 @@ class Forecaster(Task):
             raise DataError(f"every series is shorter than one season + horizon = {self.min_points} points, the "
                             f"least that trains; use a shorter horizon (or forecast them by seasonal naive)")
         span = holdout_span(cfg.horizon)
-        if max(len(w[0]) for w in windows) <= span:
-            raise DataError(f"no series has the {self.min_points + span} points (one season + horizon + {span}) "
-                            f"needed to hold out windows for early stopping and calibration; use a shorter horizon")
+        self.held_out = max(len(w[0]) for w in windows) > span
+        if not self.held_out:
+            log.warning("no series has the %d points (one season + horizon + %d) needed to hold out windows: "
+                        "trained for max_steps without early stopping, intervals not calibrated",
+                        self.min_points + span, span)
         self.num_features = windows[0][1].size(2), windows[0][2].size(2)
         self.model = self.build_model()
         self.train_results = []
@@ -103,7 +110,7 @@ class Forecaster(Task):
         self.history = {uid: self._tail_of(group) for uid, group in groups}
         members = [{"best_val_loss": r.best_val_loss, "steps": r.steps, "stopped": r.stopped}
                    for r in self.train_results]
-        self.metrics = {**self.training_summary(), "members": members}
+        self.metrics = {**self.training_summary(), "members": members, "held_out": self.held_out}
 
     @property
     def min_input(self) -> int:
