@@ -16,6 +16,7 @@ from rnnkit.data.series import SeriesScaler, calendar_features, holdout_fold, ho
 from rnnkit.errors import BundleError, DataError, RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
 from rnnkit.tasks.forecast_eval import backtest_plot_frames, coverage_report, evaluate_forecast
+from rnnkit.tasks.forecast_json import forecasts_json, plain_forecasts, request_frames
 from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet
 from rnnkit.plotting import plot_forecast
 
@@ -303,6 +304,33 @@ def test_predict_json_answers_as_predict_does(fitted: Forecaster) -> None:
     assert short["forecasts"][0] == {"id": "0", "dates": ["2001-05-01", "2001-06-01", "2001-07-01", "2001-08-01",
                                                           "2001-09-01", "2001-10-01"],
                                      "median": [4.0] * 6, "quantiles": {}, "method": "naive"}
+
+
+def _through_frames(fc: Forecaster, request: dict) -> dict:
+    frame, future = request_frames(fc, request)
+    return forecasts_json(fc, fc.predict(frame, future=future), request)
+
+
+def test_a_plain_request_takes_the_lean_path_and_answers_as_the_frames_do(fitted: Forecaster) -> None:
+    frame = seasonal_frame(n=60, series=2, noise=0.5)
+    two = _request(frame, horizon=5)
+    two["series"][1]["id"] = "new"  # a series the model never saw: scaled by its own history
+    long_lookback = Forecaster(horizon=3, lookback=24, **FAST).fit(frame)
+    padded = _request(frame.iloc[:20])  # shorter than its lookback (24), long enough for it (12 + 3)
+    for fc, request in ((fitted, two), (long_lookback, padded), (fitted, _request(frame.iloc[:30]))):
+        lean = plain_forecasts(fc, request)
+        assert lean is not None and fc.predict_checked(request) == lean
+        expected = _through_frames(fc, request)
+        for got, want in zip(lean["forecasts"], expected["forecasts"]):
+            assert got.keys() == want.keys() and got["dates"] == want["dates"] and got["method"] == "model"
+            assert got["median"] == pytest.approx(want["median"], rel=1e-6)
+            for q in ("0.1", "0.9"):
+                assert got["quantiles"][q] == pytest.approx(want["quantiles"][q], rel=1e-6)
+    ragged = _request(frame)
+    ragged["series"][0]["dates"][3] = "2000-04-02"  # not evenly spaced: the frames' check names it
+    for request in (ragged, _request(frame.iloc[:5]), {**two, "horizon": 7},
+                    {"series": [{**two["series"][0], "dates": [d + "T00:00" for d in two["series"][0]["dates"]]}]}):
+        assert plain_forecasts(fitted, request) is None
 
 
 @pytest.mark.parametrize("request_, message", [
