@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import socket
 import statistics
@@ -40,8 +41,11 @@ sys.path.insert(0, str(ROOT / "src"))  # run from a checkout
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from rnnkit import SequenceClassifier, TextGenerator  # noqa: E402
-from common.timing import write_result  # noqa: E402
+import rnnkit  # noqa: E402
+from rnnkit import Forecaster, SequenceClassifier, TextGenerator  # noqa: E402
+from rnnkit.data import load_dataset  # noqa: E402
+from rnnkit.tasks.forecast_json import plain_forecasts  # noqa: E402
+from common.timing import interleaved, write_result  # noqa: E402
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.\n" * 40
 
@@ -62,6 +66,44 @@ def in_process(lm: TextGenerator, streams: int, tokens: int) -> float:
     while not slots[0].done:
         lm.step_streams(slots)
     return streams * tokens / (time.perf_counter() - start)
+
+
+def forecast_latency(directory: Path, quick: bool) -> dict:
+    """Forecast predict per series: rnnkit from a loaded bundle (JSON request in, JSON response out)
+    against NeuralForecast's ``predict()`` on the same monthly stock prices, one series per call and
+    all five per call, timed interleaved. Both models are trained a couple of steps (speed only);
+    NeuralForecast's inputs (history and future calendar frames) are built before the clock starts."""
+    from forecast import neuralforecast_model, quiet_neuralforecast
+
+    quiet_neuralforecast()
+    frame = load_dataset("stocks")
+    fitted = Forecaster(horizon=12, max_steps=2, minutes=None, progress=False).fit(frame)
+    fc = rnnkit.load(fitted.save(directory / "fc"))
+    nf, _, inputs = neuralforecast_model(frame, 12, fc.config.lookback, fc.freq, steps=2)
+    groups = [group for _, group in frame.groupby("unique_id", sort=False)]
+    series = [{"id": str(g["unique_id"].iloc[0]), "values": g["y"].tolist(),
+               "dates": [d.date().isoformat() for d in g["ds"]]} for g in groups]
+    one, every = [{"series": [item]} for item in series], {"series": series}
+    assert all(plain_forecasts(fc, request) is not None for request in one + [every])  # the lean path
+    calls = {"rnnkit": lambda r: fc.predict_checked(r), "NeuralForecast": lambda r: nf.predict(**r)}
+    requests = {"rnnkit": (one, every), "NeuralForecast": ([inputs(g) for g in groups], inputs(frame))}
+    candidates, baselines = {}, {}
+    for name, call in calls.items():
+        singles, batch = requests[name]
+        cycle = itertools.cycle(singles)
+        candidates[f"{name}, 1 series per call"] = lambda call=call, cycle=cycle: call(next(cycle))
+        candidates[f"{name}, {len(groups)} series per call"] = lambda call=call, batch=batch: call(batch)
+    baselines = {name: "NeuralForecast" + name[name.index(","):] for name in candidates}
+    timings = interleaved(candidates, baselines, repeats=3 if quick else 7, seconds=0.3 if quick else 1.0)
+    per_series = {name: 1e3 * t["seconds_per_call"] / (1 if ", 1 series" in name else len(groups))
+                  for name, t in timings.items()}
+    return {"data": f"stocks: {len(groups)} monthly series, {len(frame)} points; each request holds whole series",
+            "model": {"lookback": fc.config.lookback, "horizon": fc.config.horizon, "cell": fc.config.cell,
+                      "hidden_size": fc.config.hidden_size, "ensemble": fc.config.ensemble},
+            "ms_per_series": per_series,
+            "speedup_vs_neuralforecast": {name: t["speedup_vs_baseline"] for name, t in timings.items()
+                                          if name.startswith("rnnkit")},
+            "timings": timings}
 
 
 async def generate(http: httpx.AsyncClient, tokens: int, seed: int) -> int:

@@ -171,19 +171,61 @@ def test_an_unexpected_failure_is_a_500_line_and_the_server_goes_on(bundles: dic
     clf = rnnkit.load(bundles["clf"])
     app = create_app({"clf": clf}, limits=LIMITS)
     client = TestClient(app, raise_server_exceptions=False)
-    calls = []
+    probabilities = clf.probabilities
 
-    def broken(request: dict) -> dict:
-        calls.append(request)
-        if len(calls) == 1:
+    def broken(texts: list) -> Any:
+        if "boom" in texts:
             raise ZeroDivisionError("a bug")
-        return {"predictions": []}
+        return probabilities(texts)
 
-    monkeypatch.setattr(clf, "predict_json", broken)
-    response = client.post("/v1/clf/predict", json={"texts": ["a"]})
+    monkeypatch.setattr(clf, "probabilities", broken)
+    response = client.post("/v1/clf/predict", json={"texts": ["boom"]})
     assert response.status_code == 500 and response.json() == {
         "error": "internal error (ZeroDivisionError: a bug); the server goes on"}
-    assert client.post("/v1/clf/predict", json={"texts": ["a"]}).json() == {"predictions": []}
+    assert client.post("/v1/clf/predict", json={"texts": ["a great film"]}).json()["predictions"][0]["label"] == "pos"
+
+
+def test_predictions_arriving_together_are_answered_in_one_turn_each_on_its_own(
+        bundles: dict[str, Path], tasks: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    clf = rnnkit.load(bundles["clf"])
+    probabilities, batches = clf.probabilities, []
+
+    def counted(texts: list) -> Any:
+        batches.append(len(texts))
+        if "boom" in texts:
+            raise ZeroDivisionError("a bug")
+        return probabilities(texts)
+
+    monkeypatch.setattr(clf, "probabilities", counted)
+    app = create_app({"clf": clf}, limits=LIMITS)
+    served = app.state.models["clf"]
+    requests = [{"texts": ["a great film", "okay"]}, {"texts": ["an awful plot"]}, {"texts": 3},
+                {"texts": ["boom"]}, {"texts": ["a great film"]}]
+    answers: list[Any] = [None] * len(requests)
+    gate = threading.Event()
+    with running(app) as url:
+        served.worker.submit(gate.wait, 30)  # hold the model until every request waits
+
+        def post(i: int) -> None:
+            with httpx.Client(base_url=url, timeout=60) as http:
+                answers[i] = http.post("/v1/clf/predict", json=requests[i])
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(served.predictor.waiting) < len(requests) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert served.predictor.turns == {5: 1}  # one turn for all five
+    assert batches[0] == 5  # the valid requests' texts as one batch, which failed on "boom": then one by one
+    for i in (0, 1, 4):
+        assert answers[i].status_code == 200
+        assert answers[i].json() == json.loads(json.dumps(tasks["clf"].predict_checked(requests[i])))
+    assert answers[2].status_code == 422 and answers[2].json()["error"] == "request.texts must be array, got a number"
+    assert answers[3].status_code == 500 and "ZeroDivisionError: a bug" in answers[3].json()["error"]
 
 
 def test_a_generation_that_fails_midway_ends_with_an_error_event(bundles: dict[str, Path]) -> None:

@@ -1,4 +1,5 @@
-"""Concurrent generations of one model stepped together: one batch per step, one slot per client.
+"""Concurrent requests to one model answered together: generations stepped as one batch per step
+(one slot per client), predictions handed over in turns.
 
 A generating task that sets ``batches_streams`` offers ``open_stream(request)`` (a slot holding
 that request's own state, sampling options and length) and ``step_streams(slots)`` (every slot
@@ -8,6 +9,11 @@ connected now and runs a loop on the event loop: while any slot is live, hand al
 client's queue. Clients join and leave between any two steps; a client that disconnects marks
 its slot cancelled, and the next step leaves it out, so its row of the batch is freed at once.
 
+Predict requests wait in the :class:`PredictBatcher` of their model: while the worker is busy
+they queue, and each turn hands every waiting request to ``task.predict_many`` in one call, which
+a task may answer with one batched forward. One client alone is answered at once; many clients
+share forwards instead of queueing for one each, and a bad request is still refused on its own.
+
 All model calls of one model (predict, opening a slot, stepping) run on that model's single
 worker thread, one at a time: the event loop never blocks on the model, and the model never
 runs two calls at once.
@@ -16,6 +22,7 @@ runs two calls at once.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Optional
 
@@ -118,4 +125,53 @@ class StreamBatcher:
                     client.cancelled = True
 
 
-__all__ = ["StreamBatcher"]
+class PredictBatcher:
+    """Hands the predict requests waiting for one task to ``predict_many`` in turns (module docstring).
+
+    A turn is taken on the worker thread when the worker gets to it, so it holds every request
+    that arrived while the worker was busy (a deque: the event loop appends, the worker pops).
+    """
+
+    def __init__(self, task: Task, worker: ThreadPoolExecutor, most: int = 64) -> None:
+        self.task, self.worker, self.most = task, worker, most
+        self.waiting: deque[tuple[Any, asyncio.Future]] = deque()
+        self.turns: dict[int, int] = {}  # requests in a turn -> turns taken with that many, for tests
+        self._wake: Optional[asyncio.Event] = None
+        self._runner: Optional[asyncio.Task] = None
+
+    async def predict(self, request: Any) -> Any:
+        """The response to ``request``; raises what refused or failed it."""
+        loop = asyncio.get_running_loop()
+        if self._runner is None or self._runner.done() or self._runner.get_loop() is not loop:
+            self.waiting, self._wake = deque(), asyncio.Event()  # first request on this event loop
+            self._runner = loop.create_task(self._run())
+        answer = loop.create_future()
+        self.waiting.append((request, answer))
+        self._wake.set()
+        outcome = await answer
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def _run(self) -> None:
+        while True:
+            if not self.waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            for answer, outcome in await asyncio.get_running_loop().run_in_executor(self.worker, self._turn):
+                if not answer.done():  # its client may have gone
+                    answer.set_result(outcome)
+
+    def _turn(self) -> list[tuple[asyncio.Future, Any]]:
+        """On the worker: the requests waiting now, answered by one ``predict_many``."""
+        turn = [self.waiting.popleft() for _ in range(min(self.most, len(self.waiting)))]
+        try:
+            outcomes = self.task.predict_many([request for request, _ in turn])
+        except Exception as exc:  # predict_many itself broke: every request of the turn gets the error
+            outcomes = [exc] * len(turn)
+        self.turns[len(turn)] = self.turns.get(len(turn), 0) + 1
+        return [(answer, outcome) for (_, answer), outcome in zip(turn, outcomes)]
+
+
+__all__ = ["PredictBatcher", "StreamBatcher"]
