@@ -95,6 +95,27 @@ def test_generate_streams_pieces_then_done(client: TestClient, tasks: dict[str, 
     assert streamed_text(client.post("/v1/lm/generate", json={"max_tokens": 0}).text) == ""
 
 
+def test_generation_ends_at_its_stop_strings_each_stream_at_its_own(client: TestClient,
+                                                                    tasks: dict[str, Any]) -> None:
+    lm, prime = tasks["lm"], "the dog "
+    full = lm.generate(prime, 120, temperature=0)[len(prime):]
+    assert "sat on the cat" in full
+    cases = (["cat s"], ["zzz", "on the"], ["the cax"], ["zzz"])  # "the cax": "the ca" is held, then sent
+    ends = [full[:min((full.find(s) for s in stop if s in full), default=len(full))] for stop in cases]
+    for stop, expected in zip(cases, ends):
+        request = {"prime": prime, "max_tokens": 120, "temperature": 0, "stop": stop}
+        assert streamed_text(client.post("/v1/lm/generate", json=request).text) == expected
+        assert client.post("/v1/lm/predict", json=request).json()["text"] == prime + expected
+    slots = [lm.open_stream({"prime": prime, "max_tokens": 120, "temperature": 0, "stop": stop}) for stop in cases]
+    texts = [""] * len(slots)
+    while not all(slot.done for slot in slots):  # stepped together, each ending at its own stop
+        for k, pieces in enumerate(lm.step_streams(slots)):
+            texts[k] += "".join(piece["text"] for piece in pieces)
+    assert texts == ends
+    response = client.post("/v1/lm/generate", json={"stop": ["\n", ""]})
+    assert response.status_code == 422 and response.json()["error"].startswith("request.stop[1] is empty")
+
+
 def test_the_playground_and_its_files_are_served(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "rnnkit playground" in page.text and "/static/app.js" in page.text
