@@ -120,6 +120,7 @@ async def generate(http: httpx.AsyncClient, tokens: int, seed: int) -> int:
 async def streaming(url: str, streams: int, tokens: int) -> dict:
     limits = httpx.Limits(max_connections=streams)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+        await asyncio.gather(*(generate(http, 2, i) for i in range(streams)))  # warm up: open the connections
         start = time.perf_counter()
         await asyncio.gather(*(generate(http, tokens, i) for i in range(streams)))
         together = streams * tokens / (time.perf_counter() - start)

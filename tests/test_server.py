@@ -263,8 +263,9 @@ def test_a_generation_that_fails_midway_ends_with_an_error_event(bundles: dict[s
     task.step_streams = failing
     client = TestClient(app)
     parsed = events(client.post("/v1/lm/generate", json={"prime": "the ", "max_tokens": 50, "temperature": 0}).text)
-    assert [name for name, _ in parsed] == ["message", "message", "error"]
-    assert parsed[-1][1] == {"error": "generation failed: out of memory"}
+    assert [name for name, _ in parsed][-1] == "error" and {name for name, _ in parsed[:-1]} == {"message"}
+    assert "".join(data["text"] for _, data in parsed[:-1]) == task.generate("the ", 2, temperature=0)[4:]
+    assert parsed[-1][1] == {"error": "generation failed: out of memory"}  # the two tokens sampled, then the error
     assert streamed_text(client.post("/v1/lm/generate", json={"max_tokens": 5}).text)  # the next one runs
     with pytest.raises(RnnkitError, match="max_streams must be a positive integer, got 0"):
         Limits(max_streams=0)

@@ -5,9 +5,11 @@ A generating task that sets ``batches_streams`` offers ``open_stream(request)`` 
 that request's own state, sampling options and length) and ``step_streams(slots)`` (every slot
 one step, as one batch). The :class:`StreamBatcher` of a model keeps the slots of the clients
 connected now and runs a loop on the event loop: while any slot is live, hand all of them to
-``step_streams`` on the model's worker thread, then deliver each slot's new pieces to its
-client's queue. Clients join and leave between any two steps; a client that disconnects marks
+``step_streams`` on the model's worker thread for a short slice of steps, then deliver each
+slot's new pieces to its client's queue (merged into one piece per slice by the task). Clients join and leave between any two steps; a client that disconnects marks
 its slot cancelled, and the next step leaves it out, so its row of the batch is freed at once.
+A client that falls behind gets what piled up in its queue as one piece (``task.merge_pieces``),
+so a slow reader costs one event per turn, not one per token.
 
 Predict requests wait in the :class:`PredictBatcher` of their model: while the worker is busy
 they queue, and each turn hands every waiting request to ``task.predict_many`` in one call, which
@@ -22,6 +24,7 @@ runs two calls at once.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Optional
@@ -30,6 +33,7 @@ from ..tasks.base import StreamSlot, Task
 from .limits import HTTPError
 
 _END = None  # the queue item after a slot's last piece
+SLICE_SECONDS = 0.025  # how long one turn of the streams' loop steps them before handing pieces over
 
 
 class _Failure:
@@ -82,10 +86,17 @@ class StreamBatcher:
         self.clients.append(client)
         self._wake.set()
         try:
-            while (item := await client.queue.get()) is not _END:
-                if isinstance(item, _Failure):
-                    raise HTTPError(500, f"generation failed: {item.message}")
-                yield item
+            while True:
+                items = [await client.queue.get()]
+                while not client.queue.empty() and isinstance(items[-1], dict):  # the client fell behind
+                    items.append(client.queue.get_nowait())
+                pieces = [item for item in items if isinstance(item, dict)]
+                for piece in self.task.merge_pieces(pieces) if len(pieces) > 1 else pieces:
+                    yield piece
+                if isinstance(items[-1], _Failure):
+                    raise HTTPError(500, f"generation failed: {items[-1].message}")
+                if items[-1] is _END:
+                    return
         finally:  # finished, or the client went away (cancelled or closed mid-stream)
             client.cancelled = True
 
@@ -109,20 +120,41 @@ class StreamBatcher:
                 await self._wake.wait()
                 continue
             batch = list(self.clients)
-            try:
-                pieces = await self.call(self.task.step_streams, [c.slot for c in batch])
-            except Exception as exc:  # a failing model ends these streams, not the server
-                for client in batch:
-                    client.queue.put_nowait(_Failure(exc))
-                    client.cancelled = True
-                continue
-            self.batch_sizes[len(batch)] = self.batch_sizes.get(len(batch), 0) + 1
+            pieces, failure = await self.call(self._slice, batch)
             for client, new in zip(batch, pieces):
                 for piece in new:
                     client.queue.put_nowait(piece)
-                if client.slot.done:
+                if failure is not None:  # a failing model ends these streams, not the server
+                    client.queue.put_nowait(_Failure(failure))
+                    client.cancelled = True
+                elif client.slot.done:
                     client.queue.put_nowait(_END)
                     client.cancelled = True
+
+    def _slice(self, batch: list[_Client]) -> tuple[list[list[dict[str, Any]]], Optional[Exception]]:
+        """On the worker: step ``batch`` for up to ``SLICE_SECONDS``; each client's pieces, and what failed.
+
+        Handing pieces to the event loop once per slice rather than once per step means one event
+        (``task.merge_pieces``) and one write per client per slice, instead of one per token: the
+        event loop, which shares the interpreter with the model, does far less per token. The slice
+        ends early when a client joins (it waits at most one step) and leaves out a client that
+        left, so slots are freed as promptly as before.
+        """
+        deadline = time.perf_counter() + SLICE_SECONDS
+        pieces: list[list[dict[str, Any]]] = [[] for _ in batch]
+        while True:
+            live = [k for k, c in enumerate(batch) if not (c.cancelled or c.slot.done)]
+            if not live:
+                return pieces, None
+            try:
+                new = self.task.step_streams([batch[k].slot for k in live])
+            except Exception as exc:
+                return pieces, exc
+            self.batch_sizes[len(live)] = self.batch_sizes.get(len(live), 0) + 1
+            for k, more in zip(live, new):
+                pieces[k] += more
+            if time.perf_counter() >= deadline or len(self.clients) != len(batch):
+                return pieces, None
 
 
 class PredictBatcher:

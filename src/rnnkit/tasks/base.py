@@ -242,6 +242,11 @@ class Task:
         self.check_request(request)
         return self.predict_json(request)
 
+    def merge_pieces(self, pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Consecutive pieces of one stream as fewer pieces that mean the same, for a client that
+        fell behind (a server sends what has piled up in one event). Default: as they are."""
+        return pieces
+
     def refusal(self, request: Any) -> Optional[RnnkitError]:
         """The error :meth:`check_request` raises for ``request``, or None when it may be answered."""
         try:

@@ -355,6 +355,10 @@ class TextGenerator(Task):
         while not slot.done:
             yield from self.step_streams([slot])[0]
 
+    def merge_pieces(self, pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Text pieces joined into one."""
+        return [{"text": "".join(piece["text"] for piece in pieces)}] if len(pieces) > 1 else pieces
+
     @torch.no_grad()
     def open_stream(self, request: dict[str, Any]) -> Generation:
         """One generation as a slot: the prime read (batch 1), nothing sampled yet."""
