@@ -333,6 +333,30 @@ def test_a_plain_request_takes_the_lean_path_and_answers_as_the_frames_do(fitted
         assert plain_forecasts(fitted, request) is None
 
 
+def test_predict_many_answers_plain_requests_in_one_forward_and_each_as_alone(fitted: Forecaster) -> None:
+    frame = seasonal_frame(n=60, series=2, noise=0.5)
+    s0, s1 = (_request(frame[frame["unique_id"] == uid]) for uid in ("s0", "s1"))
+    plain = [s0, {**s1, "horizon": 3}, _request(frame)]
+    batches = []
+    forecast_windows = fitted.forecast_windows
+    fitted.forecast_windows = lambda inputs, stats: batches.append(len(inputs)) or forecast_windows(inputs, stats)
+    try:
+        answers = fitted.predict_many(plain)
+        assert batches == [4]  # the four series of three requests, one forward
+        short = {"series": [{"values": [1.0, 2.0, 3.0, 4.0], "dates": ["2001-01-01", "2001-02-01", "2001-03-01",
+                                                                        "2001-04-01"]}]}
+        mixed = fitted.predict_many([s0, {**s0, "horizon": 7}, short])  # a refused and a naive one: one by one
+    finally:
+        del fitted.forecast_windows
+    for request, answer in zip(plain, answers):
+        alone = fitted.predict_checked(request)
+        assert [f["id"] for f in answer["forecasts"]] == [f["id"] for f in alone["forecasts"]]
+        for got, want in zip(answer["forecasts"], alone["forecasts"]):
+            assert got["dates"] == want["dates"] and got["median"] == pytest.approx(want["median"], rel=1e-6)
+    assert isinstance(mixed[1], DataError) and "forecasts at most 6 steps" in str(mixed[1])
+    assert mixed[2]["forecasts"][0]["method"] == "naive" and mixed[0]["forecasts"][0]["method"] == "model"
+
+
 @pytest.mark.parametrize("request_, message", [
     ({"values": [1, 2, 3]}, r"^request is missing 'series'"),
     ({"series": [{"values": [1.0, float("nan"), 3.0], "dates": ["2001-01-01"] * 3}]},

@@ -9,7 +9,7 @@ evaluation and baselines live in :mod:`rnnkit.tasks.forecast_eval`, and the JSON
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,8 @@ from ..inspection import InspectionInput, parse_series
 from ..layers import Recurrent
 from .base import Task
 from .forecast_eval import BacktestResult, backtest, naive_forecasts
-from .forecast_json import REQUEST_SCHEMA, RESPONSE_SCHEMA, forecasts_json, plain_forecasts, request_frames
+from .forecast_json import (REQUEST_SCHEMA, RESPONSE_SCHEMA, forecasts_json, plain_forecasts, plain_forecasts_many,
+                            request_frames)
 from .forecast_model import ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
 
 MODEL_TYPE = "forecaster"
@@ -356,6 +357,18 @@ class Forecaster(Task):
             return plain
         frame, future = request_frames(self, request)
         return forecasts_json(self, self.predict(frame, future=future), request)
+
+    def predict_many(self, requests: Sequence[Any]) -> list[Any]:
+        """Plain requests (see :mod:`rnnkit.tasks.forecast_json`) answered in one forward; a turn
+        holding any other is answered request by request (see :meth:`Task.predict_many`)."""
+        if len(requests) > 1 and all(self.refusal(request) is None for request in requests):
+            try:
+                answers = plain_forecasts_many(self, list(requests))
+            except Exception:  # a failure is answered request by request, each on its own
+                answers = None
+            if answers is not None:
+                return answers
+        return super().predict_many(requests)
 
     # -------------------------------------------------------------------- inspection
 

@@ -101,12 +101,41 @@ def request_frames(forecaster: Any, request: dict[str, Any]) -> tuple[pd.DataFra
 
 def plain_forecasts(forecaster: Any, request: dict[str, Any]) -> Optional[dict[str, Any]]:
     """The response to a plain request (see the module docstring) without data frames; None when
-    the request needs the frame path (:func:`request_frames`, ``predict``, :func:`forecasts_json`).
+    the request needs the frame path (:func:`request_frames`, ``predict``, :func:`forecasts_json`)."""
+    answers = plain_forecasts_many(forecaster, [request])
+    return answers[0] if answers else None
+
+
+def plain_forecasts_many(forecaster: Any, requests: list[dict[str, Any]]) -> Optional[list[dict[str, Any]]]:
+    """The responses to several plain requests, every series of every request in one forward; None
+    when any of them needs the frame path.
 
     Per series: its values as an array, its dates checked to be ISO days at the model's
     frequency, scaled by its training statistics (or its own), its last ``lookback`` values and
-    the calendar of those and the forecast dates; then all series in one forward.
+    the calendar of those and the forecast dates.
     """
+    prepared = [_plain_inputs(forecaster, request) for request in requests]
+    if any(p is None for p in prepared):
+        return None
+    values = iter(forecaster.forecast_windows([a for p in prepared for a in p[0]], [s for p in prepared for s in p[1]]))
+    forecaster.fallback = {}
+    cfg, answers = forecaster.config, []
+    for request, (_, _, dates) in zip(requests, prepared):
+        horizon, entries = request.get("horizon", cfg.horizon), []
+        for uid, future in zip(_ids(request), dates):
+            entry: dict[str, Any] = {"id": uid}
+            if future is not None:
+                entry["dates"] = [_iso(d) for d in future[:horizon]]
+            forecast = next(values)
+            columns = {q: forecast[:horizon, k].astype(float).tolist() for k, q in enumerate(cfg.quantiles)}
+            entries.append({**entry, "median": columns[0.5], "quantiles": {str(q): v for q, v in columns.items()},
+                            "method": "model"})
+        answers.append({"forecasts": entries})
+    return answers
+
+
+def _plain_inputs(forecaster: Any, request: dict[str, Any]) -> Optional[tuple[list, list, list]]:
+    """A plain request's model inputs, scaler statistics and forecast dates per series; None if not plain."""
     cfg, series, ids = forecaster.config, request["series"], _ids(request)
     horizon, dated = request.get("horizon", cfg.horizon), all("dates" in item for item in series)
     if (forecaster.covariates or horizon > cfg.horizon or len(set(ids)) < len(ids)
@@ -127,16 +156,7 @@ def plain_forecasts(forecaster: Any, request: dict[str, Any]) -> Optional[dict[s
                                                no_columns, pad))
         stats.append((mean, std))
         dates.append(future)
-    forecaster.fallback = {}
-    entries = []
-    for uid, future, values in zip(ids, dates, forecaster.forecast_windows(inputs, stats)):
-        entry: dict[str, Any] = {"id": uid}
-        if dated:
-            entry["dates"] = [_iso(d) for d in future[:horizon]]
-        columns = {q: values[:horizon, k].astype(float).tolist() for k, q in enumerate(cfg.quantiles)}
-        entries.append({**entry, "median": columns[0.5], "quantiles": {str(q): v for q, v in columns.items()},
-                        "method": "model"})
-    return {"forecasts": entries}
+    return inputs, stats, dates
 
 
 def _plain_values(item: dict[str, Any], min_points: int) -> Optional[np.ndarray]:
@@ -218,4 +238,5 @@ def _iso(stamp: pd.Timestamp) -> str:
     return stamp.date().isoformat() if stamp == stamp.normalize() else stamp.isoformat()
 
 
-__all__ = ["REQUEST_SCHEMA", "RESPONSE_SCHEMA", "forecasts_json", "plain_forecasts", "request_frames"]
+__all__ = ["REQUEST_SCHEMA", "RESPONSE_SCHEMA", "forecasts_json", "plain_forecasts", "plain_forecasts_many",
+           "request_frames"]
