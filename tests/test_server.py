@@ -180,6 +180,7 @@ def test_a_token_is_required_when_the_server_has_one(bundles: dict[str, Path]) -
         assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
         assert response.json()["error"].startswith("missing or wrong bearer token; send the header")
     assert secured.get("/v1/models").status_code == 401
+    assert secured.post("/v1/lm/generate", json={"max_tokens": 5}).status_code == 401  # before a stream opens
     assert secured.post("/v1/nope/predict", json={}).status_code == 401  # no model names leak without it
     ok = {"Authorization": "Bearer s3cret"}
     assert secured.post("/v1/clf/predict", json={"texts": ["a"]}, headers=ok).status_code == 200
