@@ -49,7 +49,7 @@ class ServedModel:
         self.name, self.task = name, task
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rnnkit-{name}")
         self.batcher = StreamBatcher(task, self.worker, limits.max_streams)
-        self.predictor = PredictBatcher(task, self.worker, limits.max_batch)
+        self.predictor = PredictBatcher(task, self.worker)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.task.describe()}

@@ -164,7 +164,7 @@ class PredictBatcher:
     that arrived while the worker was busy (a deque: the event loop appends, the worker pops).
     """
 
-    def __init__(self, task: Task, worker: ThreadPoolExecutor, most: int = 64) -> None:
+    def __init__(self, task: Task, worker: ThreadPoolExecutor, most: int = 64) -> None:  # most: requests per turn
         self.task, self.worker, self.most = task, worker, most
         self.waiting: deque[tuple[Any, asyncio.Future]] = deque()
         self.turns: dict[int, int] = {}  # requests in a turn -> turns taken with that many, for tests
