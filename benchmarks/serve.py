@@ -106,7 +106,8 @@ def forecast_latency(directory: Path, quick: bool) -> dict:
     timings = interleaved(candidates, baselines, repeats=3 if quick else 7, seconds=0.3 if quick else 1.0)
     per_series = {name: 1e3 * t["seconds_per_call"] / (1 if ", 1 series" in name else len(groups))
                   for name, t in timings.items()}
-    return {"request": one[0], "data": f"stocks: {len(groups)} monthly series, {len(frame)} points; each request holds whole series",
+    return {"request": one[0],
+            "data": f"stocks: {len(groups)} monthly series, {len(frame)} points; each request holds whole series",
             "model": {"lookback": fc.config.lookback, "horizon": fc.config.horizon, "cell": fc.config.cell,
                       "hidden_size": fc.config.hidden_size, "ensemble": fc.config.ensemble},
             "ms_per_series": per_series,

@@ -6,10 +6,10 @@ that request's own state, sampling options and length) and ``step_streams(slots)
 one step, as one batch). The :class:`StreamBatcher` of a model keeps the slots of the clients
 connected now and runs a loop on the event loop: while any slot is live, hand all of them to
 ``step_streams`` on the model's worker thread for a short slice of steps, then deliver each
-slot's new pieces to its client's queue (merged into one piece per slice by the task). Clients join and leave between any two steps; a client that disconnects marks
-its slot cancelled, and the next step leaves it out, so its row of the batch is freed at once.
-A client that falls behind gets what piled up in its queue as one piece (``task.merge_pieces``),
-so a slow reader costs one event per turn, not one per token.
+slot's new pieces to its client's queue. A client takes what piled up in its queue as one piece
+(``task.merge_pieces``): one event per slice, or per turn of a slow reader, not one per token.
+Clients join between any two steps (a join ends the slice); a client that disconnects marks its
+slot cancelled, and the next step leaves it out, so its row of the batch is freed at once.
 
 Predict requests wait in the :class:`PredictBatcher` of their model: while the worker is busy
 they queue, and each turn hands every waiting request to ``task.predict_many`` in one call, which
