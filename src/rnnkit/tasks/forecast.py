@@ -9,7 +9,7 @@ evaluation and baselines live in :mod:`rnnkit.tasks.forecast_eval`, and the JSON
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import logging
 
@@ -26,7 +26,8 @@ from ..inspection import InspectionInput, parse_series
 from ..layers import Recurrent
 from .base import Task
 from .forecast_eval import BacktestResult, backtest, naive_forecasts
-from .forecast_json import REQUEST_SCHEMA, RESPONSE_SCHEMA, forecasts_json, request_frames
+from .forecast_json import (REQUEST_SCHEMA, RESPONSE_SCHEMA, forecasts_json, plain_forecasts, plain_forecasts_many,
+                            request_frames)
 from .forecast_model import ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
 
 log = logging.getLogger("rnnkit")
@@ -173,25 +174,34 @@ class Forecaster(Task):
                             f"one frequency: resample them or fit one forecaster per frequency")
         return freqs.pop()
 
-    def _arrays(self, uid: str, group: pd.DataFrame, future: Optional[pd.DataFrame] = None, pad: int = 0) -> Arrays:
-        """Scaled target ``(T,)``, past channels ``(T, P + 1)`` and known features ``(T [+ H], K)``.
-
-        ``pad`` rows of zeros go before the series (in every channel, calendar included); the
-        last past channel is 1 where a value was observed and 0 on the padding. With ``future``
-        (the horizon's rows), the known features also cover the horizon.
-        """
+    def _arrays(self, uid: str, group: pd.DataFrame, future: Optional[pd.DataFrame] = None, pad: int = 0,
+                scaler: Optional[SeriesScaler] = None) -> Arrays:
+        """Scaled target ``(T,)``, past channels ``(T, P + 1)`` and known features ``(T [+ H], K)``
+        of one series' rows (see :meth:`series_arrays`), scaled by ``scaler`` (default the
+        training one); with ``future`` (the horizon's rows), the known features also cover the horizon."""
         cfg = self.config
-        zeros = lambda a: np.concatenate([np.zeros((pad, *a.shape[1:])), a])  # noqa: E731
-        y = zeros(self.scaler.transform(uid, group["y"].to_numpy(dtype=float)))
-        observed = zeros(np.ones((len(group), 1)))
-        past = np.concatenate([zeros(self._scaled(group, cfg.past_covariates)), observed], axis=1)
         ds = pd.DatetimeIndex(group["ds"])
         futr = self._scaled(group, cfg.future_covariates)
         if future is not None:
             ds = ds.append(pd.DatetimeIndex(future["ds"]))
             futr = np.concatenate([futr, self._scaled(future, cfg.future_covariates)])
-        calendar = calendar_features(ds, self.freq) if cfg.calendar else np.zeros((len(ds), 0))
-        return y, past, zeros(np.concatenate([calendar, futr], axis=1))
+        y = (scaler or self.scaler).transform(uid, group["y"].to_numpy(dtype=float))
+        return self.series_arrays(y, self._scaled(group, cfg.past_covariates), ds, futr, pad)
+
+    def series_arrays(self, y: np.ndarray, past: np.ndarray, ds: Optional[pd.DatetimeIndex], futr: np.ndarray,
+                       pad: int) -> Arrays:
+        """The model's inputs from plain arrays: the scaled target ``y`` ``(T,)``, scaled past
+        covariates ``(T, P)``, the timestamps ``ds`` ``(T [+ H])`` (None without calendar features)
+        and scaled future covariates ``(T [+ H], F)``.
+
+        ``pad`` rows of zeros go before the series (in every channel, calendar included); the
+        last past channel is 1 where a value was observed and 0 on the padding.
+        """
+        zeros = lambda a: np.concatenate([np.zeros((pad, *a.shape[1:])), a])  # noqa: E731
+        observed = zeros(np.ones((len(y), 1)))
+        past = np.concatenate([zeros(past), observed], axis=1)
+        calendar = calendar_features(ds, self.freq) if self.config.calendar else np.zeros((len(futr), 0))
+        return zeros(y), past, zeros(np.concatenate([calendar, futr], axis=1))
 
     def _scaled(self, frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
         values = frame[list(columns)].to_numpy(dtype=float, copy=True).reshape(len(frame), len(columns))
@@ -246,7 +256,6 @@ class Forecaster(Task):
 
     # ------------------------------------------------------------------- prediction
 
-    @torch.no_grad()
     def predict(self, frame: Optional[pd.DataFrame] = None, future: Optional[pd.DataFrame] = None) -> pd.DataFrame:
         """Forecast the ``horizon`` steps after each series ends.
 
@@ -279,14 +288,13 @@ class Forecaster(Task):
         short = [uid for uid, _ in groups if points[uid] < self.min_points]
         self.fallback = {}
         fallback = self._fallback(frame[frame["unique_id"].isin(short)]) if short else {}
-        saved, self.scaler = self.scaler, scaler
-        try:
-            with torch_threads(cfg.threads):
-                rows = [fallback[uid] if uid in fallback else self._predict_one(uid, group.iloc[-cfg.lookback:], future)
-                        for uid, group in groups]
-        finally:
-            self.scaler = saved
-        return pd.concat(rows, ignore_index=True)
+        model = [(uid, group.iloc[-cfg.lookback:]) for uid, group in groups if uid not in fallback]
+        inputs = [self._window_inputs(uid, window, future, scaler) for uid, window in model]
+        values = self.forecast_windows([arrays for _, arrays in inputs], [scaler.stats[uid] for uid, _ in model])
+        forecasts = {uid: pd.DataFrame({"unique_id": uid, "ds": dates, **{
+                         quantile_column(q): v[:, k] for k, q in enumerate(cfg.quantiles)}})
+                     for (uid, _), (dates, _), v in zip(model, inputs, values)}
+        return pd.concat([fallback.get(uid, forecasts.get(uid)) for uid, _ in groups], ignore_index=True)
 
     def _fallback(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Seasonal-naive forecasts (naive below one season) of the series too short for the model.
@@ -302,19 +310,30 @@ class Forecaster(Task):
         self.fallback = {str(uid): "seasonal_naive" if n >= season else "naive" for uid, n in lengths.items()}
         return {str(uid): rows.reset_index(drop=True) for uid, rows in forecast.groupby("unique_id", sort=False)}
 
-    def _predict_one(self, uid: str, window: pd.DataFrame, future: Optional[pd.DataFrame]) -> pd.DataFrame:
+    def _window_inputs(self, uid: str, window: pd.DataFrame, future: Optional[pd.DataFrame],
+                       scaler: SeriesScaler) -> tuple[pd.DatetimeIndex, Arrays]:
+        """The forecast dates after ``window`` (a series' last rows) and the model's inputs for it."""
         cfg = self.config
         dates = future_dates(window["ds"].iloc[-1], self.freq, cfg.horizon)
         horizon_rows = self._future_rows(uid, dates, future)
-        y, past, known = self._arrays(uid, window, horizon_rows, pad=cfg.lookback - len(window))
-        as_batch = lambda a: torch.as_tensor(a, dtype=torch.float32)[None]  # (1, ...)
-        y, past = as_batch(y), as_batch(past)
-        level, scale = self._window_norm(y, past[:, :, -1])
-        out = self.model((y - level) / scale * past[:, :, -1], past, as_batch(known))  # (1, H, Q)
-        quantiles = (out * scale.unsqueeze(2) + level.unsqueeze(2))[0].numpy()  # (H, Q)
-        values = self.scaler.inverse(uid, quantiles)
-        return pd.DataFrame({"unique_id": uid, "ds": dates,
-                             **{quantile_column(q): values[:, k] for k, q in enumerate(cfg.quantiles)}})
+        return dates, self._arrays(uid, window, horizon_rows, pad=cfg.lookback - len(window), scaler=scaler)
+
+    def forecast_windows(self, inputs: list[Arrays], stats: list[tuple[float, float]]) -> list[np.ndarray]:
+        """Every series' quantiles ``(H, Q)`` in its own units, from one batched forward.
+
+        ``inputs`` come from :meth:`series_arrays` (all ``lookback`` long, padded), ``stats`` are each
+        series' scaler mean and standard deviation. One batch of all series rather than one forward
+        per series: the recurrence's per-step overhead is paid once.
+        """
+        if not inputs:
+            return []
+        stack = lambda k: torch.as_tensor(np.stack([a[k] for a in inputs]), dtype=torch.float32)  # noqa: E731
+        y, past, known = stack(0), stack(1), stack(2)
+        with torch.inference_mode(), torch_threads(self.config.threads):
+            level, scale = self._window_norm(y, past[:, :, -1])
+            out = self.model((y - level) / scale * past[:, :, -1], past, known)  # (B, H, Q)
+            quantiles = (out * scale.unsqueeze(2) + level.unsqueeze(2)).numpy()  # (B, H, Q)
+        return [values * std + mean for values, (mean, std) in zip(quantiles, stats)]
 
     def _future_rows(self, uid: str, dates: pd.DatetimeIndex, future: Optional[pd.DataFrame]) -> pd.DataFrame:
         """The horizon's rows with the future covariates of series ``uid``."""
@@ -340,8 +359,23 @@ class Forecaster(Task):
 
     def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
         """Forecast the series of a ``request`` (see :mod:`rnnkit.tasks.forecast_json` for both shapes)."""
+        plain = plain_forecasts(self, request)
+        if plain is not None:
+            return plain
         frame, future = request_frames(self, request)
         return forecasts_json(self, self.predict(frame, future=future), request)
+
+    def predict_many(self, requests: Sequence[Any]) -> list[Any]:
+        """Plain requests (see :mod:`rnnkit.tasks.forecast_json`) answered in one forward; a turn
+        holding any other is answered request by request (see :meth:`Task.predict_many`)."""
+        if len(requests) > 1 and all(self.refusal(request) is None for request in requests):
+            try:
+                answers = plain_forecasts_many(self, list(requests))
+            except Exception:  # a failure is answered request by request, each on its own
+                answers = None
+            if answers is not None:
+                return answers
+        return super().predict_many(requests)
 
     # -------------------------------------------------------------------- inspection
 
