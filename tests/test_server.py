@@ -363,3 +363,51 @@ def test_serve_refuses_bad_bundle_arguments_in_one_line(bundles: dict[str, Path]
     assert result.exit_code == 2 and "two bundles are named 'a'; pass NAME=PATH" in result.output
     result = runner.invoke(cli, ["serve", f"a/b={bundles['clf']}"])
     assert result.exit_code == 2 and "model name 'a/b'" in result.output
+
+
+@pytest.mark.slow
+def test_the_readmes_serve_commands_work_as_written(bundles: dict[str, Path], tmp_path: Path) -> None:
+    """The README's `rnnkit serve` block, run as written (tiny bundles under its names, a free port)."""
+    import shlex
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    import torch
+    from test_readme import code_blocks
+    from test_text import CORPUS, TINY_LM
+
+    from rnnkit import TextGenerator
+
+    block = next(b for b in code_blocks("sh") if "rnnkit serve" in b)
+    lines = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    serve, curls = lines[0], lines[1:]
+    assert serve.startswith("rnnkit serve lm.rnnkit clf.rnnkit") and len(curls) == 2 and all(c.startswith("curl ") for c in curls)
+    shutil.copytree(bundles["clf"], tmp_path / "clf.rnnkit")
+    torch.manual_seed(0)  # the README's LM is Shakespeare's: its prime "ROMEO:" must be in the vocabulary
+    TextGenerator(**TINY_LM).fit(CORPUS + "\nROMEO: " + CORPUS.upper()).save(tmp_path / "lm.rnnkit")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    args = [a.replace("8000", port) for a in shlex.split(serve)[1:]]
+    server = subprocess.Popen([sys.executable, "-m", "rnnkit", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "rnnkit serve did not start"
+            time.sleep(0.1)
+        out = [subprocess.run(shlex.split(c.replace("localhost:8000", f"127.0.0.1:{port}")), capture_output=True,
+                              text=True, timeout=60).stdout for c in curls]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    predictions = json.loads(out[0])["predictions"]
+    assert len(predictions) == 1 and predictions[0]["label"] in ("neg", "pos")
+    assert streamed_text(out[1]), out[1]  # pieces of text, then the done event

@@ -13,7 +13,7 @@ from ..errors import RnnkitError
 
 def serve(
     bundles: Annotated[list[str], typer.Argument(
-        help="Bundle directories to serve, each as PATH (named after its directory) or NAME=PATH.",
+        help="Bundle directories to serve, each as PATH (named after its directory, less a .rnnkit suffix) or NAME=PATH.",
         show_default=False)],
     host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -47,12 +47,13 @@ def serve(
 
 
 def named_bundles(arguments: list[str]) -> dict[str, Path]:
-    """``PATH`` or ``NAME=PATH`` arguments as name -> path; the name of a bare path is its directory's."""
+    """``PATH`` or ``NAME=PATH`` arguments as name -> path; the name of a bare path is its directory's,
+    less a ``.rnnkit`` suffix (``lm.rnnkit`` serves as ``/v1/lm/...``)."""
     named: dict[str, Path] = {}
     for argument in arguments:
         name, sep, path = argument.partition("=")
         if not sep:
-            name, path = Path(argument).resolve().name, argument
+            name, path = Path(argument).resolve().name.removesuffix(".rnnkit"), argument
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise RnnkitError(f"model name {name!r} (from {argument!r}) must be letters, digits, '-', '_' or '.'; "
                               "pass NAME=PATH to choose one")
