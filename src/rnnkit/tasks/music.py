@@ -339,13 +339,14 @@ class MusicGenerator(Task):
 
     def generate(self, bars: int = 8, primer: Optional[np.ndarray] = None, *, temperature: float = 1.0,
                  top_p: float = 1.0, seed: Optional[int] = None, phase0: int = 0,
-                 key: Optional[str] = None) -> dict[str, Any]:
+                 key: Optional[str] = None, transpose: int = 0) -> dict[str, Any]:
         """One piece: ``bars`` bars after the ``primer`` roll ``(T0, 128)`` (at the model's grid).
 
         Returns the roll ``(T, 128)``, its notes ``(N, 4)`` (ticks of :mod:`rnnkit.data.music`),
         the key and warnings: a silent piece or one repeated note is reported, never passed off as
         music. The model writes in C major / A minor; ``key`` ("D major") moves the whole piece
-        (primer included) to that key, found by music21's analysis of what was written.
+        (primer included) to that key, found by music21's analysis of what was written; without
+        it the piece moves by ``transpose`` semitones (a primer's way back to its own key).
         """
         if not isinstance(bars, int) or isinstance(bars, bool) or bars < 1:
             raise RnnkitError(f"bars must be a positive integer, got {bars!r}")
@@ -359,14 +360,14 @@ class MusicGenerator(Task):
                             "were left out of what it continues")
         notes = events_to_notes([[(self.low + k, new) for k, new in f] for f in frames], self.config.steps_per_quarter)
         found = analyse_key(notes) if len(notes) else (0, "major")
-        shift = 0
+        shift = transpose
         if target is not None:
             shift = (target[0] - found[0] + 6) % 12 - 6  # the smaller move to the asked tonic
             if target[1] != found[1]:
                 warnings.append(f"the model wrote in {found[1]}, not {target[1]}; the piece is in "
                                 f"{_key_name(target[0], found[1])} (prime it with a {target[1]} piece to steer it)")
-            notes[:, 2] += shift
-            roll = np.roll(roll, shift, axis=1)
+        notes[:, 2] += shift
+        roll = np.roll(roll, shift, axis=1)
         return {"roll": roll, "notes": notes, "key": _key_name((found[0] + shift) % 12, found[1]),
                 "warnings": warnings}
 
