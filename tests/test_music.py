@@ -161,6 +161,16 @@ def test_seeded_generation_is_reproducible_and_survives_save_load(cycle_model, t
     assert np.array_equal(loaded.generate(bars=4, seed=7)["roll"], a)
 
 
+def test_top_p_leaves_out_the_unlikely_pitches(cycle_model):
+    greedy = cycle_model.generate(bars=2, temperature=0)["roll"]
+    assert np.array_equal(cycle_model.generate(bars=2, top_p=0.5, seed=4)["roll"], greedy)  # likelier side always
+
+    def chords(top_p: float) -> int:  # frames that are one of the cycle's chords, at a wild temperature
+        rolls = [cycle_model.generate(bars=4, temperature=3.0, top_p=top_p, seed=s)["roll"] for s in range(4)]
+        return sum(tuple(np.flatnonzero(f)) in CHORDS for roll in rolls for f in roll)
+    assert chords(0.9) > chords(1.0)  # the nucleus drops the stray pitches a high temperature lets in
+
+
 def test_predict_json_answers_with_frames_and_notes(cycle_model):
     request = {"primer": [list(CHORDS[0])] * 2, "bars": 1, "temperature": 0.5, "seed": 1}
     response = cycle_model.predict_checked(request)

@@ -102,6 +102,14 @@ def parse_key(text: str) -> tuple[int, str]:
     return (NOTE_NAMES[name[0].lower()] + accidental) % 12, mode
 
 
+KEY_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+
+
+def key_name(pitch_class: int, mode: str) -> str:
+    """``(2, "major")`` as ``"D major"``; flats for Eb, Ab, Bb as the chorales spell them."""
+    return f"{KEY_NAMES[pitch_class % 12]} {mode}"
+
+
 def analyse_key(notes: np.ndarray) -> tuple[int, str]:
     """The key music21 finds in notes ``(N, 4)`` (Krumhansl-Schmuckler): ``(tonic pitch class, mode)``."""
     music21 = _music21()
@@ -390,6 +398,6 @@ def render_wav(midi: PathLike, path: PathLike, sample_rate: int = 44100) -> Path
 
 
 __all__ = ["check_audio", "render_wav", "FORMAT_VERSION", "Piece", "TICKS", "bach_chorales", "common_key_shift",
-           "analyse_key", "events_to_notes",
+           "analyse_key", "events_to_notes", "key_name",
            "folder_cache_path", "frame_events", "load_pieces", "load_skipped", "piano_roll", "parse_key",
            "piece_from_score", "read_folder", "read_score", "roll_to_notes", "save_pieces", "split_of", "write_midi"]

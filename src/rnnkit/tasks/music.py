@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.music import TICKS, Piece, analyse_key, events_to_notes, parse_key, piano_roll, split_of
+from ..data.music import (TICKS, Piece, analyse_key, events_to_notes, key_name, parse_key, piano_roll,
+                          split_of)
 from ..errors import DataError, RnnkitError
 from ..layers import Recurrent
 from .base import Task, TaskConfig
 from .music_events import EventModel, encode_events, event_loss
-from .music_stream import Composition, Frame, open_composition, step
+from .music_stream import Composition, Frame, check_sampling, open_composition, primer_roll, step
 
 MODEL_TYPE = "music_generator"
 ENCODINGS = ("frames", "events")
@@ -365,10 +366,10 @@ class MusicGenerator(Task):
             shift = (target[0] - found[0] + 6) % 12 - 6  # the smaller move to the asked tonic
             if target[1] != found[1]:
                 warnings.append(f"the model wrote in {found[1]}, not {target[1]}; the piece is in "
-                                f"{_key_name(target[0], found[1])} (prime it with a {target[1]} piece to steer it)")
+                                f"{key_name(target[0], found[1])} (prime it with a {target[1]} piece to steer it)")
         notes[:, 2] += shift
         roll = np.roll(roll, shift, axis=1)
-        return {"roll": roll, "notes": notes, "key": _key_name((found[0] + shift) % 12, found[1]),
+        return {"roll": roll, "notes": notes, "key": key_name((found[0] + shift) % 12, found[1]),
                 "warnings": warnings}
 
     def _roll(self, frames: list[Frame]) -> np.ndarray:
@@ -381,7 +382,7 @@ class MusicGenerator(Task):
               seed: Optional[int], phase0: int) -> Composition:
         """A composition with the primer read: the slot :meth:`step_streams` advances."""
         self.require_fitted()
-        _check_sampling(temperature, top_p)
+        check_sampling(temperature, top_p)
         primer = np.zeros((0, 128), bool) if primer is None else np.asarray(primer, dtype=bool)
         inside = primer[:, self.low:self.low + self.pitches]
         before = np.vstack([np.zeros_like(inside[:1]), inside[:-1]])
@@ -391,7 +392,7 @@ class MusicGenerator(Task):
         return open_composition(self.model, self.events, slot, self.frames_per_bar)
 
     def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
-        out = self.generate(request.get("bars", 8), _primer_roll(request.get("primer")), key=request.get("key"),
+        out = self.generate(request.get("bars", 8), primer_roll(request.get("primer")), key=request.get("key"),
                             **_sampling(request))
         quarter = TICKS
         return {"frames": [np.flatnonzero(f).tolist() for f in out["roll"]],
@@ -412,7 +413,7 @@ class MusicGenerator(Task):
         bars = request.get("bars", 8)
         if not isinstance(bars, int) or bars < 1:
             raise RnnkitError(f"bars must be a positive integer, got {bars!r}")
-        return self._open(bars * self.frames_per_bar, _primer_roll(request.get("primer")), **_sampling(request),
+        return self._open(bars * self.frames_per_bar, primer_roll(request.get("primer")), **_sampling(request),
                           phase0=0)
 
     @torch.no_grad()
@@ -424,33 +425,6 @@ class MusicGenerator(Task):
 def _sampling(request: dict[str, Any]) -> dict[str, Any]:
     return {"temperature": request.get("temperature", 1.0), "top_p": request.get("top_p", 1.0),
             "seed": request.get("seed")}
-
-
-def _check_sampling(temperature: float, top_p: float) -> None:
-    if not isinstance(temperature, (int, float)) or not np.isfinite(temperature) or temperature < 0:
-        raise RnnkitError(f"temperature must be a number >= 0 (0 = most likely notes), got {temperature!r}")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise RnnkitError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
-
-
-def _primer_roll(primer: Optional[list[list[int]]]) -> Optional[np.ndarray]:
-    """A request's primer (frames of MIDI pitches) as a roll ``(T0, 128)``."""
-    if not primer:
-        return None
-    roll = np.zeros((len(primer), 128), dtype=bool)
-    for t, pitches in enumerate(primer):
-        bad = [p for p in pitches if not 0 <= p < 128]
-        if bad:
-            raise RnnkitError(f"primer frame {t} holds {bad[0]}, not a MIDI pitch (0-127)")
-        roll[t, pitches] = True
-    return roll
-
-
-NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-
-
-def _key_name(pitch_class: int, mode: str) -> str:
-    return f"{NAMES[pitch_class % 12]} {mode}"
 
 
 def degenerate(roll: np.ndarray, primer_frames: int = 0) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import RnnkitError
 from .base import StreamSlot
 from .music_events import FIRST_PITCH, START, STEP, allowed, sample_token
 
@@ -135,4 +136,25 @@ def _row(state: Any, row: int) -> Any:
     return state[:, row:row + 1]
 
 
-__all__ = ["Composition", "Frame", "open_composition", "step"]
+def check_sampling(temperature: float, top_p: float) -> None:
+    """Refuse, in one line, a temperature below 0 or a top_p outside (0, 1]."""
+    if not isinstance(temperature, (int, float)) or not np.isfinite(temperature) or temperature < 0:
+        raise RnnkitError(f"temperature must be a number >= 0 (0 = most likely notes), got {temperature!r}")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise RnnkitError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+
+
+def primer_roll(primer: Optional[list[list[int]]]) -> Optional[np.ndarray]:
+    """A request's primer (frames of MIDI pitches) as a roll ``(T0, 128)``."""
+    if not primer:
+        return None
+    roll = np.zeros((len(primer), 128), dtype=bool)
+    for t, pitches in enumerate(primer):
+        bad = [p for p in pitches if not 0 <= p < 128]
+        if bad:
+            raise RnnkitError(f"primer frame {t} holds {bad[0]}, not a MIDI pitch (0-127)")
+        roll[t, pitches] = True
+    return roll
+
+
+__all__ = ["Composition", "Frame", "check_sampling", "open_composition", "primer_roll", "step"]
