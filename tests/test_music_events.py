@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -168,3 +170,18 @@ def test_demo_part_writes_a_chorale_midi_and_roll(tmp_path, monkeypatch):
     assert data.read_score(tmp_path / "chorale.mid", common_key=False).notes.size
     assert (tmp_path / "chorale.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "chorale.rnnkit" / "config.json").is_file()
+
+
+def test_the_server_streams_a_piece_frame_by_frame(event_model, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from rnnkit.server import create_app
+
+    client = TestClient(create_app({"chorale": event_model.save(tmp_path / "m.rnnkit")}))
+    response = client.post("/v1/chorale/generate", json={"bars": 1, "seed": 2})
+    assert response.status_code == 200, response.text
+    blocks = [dict(line.split(": ", 1) for line in b.splitlines()) for b in response.text.strip().split("\n\n")]
+    assert blocks[-1].get("event") == "done"
+    frames = [json.loads(b["data"]) for b in blocks[:-1]]
+    assert frames == list(event_model.stream_checked({"bars": 1, "seed": 2}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Annotated
@@ -139,6 +140,9 @@ def music_demo(out: Path, progress: bool, seconds: float = 40.0) -> None:
     from .music import write_piece
 
     console.rule("[bold]Music: an LSTM + NADE learns Bach's chorales")
+    if not all(importlib.util.find_spec(module) for module in ("music21", "mido")):
+        console.print(f"skipped: music needs music21 and mido; install them with `{data.INSTALL}`")
+        return
     if not data.corpus_cache_path().exists():
         console.print(f"parsing music21's Bach chorales once (about a minute; cached in {data.corpus_cache_path()})")
     pieces = [p for p in data.bach_chorales()[0] if data.split_of(p.name) != "test"]
