@@ -411,3 +411,11 @@ def test_the_readmes_serve_commands_work_as_written(bundles: dict[str, Path], tm
     predictions = json.loads(out[0])["predictions"]
     assert len(predictions) == 1 and predictions[0]["label"] in ("neg", "pos")
     assert streamed_text(out[1]), out[1]  # pieces of text, then the done event
+
+
+def test_a_piece_longer_than_the_bars_limit_is_refused() -> None:
+    from rnnkit.server.limits import HTTPError
+
+    Limits(max_bars=16).check({"bars": 16})
+    with pytest.raises(HTTPError, match=r"request.bars is 17, above this server's limit of 16; ask for at most 16"):
+        Limits(max_bars=16).check({"bars": 17})
