@@ -29,6 +29,7 @@ from ..layers import Recurrent
 from .base import TaskConfig
 
 HEADS = ("direct", "decoder")
+MODELS = ("rnn", "esrnn")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +39,8 @@ class ForecasterConfig(TaskConfig):
     KIND = "forecaster"
 
     horizon: int = 12  # steps forecast at once, from one window
+    model: str = "rnn"  # "rnn" (windows scaled by their last value) or "esrnn" (learned per-series
+    # Holt-Winters level and season normalise each window, as in ES-RNN; no covariates or calendar)
     lookback: Optional[int] = None  # input window; None = 3 x horizon, about three seasons
     cell: str = "lstm"  # "lstm", "gru" or "rnn"
     head: str = "decoder"  # "decoder" (many-to-many; won on validation windows) or "direct" (all steps at once)
@@ -71,6 +74,10 @@ class ForecasterConfig(TaskConfig):
         self.check_positive("horizon", "lookback", "hidden_size", "num_layers", "ensemble")
         if 0.5 not in self.quantiles or any(not 0 < q < 1 for q in self.quantiles):
             raise RnnkitError(f"quantiles must lie in (0, 1) and include 0.5, got {list(self.quantiles)}")
+        if self.model not in MODELS:
+            raise RnnkitError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model == "esrnn" and (self.past_covariates or self.future_covariates):
+            raise RnnkitError("model='esrnn' reads the series alone; drop the covariates or use model='rnn'")
         if self.head not in HEADS:
             raise RnnkitError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         clash = set(self.past_covariates) & set(self.future_covariates)
