@@ -9,6 +9,7 @@ evaluation and baselines live in :mod:`rnnkit.tasks.forecast_eval`, and the JSON
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Optional
 
 import numpy as np
@@ -26,7 +27,7 @@ from .base import Task
 from .forecast_es import SmoothedEnsemble, fit_smoothed, positive_scaler, predict_smoothed
 from .forecast_eval import BacktestResult, backtest, naive_forecasts
 from .forecast_json import REQUEST_SCHEMA, RESPONSE_SCHEMA, forecasts_json, request_frames
-from .forecast_model import ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
+from .forecast_model import PANEL, ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
 
 MODEL_TYPE = "forecaster"
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # y (T,), past (T, P + 1: covariates, observed), known (T, K)
@@ -81,6 +82,9 @@ class Forecaster(Task):
         cfg = self.config
         frame = validate_long_frame(frame, covariates=self.covariates)
         self.freq = self._common_frequency(frame)
+        if cfg.model == "auto":  # settled here, so the bundle records the model it holds
+            panel = frame["unique_id"].nunique() >= PANEL and not self.covariates
+            self.config = cfg = replace(cfg, model="esrnn" if panel else "rnn")
         self.scaler = self._fit_scaler(split_series(frame))
         self.covariate_stats = {c: (float(frame[c].mean()), float(frame[c].std()) or 1.0) for c in self.covariates}
         groups = [(str(uid), group) for uid, group in frame.groupby("unique_id", sort=False)]
@@ -117,6 +121,8 @@ class Forecaster(Task):
         is padded with zeros and flagged as unobserved (the last channel of ``past``), as
         NeuralForecast pads, so a series shorter than ``lookback + horizon`` still trains.
         """
+        if self.config.model == "esrnn":  # its smoothing carries the season; three values start a window
+            return min(self.config.lookback, 3)
         return min(self.config.lookback, max(3, season_length(self.freq)))
 
     @property

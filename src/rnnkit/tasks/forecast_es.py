@@ -75,7 +75,7 @@ def initial_log_season(z: np.ndarray, season: int) -> np.ndarray:
     return np.log(index)
 
 
-GAIN = float(__import__("os").environ.get("ESGAIN", "20")) # scale of the per-series coefficients' parameters (see SmoothedNet)
+GAIN = 3.0 # scale of the per-series coefficients' parameters (see SmoothedNet)
 
 
 class SmoothedNet(nn.Module):
@@ -96,6 +96,8 @@ class SmoothedNet(nn.Module):
         self.gamma_logit = nn.Parameter(torch.full((num_series,), -2.0 / GAIN))  # γ: likewise
         self.log_season = nn.Parameter(torch.zeros(num_series, max(season, 1)))  # likewise
         self.net = ForecastNet(config, 2, 0)  # past channels: the trend and the observed flag; no known features
+        for parameter in (self.alpha_logit, self.gamma_logit, self.log_season):
+            parameter.requires_grad_(config.learn_smoothing)
         self.start_at_smoothing(len(config.quantiles))
 
     @torch.no_grad()
@@ -276,11 +278,12 @@ class SmoothedPanel:
         self.index = torch.tensor([rows.get(uid, -1) for uid in self.uids])
         self.init = torch.tensor(np.stack([initial_log_season(v, season) for v in scaled]), dtype=torch.float32)
 
-    def windows(self, first: int, horizon: int) -> list[tuple[Tensor, Tensor]]:
-        """Per series, in time order: its row and every origin from ``first`` to ``length - horizon``."""
+    def windows(self, first: int, horizon: int, shortest: int = 3) -> list[tuple[Tensor, Tensor]]:
+        """Per series, in time order: its row and every origin from ``first`` to ``length - horizon``;
+        a series too short for that starts at ``length - horizon`` (at least ``shortest`` values in)."""
         out = []
         for row, n in enumerate(self.lengths.tolist()):
-            ends = torch.arange(first, n - horizon + 1)
+            ends = torch.arange(max(shortest, min(first, n - horizon)), n - horizon + 1)
             out.append((torch.full_like(ends, row), ends))
         return out
 
@@ -307,7 +310,7 @@ def fit_smoothed(task, series: dict[str, np.ndarray], season: int) -> list[Optio
     """
     cfg = task.config
     panel = SmoothedPanel(series, task.scaler, task.series_rows, season)
-    windows = panel.windows(task.min_input, cfg.horizon)
+    windows = panel.windows(min(cfg.lookback, max(3, season)), cfg.horizon, shortest=task.min_input)
     quantiles = torch.tensor(cfg.quantiles)
     alpha, gamma = grid_coefficients(panel.z, panel.lengths, panel.init, season)
     held_out = []

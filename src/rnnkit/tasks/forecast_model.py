@@ -29,7 +29,8 @@ from ..layers import Recurrent
 from .base import TaskConfig
 
 HEADS = ("direct", "decoder")
-MODELS = ("rnn", "esrnn")
+MODELS = ("auto", "rnn", "esrnn")
+PANEL = 20  # model="auto" picks "esrnn" from this many series up (without covariates), "rnn" below
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,8 +40,11 @@ class ForecasterConfig(TaskConfig):
     KIND = "forecaster"
 
     horizon: int = 12  # steps forecast at once, from one window
-    model: str = "rnn"  # "rnn" (windows scaled by their last value) or "esrnn" (learned per-series
-    # Holt-Winters level and season normalise each window, as in ES-RNN; no covariates or calendar)
+    model: str = "auto"  # "rnn" (windows scaled by their last value), "esrnn" (per-series Holt-Winters level,
+    # season and drift normalise each window, as in ES-RNN; no covariates or calendar) or "auto": esrnn for a
+    # panel of PANEL+ series without covariates (won on the competitions' validation windows), else rnn
+    learn_smoothing: bool = False  # esrnn: train the per-series coefficients with the net by gradient
+    # (ES-RNN's way); off: they stay at their in-sample fit, which did better on validation windows
     lookback: Optional[int] = None  # input window; None = 3 x horizon, about three seasons
     cell: str = "lstm"  # "lstm", "gru" or "rnn"
     head: str = "decoder"  # "decoder" (many-to-many; won on validation windows) or "direct" (all steps at once)
