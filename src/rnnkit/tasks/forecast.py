@@ -84,7 +84,7 @@ class Forecaster(Task):
         self.freq = self._common_frequency(frame)
         if cfg.model == "auto":  # settled here, so the bundle records the model it holds
             panel = frame["unique_id"].nunique() >= PANEL and not self.covariates
-            self.config = cfg = replace(cfg, model="esrnn" if panel else "rnn")
+            self.config = cfg = replace(cfg, model="esrnn" if panel else "rnn")  # its None options settle too
         self.scaler = self._fit_scaler(split_series(frame))
         self.covariate_stats = {c: (float(frame[c].mean()), float(frame[c].std()) or 1.0) for c in self.covariates}
         groups = [(str(uid), group) for uid, group in frame.groupby("unique_id", sort=False)]
