@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common.timing import write_result
 from rnnkit.tasks import Forecaster, ForecasterConfig
 from rnnkit.tasks.forecast_es import seasonality_test
 
@@ -199,16 +200,15 @@ def main() -> None:
     if args.quick:
         names, args.limit = (args.sets.split(",") if args.sets else ["M3-monthly", "Tourism-quarterly"]), args.limit or 200
     config = json.loads(args.config)
+    out = Path(args.out) if args.out else RESULTS / ("competitions_validation.json" if args.validation
+                                                      else "competitions.json")
     results = {}
     for name in names:
         results[name] = run_set(name, args, config)
         print_set(name, results[name])
-    out = Path(args.out) if args.out else RESULTS / ("competitions_validation.json" if args.validation
-                                                      else "competitions.json")
-    if not args.quick or args.out:
-        from common.timing import write_result
-        write_result({"validation": args.validation, "sets": results}, out.parent, out.stem)
-        print(f"\nwrote {out}")
+        if not args.quick or args.out:  # after every set, so a run cut short keeps what it measured
+            write_result({"validation": args.validation, "config": config, "sets": results}, out.parent, out.stem)
+    print(f"\nwrote {out}" if not args.quick or args.out else "")
 
 
 if __name__ == "__main__":
