@@ -11,7 +11,7 @@ from rich.console import Console
 
 from ..data import load_dataset
 from ..data.csv import parse_dates, read_csv
-from ..data.series import read_series_csv
+from ..data.series import holdout_span, read_series_csv
 from ..errors import DataError, RnnkitError
 from ..files import write_csv
 from ..plotting import plot_forecast
@@ -77,8 +77,13 @@ def train(
     frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates, dayfirst=dayfirst)
     forecaster = Forecaster(config).fit(frame, **training.fit_options())
     path = forecaster.save(out)
-    losses = ", ".join(f"{r.best_val_loss:.4f}" for r in forecaster.train_results)
-    console.print(f"trained {len(forecaster.train_results)} model(s), best validation loss {losses}; bundle: {path}")
+    if forecaster.held_out:
+        losses = ", ".join(f"{r.best_val_loss:.4f}" for r in forecaster.train_results)
+        console.print(f"trained {len(forecaster.train_results)} model(s), best validation loss {losses}; bundle: {path}")
+    else:
+        console.print(f"trained {len(forecaster.train_results)} model(s) on every window: no series is long enough to "
+                      f"hold out windows ({forecaster.min_points + holdout_span(config.horizon)} points), so no early "
+                      f"stopping and uncalibrated intervals; bundle: {path}")
     if forecaster.too_short:
         console.print(f"{len(forecaster.too_short)} series too short to train on (fewer than {forecaster.min_points} "
                       f"points, one season + horizon): predict forecasts them by seasonal naive")

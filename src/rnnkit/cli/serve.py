@@ -25,6 +25,7 @@ def serve(
     max_horizon: Annotated[int, typer.Option(help="Most steps one forecast may ask for.")] = 1000,
     max_batch: Annotated[int, typer.Option(help="Most items in any array of one request.")] = 256,
     max_streams: Annotated[int, typer.Option(help="Most generations one model runs at once.")] = 64,
+    access_log: Annotated[bool, typer.Option(help="Log a line per request (off under heavy load saves CPU).")] = True,
 ) -> None:
     """Serve model bundles over HTTP: /v1/models, /v1/NAME/predict, /v1/NAME/generate (SSE), /docs,
     and a web playground at /."""
@@ -42,7 +43,7 @@ def serve(
         typer.echo(f"warning: serving on {host} without --token: anyone who reaches it can use the models", err=True)
     typer.echo(f"serving {', '.join(app.state.models)} on http://{host}:{port}/ (playground at /, API docs at /docs)",
                err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
 
 
 def named_bundles(arguments: list[str]) -> dict[str, Path]:

@@ -242,6 +242,35 @@ class Task:
         self.check_request(request)
         return self.predict_json(request)
 
+    def merge_pieces(self, pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Consecutive pieces of one stream as fewer pieces that mean the same, for a client that
+        fell behind (a server sends what has piled up in one event). Default: as they are."""
+        return pieces
+
+    def refusal(self, request: Any) -> Optional[RnnkitError]:
+        """The error :meth:`check_request` raises for ``request``, or None when it may be answered."""
+        try:
+            self.check_request(request)
+        except RnnkitError as exc:
+            return exc
+        return None
+
+    def predict_many(self, requests: Sequence[Any]) -> list[Any]:
+        """Per request, in order, its response or the exception that refused or failed it.
+
+        A server hands over every request waiting for the model at once. This default answers
+        them one by one with :meth:`predict_checked`; a task that can answer several in one batch
+        (one forward for all) overrides it, screening each with :meth:`refusal` first so that a
+        bad request is refused on its own.
+        """
+        answers = []
+        for request in requests:
+            try:
+                answers.append(self.predict_checked(request))
+            except Exception as exc:  # handed back: the caller answers each request
+                answers.append(exc)
+        return answers
+
     def stream_checked(self, request: Any) -> Iterator[dict[str, Any]]:
         """``stream_json`` after :meth:`check_request`."""
         self.check_request(request)

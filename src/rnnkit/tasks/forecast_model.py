@@ -169,25 +169,40 @@ class ForecastEnsemble(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, held_out: list[Optional[tuple[Tensor, ...]]], quantiles: tuple[float, ...]) -> None:
-        """Shift each quantile but the median so that a share ``q`` of held-out targets falls below it.
+        """Shift each quantile but the median so that a share ``q`` of new targets falls below it.
 
-        One-sided split-conformal calibration: ``held_out[m]`` (``y, past, known, target``,
-        or ``None``) holds windows member ``m`` neither trained on nor was stopped on (none
-        of their target values; see :func:`rnnkit.data.series.holdout_fold`); ``calibration[k]`` is the
-        ``q_k``-quantile of ``target - prediction_k`` of each member on its own held-out
-        windows, over every window and step. Quantile regression fitted on training windows is
-        usually too confident; this widens (or narrows) the interval from evidence no member
-        was trained on. A member is less accurate than the mean of all, so the shift errs wide.
+        Split-conformal calibration, one-sided per quantile: ``held_out[m]`` (``y, past, known,
+        target``, or ``None``) holds windows member ``m`` neither trained on nor was stopped on
+        (none of their target values; see :func:`rnnkit.data.series.holdout_fold`);
+        ``calibration[k]`` is a quantile of ``target - prediction_k`` of each member on its own
+        held-out windows, over every window and step. Quantile regression fitted on training
+        windows is usually too confident; this widens (or narrows) the interval from evidence no
+        member was trained on. A member is less accurate than the mean of all, so the shift errs wide.
+
+        The level is split conformal's finite-sample one, counting windows, not values: the
+        values of one window share an origin and move together, so ``n`` held-out windows are
+        ``n`` exchangeable draws, and covering a new one with probability ``q`` takes the
+        empirical ``q (n + 1) / n`` quantile (``1 - (1 - q)(n + 1) / n`` below the median). With
+        the few windows a short series holds out, the plain ``q`` quantile under-covers.
         """
         self.calibration.zero_()
         residuals = [data[3].unsqueeze(2) - member(*data[:3])  # (N_m, H, Q)
                      for member, data in zip(self.members, held_out) if data is not None]
         if not residuals:
             return
-        residual = torch.cat(residuals).flatten(0, 1)  # (N * H, Q)
+        residual = torch.cat(residuals)  # (N, H, Q)
         for k, q in enumerate(quantiles):
             if q != 0.5:
-                self.calibration[k] = torch.quantile(residual[:, k], q)
+                level = conformal_level(q, windows=residual.size(0))
+                self.calibration[k] = torch.quantile(residual[:, :, k].flatten(), level)
+
+
+def conformal_level(q: float, windows: int) -> float:
+    """The empirical quantile level that covers a new draw with probability ``q`` (above the
+    median) or leaves ``q`` below it (below), from ``windows`` exchangeable draws."""
+    if q > 0.5:
+        return min(1.0, q * (windows + 1) / windows)
+    return max(0.0, 1 - (1 - q) * (windows + 1) / windows)
 
 
 def pinball_loss(predicted: Tensor, target: Tensor, quantiles: Tensor) -> Tensor:

@@ -41,8 +41,12 @@ def check(value: Any, schema: Schema, where: str = "request") -> None:
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0):
             raise DataError(f"{where} needs at least {schema['minItems']} item(s), got {len(value)}")
+        items = schema.get("items", {})
+        if isinstance(items.get("type"), str) and set(items) <= {"type", "description"} \
+                and all(_is(item, items["type"]) for item in value):
+            return  # an array of plain values (a series, texts) in one pass; else find the first wrong one
         for i, item in enumerate(value):
-            check(item, schema.get("items", {}), f"{where}[{i}]")
+            check(item, items, f"{where}[{i}]")
 
 
 def loads_request(text: Union[str, bytes]) -> Any:

@@ -156,8 +156,12 @@ class Generation(StreamSlot):
     """One text generation in progress (a slot of :meth:`TextGenerator.step_streams`).
 
     It holds what this stream alone needs between steps: the next-token logits ``(1, V)``, its
-    recurrent state (batch 1), its sampling options and random generator, the tokens left, and
-    the text completed but not yet taken.
+    recurrent state (batch 1), its sampling options and random generator, the tokens left, its
+    stop strings, and the text completed but not yet taken.
+
+    With stop strings, the generation ends where the text first contains one, which is left out.
+    Text that could be the start of a stop string (``"\n"`` of ``"\n\n"``) is held back until
+    the next tokens show it is not, so no piece sent to a client is ever taken back.
     """
 
     def __init__(self, tokenizer: Tokenizer, logits: Tensor, state: Any, options: dict[str, Any],
@@ -165,8 +169,9 @@ class Generation(StreamSlot):
         self.logits, self.state, self.generator = logits, state, generator
         self.left = options["max_tokens"]
         self.sampling = (options["temperature"], options["top_k"], options["top_p"])
+        self.stops, self.pending = options["stop"], ""  # pending: text held back as a stop's possible start
         self.pieces: list[str] = []
-        self.printer = TextStream(tokenizer, self.pieces.append)
+        self.printer = TextStream(tokenizer, self._text)
         self.done = self.left == 0
 
     def sample(self) -> Optional[Tensor]:
@@ -177,10 +182,26 @@ class Generation(StreamSlot):
         token = sample_next(self.logits, *self.sampling, generator=self.generator)
         self.printer.add(int(token[0]))
         self.left -= 1
-        if self.left == 0:
+        if self.left == 0 and not self.done:
             self.printer.finish()
+            self.pieces += [self.pending] if self.pending and not self.done else []
             self.done = True
         return token
+
+    def _text(self, piece: str) -> None:
+        """Take a piece of decoded text: pass it on, up to a stop string or a possible start of one."""
+        if not self.stops or self.done:
+            self.pieces += [] if self.done else [piece]
+            return
+        text = self.pending + piece
+        found = [i for i in (text.find(stop) for stop in self.stops) if i >= 0]
+        if found:
+            text, self.done = text[:min(found)], True
+        held = 0 if found else max((k for stop in self.stops for k in range(1, len(stop))
+                                    if text.endswith(stop[:k])), default=0)
+        self.pending = text[len(text) - held:]
+        if len(text) > held:
+            self.pieces.append(text[:len(text) - held])
 
     def take(self) -> list[dict[str, Any]]:
         """The pieces of text completed since the last call, as stream_json's ``{"text": ...}``."""
@@ -210,7 +231,9 @@ class TextGenerator(Task):
         "temperature": {"type": "number", "minimum": 0, "description": "0 = greedy (default 0.8)"},
         "top_k": {"type": ["integer", "null"], "minimum": 1},
         "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-        "seed": {"type": ["integer", "null"], "description": "the same seed gives the same text"}}}
+        "seed": {"type": ["integer", "null"], "description": "the same seed gives the same text"},
+        "stop": {"type": "array", "items": {"type": "string"},
+                 "description": "end where the text first contains one of these (left out)"}}}
     response_schema = {"type": "object", "properties": {"text": {"type": "string", "description": "prime + sample"}}}
     config: TextGeneratorConfig
 
@@ -322,12 +345,19 @@ class TextGenerator(Task):
             logits = logits.float()
 
     def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"text": self.generate(**_sampling_options(request))}
+        options = _sampling_options(request)
+        if options.pop("stop"):  # the stream's slot applies them: the same text as streamed
+            return {"text": options["prime"] + "".join(piece["text"] for piece in self.stream_json(request))}
+        return {"text": self.generate(**options)}
 
     def stream_json(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         slot = self.open_stream(request)
         while not slot.done:
             yield from self.step_streams([slot])[0]
+
+    def merge_pieces(self, pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Text pieces joined into one."""
+        return [{"text": "".join(piece["text"] for piece in pieces)}] if len(pieces) > 1 else pieces
 
     @torch.no_grad()
     def open_stream(self, request: dict[str, Any]) -> Generation:
@@ -380,7 +410,13 @@ def _sampling_options(request: dict[str, Any]) -> dict[str, Any]:
     """A request's sampling options with their defaults (the ones of :meth:`TextGenerator.generate`)."""
     return {"prime": request.get("prime", ""), "max_tokens": request.get("max_tokens", 200),
             "temperature": request.get("temperature", 0.8), "top_k": request.get("top_k"),
-            "top_p": request.get("top_p"), "seed": request.get("seed")}
+            "top_p": request.get("top_p"), "seed": request.get("seed"), "stop": _stops(request.get("stop", []))}
+
+
+def _stops(stops: list[str]) -> list[str]:
+    if "" in stops:
+        raise DataError(f"request.stop[{stops.index('')}] is empty; give each stop string at least one character")
+    return list(stops)
 
 
 def _join_states(states: list[Any]) -> Any:
