@@ -100,6 +100,11 @@ def test_bundle_round_trip_and_new_series(tmp_path: Path) -> None:
     new = panel(series=2, n=40, seed=5).assign(unique_id=lambda f: "new-" + f["unique_id"])
     forecast = loaded.predict(new)
     assert set(forecast["unique_id"]) == {"new-s0", "new-s1"} and not forecast["y_hat"].isna().any()
+    series = [{"id": uid, "values": group["y"].tolist(), "dates": [d.date().isoformat() for d in group["ds"]]}
+              for uid, group in new.groupby("unique_id", sort=False)]
+    answer = loaded.predict_checked({"series": series})  # the JSON face: predict's numbers
+    first = forecast[forecast["unique_id"] == "new-s0"]
+    assert answer["forecasts"][0]["median"] == pytest.approx(first["y_hat"].tolist())
 
 
 def test_learns_a_seasonal_panel_better_than_seasonal_naive() -> None:

@@ -325,7 +325,8 @@ class Forecaster(Task):
         self.fallback = {}
         fallback = self._fallback(frame[frame["unique_id"].isin(short)]) if short else {}
         if cfg.model == "esrnn":
-            return self._predict_smoothed(groups, fallback, scaler)
+            with torch_threads(cfg.threads):
+                return predict_smoothed(self, groups, fallback, scaler, season_length(self.freq))
         model = [(uid, group.iloc[-cfg.lookback:]) for uid, group in groups if uid not in fallback]
         inputs = [self._window_inputs(uid, window, future, scaler) for uid, window in model]
         values = self.forecast_windows([arrays for _, arrays in inputs], [scaler.stats[uid] for uid, _ in model])
@@ -333,22 +334,6 @@ class Forecaster(Task):
                          quantile_column(q): v[:, k] for k, q in enumerate(cfg.quantiles)}})
                      for (uid, _), (dates, _), v in zip(model, inputs, values)}
         return pd.concat([fallback.get(uid, forecasts.get(uid)) for uid, _ in groups], ignore_index=True)
-
-    def _predict_smoothed(self, groups: list[tuple[str, pd.DataFrame]], fallback: dict[str, pd.DataFrame],
-                          scaler: SeriesScaler) -> pd.DataFrame:
-        """``model="esrnn"``: forecast every series not in ``fallback`` in one batch."""
-        series = {uid: group["y"].to_numpy(dtype=float) for uid, group in groups if uid not in fallback}
-        with torch_threads(self.config.threads):
-            forecasts = predict_smoothed(self, series, scaler, season_length(self.freq)) if series else {}
-        rows = []
-        for uid, group in groups:
-            if uid in fallback:
-                rows.append(fallback[uid])
-                continue
-            dates = future_dates(group["ds"].iloc[-1], self.freq, self.config.horizon)
-            rows.append(pd.DataFrame({"unique_id": uid, "ds": dates, **{
-                quantile_column(q): forecasts[uid][:, k] for k, q in enumerate(self.config.quantiles)}}))
-        return pd.concat(rows, ignore_index=True)
 
     def _fallback(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Seasonal-naive forecasts (naive below one season) of the series too short for the model.

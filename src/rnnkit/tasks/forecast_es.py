@@ -25,11 +25,12 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..data.series import SeriesScaler, holdout_fold
-from .forecast_model import ForecasterConfig, ForecastNet, pinball_loss
+from ..data.series import SeriesScaler, future_dates, holdout_fold
+from .forecast_model import ForecasterConfig, ForecastNet, pinball_loss, quantile_column
 
 
 def positive_scaler(series: dict[str, np.ndarray]) -> SeriesScaler:
@@ -329,8 +330,22 @@ def fit_smoothed(task, series: dict[str, np.ndarray], season: int) -> list[Optio
 
 
 @torch.no_grad()
-def predict_smoothed(task, series: dict[str, np.ndarray], scaler: SeriesScaler, season: int) -> dict[str, np.ndarray]:
-    """Quantile forecasts ``(H, Q)`` in the series' own units after the end of each of ``series``."""
-    panel = SmoothedPanel(series, scaler, task.series_rows, season)
-    quantiles = task.model(panel.z, panel.index, panel.lengths, panel.init).numpy()  # (S, H, Q)
-    return {uid: scaler.inverse(uid, quantiles[k]) for k, uid in enumerate(panel.uids)}
+def predict_smoothed(task, groups: list[tuple[str, pd.DataFrame]], fallback: dict[str, pd.DataFrame],
+                     scaler: SeriesScaler, season: int) -> pd.DataFrame:
+    """The forecast frame of ``groups`` (``(uid, rows)``): the series not in ``fallback`` (their seasonal-naive
+    rows) forecast in one batch, quantile columns in the series' own units."""
+    series = {uid: group["y"].to_numpy(dtype=float) for uid, group in groups if uid not in fallback}
+    forecasts = {}
+    if series:
+        panel = SmoothedPanel(series, scaler, task.series_rows, season)
+        quantiles = task.model(panel.z, panel.index, panel.lengths, panel.init).numpy()  # (S, H, Q)
+        forecasts = {uid: scaler.inverse(uid, quantiles[k]) for k, uid in enumerate(panel.uids)}
+    cfg, rows = task.config, []
+    for uid, group in groups:
+        if uid in fallback:
+            rows.append(fallback[uid])
+            continue
+        dates = future_dates(group["ds"].iloc[-1], task.freq, cfg.horizon)
+        rows.append(pd.DataFrame({"unique_id": uid, "ds": dates, **{
+            quantile_column(q): forecasts[uid][:, k] for k, q in enumerate(cfg.quantiles)}}))
+    return pd.concat(rows, ignore_index=True)
