@@ -118,7 +118,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     if "NF-LSTM" in args.models and _installed("neuralforecast"):
         freq = spec.get("resample", DATASETS[name].frequency)
         for window, train, actual in rolling_splits(frame, spec["horizon"], args.windows):
-            forecast, seconds = neuralforecast_window(train, spec["horizon"], config.lookback, freq,
+            lookback = config.lookback or 3 * spec["horizon"]  # "auto" settles it in fit: rnn's on these few series
+            forecast, seconds = neuralforecast_window(train, spec["horizon"], lookback, freq,
                                                       50 if args.quick else 1000)
             rows, _ = score_window(train, actual, forecast, config.quantiles, spec["season"])
             metrics.append(pd.DataFrame([{"window": window, "model": "NF-LSTM", "fit_s": seconds, **r} for r in rows]))

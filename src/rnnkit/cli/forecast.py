@@ -27,6 +27,8 @@ Data = Annotated[Path, typer.Argument(help="CSV with columns unique_id, ds, y (o
 Horizon = Annotated[int, typer.Option(help="Steps to forecast.")]
 Lookback = Annotated[Optional[int], typer.Option(help="Input window; default 3 x horizon.")]
 Cell = Annotated[str, typer.Option(help=CELL_HELP)]
+Model = Annotated[str, typer.Option(help="auto (esrnn for 20+ series without covariates, else rnn), rnn, or esrnn "
+                                         "(learned per-series Holt-Winters level/season under a global net).")]
 Head = Annotated[str, typer.Option(help="decoder (a recurrent decoder over the horizon) or direct (all steps at once).")]
 Hidden = Annotated[int, typer.Option(help="Hidden units.")]
 Quantiles = Annotated[str, typer.Option(help="Comma-separated quantiles; 0.5 is the point forecast.")]
@@ -40,7 +42,7 @@ DayFirst = Annotated[Optional[bool], typer.Option(
 
 
 def _config(horizon: int, lookback: Optional[int], cell: str, head: str, hidden_size: int, quantiles: str,
-            past: str, future: str, ensemble: int, **training: Any) -> ForecasterConfig:
+            past: str, future: str, ensemble: int, model: str = "auto", **training: Any) -> ForecasterConfig:
     try:
         levels = tuple(float(q) for q in quantiles.split(","))
     except ValueError:
@@ -48,7 +50,7 @@ def _config(horizon: int, lookback: Optional[int], cell: str, head: str, hidden_
     columns = lambda text: tuple(c.strip() for c in text.split(",") if c.strip())
     return ForecasterConfig(horizon=horizon, lookback=lookback, cell=cell, head=head, hidden_size=hidden_size,
                             quantiles=levels, past_covariates=columns(past), future_covariates=columns(future),
-                            ensemble=ensemble, **training)
+                            ensemble=ensemble, model=model, **training)
 
 
 @app.command()
@@ -59,6 +61,7 @@ def train(
     training: TrainingOptions,
     horizon: Horizon = 12,
     lookback: Lookback = None,
+    model: Model = "auto",
     cell: Cell = "lstm",
     head: Head = "decoder",
     hidden_size: Hidden = 32,
@@ -69,7 +72,7 @@ def train(
     dayfirst: DayFirst = None,
 ) -> None:
     """Train a global forecaster on every series in DATA and write a bundle."""
-    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble,
+    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble, model,
                      **training.config_fields())
     frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates, dayfirst=dayfirst)
     forecaster = Forecaster(config).fit(frame, **training.fit_options())
@@ -120,6 +123,7 @@ def backtest(
     windows: Annotated[int, typer.Option(help="Rolling-origin windows, each one horizon long.")] = 3,
     season_length: Annotated[int, typer.Option(help="Season for seasonal naive and MASE.")] = 1,
     lookback: Lookback = None,
+    model: Model = "auto",
     cell: Cell = "lstm",
     head: Head = "decoder",
     hidden_size: Hidden = 32,
@@ -128,15 +132,17 @@ def backtest(
     future: Future = "",
     ensemble: Ensemble = 3,
     minutes: Annotated[float, typer.Option(help="Wall-clock training budget per window.")] = 2.0,
-    baselines: Annotated[str, typer.Option(help="Comma-separated: naive, seasonal_naive, AutoARIMA, AutoETS; "
-                                           "auto = both statsforecast models when installed.")] = "naive,seasonal_naive,auto",
+    baselines: Annotated[str, typer.Option(help="Comma-separated: naive, seasonal_naive, Theta, AutoETS, AutoARIMA; "
+                                           "auto = all three statsforecast models when installed.")]
+    = "naive,seasonal_naive,auto",
     out: Annotated[Optional[Path], typer.Option(help="CSV of per-window, per-series, per-model metrics.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="PNG: history, backtest forecasts and the actual values.")] = None,
     dayfirst: DayFirst = None,
 ) -> None:
     """Refit before each of the last WINDOWS horizons; score rnnkit next to naive, seasonal naive and
-    (when statsforecast is installed) AutoARIMA and AutoETS."""
-    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble, minutes=minutes)
+    (when statsforecast is installed) Theta, AutoETS and AutoARIMA."""
+    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble, model,
+                     minutes=minutes)
     frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates, dayfirst=dayfirst)
     chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())
     result = Forecaster(config).backtest(frame, windows=windows, season_length=season_length, baselines=chosen)

@@ -9,6 +9,7 @@ evaluation and baselines live in :mod:`rnnkit.tasks.forecast_eval`, and the JSON
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Optional, Sequence
 
 import logging
@@ -25,10 +26,11 @@ from ..errors import DataError
 from ..inspection import InspectionInput, parse_series
 from ..layers import Recurrent
 from .base import Task
+from .forecast_es import SmoothedEnsemble, fit_smoothed, positive_scaler, predict_smoothed
 from .forecast_eval import BacktestResult, backtest, naive_forecasts
 from .forecast_json import (REQUEST_SCHEMA, RESPONSE_SCHEMA, forecasts_json, plain_forecasts, plain_forecasts_many,
                             request_frames)
-from .forecast_model import ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
+from .forecast_model import PANEL, ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
 
 log = logging.getLogger("rnnkit")
 
@@ -69,6 +71,7 @@ class Forecaster(Task):
         self.too_short: list[str] = []  # series of the last fit too short to train on (fewer than min_points)
         self.held_out = True  # whether the last fit held out windows (early stopping, interval calibration)
         self.fallback: dict[str, str] = {}  # series of the last predict forecast by "seasonal_naive" or "naive"
+        self.series_rows: dict[str, int] = {}  # model="esrnn": each fitted series' row of smoothing coefficients
 
     @property
     def covariates(self) -> tuple[str, ...]:
@@ -85,10 +88,15 @@ class Forecaster(Task):
         cfg = self.config
         frame = validate_long_frame(frame, covariates=self.covariates)
         self.freq = self._common_frequency(frame)
-        self.scaler = SeriesScaler.fit(split_series(frame))
+        if cfg.model == "auto":  # settled here, so the bundle records the model it holds
+            panel = frame["unique_id"].nunique() >= PANEL and not self.covariates
+            self.config = cfg = replace(cfg, model="esrnn" if panel else "rnn")  # its None options settle too
+        self.scaler = self._fit_scaler(split_series(frame))
         self.covariate_stats = {c: (float(frame[c].mean()), float(frame[c].std()) or 1.0) for c in self.covariates}
         groups = [(str(uid), group) for uid, group in frame.groupby("unique_id", sort=False)]
         self.too_short = [uid for uid, group in groups if len(group) < self.min_points]
+        if cfg.model == "esrnn":
+            return self._fit_smoothed(groups)
         windows = [self._windows(*self._arrays(uid, group, pad=cfg.lookback - self.min_input))  # in time order
                    for uid, group in groups if len(group) >= self.min_points]
         if not windows:
@@ -121,12 +129,35 @@ class Forecaster(Task):
         is padded with zeros and flagged as unobserved (the last channel of ``past``), as
         NeuralForecast pads, so a series shorter than ``lookback + horizon`` still trains.
         """
+        if self.config.model == "esrnn":  # its smoothing carries the season; three values start a window
+            return min(self.config.lookback, 3)
         return min(self.config.lookback, max(3, season_length(self.freq)))
 
     @property
     def min_points(self) -> int:
         """The shortest series the model trains on and forecasts; shorter ones get seasonal naive."""
         return self.min_input + self.config.horizon
+
+    def _fit_scaler(self, series: dict[str, np.ndarray]) -> SeriesScaler:
+        """Per-series scaling: standardised, or for ``model="esrnn"`` positive with mean 1."""
+        return positive_scaler(series) if self.config.model == "esrnn" else SeriesScaler.fit(series)
+
+    def _fit_smoothed(self, groups: list[tuple[str, pd.DataFrame]]) -> None:
+        """``model="esrnn"``: train on the series long enough (see :mod:`rnnkit.tasks.forecast_es`)."""
+        series = {uid: group["y"].to_numpy(dtype=float) for uid, group in groups if len(group) >= self.min_points}
+        if not series:
+            raise DataError(f"every series is shorter than one season + horizon = {self.min_points} points, the "
+                            f"least that trains; use a shorter horizon (or forecast them by seasonal naive)")
+        self.series_rows = {uid: k for k, uid in enumerate(series)}
+        self.num_features = 1, 0
+        self.model = self.build_model()
+        self.train_results = []
+        held_out = fit_smoothed(self, series, season_length(self.freq))
+        self.held_out = any(windows is not None for windows in held_out)
+        self.history = {uid: self._tail_of(group) for uid, group in groups}
+        members = [{"best_val_loss": r.best_val_loss, "steps": r.steps, "stopped": r.stopped}
+                   for r in self.train_results]
+        self.metrics = {**self.training_summary(), "members": members, "held_out": self.held_out}
 
     def _train_member(self, k: int, member: nn.Module, minutes: Optional[float],
                       windows: list[tuple[Tensor, ...]]) -> Optional[tuple[Tensor, ...]]:
@@ -149,12 +180,14 @@ class Forecaster(Task):
                    patience=cfg.patience if stop is not None else None)
         return calibration
 
-    def build_model(self) -> ForecastEnsemble:
+    def build_model(self) -> nn.Module:
+        if self.config.model == "esrnn":
+            return SmoothedEnsemble(self.config, len(self.series_rows), season_length(self.freq))
         return ForecastEnsemble(self.config, *self.num_features)
 
     def preprocessing(self) -> dict[str, Any]:
         return {"scaler": self.scaler.to_dict(), "covariates": self.covariate_stats, "freq": self.freq,
-                "num_features": list(self.num_features), "series": self.history}
+                "num_features": list(self.num_features), "series": self.history, "rows": list(self.series_rows)}
 
     def restore(self, state: dict[str, Any]) -> None:
         num_past, num_known = (int(n) for n in state["num_features"])
@@ -166,6 +199,7 @@ class Forecaster(Task):
         self.scaler = SeriesScaler.from_dict(state["scaler"])
         self.covariate_stats = {c: (float(m), float(s)) for c, (m, s) in state["covariates"].items()}
         self.freq, self.history = state["freq"], state["series"]
+        self.series_rows = {uid: k for k, uid in enumerate(state.get("rows", []))}
 
     def _common_frequency(self, frame: pd.DataFrame) -> str:
         freqs = {infer_frequency(g["ds"], f"series {uid!r}") for uid, g in frame.groupby("unique_id", sort=False)}
@@ -241,7 +275,9 @@ class Forecaster(Task):
 
     def _tail_of(self, group: pd.DataFrame) -> dict[str, Any]:
         """What ``predict`` needs of a series: its length and its last ``lookback`` (or season) rows."""
-        tail = group.iloc[-max(self.config.lookback, season_length(self.freq)):]
+        # The smoothed model re-runs its recursion from the start of each series: it keeps all of it.
+        tail = group if self.config.model == "esrnn" else group.iloc[-max(self.config.lookback,
+                                                                              season_length(self.freq)):]
         return {"last_ds": tail["ds"].iloc[-1].isoformat(), "points": len(group), "y": tail["y"].tolist(),
                 **{c: tail[c].tolist() for c in self.covariates}}
 
@@ -282,12 +318,15 @@ class Forecaster(Task):
                                 f"forecasts {self.freq} series; resample them to {self.freq}")
             series = split_series(frame)
             known = {uid: self.scaler.stats[uid] for uid in series if uid in self.scaler.stats}
-            scaler = SeriesScaler({**SeriesScaler.fit(series).stats, **known})
+            scaler = SeriesScaler({**self._fit_scaler(series).stats, **known})
             points = {uid: len(values) for uid, values in series.items()}
         groups = [(str(uid), group) for uid, group in frame.groupby("unique_id", sort=False)]
         short = [uid for uid, _ in groups if points[uid] < self.min_points]
         self.fallback = {}
         fallback = self._fallback(frame[frame["unique_id"].isin(short)]) if short else {}
+        if cfg.model == "esrnn":
+            with torch_threads(cfg.threads):
+                return predict_smoothed(self, groups, fallback, scaler, season_length(self.freq))
         model = [(uid, group.iloc[-cfg.lookback:]) for uid, group in groups if uid not in fallback]
         inputs = [self._window_inputs(uid, window, future, scaler) for uid, window in model]
         values = self.forecast_windows([arrays for _, arrays in inputs], [scaler.stats[uid] for uid, _ in model])
@@ -382,7 +421,8 @@ class Forecaster(Task):
     def inspection_recurrent(self) -> Recurrent:
         """The first ensemble member's encoder, for ``rnnkit inspect`` (see :class:`rnnkit.inspection.Inspectable`)."""
         self.require_fitted()
-        return self.model.members[0].encoder
+        member = self.model.members[0]
+        return member.net.encoder if self.config.model == "esrnn" else member.encoder
 
     def inspection_input(self, source: str) -> InspectionInput:
         """A series as the encoder reads a window: scaled, relative to its last value, with calendar features.

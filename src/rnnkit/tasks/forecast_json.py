@@ -114,6 +114,8 @@ def plain_forecasts_many(forecaster: Any, requests: list[dict[str, Any]]) -> Opt
     frequency, scaled by its training statistics (or its own), its last ``lookback`` values and
     the calendar of those and the forecast dates.
     """
+    if forecaster.config.model == "esrnn":  # its smoothing runs over whole series: the frame path
+        return None
     prepared = [_plain_inputs(forecaster, request) for request in requests]
     if any(p is None for p in prepared):
         return None
