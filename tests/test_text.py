@@ -210,7 +210,7 @@ def test_text_generator_bundle_round_trip(lm: TextGenerator, tmp_path: Path) -> 
 
 def test_packing_gives_the_same_result_as_unpadded_sequences() -> None:
     config = SequenceClassifierConfig(embedding_size=8, hidden_size=8, bidirectional=True)
-    for pooling in ("attention", "last"):
+    for pooling in ("attention", "last", "concat"):
         model = classifier_model(SequenceClassifierConfig(**{**config.to_dict(), "pooling": pooling}), 20, 3).eval()
         sequences = [[5, 6, 7, 8, 9], [4, 5], [7, 8, 9]]
         ids, lengths = pad_ids(sequences, 10)

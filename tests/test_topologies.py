@@ -55,7 +55,7 @@ def test_one_to_one_shape_and_meaning(cell):
         model(torch.randn(B, 2, I))
 
 
-@pytest.mark.parametrize("pooling", ["last", "attention"])
+@pytest.mark.parametrize("pooling", ["last", "attention", "concat"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_many_to_one_shapes(pooling, bidirectional):
     model = ManyToOne(I, O, hidden_size=H, num_layers=2, bidirectional=bidirectional, pooling=pooling)
@@ -135,9 +135,10 @@ def test_many_to_one_last_pools_the_top_layer_final_outputs(bidirectional):
     assert_close(y, model.head(expected), "head of the pooled vector")
 
 
+@pytest.mark.parametrize("pooling", ["attention", "concat"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_attention_pooling_ignores_padding(bidirectional):
-    model = ManyToOne(I, O, hidden_size=H, num_layers=2, bidirectional=bidirectional, pooling="attention").eval()
+def test_attention_and_concat_pooling_ignore_padding(bidirectional, pooling):
+    model = ManyToOne(I, O, hidden_size=H, num_layers=2, bidirectional=bidirectional, pooling=pooling).eval()
     lengths = torch.tensor(LENGTHS)
     x = torch.randn(B, T, I)
     x2 = x.clone()

@@ -103,7 +103,7 @@ def test_lr_at_constant():
     (dict(clip_norm=0), "TrainConfig.clip_norm must be None or a number > 0, got 0"),
     (dict(minutes="5"), "TrainConfig.minutes must be None or a number > 0, got '5'"),
     (dict(clock="gpu"), "TrainConfig.clock must be 'wall' or 'cpu', got 'gpu'"),
-    (dict(schedule="linear"), "TrainConfig.schedule must be 'cosine' or 'constant', got 'linear'"),
+    (dict(schedule="linear"), "TrainConfig.schedule must be 'cosine', 'constant' or 'slanted', got 'linear'"),
     (dict(tbptt=0), "TrainConfig.tbptt must be None or an integer >= 1, got 0"),
     (dict(stateful="yes"), "TrainConfig.stateful must be True or False, got 'yes'"),
     (dict(seed=-1), "TrainConfig.seed must be an integer >= 0, got -1"),

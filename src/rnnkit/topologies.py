@@ -20,6 +20,10 @@ from .layers import LayerState, Recurrent
 from .precision import linear_at_best_precision
 
 
+#: how a many-to-one topology summarises a sequence (``ManyToOne.summarise``)
+POOLINGS = ("last", "attention", "concat")
+
+
 class _Topology(nn.Module):
     """Shared plumbing: config capture, optional token embedding, the recurrent stack."""
 
@@ -79,8 +83,11 @@ class ManyToOne(_Topology):
     """A sequence to one output: sequence classification, sentiment, rating, a forecast horizon.
 
     The sequence is summarised by the last valid step (``pooling="last"``: the final
-    hidden state, both directions when bidirectional) or by attention pooling
-    (``pooling="attention"``: a learned softmax over valid steps of ``v^T tanh(W o_t)``).
+    hidden state, both directions when bidirectional), by attention pooling
+    (``pooling="attention"``: a learned softmax over valid steps of ``v^T tanh(W o_t)``), or by
+    ULMFiT's concat pooling (``pooling="concat"``: the final state, the maximum and the mean of
+    the outputs over valid steps, side by side, ``3 * D*H`` wide): a long text's telling words
+    may lie far from its end, and max and mean reach them without a learned weighting.
 
     Shapes: ``(B, T, I)`` (or ids ``(B, T)``) with optional ``lengths`` ``(B,)`` to ``(B, O)``.
     """
@@ -88,8 +95,8 @@ class ManyToOne(_Topology):
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 64, *, cell: str = "lstm",
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0, pooling: str = "last",
                  vocab_size: Optional[int] = None, **cell_options: Any) -> None:
-        if pooling not in ("last", "attention"):
-            raise RnnkitError(f"pooling must be 'last' or 'attention', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise RnnkitError(f"pooling must be 'last', 'attention' or 'concat', got {pooling!r}")
         config = dict(input_size=input_size, output_size=output_size, hidden_size=hidden_size, cell=cell,
                       num_layers=num_layers, bidirectional=bidirectional, dropout=dropout, pooling=pooling,
                       vocab_size=vocab_size, **cell_options)
@@ -100,23 +107,34 @@ class ManyToOne(_Topology):
         self.pooling = pooling
         if pooling == "attention":
             self.attention = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False))
-        self.head = nn.Linear(width, output_size)
+        self.head = nn.Linear(3 * width if pooling == "concat" else width, output_size)
 
     def forward(self, x: Tensor, *, lengths: Optional[Tensor] = None) -> Tensor:
         outputs, state = self.recurrent(self.embed(x), lengths=lengths)  # (B, T, D*H)
         return self.head(self.summarise(outputs, state, lengths))
 
     def summarise(self, outputs: Tensor, state: LayerState, lengths: Optional[Tensor]) -> Tensor:
-        """One ``(B, D*H)`` vector per sequence."""
-        if self.pooling == "last":
-            h = state[0] if isinstance(state, tuple) else state  # (L*D, B, H)
-            last_layer = h[-self.recurrent.num_directions:]  # (D, B, H): forward end, reverse start
-            return torch.cat(list(last_layer), dim=1)
-        scores = self.attention(outputs).squeeze(2)  # (B, T)
+        """One ``(B, D*H)`` vector per sequence (``(B, 3*D*H)`` with concat pooling)."""
+        padded = None
         if lengths is not None:
             steps = torch.arange(outputs.size(1), device=outputs.device)[None, :]
             lengths = torch.as_tensor(lengths, device=outputs.device)  # a list, as Recurrent accepts
-            scores = scores.masked_fill(steps >= lengths[:, None], float("-inf"))
+            padded = steps >= lengths[:, None]  # (B, T): True past a sequence's end
+        if self.pooling in ("last", "concat"):
+            h = state[0] if isinstance(state, tuple) else state  # (L*D, B, H)
+            last_layer = h[-self.recurrent.num_directions:]  # (D, B, H): forward end, reverse start
+            last = torch.cat(list(last_layer), dim=1)  # (B, D*H)
+            if self.pooling == "last":
+                return last
+            if padded is None:
+                return torch.cat([last, outputs.amax(dim=1), outputs.mean(dim=1)], dim=1)
+            valid = (~padded)[:, :, None]  # (B, T, 1)
+            peak = outputs.masked_fill(~valid, float("-inf")).amax(dim=1)  # (B, D*H)
+            mean = (outputs * valid).sum(dim=1) / lengths[:, None].clamp(min=1).to(outputs.dtype)
+            return torch.cat([last, peak, mean], dim=1)  # (B, 3*D*H)
+        scores = self.attention(outputs).squeeze(2)  # (B, T)
+        if padded is not None:
+            scores = scores.masked_fill(padded, float("-inf"))
         weights = torch.softmax(scores, dim=1)
         return torch.einsum("bt,bth->bh", weights, outputs)
 

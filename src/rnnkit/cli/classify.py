@@ -29,21 +29,38 @@ def train(
     label_col: Annotated[str, typer.Option(help="Column holding the labels.")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
     training: TrainingOptions,
-    tokenizer: Annotated[str, typer.Option(help="word, bpe or char.")] = "word",
-    cell: Annotated[str, typer.Option(help=CELL_HELP)] = "lstm",
-    hidden_size: Annotated[int, typer.Option(help="Hidden units per direction.")] = 128,
-    bidirectional: Annotated[bool, typer.Option(help="Read each text both ways.")] = True,
+    pretrained: Annotated[Optional[Path], typer.Option(
+        help="A language model bundle (rnnkit textgen train) whose tokenizer, embedding and recurrent layers "
+             "start the classifier; its sizes are taken.")] = None,
+    pretrain_minutes: Annotated[Optional[float], typer.Option(
+        help="First train the language model on DATA's texts (labels ignored) this long, on top of --minutes; "
+             "the --pretrained one, or a new one.", show_default=False)] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(
+        help="word, bpe or char (default: word, or the --pretrained model's).", show_default=False)] = None,
+    cell: Annotated[Optional[str], typer.Option(help=CELL_HELP + " (default: lstm, or the --pretrained model's)",
+                                                show_default=False)] = None,
+    hidden_size: Annotated[Optional[int], typer.Option(
+        help="Hidden units per direction (default: 128, or the --pretrained model's).", show_default=False)] = None,
+    bidirectional: Annotated[Optional[bool], typer.Option(
+        "--bidirectional/--no-bidirectional", help="Read each text both ways (default: yes, unless a language "
+        "model is pretrained or --pretrained: it reads left to right).", show_default=False)] = None,
     class_weights: Annotated[bool, typer.Option(help="Weigh classes inversely to their frequency.")] = True,
     encoding: Annotated[str, typer.Option(help="Text encoding of DATA.")] = "utf-8",
     plot: Annotated[Optional[Path], typer.Option(help="PNG confusion matrix on the validation slice.")] = None,
     ensemble: Annotated[int, typer.Option(help="Members from different seeds, averaged; they share --minutes.")] = 1,
 ) -> None:
     """Train a classifier on DATA and write a bundle; report validation accuracy and macro-F1."""
-    config = SequenceClassifierConfig(tokenizer=tokenizer, cell=cell, hidden_size=hidden_size,
-                                      bidirectional=bidirectional, class_weights="balanced" if class_weights else None,
-                                      ensemble=ensemble, **training.config_fields())
+    chosen = {name: value for name, value in (("tokenizer", tokenizer), ("cell", cell), ("hidden_size", hidden_size),
+                                              ("bidirectional", bidirectional)) if value is not None}
+    options = dict(class_weights="balanced" if class_weights else None, ensemble=ensemble,
+                   pretrain_minutes=pretrain_minutes, **training.config_fields())
+    if pretrained is not None:
+        config = SequenceClassifierConfig.matching(pretrained, **chosen, **options)
+    else:
+        config = SequenceClassifierConfig(**{"bidirectional": pretrain_minutes is None, **chosen, **options})
     frame = read_text_csv(data, text_col, label_col, encoding)
-    clf = SequenceClassifier(config).fit(frame["text"].tolist(), frame["label"].tolist(), **training.fit_options())
+    clf = SequenceClassifier(config).fit(frame["text"].tolist(), frame["label"].tolist(), pretrained=pretrained,
+                                         **training.fit_options())
     m = clf.metrics
     if plot:
         plot_confusion_matrix(m["val_confusion_matrix"], clf.classes, plot, title="validation slice")

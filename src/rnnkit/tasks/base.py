@@ -169,9 +169,11 @@ class Task:
         return self
 
     def train(self, model: nn.Module, loss_fn: Any, train: Any, val: Any = None, *, member: int = 0,
-              lengths: Optional[Tensor] = None, **overrides: Any) -> TrainResult:
+              lengths: Optional[Tensor] = None, layer_groups: Optional[Sequence[Sequence[nn.Parameter]]] = None,
+              **overrides: Any) -> TrainResult:
         """Train ``model`` (one ensemble ``member``) with the shared trainer and options, plus the
-        task's ``overrides`` of :class:`~rnnkit.training.TrainConfig`; record the result."""
+        task's ``overrides`` of :class:`~rnnkit.training.TrainConfig`; record the result.
+        ``layer_groups`` (bottom to top) take the trainer's discriminative rates and unfreezing."""
         directory, resume, every = self._checkpoints
         member_dir = None if directory is None else directory / f"member{member}"
         if member_dir is not None:
@@ -180,7 +182,7 @@ class Task:
         if resume and member_dir is not None and not resume_member and member == 0:
             raise RnnkitError(f"--resume: no checkpoint in {member_dir}; start without --resume")
         result = fit(model, loss_fn, train, val, self.config.train_config(**overrides),
-                     checkpoint_dir=member_dir, resume=resume_member, lengths=lengths)
+                     checkpoint_dir=member_dir, resume=resume_member, lengths=lengths, layer_groups=layer_groups)
         self.train_results.append(result)
         return result
 

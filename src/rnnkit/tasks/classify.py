@@ -4,6 +4,13 @@ Each batch is cut to its longest text and the recurrent layer is given every tex
 length, so padding never reaches a valid step or the summary (packed sequences on the fused
 path): a text's prediction does not depend on what it is batched with. Class weights
 counter imbalance; a stratified slice of the training data picks the best epoch.
+
+Transfer from a language model (ULMFiT, Howard & Ruder 2018): ``fit(..., pretrained=LM)``
+starts the embedding and the recurrent stack from a text generator's, and ``pretrain_minutes``
+first fine-tunes that language model (or a fresh one) on the training texts, labels ignored,
+plus any ``unlabelled`` texts. The classifier is then fine-tuned as ULMFiT does it: a
+slanted triangular schedule, lower rates for lower layers, and the layers unfrozen one per
+epoch from the head down, so the pretrained weights are not scrambled by a random head.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
+
+import copy
 
 import numpy as np
 import pandas as pd
@@ -20,8 +29,10 @@ from torch import Tensor, nn
 from .. import metrics
 from ..data.tokenizers import KINDS, UNK, Tokenizer, build_tokenizer, tokenizer_from_dict, tokenizer_options
 from ..errors import DataError, RnnkitError
-from ..topologies import ManyToOne
+from ..topologies import POOLINGS, ManyToOne
 from .base import Task, TaskConfig
+from .language import (check_encoder, encoder_groups, encoder_sizes, language_model_for, read_language_model,
+                       seed_encoder, train_language_model)
 
 MODEL_TYPE = "sequence_classifier"
 
@@ -40,7 +51,8 @@ class SequenceClassifierConfig(TaskConfig):
     hidden_size: int = 128           # per direction; short texts need little memory
     num_layers: int = 1
     bidirectional: bool = True       # a word's meaning depends on what follows it too ("not bad")
-    pooling: str = "attention"       # "attention" weighs the telling words; "last" = final states
+    pooling: str = "attention"       # "attention" weighs the telling words; "last" = final states;
+    #                                  "concat" = final state, max and mean side by side (ULMFiT)
     dropout: float = 0.25            # on embeddings, between layers, before the head: words are sparse
     max_len: int = 128               # tokens kept per text (the start); tweets are far shorter
     class_weights: Optional[str] = "balanced"  # weigh classes by n / (k * count): rare classes count
@@ -51,6 +63,12 @@ class SequenceClassifierConfig(TaskConfig):
     lr: float = 5e-3
     patience: Optional[int] = 3      # epochs without a better validation loss before stopping
     val_fraction: float = 0.1        # stratified slice of the training texts that picks the best epoch
+    pretrain_minutes: Optional[float] = None  # language-model fine-tuning on the texts first (ULMFiT); on
+    #                                  top of minutes, on the same clock; None = none
+    pretrain_lr: float = 3e-3        # the language model's rate: the trainer's default for recurrent nets
+    layer_lr_decay: float = 2.6      # a pretrained encoder: each layer group below the head at lr / 2.6^k (ULMFiT)
+    unfreeze_every: Optional[int] = 1  # a pretrained encoder: epochs between unfreezing one more layer group
+    #                                  from the head down (ULMFiT's gradual unfreezing); None = all at once
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -64,6 +82,21 @@ class SequenceClassifierConfig(TaskConfig):
             raise RnnkitError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise RnnkitError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.pooling not in POOLINGS:
+            raise RnnkitError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        self.train_config(lr=self.pretrain_lr, layer_lr_decay=self.layer_lr_decay,  # the trainer checks these
+                          unfreeze_every=self.unfreeze_every, minutes=self.pretrain_minutes)
+        if self.pretrain_minutes is not None and self.bidirectional:
+            raise RnnkitError("pretrain_minutes trains a language model, which reads left to right: "
+                              "set bidirectional=False (--no-bidirectional)")
+
+    @classmethod
+    def matching(cls, pretrained: Any, **options: Any) -> "SequenceClassifierConfig":
+        """A config whose encoder fits the language model ``pretrained`` (a TextGenerator or its
+        bundle's path): its cell, sizes and tokenizer, read left to right; ``options`` set the rest."""
+        lm = read_language_model(pretrained)
+        check_encoder(options, lm)
+        return cls(**{**options, **encoder_sizes(lm)})
 
 
 class TextClassifierNet(nn.Module):
@@ -150,10 +183,17 @@ class SequenceClassifier(Task):
         super().__init__(config, **options)
         self.tokenizer: Optional[Tokenizer] = None
         self.classes: list[str] = []
+        self._pretrain_metrics: dict[str, Any] = {}
 
-    def _fit(self, texts: Sequence[str], labels: Sequence[Any]) -> None:
-        """Train on texts and their labels (any hashable; kept as strings)."""
+    def _fit(self, texts: Sequence[str], labels: Sequence[Any], pretrained: Any = None,
+             unlabelled: Sequence[str] = ()) -> None:
+        """Train on texts and their labels (any hashable; kept as strings). ``pretrained`` (a
+        TextGenerator or its bundle's path) seeds the encoder; ``unlabelled`` texts join the
+        training texts in the language-model stage (``pretrain_minutes``) only."""
         cfg = self.config
+        lm = None if pretrained is None else read_language_model(pretrained)
+        if lm is not None:
+            check_encoder(self._encoder_options(), lm)
         texts, labels = _check_texts(texts), np.asarray([str(label) for label in labels])
         if len(texts) != len(labels):
             raise DataError(f"got {len(texts)} texts but {len(labels)} labels; give one label per text")
@@ -164,8 +204,12 @@ class SequenceClassifier(Task):
         keep, held = stratified_split(y, cfg.val_fraction, cfg.seed)
         if len(held) == 0:
             raise DataError(f"{len(texts)} texts are too few to hold out a validation slice; give more")
-        self.tokenizer = build_tokenizer(cfg.tokenizer, [texts[i] for i in keep],
-                                         **tokenizer_options(cfg.tokenizer, cfg.vocab_size, cfg.min_count))
+        self.tokenizer = lm.tokenizer if lm is not None else build_tokenizer(
+            cfg.tokenizer, [texts[i] for i in keep], **tokenizer_options(cfg.tokenizer, cfg.vocab_size, cfg.min_count))
+        self._pretrain_metrics = {} if lm is None else {
+            "pretrained": str(pretrained) if isinstance(pretrained, (str, Path)) else "a TextGenerator"}
+        encoder = self._pretrain(lm, [texts[i] for i in keep] + _check_texts(unlabelled, allow_empty=True),
+                                 [texts[i] for i in held])
         ids, lengths = pad_ids([self.tokenizer.encode(t) for t in texts], cfg.max_len)
         targets = torch.as_tensor(y, dtype=torch.long)
         weights = None
@@ -174,6 +218,11 @@ class SequenceClassifier(Task):
             weights = torch.tensor(len(keep) / (len(self.classes) * counts), dtype=torch.float32)
         torch.manual_seed(cfg.seed)
         self.model = self.build_model()  # members differ in init
+        fine_tune = {}
+        if encoder is not None:
+            for member in self.model.members:
+                seed_encoder(member.body, encoder)
+            fine_tune = dict(schedule="slanted", layer_lr_decay=cfg.layer_lr_decay, unfreeze_every=cfg.unfreeze_every)
 
         def loss_fn(model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, None]:
             x, n, target = batch
@@ -186,13 +235,36 @@ class SequenceClassifier(Task):
         for k, member, minutes in self.member_budgets(self.model.members):
             # Batches of texts of near-equal length: each is cut to its longest text, so little is padding.
             self.train(member, loss_fn, train, val, member=k, lengths=train[1], minutes=minutes,
-                       seed=cfg.seed + k, decay_over_budget=minutes is not None)
+                       seed=cfg.seed + k, decay_over_budget=minutes is not None,
+                       layer_groups=encoder_groups(member.body) if encoder is not None else None, **fine_tune)
         self.model.eval()
         scores = self.evaluate([texts[i] for i in held], labels[held].tolist())
         members = [{"steps": r.steps, "epochs_completed": r.epochs_completed, "stopped": r.stopped,
                     "best_val_loss": r.best_val_loss} for r in self.train_results]
         self.metrics = {**self.training_summary(), "members": members, "val_size": len(held),
-                        **{f"val_{k}": v for k, v in scores.items() if k != "classes"}}
+                        **{f"val_{k}": v for k, v in scores.items() if k != "classes"}, **self._pretrain_metrics}
+
+    def _encoder_options(self) -> dict[str, Any]:
+        cfg = self.config
+        return {"cell": cfg.cell, "embedding_size": cfg.embedding_size, "hidden_size": cfg.hidden_size,
+                "num_layers": cfg.num_layers, "tokenizer": cfg.tokenizer, "bidirectional": cfg.bidirectional}
+
+    def _pretrain(self, lm: Any, texts: list[str], val_texts: list[str]) -> Optional[nn.Module]:
+        """The language model whose encoder seeds the classifier: ``lm``'s, fine-tuned on ``texts``
+        for ``pretrain_minutes`` if set (a fresh one if there is no ``lm``); ``None`` for neither."""
+        cfg = self.config
+        if cfg.pretrain_minutes is None:
+            return None if lm is None else lm.model
+        model = (copy.deepcopy(lm.model) if lm is not None  # the user's language model stays as it was
+                 else language_model_for(self._encoder_options(), self.tokenizer.vocab_size))
+        torch.manual_seed(cfg.seed)
+        config = cfg.train_config(minutes=cfg.pretrain_minutes, lr=cfg.pretrain_lr, max_steps=None, epochs=1000,
+                                  decay_over_budget=True, schedule="slanted")
+        result = train_language_model(model, texts, val_texts, self.tokenizer, config)
+        self._pretrain_metrics["pretrain"] = {"steps": result.steps, "epochs_completed": result.epochs_completed,
+                                              "stopped": result.stopped, "val_loss": result.best_val_loss,
+                                              "texts": len(texts), "seconds": result.elapsed_s}
+        return model
 
     def build_model(self) -> ClassifierEnsemble:
         return classifier_model(self.config, self.tokenizer.vocab_size, len(self.classes))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..data.tokenizers import KINDS, SPECIALS, Tokenizer, build_tokenizer, tokenizer_from_dict, tokenizer_options
 from ..errors import DataError, RnnkitError
@@ -22,6 +22,7 @@ from ..precision import autocast, check_precision
 from ..topologies import ManyToMany
 from ..training import TrainConfig, evaluate
 from .base import StreamSlot, Task, TaskConfig
+from .language import next_token_loss, streams, with_state_resets
 
 MODEL_TYPE = "text_generator"
 
@@ -67,38 +68,6 @@ def language_model(config: TextGeneratorConfig, vocab_size: int) -> ManyToMany:
     return ManyToMany(config.embedding_size or config.hidden_size, vocab_size, config.hidden_size, cell=config.cell,
                       num_layers=config.num_layers, dropout=config.dropout, vocab_size=vocab_size,
                       tie_weights=config.tie_weights)
-
-
-def streams(ids: Tensor, rows: int) -> tuple[Tensor, Tensor]:
-    """A token sequence ``(N,)`` as ``rows`` contiguous streams: inputs and next-token targets ``(rows, L)``."""
-    length = (ids.numel() - 1) // rows
-    if length < 1:
-        raise DataError(f"{ids.numel()} tokens are too few for {rows} stream(s); give more text")
-    x = ids[: rows * length].view(rows, length)  # (B, L): row b is the corpus from b*L on
-    y = ids[1: rows * length + 1].view(rows, length)
-    return x, y
-
-
-def next_token_loss(model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, Any]:
-    """Mean cross-entropy of the next token, the state carried in and out (the trainer's ``loss_fn``)."""
-    x, y = batch
-    logits, state = model(x, state)  # (B, T, V)
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)), state
-
-
-def with_state_resets(reset_prob: float) -> Callable[..., tuple[Tensor, Any]]:
-    """``next_token_loss`` where, in training, each stream's incoming state is zeroed with ``reset_prob``.
-
-    A model that only ever continues warm states can fall into gibberish when generation
-    starts it from zero; occasional resets teach it to start, at a small cost in bits per character.
-    """
-    def loss_fn(model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, Any]:
-        if state is not None and model.training and reset_prob > 0:
-            keep = (torch.rand(batch[0].size(0), device=batch[0].device) >= reset_prob).float()[None, :, None]
-            state = tuple(s * keep for s in state) if isinstance(state, tuple) else state * keep  # (L, B, H)
-        return next_token_loss(model, batch, state)
-
-    return loss_fn
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] = None,

@@ -9,7 +9,7 @@
 """
 
 from .config import CLOCKS, RunState, TrainConfig, TrainResult, check_clock
-from .loop import Data, LossFn, budget_shares, evaluate, fit, lr_at
+from .loop import Data, LossFn, budget_shares, evaluate, fit, layer_groups_at, lr_at
 
 __all__ = ["CLOCKS", "Data", "LossFn", "RunState", "TrainConfig", "TrainResult", "budget_shares", "check_clock",
-           "evaluate", "fit", "lr_at"]
+           "evaluate", "fit", "layer_groups_at", "lr_at"]

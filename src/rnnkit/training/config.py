@@ -25,6 +25,8 @@ def check_clock(clock: Any, owner: str) -> None:
         raise RnnkitError(f"{owner}.clock must be 'wall' or 'cpu', got {clock!r}")
 
 
+#: the learning-rate schedules after the warmup (``loop.lr_at``)
+SCHEDULES = ("cosine", "constant", "slanted")
 
 
 def _is_int(value: Any, minimum: int) -> bool:
@@ -51,9 +53,14 @@ class TrainConfig(JsonConfig):
     lr: float = 3e-3                        # AdamW's sweet spot for small recurrent nets
     weight_decay: float = 0.01              # AdamW's decoupled decay: mild regularisation
     clip_norm: Optional[float] = 1.0        # recurrent gradients explode; clipping their norm tames them
-    schedule: str = "cosine"                # "cosine" (down to 10% of lr) or "constant", after the warmup
+    schedule: str = "cosine"                # "cosine" (down to 10% of lr) or "constant", after the warmup;
+    #                                         "slanted": ULMFiT's triangle, up for 10 % of the run, then down to lr/32
     warmup_steps: int = 0                   # linear warmup; small recurrent nets rarely need it
     decay_over_budget: bool = False         # cosine follows the clock (needs minutes): a time-boxed run ends decayed
+    layer_lr_decay: float = 1.0             # with fit's layer_groups: a group k below the top trains at lr / decay**k
+    #                                         (ULMFiT's discriminative rates: 2.6); 1 = one rate for all
+    unfreeze_every: Optional[int] = None    # with layer_groups: epochs between unfreezing one more group, from the
+    #                                         top (ULMFiT's gradual unfreezing: 1); None = all train from the start
     tbptt: Optional[int] = None             # truncated BPTT: piece length along time; None = whole sequences
     stateful: bool = False                  # carry state across consecutive unshuffled batches (long corpora)
     eval_every: Optional[int] = None        # steps between validations; None = once per epoch
@@ -70,10 +77,11 @@ class TrainConfig(JsonConfig):
             self._check(name, _is_int(getattr(self, name), 1), "an integer >= 1")
         for name in ("warmup_steps", "seed"):
             self._check(name, _is_int(getattr(self, name), 0), "an integer >= 0")
-        for name in ("max_steps", "tbptt", "eval_every", "patience", "checkpoint_every"):
+        for name in ("max_steps", "tbptt", "eval_every", "patience", "checkpoint_every", "unfreeze_every"):
             value = getattr(self, name)
             self._check(name, value is None or _is_int(value, 1), "None or an integer >= 1")
         for name, allow_none, allow_zero in (("lr", False, False), ("weight_decay", False, True),
+                                             ("layer_lr_decay", False, False),
                                              ("clip_norm", True, False), ("minutes", True, False)):
             value = getattr(self, name)
             if allow_none and value is None:
@@ -82,7 +90,7 @@ class TrainConfig(JsonConfig):
             expected = ("None or " if allow_none else "") + f"a number {'>=' if allow_zero else '>'} 0"
             self._check(name, number and (value >= 0 if allow_zero else value > 0), expected)
             object.__setattr__(self, name, float(value))  # lr=1 and lr=1.0 are the same config
-        self._check("schedule", self.schedule in ("cosine", "constant"), "'cosine' or 'constant'")
+        self._check("schedule", self.schedule in SCHEDULES, "'cosine', 'constant' or 'slanted'")
         self._check("precision", self.precision in PRECISIONS, "'fp32' or 'bf16'")
         check_clock(self.clock, "TrainConfig")
         if self.decay_over_budget and self.minutes is None:

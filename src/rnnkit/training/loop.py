@@ -43,15 +43,22 @@ LossFn = Callable[[nn.Module, tuple[Tensor, ...], Any], tuple[Tensor, Any]]
 Data = Union[Tensor, Sequence[Tensor]]
 
 
+#: the slanted triangular schedule's shape (Howard & Ruder 2018): the share of the run spent
+#: rising, and how far below ``lr`` it starts and ends
+SLANT_RISE, SLANT_RATIO = 0.1, 32.0
+
+
 def lr_at(step: int, config: TrainConfig, total_steps: int, elapsed_s: Optional[float] = None) -> float:
     """The learning rate of optimizer step ``step`` (0-based) in a run planned for ``total_steps``.
 
     Linear warmup from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps``; then
-    ``lr`` (``schedule="constant"``) or a half cosine from ``lr`` at the end of the warmup
-    down to ``0.1 * lr`` at ``total_steps``, flat after it (``"cosine"``). With
-    ``decay_over_budget`` the cosine's progress is the larger of that and ``elapsed_s`` over the
-    ``minutes`` budget: a run ends at the bottom of the schedule whether its steps or its clock
-    run out first, whatever the machine's speed.
+    ``lr`` (``schedule="constant"``), a half cosine from ``lr`` at the end of the warmup
+    down to ``0.1 * lr`` at ``total_steps``, flat after it (``"cosine"``), or ULMFiT's slanted
+    triangle (``"slanted"``): a linear rise from ``lr / 32`` to ``lr`` over the first 10 % of the
+    run, a linear fall back to ``lr / 32`` over the rest; a short steep rise finds a good region
+    fast, the long fall settles in it. With ``decay_over_budget`` the progress through the run is
+    the larger of the steps' and ``elapsed_s`` over the ``minutes`` budget: a run ends at the
+    bottom of the schedule whether its steps or its clock run out first, whatever the machine's speed.
     """
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -60,7 +67,22 @@ def lr_at(step: int, config: TrainConfig, total_steps: int, elapsed_s: Optional[
     progress = min((step - config.warmup_steps) / max(total_steps - config.warmup_steps, 1), 1.0)
     if config.decay_over_budget and elapsed_s is not None:
         progress = max(progress, min(elapsed_s / (60 * config.minutes), 1.0))
+    if config.schedule == "slanted":
+        height = progress / SLANT_RISE if progress < SLANT_RISE else 1 - (progress - SLANT_RISE) / (1 - SLANT_RISE)
+        return config.lr * (1 + height * (SLANT_RATIO - 1)) / SLANT_RATIO
     return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def layer_groups_at(epoch: int, groups: int, config: TrainConfig) -> int:
+    """How many of ``groups`` layer groups train in ``epoch`` (0-based), counted from the top.
+
+    Gradual unfreezing (ULMFiT): with ``unfreeze_every = n`` the top group trains from the
+    start and each group below it joins ``n`` epochs after the one above, so a pretrained
+    lower layer is not overwritten by the large gradients of a freshly initialised head.
+    """
+    if config.unfreeze_every is None:
+        return groups
+    return min(groups, 1 + epoch // config.unfreeze_every)
 
 
 @torch.no_grad()
@@ -117,6 +139,7 @@ def fit(
     resume: bool = False,
     callbacks: Sequence[Callable[[dict], None]] = (),
     lengths: Optional[Tensor] = None,
+    layer_groups: Optional[Sequence[Sequence[nn.Parameter]]] = None,
 ) -> TrainResult:
     """Train ``model`` in place with AdamW, minimising ``loss_fn`` over ``train`` (see the module doc).
 
@@ -130,6 +153,9 @@ def fit(
     batch trimmed to its longest sample wastes little time on padding (see ``epoch_order``).
     With ``precision="bf16"`` each ``loss_fn`` call (training and validation) runs under
     bfloat16 autocast; the weights, gradients and optimiser stay float32 (``precision.py``).
+    ``layer_groups`` (the model's parameters from the bottom layer to the top; any not listed
+    join the top group) get ULMFiT's fine-tuning: discriminative rates (``layer_lr_decay``) and
+    gradual unfreezing (``unfreeze_every``, :func:`layer_groups_at`).
     """
     if not isinstance(config, TrainConfig):
         raise RnnkitError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -144,7 +170,9 @@ def fit(
     if device.type == "cpu":
         keep_freed_memory()  # each step's activations reused, not page-faulted in again (allocator.py)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    groups = _param_groups(model, layer_groups, config)
+    unfreezing = config.unfreeze_every is not None and len(groups) > 1
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     batches = n // config.batch_size if config.stateful else math.ceil(n / config.batch_size)
     pieces = len(split_time(tuple(t[:1] for t in train), config.tbptt))
     total = min(batches * pieces * config.epochs, config.max_steps or math.inf)
@@ -173,8 +201,7 @@ def fit(
             if piece == 0 and (batch == 0 or not config.stateful):
                 run.carry = None  # a new sequence starts from the model's zero state
             lr = lr_at(run.step, config, total, elapsed())
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            _set_groups(optimizer.param_groups, lr, layer_groups_at(epoch, len(groups), config) if unfreezing else None)
             with autocast(config.precision, device):  # the forward pass and the loss; backward outside it
                 loss, state = loss_fn(model, tensors, run.carry)
             optimizer.zero_grad(set_to_none=True)
@@ -201,6 +228,8 @@ def fit(
             save_checkpoint(directory, model, optimizer, run, config, elapsed(), n)
         if run.loss_count:
             log()  # the steps since the last row
+    if unfreezing:
+        _set_groups(optimizer.param_groups, lr, len(groups))  # every parameter trainable again
     if run.best_weights is not None:
         model.load_state_dict(run.best_weights)
     if directory:
@@ -211,6 +240,40 @@ def fit(
 
 
 # ------------------------------------------------------------------------ the loop's parts
+
+
+def _param_groups(model: nn.Module, layer_groups: Optional[Sequence[Sequence[nn.Parameter]]],
+                  config: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups, bottom to top, each with its ``lr_scale``.
+
+    Without ``layer_groups`` the whole model is one group. A parameter listed twice (tied
+    weights) stays in its first group; one not listed joins the top group (the head).
+    """
+    params = list(model.parameters())
+    if not layer_groups:
+        return [{"params": params, "lr_scale": 1.0}]
+    seen: set[int] = set()
+    lists: list[list[nn.Parameter]] = []
+    for group in layer_groups:
+        lists.append([p for p in group if id(p) not in seen and not seen.add(id(p))])
+    lists[-1] += [p for p in params if id(p) not in seen]
+    if any(not group for group in lists):
+        raise RnnkitError(f"layer_groups has an empty group ({[len(g) for g in lists]} parameters per group); "
+                          "give each group at least one parameter")
+    top = len(lists) - 1
+    return [{"params": group, "lr_scale": config.layer_lr_decay ** -(top - k)} for k, group in enumerate(lists)]
+
+
+def _set_groups(param_groups: list[dict[str, Any]], lr: float, training: Optional[int]) -> None:
+    """Each group's rate (``lr`` times its scale); with ``training``, only the top ``training``
+    groups get gradients (the others are frozen: no backward through them, no update)."""
+    first = len(param_groups) - (training or 0)
+    for k, group in enumerate(param_groups):
+        group["lr"] = lr * group["lr_scale"]
+        if training is None:
+            continue
+        for p in group["params"]:
+            p.requires_grad_(k >= first)
 
 
 def _detach(state: Any) -> Any:
@@ -276,4 +339,4 @@ def _as_data(data: Data, name: str, config: TrainConfig) -> tuple[Tensor, ...]:
     return tuple(data)
 
 
-__all__ = ["Data", "LossFn", "budget_shares", "evaluate", "fit", "lr_at"]
+__all__ = ["Data", "LossFn", "budget_shares", "evaluate", "fit", "layer_groups_at", "lr_at"]
