@@ -14,6 +14,7 @@ from rnnkit.cli import app
 from rnnkit.data import music as data
 from rnnkit.errors import DataError, RnnkitError
 from rnnkit.tasks.music import MusicGenerator, degenerate, random_transpose
+from threads import one_thread
 
 runner = CliRunner()
 Q = data.TICKS  # ticks per quarter note
@@ -122,12 +123,8 @@ def cycle_model() -> MusicGenerator:
     pieces = [cycle_piece(f"p{k}.mid", start=k % 4) for k in range(8)]
     gen = MusicGenerator(steps_per_quarter=1, hidden_size=48, nade_size=24, transpose_range=0, dropout=0.0,
                          seq_len=32, batch_size=8, lr=1e-2, max_steps=250, minutes=None, progress=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a module fixture runs before conftest's one-thread fixture
-    try:
+    with one_thread():
         return gen.fit(pieces, [])  # no validation: every step is an epoch here
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_model_learns_the_chord_cycle(cycle_model):

@@ -15,6 +15,7 @@ from rnnkit.data import music as data
 from rnnkit.errors import DataError, RnnkitError
 from rnnkit.tasks.music import MusicGenerator
 from rnnkit.tasks.music_events import STEP, allowed, decode_events, token_count
+from threads import one_thread
 
 runner = CliRunner()
 
@@ -66,12 +67,8 @@ def event_model() -> MusicGenerator:
     pieces = [cycle_piece(f"p{k}.mid", start=k % 4) for k in range(8)]
     gen = MusicGenerator(encoding="events", steps_per_quarter=1, hidden_size=48, transpose_range=0, dropout=0.0,
                          seq_len=8, batch_size=16, lr=2e-2, max_steps=120, minutes=None, progress=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a module fixture runs before conftest's one-thread fixture
-    try:
+    with one_thread():
         return gen.fit(pieces, [])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_event_model_learns_the_chord_cycle(event_model):
