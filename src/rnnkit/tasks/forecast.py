@@ -8,11 +8,10 @@ evaluation and baselines live in :mod:`rnnkit.tasks.forecast_eval`, and the JSON
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Optional, Sequence
-
-import logging
 
 import numpy as np
 import pandas as pd
