@@ -15,7 +15,7 @@ from ..data import music as data
 from ..errors import DataError
 from ..tasks.music import MODEL_TYPE, MusicConfig, MusicGenerator
 from . import create_app
-from .options import TrainingOptions, training_options
+from .options import BundleOut, TrainingOptions, training_options
 
 app = create_app("Learn music from Bach's chorales or your own MIDI/MusicXML files, and write new pieces.")
 console = Console(stderr=True)
@@ -56,7 +56,7 @@ def dataset(
 @training_options(minutes=5.0)
 def train(
     source: Annotated[str, typer.Argument(help="`bach`, or a folder of MIDI/MusicXML files.", show_default=False)],
-    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    out: BundleOut,
     training: TrainingOptions,
     hidden_size: Annotated[int, typer.Option(help="LSTM hidden units.")] = 256,
     steps_per_quarter: Annotated[int, typer.Option(help="Frames per quarter note: 2 = eighths, 4 = sixteenths.")] = 2,

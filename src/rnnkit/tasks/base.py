@@ -11,7 +11,7 @@ A task is a thin estimator over a torch module. It implements five things:
   the class's ``request_schema`` and ``response_schema`` (:mod:`rnnkit.tasks.schema`);
 - optionally ``stream_json(request)``: the same request answered piece by piece (generation);
   and, to let a server step many such streams together as one batch, ``open_stream(request)``
-  and ``step_streams(slots)`` (see :class:`StreamSlot`), with ``batches_streams = True``.
+  and ``step_streams(slots)`` (see :class:`StreamSlot`), which sets ``batches_streams``.
 
 and declares ``name`` (the CLI's and the server's word for it), ``model_type`` (the bundle's)
 and ``config_class`` (a :class:`TaskConfig`). In return it gets ``fit(..., checkpoint_dir,
@@ -96,11 +96,14 @@ class Task:
     config_class: ClassVar[type[TaskConfig]]
     request_schema: ClassVar[Schema] = {"type": "object"}
     response_schema: ClassVar[Schema] = {"type": "object"}
-    streams: ClassVar[bool] = False          # True when stream_json answers piece by piece
-    batches_streams: ClassVar[bool] = False  # True when open_stream/step_streams are implemented
+    streams: ClassVar[bool] = False          # set for the class: it implements stream_json
+    batches_streams: ClassVar[bool] = False  # set for the class: it implements open_stream and step_streams
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        # What a task can do follows from what it implements, so a declaration cannot contradict it.
+        cls.streams = cls.stream_json is not Task.stream_json
+        cls.batches_streams = cls.open_stream is not Task.open_stream and cls.step_streams is not Task.step_streams
         if "model_type" in cls.__dict__:  # a concrete task: rnnkit.load finds it by its model_type
             register(cls.model_type)(cls.from_bundle)
             TASKS[cls.model_type] = cls
@@ -137,7 +140,7 @@ class Task:
         raise NotImplementedError
 
     def stream_json(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Answer ``request`` piece by piece (generating tasks set ``streams = True``)."""
+        """Answer ``request`` piece by piece (a generating task implements it, which sets ``streams``)."""
         raise RnnkitError(f"the {self.name} task does not stream; use predict")
 
     def open_stream(self, request: dict[str, Any]) -> "StreamSlot":

@@ -106,7 +106,7 @@ class Forecaster(Task):
         if not self.held_out:
             log.warning("no series has the %d points (one season + horizon + %d) needed to hold out windows: "
                         "trained for max_steps without early stopping, intervals not calibrated",
-                        self.min_points + span, span)
+                        self.holdout_points, span)
         self.num_features = windows[0][1].size(2), windows[0][2].size(2)
         self.model = self.build_model()
         self.train_results = []
@@ -136,6 +136,11 @@ class Forecaster(Task):
     def min_points(self) -> int:
         """The shortest series the model trains on and forecasts; shorter ones get seasonal naive."""
         return self.min_input + self.config.horizon
+
+    @property
+    def holdout_points(self) -> int:
+        """The shortest series that holds out windows for early stopping and calibration."""
+        return self.min_points + holdout_span(self.config.horizon)
 
     def _fit_scaler(self, series: dict[str, np.ndarray]) -> SeriesScaler:
         """Per-series scaling: standardised, or for ``model="esrnn"`` positive with mean 1."""

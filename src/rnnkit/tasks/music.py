@@ -33,6 +33,7 @@ from ..layers import Recurrent
 from .base import Task, TaskConfig
 from .music_events import EventModel, encode_events, event_loss
 from .music_stream import Composition, Frame, check_sampling, open_composition, primer_roll, step
+from .schema import sampling_properties
 
 MODEL_TYPE = "music_generator"
 ENCODINGS = ("frames", "events")
@@ -174,16 +175,12 @@ class MusicGenerator(Task):
     name = "music"
     model_type = MODEL_TYPE
     config_class = MusicConfig
-    streams = True
-    batches_streams = True
     request_schema = {"type": "object", "additionalProperties": False, "properties": {
         "primer": {"type": ["array", "null"], "items": {"type": "array", "items": {"type": "integer"}},
                    "description": "frames to continue, each a list of MIDI pitches; null starts from silence"},
         "bars": {"type": "integer", "minimum": 1, "description": "bars to generate (default 8)"},
-        "temperature": {"type": "number", "minimum": 0, "description": "0 = most likely notes (default 1)"},
-        "top_p": {"type": "number", "minimum": 0, "maximum": 1, "description": "nucleus sampling (default 1: off)"},
         "key": {"type": ["string", "null"], "description": "e.g. \"D major\": the piece moved there (not streamed)"},
-        "seed": {"type": ["integer", "null"], "description": "the same seed gives the same piece"}}}
+        **sampling_properties(1.0, "most likely notes", "piece")}}
     response_schema = {"type": "object", "properties": {
         "frames": {"type": "array", "description": "primer + generated frames, each a list of MIDI pitches"},
         "notes": {"type": "array", "description": "{pitch, start, duration}, times in quarter notes"},
@@ -423,7 +420,8 @@ class MusicGenerator(Task):
 
 
 def _sampling(request: dict[str, Any]) -> dict[str, Any]:
-    return {"temperature": request.get("temperature", 1.0), "top_p": request.get("top_p", 1.0),
+    top_p = request.get("top_p")  # null, like leaving it out, is off
+    return {"temperature": request.get("temperature", 1.0), "top_p": 1.0 if top_p is None else top_p,
             "seed": request.get("seed")}
 
 

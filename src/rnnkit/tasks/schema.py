@@ -66,6 +66,16 @@ def loads_request(text: Union[str, bytes]) -> Any:
                         "send one JSON object shaped as the task's request schema says") from None
 
 
+def sampling_properties(temperature: float, greedy: str, output: str) -> Schema:
+    """The sampling options every generating task takes: ``temperature`` (its default given, and
+    what 0 means, ``greedy``), nucleus ``top_p`` and ``seed``, described once for every schema."""
+    return {
+        "temperature": {"type": "number", "minimum": 0, "description": f"0 = {greedy} (default {temperature:g})"},
+        "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                  "description": "nucleus sampling: draw among the likeliest outcomes up to this mass (default off)"},
+        "seed": {"type": ["integer", "null"], "description": f"the same seed gives the same {output}"}}
+
+
 def _check_object(value: dict, schema: Schema, where: str) -> None:
     properties = schema.get("properties", {})
     missing = [key for key in schema.get("required", ()) if key not in value]

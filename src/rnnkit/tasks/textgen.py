@@ -23,6 +23,7 @@ from ..topologies import ManyToMany
 from ..training import TrainConfig, evaluate
 from .base import StreamSlot, Task, TaskConfig
 from .language import next_token_loss, streams, with_state_resets
+from .schema import sampling_properties
 
 MODEL_TYPE = "text_generator"
 
@@ -192,15 +193,11 @@ class TextGenerator(Task):
     name = "textgen"
     model_type = MODEL_TYPE
     config_class = TextGeneratorConfig
-    streams = True
-    batches_streams = True
     request_schema = {"type": "object", "additionalProperties": False, "properties": {
         "prime": {"type": "string", "description": "text to continue; empty starts after a newline"},
         "max_tokens": {"type": "integer", "minimum": 0, "description": "tokens to generate (default 200)"},
-        "temperature": {"type": "number", "minimum": 0, "description": "0 = greedy (default 0.8)"},
-        "top_k": {"type": ["integer", "null"], "minimum": 1},
-        "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-        "seed": {"type": ["integer", "null"], "description": "the same seed gives the same text"},
+        "top_k": {"type": ["integer", "null"], "minimum": 1, "description": "draw among the k likeliest tokens"},
+        **sampling_properties(0.8, "greedy", "text"),
         "stop": {"type": "array", "items": {"type": "string"},
                  "description": "end where the text first contains one of these (left out)"}}}
     response_schema = {"type": "object", "properties": {"text": {"type": "string", "description": "prime + sample"}}}
