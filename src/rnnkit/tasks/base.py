@@ -37,6 +37,7 @@ from ..bundle import Bundle, load_weights, read_bundle, register, save_bundle
 from ..config import JsonConfig
 from ..errors import BundleError, RnnkitError
 from ..training import TrainConfig, TrainResult, budget_shares, fit
+from ..training.distributed import is_main
 from .schema import Schema, check
 
 T = TypeVar("T", bound="Task")
@@ -206,8 +207,12 @@ class Task:
         return summary
 
     def save(self, path: PathLike) -> Path:
-        """Write a bundle directory: config, weights, preprocessing state and metrics (with history)."""
+        """Write a bundle directory: config, weights, preprocessing state and metrics (with history).
+
+        Under ``torchrun`` only rank 0 writes it (every worker holds the same weights)."""
         self.require_fitted()
+        if not is_main():
+            return Path(path)
         history = [r.history for r in self.train_results]
         return save_bundle(path, model_type=self.model_type, config=self.config.to_dict(), model=self.model,
                            preprocessing=self.preprocessing(), metrics={**self.metrics, "history": history})
