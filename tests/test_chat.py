@@ -103,3 +103,10 @@ def test_the_commands_train_say_and_talk(tmp_path: Path) -> None:
     assert talked.exit_code == 0 and len(talked.output.splitlines()) == 2, talked.output
     refused = runner.invoke(app, ["chat", "say", str(tmp_path / "bot"), " "])
     assert refused.exit_code != 0 and "empty" in refused.output
+
+
+def test_conversations_that_open_alike_stay_in_one_split() -> None:
+    conversations = [[f"Question {i}?", "answer"] for i in range(40)] + [["question 7", "another answer"]]
+    parts = split_conversations(conversations, seed=1)
+    holding = [n for n, part in enumerate(parts) if any(turns[0].lower().startswith("question 7") for turns in part)]
+    assert len(holding) == 1 and sum(map(len, parts)) == len(conversations)

@@ -10,6 +10,7 @@ A conversation file is plain UTF-8 text, one turn per line, a blank line between
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -73,10 +74,16 @@ def dialog_pairs(conversations: Sequence[Conversation], context_turns: int) -> l
 
 def split_conversations(conversations: Sequence[Conversation], seed: int = 0, held_out: float = 0.1
                         ) -> tuple[list[Conversation], list[Conversation], list[Conversation]]:
-    """Whole conversations, shuffled by ``seed``, into train, validation and test (``held_out`` each)."""
-    order = torch.randperm(len(conversations), generator=torch.Generator().manual_seed(seed)).tolist()
-    cut = max(1, int(len(conversations) * held_out))
-    pick = lambda part: [conversations[i] for i in part]  # noqa: E731
+    """Conversations into train, validation and test (``held_out`` of the openings each), shuffled by
+    ``seed``. Conversations that open alike (case and punctuation aside) stay in one part: the corpus
+    repeats questions across its topics, and a test question seen in training would measure recall."""
+    groups: dict[str, list[Conversation]] = {}
+    for turns in conversations:
+        groups.setdefault(re.sub(r"[^a-z0-9 ]", "", turns[0].lower()).strip(), []).append(turns)
+    keys = list(groups)
+    order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = max(1, int(len(keys) * held_out))
+    pick = lambda part: [turns for i in part for turns in groups[keys[i]]]  # noqa: E731
     return pick(order[2 * cut:]), pick(order[:cut]), pick(order[cut:2 * cut])
 
 
