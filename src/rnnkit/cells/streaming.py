@@ -38,6 +38,18 @@ docstring lists them, :func:`paths.step_path` picks one) and keeps what they cac
   slower than ATen's ``lstm_cell``, so no Python version of it exists.
 - ``aten-lstm-cell``: ATen's fused ``lstm_cell`` per layer (:func:`aten_stack_step`), reading
   the parameters straight from each cell: differentiable, any dtype or device.
+- ``aten-lstm-cell-colmajor`` (and ``aten-gru-cell-colmajor``, ``aten-rnn-cell-colmajor`` for
+  stacks of those cells): where the kernel is not built, one float32 stream without gradients:
+  the same ATen cell per layer (:func:`colmajor_step`), given column-major copies of ``W_ih`` and
+  ``W_hh`` (``W^T`` contiguous, viewed back as ``W``). ATen's cell computes ``x @ W^T``; over
+  that layout MKL's batch-1 product streams the weights faster than over the parameters' own,
+  which is what lets the step without a compiler keep up with a bare loop of ATen's cell.
+
+Without the kernel a step costs a few dozen microseconds, so choosing its path every time (the
+checks and the selector's rules in Python) would be a visible part of it: ``PathCache.steps``
+remembers the path :func:`paths.step_path` chose per :func:`selection_key` (shapes, dtypes,
+device, the kernel's availability; only without gradients or autocast), so from the second step
+on the choice is one dictionary lookup.
 
 Every cached copy is rebuilt when a parameter changes (its object, storage or ``_version``),
 so training between generations, ``load_state_dict`` or ``.to()`` never see stale weights.
@@ -52,9 +64,11 @@ import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 
 from . import paths
+from .kernels import UNSETTLED, looked_up
 from .paths import Path, bf16_gemm
 
 _MAX_PACKED_BATCHES = 4  # a packed copy per batch size in use; streams rarely change batch
+_MAX_REMEMBERED_PATHS = 16  # chosen step paths per layer (shapes and dtypes in use); then start afresh
 _EMPTY = torch.empty(0)
 StepOutput = tuple[Tensor, tuple[Tensor, Tensor]]
 
@@ -75,6 +89,8 @@ class PathCache:
         self.stack = None
         self.stack_cells: Optional[nn.ModuleList] = None
         self.packed: dict[int, dict] = {}
+        self.steps: dict[tuple, Path] = {}
+        self.colmajor: Optional[tuple[list, list, list]] = None  # (key, copies, the weights copied)
 
     def clear(self) -> None:
         self.__init__()
@@ -86,7 +102,30 @@ class PathCache:
         return PathCache, ()
 
     def __repr__(self) -> str:
-        return f"PathCache(stack={'built' if self.stack is not None else None}, packed={sorted(self.packed)})"
+        return (f"PathCache(stack={'built' if self.stack is not None else None}, packed={sorted(self.packed)}, "
+                f"steps={len(self.steps)}, colmajor={'built' if self.colmajor is not None else None})")
+
+    def colmajor_weights(self, cells: nn.ModuleList) -> list[tuple[Tensor, Tensor]]:
+        """``(W_ih, W_hh)`` of every cell, each a column-major copy (``W.t().contiguous().t()``),
+        rebuilt when a weight changes: its object (the entry keeps it alive, so its id is not
+        reused), its storage or its ``_version``."""
+        key = [(id(w), w.data_ptr(), w._version) for cell in cells
+               for w in (cell._parameters["weight_ih"], cell._parameters["weight_hh"])]
+        entry = self.colmajor
+        if entry is None or entry[0] != key:
+            with torch.no_grad():
+                weights = [tuple(w.detach().t().contiguous().t() for w in (cell.weight_ih, cell.weight_hh))
+                           for cell in cells]
+            keep = [w for cell in cells for w in (cell.weight_ih, cell.weight_hh)]
+            entry = self.colmajor = (key, weights, keep)
+        return entry[1]
+
+    def remember(self, key: Optional[tuple], path: Path) -> None:
+        """Keep ``path`` as the step's for ``key`` (:func:`selection_key`; ``None``: not kept)."""
+        if key is not None:
+            if len(self.steps) >= _MAX_REMEMBERED_PATHS:
+                self.steps.clear()
+            self.steps[key] = path
 
     def compiled_stack(self, kernel, cells: nn.ModuleList, bf16: bool):
         """The kernel's ``StreamStack`` for ``cells`` with the weights of the precision in force
@@ -136,6 +175,53 @@ def compiled_step(cache: PathCache, cells: nn.ModuleList, x_t: Tensor, state) ->
     cached yet: then the caller checks its arguments and asks the selector."""
     stack = cache.stack
     return stack.step(x_t, *state) if stack is not None and cache.stack_cells is cells else None
+
+
+def selection_key(cells: nn.ModuleList, x_t: Tensor, state) -> Optional[tuple]:
+    """Everything :meth:`Recurrent.step`'s checks and :func:`paths.step_path` read, as a key of
+    ``PathCache.steps``: the input's and state's shapes and dtypes, the device, the cells, the
+    stream kernel as last looked up (an LSTM's). ``None`` (choose afresh, remember nothing) with gradients on
+    or CPU autocast (the choice would depend on ``requires_grad`` flags and autocast's dtype), for
+    a state that is not a tensor or a pair of tensors, or while the kernel's availability may
+    change (not looked up yet, or being built). A cell's options changed in place are not seen:
+    ``layers.set_backend`` clears the cache."""
+    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or type(x_t) is not Tensor:
+        return None
+    if type(state) is Tensor:  # a GRU or Elman stack: the stream kernel plays no part
+        return (x_t.shape, x_t.dtype, x_t.device, state.shape, state.dtype, *cells._modules.values())
+    if type(state) is tuple and len(state) == 2 and type(state[0]) is Tensor and type(state[1]) is Tensor:
+        kernel = looked_up("stream")
+        if kernel is UNSETTLED:
+            return None
+        h, c = state
+        return (x_t.shape, x_t.dtype, x_t.device, h.shape, h.dtype, c.shape, c.dtype,
+                id(kernel), *cells._modules.values())  # the kernel (or None) is kept alive by the loader
+    return None
+
+
+def colmajor_step(cells: nn.ModuleList, cache: PathCache, x_t: Tensor, parts: tuple[Tensor, ...]):
+    """A stack of LSTM, GRU or Elman cells on ``aten-*-cell-colmajor``: ATen's fused cell per
+    layer over the column-major weight copies in ``cache``, the biases read from each cell.
+    ``parts``: the state's ``(L, B, H)`` tensors; returns ``(y_t, state)`` as ``Recurrent.step``."""
+    weights = cache.colmajor_weights(cells)
+    if len(parts) == 2:
+        hs, cs = [], []
+        for cell, (w_ih, w_hh), h_l, c_l in zip(cells, weights, parts[0].unbind(0), parts[1].unbind(0)):
+            p = cell._parameters
+            x_t, c_l = _VF.lstm_cell(x_t, (h_l, c_l), w_ih, w_hh, p["bias_ih"], p["bias_hh"])
+            hs.append(x_t)
+            cs.append(c_l)
+        return x_t, (torch.stack(hs), torch.stack(cs))
+    hs = []
+    for cell, (w_ih, w_hh), h_l in zip(cells, weights, parts[0].unbind(0)):
+        p = cell._parameters
+        x_t = _CELL_OPS[cell.kind if cell.kind == "gru" else cell.nonlinearity](
+            x_t, h_l, w_ih, w_hh, p["bias_ih"], p["bias_hh"])
+        hs.append(x_t)
+    return x_t, torch.stack(hs)
+
+
+_CELL_OPS = {"gru": _VF.gru_cell, "tanh": _VF.rnn_tanh_cell, "relu": _VF.rnn_relu_cell}
 
 
 def stack_step(path: Path, cells: nn.ModuleList, cache: PathCache, x_t: Tensor, h: Tensor, c: Tensor) -> StepOutput:
