@@ -351,3 +351,41 @@ def test_one_stream_without_the_kernel_steps_on_column_major_copies(monkeypatch,
     short = (state[0][:2], state[1][:2]) if cell == "lstm" else state[:2]
     with torch.no_grad(), pytest.raises(RnnkitError, match="expected state"):
         layer.step(torch.randn(1, 7), short)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_state_or_output_changed_in_place_between_steps_is_not_carried_over(monkeypatch, cell):
+    """One stream without the kernel reads the next step's per-layer state from what the step
+    before stacked, while the state handed back is the one it returned, untouched: a state
+    changed in place, or an output changed in place (the last layer's state stacked from it), must
+    be read as it now is."""
+    monkeypatch.setenv("RNNKIT_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_loaded", {})
+    torch.manual_seed(7)
+    layer = Recurrent(4, 6, cell=cell, num_layers=2).eval()
+    reference = layer.to_torch().eval()
+    x = torch.randn(1, 4, 4)
+
+    def check(state, t, what):
+        with torch.no_grad():
+            got, got_state = layer.step(x[:, t], state)
+            want, want_state = reference(x[:, t:t + 1], state)
+        _close(got, want[:, 0], f"{cell}: {what}")
+        return got, got_state
+
+    with torch.no_grad():
+        y, state = layer.step(x[:, 0], layer.initial_state(1, x))
+    y, state = check(state, 1, "the state carried over")
+    with torch.no_grad():
+        (state[0] if cell == "lstm" else state).add_(1.0)
+    y, state = check(state, 2, "a state changed in place")
+    with torch.no_grad():
+        y.mul_(3.0)
+    check(state, 3, "an output changed in place")
+    assert layer.path_cache.carried is not None
+    with torch.inference_mode():  # inference tensors have no _version: nothing is carried over
+        y, state = layer.step(x[:, 0], layer.initial_state(1, x))
+        y2, _ = layer.step(x[:, 1], state)
+    assert layer.path_cache.carried is None
+    _close(y2, check(state.clone() if cell == "gru" else tuple(s.clone() for s in state), 1, "inference mode")[0],
+           f"{cell}: inference mode")

@@ -54,7 +54,10 @@ cached compiled stacks.
 Once ``compiled-*-step`` has run, ``Recurrent.step`` first calls the compiled stack it cached
 (``streaming.compiled_step``), which re-checks this module's conditions for it in C++ and
 declines whatever they rule out; only then is :func:`step_path` asked again. That keeps the
-streaming hot path to one call.
+streaming hot path to one call. Without gradients or autocast, what :func:`step_path` chose is
+remembered in the layer's ``PathCache.steps`` per input and state shape, dtype, device, cells and
+the stream kernel's availability (``streaming.selection_key``): the next step with the same ones
+skips the argument checks and these rules, a dictionary lookup (``set_backend`` forgets it).
 
 The thresholds between the compiled step's variants are constants below;
 ``benchmarks/streaming.py`` measures the step they lead to.

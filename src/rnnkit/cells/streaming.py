@@ -90,7 +90,8 @@ class PathCache:
         self.stack_cells: Optional[nn.ModuleList] = None
         self.packed: dict[int, dict] = {}
         self.steps: dict[tuple, Path] = {}
-        self.colmajor: Optional[tuple[list, list, list]] = None  # (key, copies, the weights copied)
+        self.colmajor: Optional[tuple[list, list]] = None  # (what was copied, the copies)
+        self.carried: Optional[tuple] = None  # what colmajor_step last stacked into the state it returned
 
     def clear(self) -> None:
         self.__init__()
@@ -107,17 +108,15 @@ class PathCache:
 
     def colmajor_weights(self, cells: nn.ModuleList) -> list[tuple[Tensor, Tensor]]:
         """``(W_ih, W_hh)`` of every cell, each a column-major copy (``W.t().contiguous().t()``),
-        rebuilt when a weight changes: its object (the entry keeps it alive, so its id is not
-        reused), its storage or its ``_version``."""
-        key = [(id(w), w.data_ptr(), w._version) for cell in cells
-               for w in (cell._parameters["weight_ih"], cell._parameters["weight_hh"])]
+        rebuilt when a weight changes: its object, its storage or its ``_version``."""
         entry = self.colmajor
-        if entry is None or entry[0] != key:
+        if entry is None or not _unchanged(cells, entry[0]):
+            seen = [(w_ih, w_ih.data_ptr(), w_ih._version, w_hh, w_hh.data_ptr(), w_hh._version)
+                    for w_ih, w_hh in ((cell._parameters["weight_ih"], cell._parameters["weight_hh"]) for cell in cells)]
             with torch.no_grad():
-                weights = [tuple(w.detach().t().contiguous().t() for w in (cell.weight_ih, cell.weight_hh))
-                           for cell in cells]
-            keep = [w for cell in cells for w in (cell.weight_ih, cell.weight_hh)]
-            entry = self.colmajor = (key, weights, keep)
+                copies = [(w_ih.detach().t().contiguous().t(), w_hh.detach().t().contiguous().t())
+                          for w_ih, _, _, w_hh, _, _ in seen]
+            entry = self.colmajor = (seen, copies)
         return entry[1]
 
     def remember(self, key: Optional[tuple], path: Path) -> None:
@@ -202,26 +201,72 @@ def selection_key(cells: nn.ModuleList, x_t: Tensor, state) -> Optional[tuple]:
 def colmajor_step(cells: nn.ModuleList, cache: PathCache, x_t: Tensor, parts: tuple[Tensor, ...]):
     """A stack of LSTM, GRU or Elman cells on ``aten-*-cell-colmajor``: ATen's fused cell per
     layer over the column-major weight copies in ``cache``, the biases read from each cell.
-    ``parts``: the state's ``(L, B, H)`` tensors; returns ``(y_t, state)`` as ``Recurrent.step``."""
+    ``parts``: the state's ``(L, B, H)`` tensors; returns ``(y_t, state)`` as ``Recurrent.step``.
+
+    A stream hands back the state the previous step returned: then each layer's state is read
+    from the per-layer tensors that step stacked into it (``PathCache.carried``), not split
+    again, as long as neither the state nor the output was changed in place since."""
     weights = cache.colmajor_weights(cells)
+    layers = _carried(cache, parts)
     if len(parts) == 2:
         hs, cs = [], []
-        for cell, (w_ih, w_hh), h_l, c_l in zip(cells, weights, parts[0].unbind(0), parts[1].unbind(0)):
+        for cell, (w_ih, w_hh), h_l, c_l in zip(cells, weights, *(layers or (parts[0].unbind(0), parts[1].unbind(0)))):
             p = cell._parameters
             x_t, c_l = _VF.lstm_cell(x_t, (h_l, c_l), w_ih, w_hh, p["bias_ih"], p["bias_hh"])
             hs.append(x_t)
             cs.append(c_l)
-        return x_t, (torch.stack(hs), torch.stack(cs))
+        state = (torch.stack(hs), torch.stack(cs))
+        _carry(cache, state, x_t, (hs, cs))
+        return x_t, state
     hs = []
-    for cell, (w_ih, w_hh), h_l in zip(cells, weights, parts[0].unbind(0)):
+    for cell, (w_ih, w_hh), h_l in zip(cells, weights, layers[0] if layers else parts[0].unbind(0)):
         p = cell._parameters
         x_t = _CELL_OPS[cell.kind if cell.kind == "gru" else cell.nonlinearity](
             x_t, h_l, w_ih, w_hh, p["bias_ih"], p["bias_hh"])
         hs.append(x_t)
-    return x_t, torch.stack(hs)
+    state = torch.stack(hs)
+    _carry(cache, (state,), x_t, (hs,))
+    return x_t, state
+
+
+def _carried(cache: PathCache, parts: tuple[Tensor, ...]) -> Optional[tuple[list, ...]]:
+    """The per-layer tensors the previous step stacked into ``parts``, if ``parts`` are exactly
+    what it returned and neither they nor its output have changed (``_version``) since."""
+    carried = cache.carried
+    if carried is None:
+        return None
+    stacks, versions, y, y_version, layers = carried
+    if len(parts) != len(stacks) or y._version != y_version:
+        return None
+    for part, stack, version in zip(parts, stacks, versions):
+        if part is not stack or part._version != version:
+            return None
+    return layers
+
+
+def _carry(cache: PathCache, stacks: tuple[Tensor, ...], y: Tensor, layers: tuple[list, ...]) -> None:
+    """Remember what this step stacked (:func:`_carried`); not inference tensors, which have no
+    ``_version`` to tell whether they were changed in place."""
+    if y.is_inference():
+        cache.carried = None
+    else:
+        cache.carried = (stacks, [stack._version for stack in stacks], y, y._version, layers)
 
 
 _CELL_OPS = {"gru": _VF.gru_cell, "tanh": _VF.rnn_tanh_cell, "relu": _VF.rnn_relu_cell}
+
+
+def _unchanged(cells: nn.ModuleList, seen: list[tuple]) -> bool:
+    """Whether every cell's ``W_ih`` and ``W_hh`` are the objects ``seen`` (kept alive there, so
+    no new one can take their place), with the storage and ``_version`` seen."""
+    if len(seen) != len(cells):
+        return False
+    for cell, (w_ih, ptr_ih, version_ih, w_hh, ptr_hh, version_hh) in zip(cells, seen):
+        p = cell._parameters
+        if (p["weight_ih"] is not w_ih or p["weight_hh"] is not w_hh or w_ih._version != version_ih
+                or w_hh._version != version_hh or w_ih.data_ptr() != ptr_ih or w_hh.data_ptr() != ptr_hh):
+            return False
+    return True
 
 
 def stack_step(path: Path, cells: nn.ModuleList, cache: PathCache, x_t: Tensor, h: Tensor, c: Tensor) -> StepOutput:
