@@ -88,7 +88,8 @@ BF16_GEMM_FROM_BATCH = 16
 #: Up to how many streams a stack's step without the compiled kernel multiplies by column-major
 #: copies of the weights (``W^T`` contiguous): for one stream ATen's product over them is a faster
 #: GEMV than over the parameters' row-major layout; from two streams on it is not (timed against
-#: each other by ``benchmarks/streaming.py``'s no-kernel row and by hand at 2, 4, 8 and 64 streams).
+#: each other by hand: ``benchmarks/results/figures_from_comments.json``; the step it leads to is
+#: ``benchmarks/streaming.py``'s no-kernel row).
 COLUMN_MAJOR_MAX_BATCH = 1
 
 _CPU = torch.device("cpu")

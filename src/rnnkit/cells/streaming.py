@@ -90,7 +90,7 @@ class PathCache:
         self.stack_cells: Optional[nn.ModuleList] = None
         self.packed: dict[int, dict] = {}
         self.steps: dict[tuple, Path] = {}
-        self.colmajor: Optional[tuple[list, list]] = None  # (what was copied, the copies)
+        self.colmajor: Optional[tuple[list, list, str]] = None  # (what was copied, the copies, the op)
         self.carried: Optional[tuple] = None  # what colmajor_step last stacked into the state it returned
 
     def clear(self) -> None:
@@ -106,9 +106,10 @@ class PathCache:
         return (f"PathCache(stack={'built' if self.stack is not None else None}, packed={sorted(self.packed)}, "
                 f"steps={len(self.steps)}, colmajor={'built' if self.colmajor is not None else None})")
 
-    def colmajor_weights(self, cells: nn.ModuleList) -> list[tuple[Tensor, Tensor]]:
+    def colmajor_weights(self, cells: nn.ModuleList) -> tuple[list[tuple[Tensor, Tensor]], str]:
         """``(W_ih, W_hh)`` of every cell, each a column-major copy (``W.t().contiguous().t()``),
-        rebuilt when a weight changes: its object, its storage or its ``_version``."""
+        rebuilt when a weight changes: its object, its storage or its ``_version``; and the name
+        of ATen's cell op that steps them (a stack's cells share their kind and options)."""
         entry = self.colmajor
         if entry is None or not _unchanged(cells, entry[0]):
             seen = [(w_ih, w_ih.data_ptr(), w_ih._version, w_hh, w_hh.data_ptr(), w_hh._version)
@@ -116,8 +117,10 @@ class PathCache:
             with torch.no_grad():
                 copies = [(w_ih.detach().t().contiguous().t(), w_hh.detach().t().contiguous().t())
                           for w_ih, _, _, w_hh, _, _ in seen]
-            entry = self.colmajor = (seen, copies)
-        return entry[1]
+            cell = next(iter(cells))
+            op = "lstm_cell" if cell.kind == "lstm" else "gru_cell" if cell.kind == "gru" else f"rnn_{cell.nonlinearity}_cell"
+            entry = self.colmajor = (seen, copies, op)
+        return entry[1], entry[2]
 
     def remember(self, key: Optional[tuple], path: Path) -> None:
         """Keep ``path`` as the step's for ``key`` (:func:`selection_key`; ``None``: not kept)."""
@@ -206,13 +209,14 @@ def colmajor_step(cells: nn.ModuleList, cache: PathCache, x_t: Tensor, parts: tu
     A stream hands back the state the previous step returned: then each layer's state is read
     from the per-layer tensors that step stacked into it (``PathCache.carried``), not split
     again, as long as neither the state nor the output was changed in place since."""
-    weights = cache.colmajor_weights(cells)
+    weights, op = cache.colmajor_weights(cells)
+    op = getattr(_VF, op)  # looked up per step, not bound at import (a test may wrap it)
     layers = _carried(cache, parts)
     if len(parts) == 2:
         hs, cs = [], []
         for cell, (w_ih, w_hh), h_l, c_l in zip(cells, weights, *(layers or (parts[0].unbind(0), parts[1].unbind(0)))):
             p = cell._parameters
-            x_t, c_l = _VF.lstm_cell(x_t, (h_l, c_l), w_ih, w_hh, p["bias_ih"], p["bias_hh"])
+            x_t, c_l = op(x_t, (h_l, c_l), w_ih, w_hh, p["bias_ih"], p["bias_hh"])
             hs.append(x_t)
             cs.append(c_l)
         state = (torch.stack(hs), torch.stack(cs))
@@ -221,8 +225,7 @@ def colmajor_step(cells: nn.ModuleList, cache: PathCache, x_t: Tensor, parts: tu
     hs = []
     for cell, (w_ih, w_hh), h_l in zip(cells, weights, layers[0] if layers else parts[0].unbind(0)):
         p = cell._parameters
-        x_t = _CELL_OPS[cell.kind if cell.kind == "gru" else cell.nonlinearity](
-            x_t, h_l, w_ih, w_hh, p["bias_ih"], p["bias_hh"])
+        x_t = op(x_t, h_l, w_ih, w_hh, p["bias_ih"], p["bias_hh"])
         hs.append(x_t)
     state = torch.stack(hs)
     _carry(cache, (state,), x_t, (hs,))
@@ -251,9 +254,6 @@ def _carry(cache: PathCache, stacks: tuple[Tensor, ...], y: Tensor, layers: tupl
         cache.carried = None
     else:
         cache.carried = (stacks, [stack._version for stack in stacks], y, y._version, layers)
-
-
-_CELL_OPS = {"gru": _VF.gru_cell, "tanh": _VF.rnn_tanh_cell, "relu": _VF.rnn_relu_cell}
 
 
 def _unchanged(cells: nn.ModuleList, seen: list[tuple]) -> bool:
