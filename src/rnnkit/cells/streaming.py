@@ -57,7 +57,7 @@ so training between generations, ``load_state_dict`` or ``.to()`` never see stal
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +90,7 @@ class PathCache:
         self.stack_cells: Optional[nn.ModuleList] = None
         self.packed: dict[int, dict] = {}
         self.steps: dict[tuple, Path] = {}
-        self.colmajor: Optional[tuple[list, list, str]] = None  # (what was copied, the copies, the op)
+        self.colmajor: Optional[tuple[list, list, Callable]] = None  # (what was copied, the copies, the op)
         self.carried: Optional[tuple] = None  # what colmajor_step last stacked into the state it returned
 
     def clear(self) -> None:
@@ -106,10 +106,11 @@ class PathCache:
         return (f"PathCache(stack={'built' if self.stack is not None else None}, packed={sorted(self.packed)}, "
                 f"steps={len(self.steps)}, colmajor={'built' if self.colmajor is not None else None})")
 
-    def colmajor_weights(self, cells: nn.ModuleList) -> tuple[list[tuple[Tensor, Tensor]], str]:
+    def colmajor_weights(self, cells: nn.ModuleList) -> tuple[list[tuple[Tensor, Tensor]], Callable]:
         """``(W_ih, W_hh)`` of every cell, each a column-major copy (``W.t().contiguous().t()``),
-        rebuilt when a weight changes: its object, its storage or its ``_version``; and the name
-        of ATen's cell op that steps them (a stack's cells share their kind and options)."""
+        rebuilt when a weight changes: its object, its storage or its ``_version``; and ATen's cell
+        op that steps them (a stack's cells share their kind and options), looked up on ``_VF``
+        when the copies are made: ``_VF``'s own lookup costs about what a small op does."""
         entry = self.colmajor
         if entry is None or not _unchanged(cells, entry[0]):
             seen = [(w_ih, w_ih.data_ptr(), w_ih._version, w_hh, w_hh.data_ptr(), w_hh._version)
@@ -119,7 +120,7 @@ class PathCache:
                           for w_ih, _, _, w_hh, _, _ in seen]
             cell = next(iter(cells))
             op = "lstm_cell" if cell.kind == "lstm" else "gru_cell" if cell.kind == "gru" else f"rnn_{cell.nonlinearity}_cell"
-            entry = self.colmajor = (seen, copies, op)
+            entry = self.colmajor = (seen, copies, getattr(_VF, op))
         return entry[1], entry[2]
 
     def remember(self, key: Optional[tuple], path: Path) -> None:
@@ -210,7 +211,6 @@ def colmajor_step(cells: nn.ModuleList, cache: PathCache, x_t: Tensor, parts: tu
     from the per-layer tensors that step stacked into it (``PathCache.carried``), not split
     again, as long as neither the state nor the output was changed in place since."""
     weights, op = cache.colmajor_weights(cells)
-    op = getattr(_VF, op)  # looked up per step, not bound at import (a test may wrap it)
     layers = _carried(cache, parts)
     if len(parts) == 2:
         hs, cs = [], []
