@@ -72,7 +72,9 @@ def test_gradients_float64_and_options_send_the_step_to_aten_or_the_equations(fa
     step = Recurrent(4, 8, layer_norm=True).paths().step
     assert step.name == "reference" and "layer normalisation" in step.reason
     assert Recurrent(4, 8, bidirectional=True).paths().step.name == "not-steppable"
-    assert Recurrent(4, 8, cell="gru").paths().step.name == "aten-gru-cell"
+    assert Recurrent(4, 8, cell="gru").paths().step.name == "aten-gru-cell-colmajor"  # one stream, no gradients
+    assert Recurrent(4, 8, cell="gru").paths(batch=2).step.name == "aten-gru-cell"
+    assert Recurrent(4, 8, cell="gru").paths(training=True).step.name == "aten-gru-cell"
     assert LSTM(4, 8).paths().step.name == "aten-lstm-cell"  # a lone cell: ATen's cell, never the stack
 
 
@@ -83,6 +85,9 @@ def test_without_the_kernel_the_step_is_aten_and_says_why(monkeypatch, tmp_path,
     monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path))  # nothing built there
     monkeypatch.setenv(*env.split("="))
     step = Recurrent(4, 8, num_layers=2).paths().step
+    assert step.name == "aten-lstm-cell-colmajor" and "column-major" in step.reason
+    assert ("RNNKIT_KERNELS=0" if env.startswith("RNNKIT_KERNELS") else "not built") in step.reason
+    step = Recurrent(4, 8, num_layers=2).paths(batch=2).step
     assert step.name == "aten-lstm-cell"
     assert ("RNNKIT_KERNELS=0" if env.startswith("RNNKIT_KERNELS") else "not built") in step.reason
 
@@ -103,18 +108,26 @@ def test_forward_paths_name_what_then_runs(no_kernels):
 
 
 def test_the_step_that_runs_is_the_one_chosen(no_kernels):
-    """Without the kernel the selector says aten-lstm-cell: the step must then equal ATen's cell
-    per layer and cache no compiled stack."""
+    """Without the kernel the selector says aten-lstm-cell for two streams: the step must then
+    equal ATen's cell per layer and cache no compiled stack; for one stream aten-lstm-cell-colmajor,
+    the same cell over column-major weight copies (equal up to the product's rounding), and the
+    step remembers the path chosen."""
     layer = Recurrent(3, 5, num_layers=2).eval()
-    assert layer.paths().step.name == "aten-lstm-cell"
-    x = torch.randn(2, 3)
+    for batch, name in [(2, "aten-lstm-cell"), (1, "aten-lstm-cell-colmajor")]:
+        assert layer.paths(batch=batch).step.name == name
+        x = torch.randn(batch, 3)
+        with torch.no_grad():
+            y, _ = layer.step(x)
+            want = x
+            for cell in layer.cells:
+                zeros = torch.zeros(batch, 5)
+                want, _ = torch.lstm_cell(want, (zeros, zeros), cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+        assert torch.equal(y, want) if batch > 1 else torch.allclose(y, want, atol=1e-6, rtol=0)
+        assert layer.path_cache.stack is None
+    assert (layer.path_cache.colmajor is not None) and layer.path_cache.steps == {}  # no state given: not remembered
     with torch.no_grad():
-        y, _ = layer.step(x)
-        want = x
-        for cell in layer.cells:
-            want, _ = torch.lstm_cell(want, (torch.zeros(2, 5), torch.zeros(2, 5)), cell.weight_ih, cell.weight_hh,
-                                      cell.bias_ih, cell.bias_hh)
-    assert torch.equal(y, want) and layer.path_cache.stack is None
+        layer.step(x, layer.initial_state(1, x))
+    assert [path.name for path in layer.path_cache.steps.values()] == ["aten-lstm-cell-colmajor"]
 
 
 class _Model(nn.Module):
@@ -132,7 +145,7 @@ def test_explain_lists_every_recurrent_layer_once_with_its_paths(no_kernels):
     encoder, decoder, peep = found
     assert "bidirectional" in encoder.layer and encoder.step.name == "not-steppable"
     assert encoder.forward.name == "aten-gru"
-    assert decoder.layer == "Recurrent(lstm, 2 layers, 16 -> 8)" and decoder.step.name == "aten-lstm-cell"
+    assert decoder.layer == "Recurrent(lstm, 2 layers, 16 -> 8)" and decoder.step.name == "aten-lstm-cell-colmajor"
     assert peep.step.name == "reference" and peep.forward.name == "lstm-scan"
     assert explain(_Model(), training=True)[0].forward.name == "gru-scan"
     assert explain(nn.Linear(2, 2)) == []

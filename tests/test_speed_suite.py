@@ -39,3 +39,6 @@ def test_quick_streaming_without_building_measures_the_python_path_and_writes_it
     assert saved["stream_path"].startswith("python ops")
     assert saved["latency"]["floor_us_median"] > 0
     assert saved["generation_64_streams"]["tokens_per_s_median"]["rnnkit Recurrent.step"] > 0
+    # without the kernel a stream steps on ATen's cell over column-major weight copies, LSTM and GRU
+    assert saved["latency"]["python_step_path"] == ["aten-lstm-cell-colmajor"]
+    assert saved["latency_gru"]["step_path"] == ["aten-gru-cell-colmajor"]

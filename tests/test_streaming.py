@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from rnnkit.cells import kernels, paths, streaming
+from rnnkit.errors import RnnkitError
 from rnnkit.layers import Recurrent
 
 STEPS = 40
@@ -106,11 +107,13 @@ def test_kernel_above_the_blocked_batch_runs_mkl_and_equals_torch_nn(built_kerne
     assert layer.path_cache.packed.get(0), "the MKL path did not run"
 
 
-def test_step_sees_fresh_weights(path):
-    """The re-laid-out weights are a cache: every way of changing a parameter must refresh it."""
+@pytest.mark.parametrize("batch", [1, 2], ids=["one-stream", "two-streams"])
+def test_step_sees_fresh_weights(path, batch):
+    """The re-laid-out weights are a cache: every way of changing a parameter must refresh it
+    (one stream without the kernel: the column-major copies; with it, the kernel's own)."""
     torch.manual_seed(2)
     layer = Recurrent(5, 20, num_layers=2)
-    x = torch.randn(2, 6, 5)
+    x = torch.randn(batch, 6, 5)
 
     def check(what):
         layer.eval()
@@ -314,3 +317,75 @@ def test_the_compiled_stack_refuses_a_stack_whose_upper_layer_does_not_read_the_
     with torch.no_grad():
         stack = streaming.PathCache().compiled_stack(built_kernel, cells, bf16=False)
         assert stack.step(torch.randn(1, 5), zeros, zeros) is None
+
+
+@pytest.mark.parametrize("cell, options", [("lstm", {}), ("gru", {}), ("rnn", {}), ("rnn", {"nonlinearity": "relu"})],
+                         ids=["lstm", "gru", "rnn-tanh", "rnn-relu"])
+def test_one_stream_without_the_kernel_steps_on_column_major_copies(monkeypatch, cell, options):
+    """One stream, no kernel, no gradients: ATen's cell per layer over column-major weight copies
+    (aten-*-cell-colmajor), equal to torch.nn step after step, following a weight changed in
+    place; the path remembered for the stream's shapes never lets a wrong shape through."""
+    monkeypatch.setenv("RNNKIT_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_loaded", {})
+    torch.manual_seed(6)
+    layer = Recurrent(7, 12, cell=cell, num_layers=3, **options).eval()
+    assert layer.paths().step.name == f"aten-{cell}-cell-colmajor"
+    x = torch.randn(1, STEPS, 7)
+    reference = layer.to_torch().eval()
+    state = layer.initial_state(1, x)
+    state = (torch.randn_like(state[0]), torch.randn_like(state[1])) if cell == "lstm" else torch.randn_like(state)
+    for what in ("first steps", "after a weight changed in place"):
+        got, final = _stepped(layer, x, state)
+        with torch.no_grad():
+            want, want_final = reference(x, state)
+        _close(got, want, f"{cell}, {what}: outputs")
+        for got_part, want_part in zip(final if cell == "lstm" else [final], want_final if cell == "lstm" else [want_final]):
+            _close(got_part, want_part, f"{cell}, {what}: final state")
+        with torch.no_grad():
+            layer.cells[1].weight_hh.mul_(-1)
+            reference = layer.to_torch().eval()
+    assert layer.path_cache.colmajor is not None
+    assert [p.name for p in layer.path_cache.steps.values()] == [f"aten-{cell}-cell-colmajor"]
+    with torch.no_grad(), pytest.raises(RnnkitError, match="x_t of shape"):
+        layer.step(torch.randn(1, 8), state)
+    short = (state[0][:2], state[1][:2]) if cell == "lstm" else state[:2]
+    with torch.no_grad(), pytest.raises(RnnkitError, match="expected state"):
+        layer.step(torch.randn(1, 7), short)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_state_or_output_changed_in_place_between_steps_is_not_carried_over(monkeypatch, cell):
+    """One stream without the kernel reads the next step's per-layer state from what the step
+    before stacked, while the state handed back is the one it returned, untouched: a state
+    changed in place, or an output changed in place (the last layer's state stacked from it), must
+    be read as it now is."""
+    monkeypatch.setenv("RNNKIT_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_loaded", {})
+    torch.manual_seed(7)
+    layer = Recurrent(4, 6, cell=cell, num_layers=2).eval()
+    reference = layer.to_torch().eval()
+    x = torch.randn(1, 4, 4)
+
+    def check(state, t, what):
+        with torch.no_grad():
+            got, got_state = layer.step(x[:, t], state)
+            want, want_state = reference(x[:, t:t + 1], state)
+        _close(got, want[:, 0], f"{cell}: {what}")
+        return got, got_state
+
+    with torch.no_grad():
+        y, state = layer.step(x[:, 0], layer.initial_state(1, x))
+    y, state = check(state, 1, "the state carried over")
+    with torch.no_grad():
+        (state[0] if cell == "lstm" else state).add_(1.0)
+    y, state = check(state, 2, "a state changed in place")
+    with torch.no_grad():
+        y.mul_(3.0)
+    check(state, 3, "an output changed in place")
+    assert layer.path_cache.carried is not None
+    with torch.inference_mode():  # inference tensors have no _version: nothing is carried over
+        y, state = layer.step(x[:, 0], layer.initial_state(1, x))
+        y2, _ = layer.step(x[:, 1], state)
+    assert layer.path_cache.carried is None
+    _close(y2, check(state.clone() if cell == "gru" else tuple(s.clone() for s in state), 1, "inference mode")[0],
+           f"{cell}: inference mode")

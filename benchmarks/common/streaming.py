@@ -13,7 +13,9 @@ The headline ratio is against the STRONGEST of those two baselines in this run (
 ``"strongest_baseline"`` in the JSON; ATen's ``lstm_cell`` wherever measured so far), with the
 ratio against ``torch.nn.LSTM`` per step beside it; ``"python_path_vs_strongest_baseline"`` is
 the same ratio when the kernel is not used (``RNNKIT_KERNELS=0`` or none built: the step then
-runs ``lstm_cell`` per layer itself, so about 1x).
+runs ATen's ``lstm_cell`` per layer itself, over column-major copies of the weights, the path in
+``"python_step_path"``). A GRU stack's step, which has no compiled kernel, against ATen's
+``gru_cell`` per layer by hand: ``"latency_gru"``.
 
 Next to them the memory-bandwidth floor of reading the weights once per step, measured on the
 same bytes (all four weight matrices, fp32, 4 MB: more than one core's L2, so they come
@@ -117,9 +119,11 @@ def latency(quick: bool) -> dict:
     }
     kernel = stream_kernel()
     python_step = "rnnkit Recurrent.step"
+    python_layer = rnnkit_lstm
     if kernel is not None:
         python_step = "rnnkit Recurrent.step without the kernel (the Python path)"
-        candidates[python_step] = _steps(_without_kernel(x, zeros))
+        python_call, python_layer = _without_kernel(x, zeros)
+        candidates[python_step] = _steps(python_call)
         # what Recurrent.step costs beyond its kernel call (Python's dispatch to it)
         with torch.no_grad():
             rnnkit_lstm.step(x, (zeros, zeros))  # builds the compiled stack
@@ -158,6 +162,7 @@ def latency(quick: bool) -> dict:
         "strongest_baseline": strongest,
         "step_speedup_vs_strongest_baseline": _ratio(timed, strongest, "rnnkit Recurrent.step"),
         "python_path_vs_strongest_baseline": _ratio(timed, strongest, python_step),
+        "python_step_path": sorted({path.name for path in python_layer.path_cache.steps.values()}),
         "floor_us_median": floor_us,
         "floor_read_GB_per_s": weight_bytes / floor_us / 1e3,
         # The floor ratio per repeat, like every other ratio: rnnkit's step / the faster floor.
@@ -181,9 +186,9 @@ def _ratio(timed: dict, baseline: str, name: str) -> float:
     return ratios[len(ratios) // 2]
 
 
-def _without_kernel(x: torch.Tensor, zeros: torch.Tensor) -> Callable[[], None]:
+def _without_kernel(x: torch.Tensor, zeros: torch.Tensor) -> tuple[Callable[[], None], Recurrent]:
     """``Recurrent.step`` of the measured stack (same seed, same weights) with the stream kernel
-    hidden from it for the call: what runs where it is not built."""
+    hidden from it for the call: what runs where it is not built; and that stack."""
     layer = _one_stream()[0]
     step = _stepper(layer.step, (zeros, zeros))
 
@@ -195,7 +200,7 @@ def _without_kernel(x: torch.Tensor, zeros: torch.Tensor) -> Callable[[], None]:
         finally:
             kernels._loaded["stream"] = saved
 
-    return call
+    return call, layer
 
 
 def _alternating_read(kernel, stack: Recurrent) -> Callable[[], None]:
@@ -231,6 +236,33 @@ def step_latency(quick: bool, n_threads: int = 1, hidden: int = HIDDEN) -> dict:
     return {"threads": n_threads, "hidden": hidden,
             "per_step_us_median": {n: 1e6 * r["seconds_per_call"] / STEPS_PER_CALL for n, r in timed.items()},
             "speedup_vs_torch_nn_lstm": timed["rnnkit Recurrent.step"]["speedup_vs_baseline"], "raw": timed}
+
+
+def gru_latency(quick: bool) -> dict:
+    """A 2-layer H=256 GRU stack's batch-1 step (no compiled kernel exists for it: what runs is
+    always the path without one) against ATen's ``gru_cell`` per layer by hand, one thread."""
+    torch.manual_seed(0)
+    layer = Recurrent(HIDDEN, HIDDEN, cell="gru", num_layers=LAYERS).eval()
+    x, zeros = torch.randn(1, HIDDEN), torch.zeros(LAYERS, 1, HIDDEN)
+    weights = [[c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh] for c in layer.cells]
+    cell_state = [torch.zeros(1, HIDDEN) for _ in range(LAYERS)]
+
+    def aten_cells():
+        inp = x
+        for index in range(LAYERS):
+            inp = cell_state[index] = _VF.gru_cell(inp, cell_state[index], *weights[index])
+
+    step = _stepper(layer.step, zeros)
+    base = "ATen gru_cell per layer"
+    candidates = {base: _steps(aten_cells), "rnnkit Recurrent.step (GRU)": _steps(lambda: step(x))}
+    with torch.no_grad(), threads(1):
+        timed = interleaved(candidates, dict.fromkeys(candidates, base), repeats=5 if quick else 15,
+                            seconds=0.05 if quick else 0.25)
+    return {"threads": 1, "hidden": HIDDEN, "layers": LAYERS,
+            "step_path": sorted({path.name for path in layer.path_cache.steps.values()}),
+            "per_step_us_median": {n: 1e6 * r["seconds_per_call"] / STEPS_PER_CALL for n, r in timed.items()},
+            "speedup_vs_aten_gru_cell": timed["rnnkit Recurrent.step (GRU)"]["speedup_vs_baseline"],
+            "speedup_range": timed["rnnkit Recurrent.step (GRU)"]["speedup_range"], "raw": timed}
 
 
 def _over_floor(timed: dict, name: str, floor_names: list[str]) -> float:
@@ -318,6 +350,7 @@ def run(quick: bool = False) -> dict:
     result = {"stream_path": kernel_path("stream"),  # built first (cached), as the other suites do
               "latency": latency(quick), "latency_2_threads": step_latency(quick, n_threads=2),
               "latency_small_model": step_latency(quick, hidden=SMALL_HIDDEN),
+              "latency_gru": gru_latency(quick),
               "generation_64_streams": generation(quick)}
     lat = result["latency"]
     result["strongest_baseline"] = lat["strongest_baseline"]
@@ -326,6 +359,8 @@ def run(quick: bool = False) -> dict:
             lat["step_speedup_vs_strongest_baseline"],
         "step without the kernel (the Python path) vs the strongest baseline":
             lat["python_path_vs_strongest_baseline"],
+        "GRU step (no compiled kernel exists for it) vs ATen gru_cell per layer":
+            result["latency_gru"]["speedup_vs_aten_gru_cell"],
         "step speed-up vs torch.nn.LSTM per step (target >= 10x)":
             lat["speedup_vs_torch_nn_lstm"]["rnnkit Recurrent.step"],
         "step time / memory floor (target <= 2x)": lat["rnnkit_step_over_floor"],

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from .cells import CELLS, RecurrentCell
 from .cells.base import Backend, _check_lengths
-from .cells.paths import STACK_STEPS, Path, Paths, autocast_bf16, needs_grad, select, step_path
-from .cells.streaming import PathCache, compiled_step, stack_step
+from .cells.paths import COLMAJOR_STEPS, STACK_STEPS, Path, Paths, autocast_bf16, needs_grad, select, step_path
+from .cells.streaming import PathCache, colmajor_step, compiled_step, selection_key, stack_step
 from .errors import RnnkitError
 
 #: a layer's state, laid out as ``torch.nn``'s: ``(num_layers * num_directions, B, H)``,
@@ -133,30 +133,45 @@ class Recurrent(nn.Module):
         """One step of every layer for a batch of streams: ``x_t`` ``(B, I)`` to ``(output_t (B, H), state)``.
 
         The path is chosen by ``cells.paths.step_path`` (``self.paths()`` says which, and why)."""
+        cache, cells = self.path_cache, self._modules["cells"]
         if type(state) is tuple and len(state) == 2:
             # The streaming hot path: the compiled stack the selector chose on an earlier step, one
             # call that re-checks its conditions itself; None sends it the checked way below.
-            out = compiled_step(self.path_cache, self._modules["cells"], x_t, state)
+            out = compiled_step(cache, cells, x_t, state)
             if out is not None:
                 return out
+        # The path chosen before for inputs like these (cells/streaming.py, selection_key): the
+        # key holds the shapes the checks below passed, so a hit needs neither.
+        key = selection_key(cells, x_t, state)
+        path = cache.steps.get(key) if key is not None else None
+        if path is not None:
+            parts = state if type(state) is tuple else (state,)
+        else:
+            path, parts = self._choose_step(x_t, state)
+            cache.remember(key, path)
+        if path.name in COLMAJOR_STEPS:
+            return colmajor_step(cells, cache, x_t, parts)
+        if path.name in STACK_STEPS:
+            return stack_step(path, cells, cache, x_t, *parts)
+        final = []
+        for cell, cell_state in zip(cells, zip(*(p.unbind(0) for p in parts))):
+            cell_state = cell._step_on(path, x_t, cell_state)
+            x_t = cell_state[0]
+            final.append(cell_state)
+        return x_t, self._join_state(final)
+
+    def _choose_step(self, x_t: Tensor, state: Optional[LayerState]) -> tuple[Path, tuple[Tensor, ...]]:
+        """Check a step's arguments and ask the selector: ``(path, the state as (L, B, H) tensors)``."""
         if self.bidirectional:
             raise RnnkitError("a bidirectional layer reads the future and cannot be stepped; use bidirectional=False to stream")
         if x_t.dim() != 2 or x_t.size(1) != self.input_size:
             raise RnnkitError(f"step expects x_t of shape (batch, {self.input_size}), got {tuple(x_t.shape)}")
-        # Checked once here, not per cell: this is the streaming hot path.
         parts = self._check_state(state, x_t)  # x_t (B, I): only its batch size and dtype are read
         h = parts[0]
         state_dtype = h.dtype if h.dtype != torch.float32 else parts[-1].dtype  # float32 only if all are
         path = step_path(self.cells, batch=x_t.size(0), dtype=x_t.dtype, state_dtype=state_dtype,
                          device=x_t.device, grad=needs_grad(self.cells, x_t, *parts), bf16=autocast_bf16())
-        if path.name in STACK_STEPS:
-            return stack_step(path, self.cells, self.path_cache, x_t, *parts)
-        final = []
-        for cell, cell_state in zip(self.cells, zip(*(p.unbind(0) for p in parts))):
-            cell_state = cell._step_on(path, x_t, cell_state)
-            x_t = cell_state[0]
-            final.append(cell_state)
-        return x_t, self._join_state(final)
+        return path, parts
 
     def paths(self, batch: int = 1, *, dtype: Optional[torch.dtype] = None, training: bool = False,
               precision: str = "fp32") -> Paths:

@@ -22,6 +22,10 @@ A step (one time step for a batch of streams; ``Recurrent.step``, ``cell.step``)
                                   runs): differentiable, any dtype and device
 ``aten-gru-cell``,                the same for GRU and Elman cells
 ``aten-rnn-cell``
+``aten-lstm-cell-colmajor``,      a stack's step for one float32 stream on the CPU without
+``aten-gru-cell-colmajor``,       gradients (or the compiled kernel): the same ATen cell per
+``aten-rnn-cell-colmajor``        layer over column-major copies of the weights
+                                  (``streaming.colmajor_step``), whose products MKL runs faster
 ``reference``                     the cell's equations as written (``_reference_step``)
 ================================  ======================================================
 
@@ -50,7 +54,10 @@ cached compiled stacks.
 Once ``compiled-*-step`` has run, ``Recurrent.step`` first calls the compiled stack it cached
 (``streaming.compiled_step``), which re-checks this module's conditions for it in C++ and
 declines whatever they rule out; only then is :func:`step_path` asked again. That keeps the
-streaming hot path to one call.
+streaming hot path to one call. Without gradients or autocast, what :func:`step_path` chose is
+remembered in the layer's ``PathCache.steps`` per input and state shape, dtype, device, cells and
+the stream kernel's availability (``streaming.selection_key``): the next step with the same ones
+skips the argument checks and these rules, a dictionary lookup (``set_backend`` forgets it).
 
 The thresholds between the compiled step's variants are constants below;
 ``benchmarks/streaming.py`` measures the step they lead to.
@@ -78,11 +85,19 @@ BLOCKED_MAX_BATCH = {16: 256, 8: 32, 4: 8}
 #: reads fewer bytes, above it the GEMM's tiles win (timed on a CPU with AMX: the figures are in
 #: ``benchmarks/results/figures_from_comments.json``).
 BF16_GEMM_FROM_BATCH = 16
+#: Up to how many streams a stack's step without the compiled kernel multiplies by column-major
+#: copies of the weights (``W^T`` contiguous): for one stream ATen's product over them is a faster
+#: GEMV than over the parameters' row-major layout; from two streams on it is not (timed against
+#: each other by hand: ``benchmarks/results/figures_from_comments.json``; the step it leads to is
+#: ``benchmarks/streaming.py``'s no-kernel row).
+COLUMN_MAJOR_MAX_BATCH = 1
 
 _CPU = torch.device("cpu")
 #: the step paths :func:`stack_step` (``streaming.py``) runs for a whole plain-LSTM stack at once
 STACK_STEPS = frozenset({"compiled-stack-step", "compiled-stack-step-bf16", "compiled-bf16-gemm-step",
                          "compiled-mkl-stack-step", "compiled-addmm-stack-step", "aten-lstm-cell"})
+#: the step paths ``streaming.colmajor_step`` runs for a stack of LSTM, GRU or Elman cells
+COLMAJOR_STEPS = frozenset({"aten-lstm-cell-colmajor", "aten-gru-cell-colmajor", "aten-rnn-cell-colmajor"})
 
 
 class Path(NamedTuple):
@@ -164,16 +179,35 @@ def step_path(target: Cells, *, batch: int = 1, dtype: torch.dtype = torch.float
         return Path("reference", f"{options}, nor in any fused step: the equations, step by step")
     if first.kind not in _ATEN_CELLS:
         return _unknown(first)
-    if first.kind != "lstm" or not _is_stack(target):
-        return _ATEN_CELLS[first.kind]  # a lone cell, or a stack the compiled kernel does not step
+    if not _is_stack(target):
+        return _ATEN_CELLS[first.kind]  # a lone cell: ATen's, never the stack's paths
+    if first.kind != "lstm":  # a stack the compiled kernel does not step
+        return _aten_stack(cells, first.kind, batch, dtype, state_dtype or dtype, device, grad, bf16)
     return _lstm_stack_step(cells, batch, dtype, state_dtype or dtype, device, grad, bf16)
+
+
+def _aten_stack(cells: Sequence[nn.Module], kind: str, batch: int, dtype: torch.dtype, state_dtype: torch.dtype,
+                device: torch.device, grad: bool, bf16: bool, why: str = "") -> Path:
+    """ATen's fused cell per layer of a stack: over column-major copies of the weights for one
+    float32 stream on the CPU without gradients (``COLUMN_MAJOR_MAX_BATCH``), else over the
+    parameters themselves (differentiable, any dtype and device). ``why``: why not the kernel."""
+    why = f": {why}" if why else ""
+    if (batch <= COLUMN_MAJOR_MAX_BATCH and device.type == "cpu" and not grad and not bf16
+            and dtype == state_dtype == torch.float32
+            and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in _parameters(cells))):
+        return Path(f"aten-{kind}-cell-colmajor", f"ATen's fused {kind}_cell per layer over column-major copies "
+                    f"of the weights (batch {batch} <= {COLUMN_MAJOR_MAX_BATCH}, float32, no gradients: "
+                    f"a faster product){why}")
+    if why:
+        return Path(f"aten-{kind}-cell", f"ATen's fused {kind}_cell per layer{why}")
+    return _ATEN_CELLS[kind]
 
 
 def _lstm_stack_step(cells: Sequence[nn.Module], batch: int, dtype: torch.dtype, state_dtype: torch.dtype,
                      device: torch.device, grad: bool, bf16: bool) -> Path:
     """A plain LSTM stack: the compiled stream kernel where it can run, else ATen's cell per layer."""
     def aten(why: str) -> Path:
-        return Path("aten-lstm-cell", f"ATen's fused lstm_cell per layer: {why}")
+        return _aten_stack(cells, "lstm", batch, dtype, state_dtype, device, grad, bf16, why)
 
     if device.type != "cpu":
         return aten(f"the compiled stream kernel runs on the CPU, not {device}")

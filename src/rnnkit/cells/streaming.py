@@ -38,6 +38,18 @@ docstring lists them, :func:`paths.step_path` picks one) and keeps what they cac
   slower than ATen's ``lstm_cell``, so no Python version of it exists.
 - ``aten-lstm-cell``: ATen's fused ``lstm_cell`` per layer (:func:`aten_stack_step`), reading
   the parameters straight from each cell: differentiable, any dtype or device.
+- ``aten-lstm-cell-colmajor`` (and ``aten-gru-cell-colmajor``, ``aten-rnn-cell-colmajor`` for
+  stacks of those cells): where the kernel is not built, one float32 stream without gradients:
+  the same ATen cell per layer (:func:`colmajor_step`), given column-major copies of ``W_ih`` and
+  ``W_hh`` (``W^T`` contiguous, viewed back as ``W``). ATen's cell computes ``x @ W^T``; over
+  that layout MKL's batch-1 product streams the weights faster than over the parameters' own,
+  which is what lets the step without a compiler keep up with a bare loop of ATen's cell.
+
+Without the kernel a step costs a few dozen microseconds, so choosing its path every time (the
+checks and the selector's rules in Python) would be a visible part of it: ``PathCache.steps``
+remembers the path :func:`paths.step_path` chose per :func:`selection_key` (shapes, dtypes,
+device, the kernel's availability; only without gradients or autocast), so from the second step
+on the choice is one dictionary lookup.
 
 Every cached copy is rebuilt when a parameter changes (its object, storage or ``_version``),
 so training between generations, ``load_state_dict`` or ``.to()`` never see stale weights.
@@ -45,16 +57,18 @@ so training between generations, ``load_state_dict`` or ``.to()`` never see stal
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 
 from . import paths
+from .kernels import UNSETTLED, looked_up
 from .paths import Path, bf16_gemm
 
 _MAX_PACKED_BATCHES = 4  # a packed copy per batch size in use; streams rarely change batch
+_MAX_REMEMBERED_PATHS = 16  # chosen step paths per layer (shapes and dtypes in use); then start afresh
 _EMPTY = torch.empty(0)
 StepOutput = tuple[Tensor, tuple[Tensor, Tensor]]
 
@@ -75,6 +89,9 @@ class PathCache:
         self.stack = None
         self.stack_cells: Optional[nn.ModuleList] = None
         self.packed: dict[int, dict] = {}
+        self.steps: dict[tuple, Path] = {}
+        self.colmajor: Optional[tuple[list, list, Callable]] = None  # (what was copied, the copies, the op)
+        self.carried: Optional[tuple] = None  # what colmajor_step last stacked into the state it returned
 
     def clear(self) -> None:
         self.__init__()
@@ -86,7 +103,32 @@ class PathCache:
         return PathCache, ()
 
     def __repr__(self) -> str:
-        return f"PathCache(stack={'built' if self.stack is not None else None}, packed={sorted(self.packed)})"
+        return (f"PathCache(stack={'built' if self.stack is not None else None}, packed={sorted(self.packed)}, "
+                f"steps={len(self.steps)}, colmajor={'built' if self.colmajor is not None else None})")
+
+    def colmajor_weights(self, cells: nn.ModuleList) -> tuple[list[tuple[Tensor, Tensor]], Callable]:
+        """``(W_ih, W_hh)`` of every cell, each a column-major copy (``W.t().contiguous().t()``),
+        rebuilt when a weight changes: its object, its storage or its ``_version``; and ATen's cell
+        op that steps them (a stack's cells share their kind and options), looked up on ``_VF``
+        when the copies are made: ``_VF``'s own lookup costs about what a small op does."""
+        entry = self.colmajor
+        if entry is None or not _unchanged(cells, entry[0]):
+            seen = [(w_ih, w_ih.data_ptr(), w_ih._version, w_hh, w_hh.data_ptr(), w_hh._version)
+                    for w_ih, w_hh in ((cell._parameters["weight_ih"], cell._parameters["weight_hh"]) for cell in cells)]
+            with torch.no_grad():
+                copies = [(w_ih.detach().t().contiguous().t(), w_hh.detach().t().contiguous().t())
+                          for w_ih, _, _, w_hh, _, _ in seen]
+            cell = next(iter(cells))
+            op = "lstm_cell" if cell.kind == "lstm" else "gru_cell" if cell.kind == "gru" else f"rnn_{cell.nonlinearity}_cell"
+            entry = self.colmajor = (seen, copies, getattr(_VF, op))
+        return entry[1], entry[2]
+
+    def remember(self, key: Optional[tuple], path: Path) -> None:
+        """Keep ``path`` as the step's for ``key`` (:func:`selection_key`; ``None``: not kept)."""
+        if key is not None:
+            if len(self.steps) >= _MAX_REMEMBERED_PATHS:
+                self.steps.clear()
+            self.steps[key] = path
 
     def compiled_stack(self, kernel, cells: nn.ModuleList, bf16: bool):
         """The kernel's ``StreamStack`` for ``cells`` with the weights of the precision in force
@@ -136,6 +178,95 @@ def compiled_step(cache: PathCache, cells: nn.ModuleList, x_t: Tensor, state) ->
     cached yet: then the caller checks its arguments and asks the selector."""
     stack = cache.stack
     return stack.step(x_t, *state) if stack is not None and cache.stack_cells is cells else None
+
+
+def selection_key(cells: nn.ModuleList, x_t: Tensor, state) -> Optional[tuple]:
+    """Everything :meth:`Recurrent.step`'s checks and :func:`paths.step_path` read, as a key of
+    ``PathCache.steps``: the input's and state's shapes and dtypes, the device, the cells, the
+    stream kernel as last looked up (an LSTM's). ``None`` (choose afresh, remember nothing) with gradients on
+    or CPU autocast (the choice would depend on ``requires_grad`` flags and autocast's dtype), for
+    a state that is not a tensor or a pair of tensors, or while the kernel's availability may
+    change (not looked up yet, or being built). A cell's options changed in place are not seen:
+    ``layers.set_backend`` clears the cache."""
+    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or type(x_t) is not Tensor:
+        return None
+    if type(state) is Tensor:  # a GRU or Elman stack: the stream kernel plays no part
+        return (x_t.shape, x_t.dtype, x_t.device, state.shape, state.dtype, *cells._modules.values())
+    if type(state) is tuple and len(state) == 2 and type(state[0]) is Tensor and type(state[1]) is Tensor:
+        kernel = looked_up("stream")
+        if kernel is UNSETTLED:
+            return None
+        h, c = state
+        return (x_t.shape, x_t.dtype, x_t.device, h.shape, h.dtype, c.shape, c.dtype,
+                id(kernel), *cells._modules.values())  # the kernel (or None) is kept alive by the loader
+    return None
+
+
+def colmajor_step(cells: nn.ModuleList, cache: PathCache, x_t: Tensor, parts: tuple[Tensor, ...]):
+    """A stack of LSTM, GRU or Elman cells on ``aten-*-cell-colmajor``: ATen's fused cell per
+    layer over the column-major weight copies in ``cache``, the biases read from each cell.
+    ``parts``: the state's ``(L, B, H)`` tensors; returns ``(y_t, state)`` as ``Recurrent.step``.
+
+    A stream hands back the state the previous step returned: then each layer's state is read
+    from the per-layer tensors that step stacked into it (``PathCache.carried``), not split
+    again, as long as neither the state nor the output was changed in place since."""
+    weights, op = cache.colmajor_weights(cells)
+    layers = _carried(cache, parts)
+    if len(parts) == 2:
+        hs, cs = [], []
+        for cell, (w_ih, w_hh), h_l, c_l in zip(cells, weights, *(layers or (parts[0].unbind(0), parts[1].unbind(0)))):
+            p = cell._parameters
+            x_t, c_l = op(x_t, (h_l, c_l), w_ih, w_hh, p["bias_ih"], p["bias_hh"])
+            hs.append(x_t)
+            cs.append(c_l)
+        state = (torch.stack(hs), torch.stack(cs))
+        _carry(cache, state, x_t, (hs, cs))
+        return x_t, state
+    hs = []
+    for cell, (w_ih, w_hh), h_l in zip(cells, weights, layers[0] if layers else parts[0].unbind(0)):
+        p = cell._parameters
+        x_t = op(x_t, h_l, w_ih, w_hh, p["bias_ih"], p["bias_hh"])
+        hs.append(x_t)
+    state = torch.stack(hs)
+    _carry(cache, (state,), x_t, (hs,))
+    return x_t, state
+
+
+def _carried(cache: PathCache, parts: tuple[Tensor, ...]) -> Optional[tuple[list, ...]]:
+    """The per-layer tensors the previous step stacked into ``parts``, if ``parts`` are exactly
+    what it returned and neither they nor its output have changed (``_version``) since."""
+    carried = cache.carried
+    if carried is None:
+        return None
+    stacks, versions, y, y_version, layers = carried
+    if len(parts) != len(stacks) or y._version != y_version:
+        return None
+    for part, stack, version in zip(parts, stacks, versions):
+        if part is not stack or part._version != version:
+            return None
+    return layers
+
+
+def _carry(cache: PathCache, stacks: tuple[Tensor, ...], y: Tensor, layers: tuple[list, ...]) -> None:
+    """Remember what this step stacked (:func:`_carried`); not inference tensors, which have no
+    ``_version`` to tell whether they were changed in place."""
+    if y.is_inference():
+        cache.carried = None
+    else:
+        cache.carried = (stacks, [stack._version for stack in stacks], y, y._version, layers)
+
+
+def _unchanged(cells: nn.ModuleList, seen: list[tuple]) -> bool:
+    """Whether every cell's ``W_ih`` and ``W_hh`` are the objects ``seen`` (kept alive there, so
+    no new one can take their place), with the storage and ``_version`` seen."""
+    if len(seen) != len(cells):
+        return False
+    for cell, (w_ih, ptr_ih, version_ih, w_hh, ptr_hh, version_hh) in zip(cells, seen):
+        p = cell._parameters
+        if (p["weight_ih"] is not w_ih or p["weight_hh"] is not w_hh or w_ih._version != version_ih
+                or w_hh._version != version_hh or w_ih.data_ptr() != ptr_ih or w_hh.data_ptr() != ptr_hh):
+            return False
+    return True
 
 
 def stack_step(path: Path, cells: nn.ModuleList, cache: PathCache, x_t: Tensor, h: Tensor, c: Tensor) -> StepOutput:

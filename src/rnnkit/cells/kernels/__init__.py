@@ -296,6 +296,18 @@ def why_off(name: str) -> str:
     return _why_off.get(name, "not loaded in this process")
 
 
+#: what :func:`looked_up` answers while a kernel's availability may still change
+UNSETTLED = _UNSET
+
+
+def looked_up(name: str) -> object:
+    """Kernel ``name`` as :func:`kernel` last answered (the module, or ``None``) without asking
+    again, or :data:`UNSETTLED` if it has not been asked yet or a background build is running
+    (whose end may change the answer): lets a caller that remembers a choice made from the
+    answer (``streaming.PathCache.steps``) skip asking while it cannot have changed."""
+    return _UNSET if _builder is not None else _loaded.get(name, _UNSET)
+
+
 def stream_kernel() -> Optional[ModuleType]:
     """The built streaming kernel, or ``None``."""
     return kernel("stream")
