@@ -90,26 +90,36 @@ def no_grad(fn):
     return call
 
 
+def measure(quick: bool) -> dict:
+    """Both entry points' candidates timed interleaved: the ratios, each setup and the timings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fc, fc_setup = forecaster_candidates(Path(tmp))
+        lm, lm_setup = lm_candidates(Path(tmp))
+        candidates = {**fc, **lm}
+        baselines = {name: name.split(":")[0] + ": pytorch eager" for name in candidates}
+        timings = interleaved(candidates, baselines, repeats=3 if quick else 15, seconds=0.05 if quick else 0.5)
+    ratios = {f"{group}: pytorch eager / onnxruntime": timings[f"{group}: onnxruntime"]["speedup_vs_baseline"]
+              for group in ("forecast", "lm step")}
+    return {"batch": 1, "threads": 1, "ratios": ratios, "forecaster": fc_setup, "lm_step": lm_setup,
+            "timings": timings,
+            "note": "ratio = PyTorch eager seconds per call / onnxruntime seconds per call; > 1: onnxruntime is faster"}
+
+
+def report(result: dict) -> None:
+    for name, ratio in result["ratios"].items():
+        group = name.split(":")[0]
+        print(f"{name}: {ratio:.2f}x   (onnxruntime "
+              f"{result['timings'][group + ': onnxruntime']['seconds_per_call'] * 1e6:.0f} us)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer, shorter repeats")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for export.json")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one request, one thread: as the onnxruntime sessions (runtime.session)
-    with tempfile.TemporaryDirectory() as tmp:
-        fc, fc_setup = forecaster_candidates(Path(tmp))
-        lm, lm_setup = lm_candidates(Path(tmp))
-        candidates = {**fc, **lm}
-        baselines = {name: name.split(":")[0] + ": pytorch eager" for name in candidates}
-        timings = interleaved(candidates, baselines, repeats=3 if args.quick else 15,
-                              seconds=0.05 if args.quick else 0.5)
-    ratios = {f"{group}: pytorch eager / onnxruntime": timings[f"{group}: onnxruntime"]["speedup_vs_baseline"]
-              for group in ("forecast", "lm step")}
-    for name, ratio in ratios.items():
-        print(f"{name}: {ratio:.2f}x   (onnxruntime {timings[name.split(':')[0] + ': onnxruntime']['seconds_per_call'] * 1e6:.0f} us)")
-    result = {"quick": args.quick, "batch": 1, "threads": 1, "ratios": ratios,
-              "forecaster": fc_setup, "lm_step": lm_setup, "timings": timings,
-              "note": "ratio = PyTorch eager seconds per call / onnxruntime seconds per call; > 1: onnxruntime is faster"}
+    result = {"quick": args.quick, **measure(args.quick)}
+    report(result)
     print(f"wrote {write_result(result, args.out, 'export')}")
 
 

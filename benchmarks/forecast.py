@@ -53,30 +53,46 @@ RESULTS = Path(__file__).parent / "results" / "forecast.json"
 VALIDATION_RESULTS = Path(__file__).parent / "results" / "forecast_validation.json"
 
 
-def neuralforecast_window(train: pd.DataFrame, horizon: int, lookback: int, freq: str, steps: int, seed: int = 1):
-    """NeuralForecast's LSTM at its defaults or better, fitted and forecast: its default
-    ``max_steps`` (1000), early stopping on the last horizon of each series (checked every 100
-    steps, its default ``val_check_steps``, patience 3), rnnkit's lookback as ``input_size`` and
-    rnnkit's calendar features as future exogenous columns (``futr_exog_list``)."""
+def neuralforecast_model(train: pd.DataFrame, horizon: int, lookback: int, freq: str, steps: int, seed: int = 1):
+    """NeuralForecast's LSTM at its defaults or better, fitted: its default ``max_steps`` (1000),
+    early stopping on the last horizon of each series (checked every 100 steps, its default
+    ``val_check_steps``, patience 3), rnnkit's lookback as ``input_size`` and rnnkit's calendar
+    features as future exogenous columns (``futr_exog_list``).
+
+    Returns the fitted ``NeuralForecast``, the fit's seconds and ``inputs(frame)``: the keyword
+    arguments of ``predict`` that forecast after each series of ``frame`` (its history with the
+    calendar columns, and the horizon's calendar as ``futr_df``)."""
     from neuralforecast import NeuralForecast
     from neuralforecast.models import LSTM
 
-    train = train[["unique_id", "ds", "y"]]
     calendar = lambda ds: pd.DataFrame(calendar_features(pd.DatetimeIndex(ds), freq),  # noqa: E731
                                        index=ds.index).add_prefix("calendar_")
-    train = pd.concat([train, calendar(train["ds"])], axis=1)
-    futr = pd.concat([pd.DataFrame({"unique_id": uid, "ds": future_dates(group["ds"].iloc[-1], freq, horizon)})
-                      for uid, group in train.groupby("unique_id", sort=False)], ignore_index=True)
-    futr = pd.concat([futr, calendar(futr["ds"])], axis=1)
-    exog = [c for c in train.columns if c.startswith("calendar_")] or None
+
+    def inputs(frame: pd.DataFrame) -> dict:
+        frame = frame[["unique_id", "ds", "y"]]
+        if calendar(frame["ds"].iloc[:1]).shape[1] == 0:  # no calendar at this frequency (yearly)
+            return {"df": frame}
+        futr = pd.concat([pd.DataFrame({"unique_id": uid, "ds": future_dates(group["ds"].iloc[-1], freq, horizon)})
+                          for uid, group in frame.groupby("unique_id", sort=False)], ignore_index=True)
+        return {"df": pd.concat([frame, calendar(frame["ds"])], axis=1),
+                "futr_df": pd.concat([futr, calendar(futr["ds"])], axis=1)}
+
+    history = inputs(train)
+    exog = [c for c in history["df"].columns if c.startswith("calendar_")] or None
     model = LSTM(h=horizon, input_size=lookback, futr_exog_list=exog, max_steps=steps, val_check_steps=100,
                  early_stop_patience_steps=3, random_seed=seed, accelerator="cpu",
                  enable_progress_bar=False, enable_model_summary=False, logger=False)
     nf = NeuralForecast(models=[model], freq=freq)
     start = time.perf_counter()
-    nf.fit(df=train, val_size=horizon)
+    nf.fit(df=history["df"], val_size=horizon)
     seconds = time.perf_counter() - start
-    out = nf.predict(futr_df=futr if exog else None).reset_index()
+    return nf, seconds, inputs
+
+
+def neuralforecast_window(train: pd.DataFrame, horizon: int, lookback: int, freq: str, steps: int, seed: int = 1):
+    """NeuralForecast's LSTM (:func:`neuralforecast_model`) fitted on ``train`` and forecast after it."""
+    nf, seconds, inputs = neuralforecast_model(train, horizon, lookback, freq, steps, seed)
+    out = nf.predict(futr_df=inputs(train).get("futr_df")).reset_index()
     return pd.DataFrame({"unique_id": out["unique_id"].astype(str), "ds": out["ds"], "y_hat": out["LSTM"]}), seconds
 
 
@@ -102,7 +118,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     if "NF-LSTM" in args.models and _installed("neuralforecast"):
         freq = spec.get("resample", DATASETS[name].frequency)
         for window, train, actual in rolling_splits(frame, spec["horizon"], args.windows):
-            forecast, seconds = neuralforecast_window(train, spec["horizon"], config.lookback, freq,
+            lookback = config.lookback or 3 * spec["horizon"]  # "auto" settles it in fit: rnn's on these few series
+            forecast, seconds = neuralforecast_window(train, spec["horizon"], lookback, freq,
                                                       50 if args.quick else 1000)
             rows, _ = score_window(train, actual, forecast, config.quantiles, spec["season"])
             metrics.append(pd.DataFrame([{"window": window, "model": "NF-LSTM", "fit_s": seconds, **r} for r in rows]))
@@ -157,6 +174,14 @@ def merge(paths: list[Path], out: Path) -> None:
     print(f"wrote {out}")
 
 
+def quiet_neuralforecast() -> None:
+    """NeuralForecast (and Lightning) without their warnings and log lines, ids as a column."""
+    os.environ.setdefault("NIXTLA_ID_AS_COL", "1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
 def _installed(module: str) -> bool:
     try:
         __import__(module)
@@ -189,10 +214,7 @@ def main() -> None:
     if args.quick:
         args.datasets, args.windows = "airpassengers", 1
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("NIXTLA_ID_AS_COL", "1")
-    warnings.filterwarnings("ignore")
-    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet_neuralforecast()
     results = {}
     for name in args.datasets.split(","):
         start = time.perf_counter()

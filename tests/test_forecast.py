@@ -16,7 +16,8 @@ from rnnkit.data.series import SeriesScaler, calendar_features, holdout_fold, ho
 from rnnkit.errors import BundleError, DataError, RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
 from rnnkit.tasks.forecast_eval import backtest_plot_frames, coverage_report, evaluate_forecast
-from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet
+from rnnkit.tasks.forecast_json import forecasts_json, plain_forecasts, request_frames
+from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet, conformal_level
 from rnnkit.plotting import plot_forecast
 
 FAST = dict(hidden_size=16, ensemble=1, max_steps=60, progress=False, minutes=None)
@@ -305,6 +306,57 @@ def test_predict_json_answers_as_predict_does(fitted: Forecaster) -> None:
                                      "median": [4.0] * 6, "quantiles": {}, "method": "naive"}
 
 
+def _through_frames(fc: Forecaster, request: dict) -> dict:
+    frame, future = request_frames(fc, request)
+    return forecasts_json(fc, fc.predict(frame, future=future), request)
+
+
+def test_a_plain_request_takes_the_lean_path_and_answers_as_the_frames_do(fitted: Forecaster) -> None:
+    frame = seasonal_frame(n=60, series=2, noise=0.5)
+    two = _request(frame, horizon=5)
+    two["series"][1]["id"] = "new"  # a series the model never saw: scaled by its own history
+    long_lookback = Forecaster(horizon=3, lookback=24, **FAST).fit(frame)
+    padded = _request(frame.iloc[:20])  # shorter than its lookback (24), long enough for it (12 + 3)
+    for fc, request in ((fitted, two), (long_lookback, padded), (fitted, _request(frame.iloc[:30]))):
+        lean = plain_forecasts(fc, request)
+        assert lean is not None and fc.predict_checked(request) == lean
+        expected = _through_frames(fc, request)
+        for got, want in zip(lean["forecasts"], expected["forecasts"]):
+            assert got.keys() == want.keys() and got["dates"] == want["dates"] and got["method"] == "model"
+            assert got["median"] == pytest.approx(want["median"], rel=1e-6)
+            for q in ("0.1", "0.9"):
+                assert got["quantiles"][q] == pytest.approx(want["quantiles"][q], rel=1e-6)
+    ragged = _request(frame)
+    ragged["series"][0]["dates"][3] = "2000-04-02"  # not evenly spaced: the frames' check names it
+    for request in (ragged, _request(frame.iloc[:5]), {**two, "horizon": 7},
+                    {"series": [{**two["series"][0], "dates": [d + "T00:00" for d in two["series"][0]["dates"]]}]}):
+        assert plain_forecasts(fitted, request) is None
+
+
+def test_predict_many_answers_plain_requests_in_one_forward_and_each_as_alone(fitted: Forecaster) -> None:
+    frame = seasonal_frame(n=60, series=2, noise=0.5)
+    s0, s1 = (_request(frame[frame["unique_id"] == uid]) for uid in ("s0", "s1"))
+    plain = [s0, {**s1, "horizon": 3}, _request(frame)]
+    batches = []
+    forecast_windows = fitted.forecast_windows
+    fitted.forecast_windows = lambda inputs, stats: batches.append(len(inputs)) or forecast_windows(inputs, stats)
+    try:
+        answers = fitted.predict_many(plain)
+        assert batches == [4]  # the four series of three requests, one forward
+        short = {"series": [{"values": [1.0, 2.0, 3.0, 4.0], "dates": ["2001-01-01", "2001-02-01", "2001-03-01",
+                                                                        "2001-04-01"]}]}
+        mixed = fitted.predict_many([s0, {**s0, "horizon": 7}, short])  # a refused and a naive one: one by one
+    finally:
+        del fitted.forecast_windows
+    for request, answer in zip(plain, answers):
+        alone = fitted.predict_checked(request)
+        assert [f["id"] for f in answer["forecasts"]] == [f["id"] for f in alone["forecasts"]]
+        for got, want in zip(answer["forecasts"], alone["forecasts"]):
+            assert got["dates"] == want["dates"] and got["median"] == pytest.approx(want["median"], rel=1e-6)
+    assert isinstance(mixed[1], DataError) and "forecasts at most 6 steps" in str(mixed[1])
+    assert mixed[2]["forecasts"][0]["method"] == "naive" and mixed[0]["forecasts"][0]["method"] == "model"
+
+
 @pytest.mark.parametrize("request_, message", [
     ({"values": [1, 2, 3]}, r"^request is missing 'series'"),
     ({"series": [{"values": [1.0, float("nan"), 3.0], "dates": ["2001-01-01"] * 3}]},
@@ -384,3 +436,11 @@ def test_predict_json_takes_covariates_and_their_future() -> None:
     with pytest.raises(DataError, match=r"^request.series\[0\].covariates gives 'price'; this model reads "
                                         r"visits, price$"):
         fc.predict_checked({"series": [{**item, "covariates": {"price": item["covariates"]["price"]}}]})
+
+
+def test_the_calibration_level_is_split_conformal_over_windows() -> None:
+    assert conformal_level(0.9, windows=9) == pytest.approx(1.0)  # 9 windows: the largest residual
+    assert conformal_level(0.1, windows=9) == pytest.approx(0.0)
+    assert conformal_level(0.9, windows=99) == pytest.approx(0.9 * 100 / 99)
+    assert conformal_level(0.1, windows=99) == pytest.approx(1 - 0.9 * 100 / 99)
+    assert conformal_level(0.9, windows=4) == 1.0 and conformal_level(0.1, windows=4) == 0.0  # clipped

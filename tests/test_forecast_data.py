@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from rnnkit.cli import app
@@ -60,9 +61,21 @@ def test_a_panel_too_short_to_train_is_refused_with_the_fix(tmp_path: Path) -> N
     with pytest.raises(DataError, match=r"every series is shorter than one season \+ horizon = 24 points, the least "
                                         r"that trains; use a shorter horizon"):
         Forecaster(horizon=12, progress=False).fit(frame)
-    with pytest.raises(DataError, match=r"no series has the 58 points \(one season \+ horizon \+ 34\) needed to "
-                                        r"hold out windows for early stopping and calibration; use a shorter horizon"):
-        Forecaster(horizon=12, progress=False).fit(read_series_csv(monthly_csv(tmp_path, n=57, series=1)))
+
+
+def test_a_panel_too_short_to_hold_out_trains_on_everything_and_says_so(tmp_path: Path, caplog) -> None:
+    data = monthly_csv(tmp_path, n=57, series=2)  # 57 < 58 = one season + horizon + the held-out span
+    with caplog.at_level("WARNING", logger="rnnkit"):
+        fc = Forecaster(horizon=12, hidden_size=8, ensemble=2, max_steps=30, progress=False).fit(read_series_csv(data))
+    assert "needed to hold out windows" in caplog.text and "intervals not calibrated" in caplog.text
+    assert fc.held_out is False and fc.metrics["held_out"] is False
+    assert [r.steps for r in fc.train_results] == [30, 30]  # no early stopping: max_steps
+    assert torch.equal(fc.model.calibration, torch.zeros(3))
+    assert fc.predict().groupby("unique_id").size().to_dict() == {"shop0": 12, "shop1": 12}
+    result = CliRunner().invoke(app, ["forecast", "train", str(data), "--out", str(tmp_path / "m.rnnkit"),
+                                      "--max-steps", "5", "--ensemble", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "no series is long enough to hold out windows (58 points)" in " ".join(result.output.split())
 
 
 def mixed_lengths_csv(tmp_path: Path, lengths: tuple[int, ...], seed: int = 0) -> Path:

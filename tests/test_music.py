@@ -14,6 +14,7 @@ from rnnkit.cli import app
 from rnnkit.data import music as data
 from rnnkit.errors import DataError, RnnkitError
 from rnnkit.tasks.music import MusicGenerator, degenerate, random_transpose
+from threads import one_thread
 
 runner = CliRunner()
 Q = data.TICKS  # ticks per quarter note
@@ -122,7 +123,8 @@ def cycle_model() -> MusicGenerator:
     pieces = [cycle_piece(f"p{k}.mid", start=k % 4) for k in range(8)]
     gen = MusicGenerator(steps_per_quarter=1, hidden_size=48, nade_size=24, transpose_range=0, dropout=0.0,
                          seq_len=32, batch_size=8, lr=1e-2, max_steps=250, minutes=None, progress=False)
-    return gen.fit(pieces, [])  # no validation: every step is an epoch here
+    with one_thread():
+        return gen.fit(pieces, [])  # no validation: every step is an epoch here
 
 
 def test_model_learns_the_chord_cycle(cycle_model):
@@ -159,6 +161,16 @@ def test_seeded_generation_is_reproducible_and_survives_save_load(cycle_model, t
     loaded = rnnkit.load(cycle_model.save(tmp_path / "m.rnnkit"))
     assert isinstance(loaded, MusicGenerator)
     assert np.array_equal(loaded.generate(bars=4, seed=7)["roll"], a)
+
+
+def test_top_p_leaves_out_the_unlikely_pitches(cycle_model):
+    greedy = cycle_model.generate(bars=2, temperature=0)["roll"]
+    assert np.array_equal(cycle_model.generate(bars=2, top_p=0.5, seed=4)["roll"], greedy)  # likelier side always
+
+    def chords(top_p: float) -> int:  # frames that are one of the cycle's chords, at a wild temperature
+        rolls = [cycle_model.generate(bars=4, temperature=3.0, top_p=top_p, seed=s)["roll"] for s in range(4)]
+        return sum(tuple(np.flatnonzero(f)) in CHORDS for roll in rolls for f in roll)
+    assert chords(0.9) > chords(1.0)  # the nucleus drops the stray pitches a high temperature lets in
 
 
 def test_predict_json_answers_with_frames_and_notes(cycle_model):

@@ -224,3 +224,37 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def test_music_commands_run(tmp_path, monkeypatch):
+    """The Music section's commands, in process, on a small made-up corpus in place of music21's
+    Bach chorales (whose parse is the slow test of tests/test_music.py) and 2 training steps."""
+    from test_music import cycle_piece
+    from typer.testing import CliRunner
+
+    from rnnkit.cli import app
+    from rnnkit.data import music as data
+
+    section = README[README.index("## Music"):]
+    section = section[:section.index("\n## ")]
+    commands = [line.split("  #")[0].strip() for block in code_blocks("sh", section) for line in block.splitlines()
+                if line.startswith("rnnkit music ")]
+    assert {c.split()[2] for c in commands} == {"dataset", "train", "generate"}
+    names = [f"bwv{i}.mxl" for i in range(1, 80)]
+    corpus = [cycle_piece(n, start=i % 4) for s in ("train", "val", "test")
+              for i, n in enumerate([n for n in names if data.split_of(n) == s][:3])]
+    monkeypatch.setattr(data, "bach_chorales", lambda **options: (corpus, []))
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    for k in range(3):
+        data.write_midi(cycle_piece(f"p{k}", start=k).notes, tmp_path / "my_scores" / f"p{k}.mid")
+    (tmp_path / "my_scores" / "broken.mid").write_bytes(b"MThd garbage")
+    runner = CliRunner()
+    for command in commands:
+        args = shlex.split(re.sub(r"--minutes \S+", "--max-steps 2", command))[1:]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, f"{command!r} failed: {result.output[-500:]}"
+        if "my_scores" in command:
+            assert "skipped 1 file" in result.stderr
+    for written in re.findall(r"--(?:out|plot) (\S+)", " ".join(commands)):
+        assert (tmp_path / written).exists(), written

@@ -95,6 +95,27 @@ def test_generate_streams_pieces_then_done(client: TestClient, tasks: dict[str, 
     assert streamed_text(client.post("/v1/lm/generate", json={"max_tokens": 0}).text) == ""
 
 
+def test_generation_ends_at_its_stop_strings_each_stream_at_its_own(client: TestClient,
+                                                                    tasks: dict[str, Any]) -> None:
+    lm, prime = tasks["lm"], "the dog "
+    full = lm.generate(prime, 120, temperature=0)[len(prime):]
+    assert "sat on the cat" in full
+    cases = (["cat s"], ["zzz", "on the"], ["the cax"], ["zzz"])  # "the cax": "the ca" is held, then sent
+    ends = [full[:min((full.find(s) for s in stop if s in full), default=len(full))] for stop in cases]
+    for stop, expected in zip(cases, ends):
+        request = {"prime": prime, "max_tokens": 120, "temperature": 0, "stop": stop}
+        assert streamed_text(client.post("/v1/lm/generate", json=request).text) == expected
+        assert client.post("/v1/lm/predict", json=request).json()["text"] == prime + expected
+    slots = [lm.open_stream({"prime": prime, "max_tokens": 120, "temperature": 0, "stop": stop}) for stop in cases]
+    texts = [""] * len(slots)
+    while not all(slot.done for slot in slots):  # stepped together, each ending at its own stop
+        for k, pieces in enumerate(lm.step_streams(slots)):
+            texts[k] += "".join(piece["text"] for piece in pieces)
+    assert texts == ends
+    response = client.post("/v1/lm/generate", json={"stop": ["\n", ""]})
+    assert response.status_code == 422 and response.json()["error"].startswith("request.stop[1] is empty")
+
+
 def test_the_playground_and_its_files_are_served(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "rnnkit playground" in page.text and "/static/app.js" in page.text
@@ -159,6 +180,7 @@ def test_a_token_is_required_when_the_server_has_one(bundles: dict[str, Path]) -
         assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
         assert response.json()["error"].startswith("missing or wrong bearer token; send the header")
     assert secured.get("/v1/models").status_code == 401
+    assert secured.post("/v1/lm/generate", json={"max_tokens": 5}).status_code == 401  # before a stream opens
     assert secured.post("/v1/nope/predict", json={}).status_code == 401  # no model names leak without it
     ok = {"Authorization": "Bearer s3cret"}
     assert secured.post("/v1/clf/predict", json={"texts": ["a"]}, headers=ok).status_code == 200
@@ -171,19 +193,61 @@ def test_an_unexpected_failure_is_a_500_line_and_the_server_goes_on(bundles: dic
     clf = rnnkit.load(bundles["clf"])
     app = create_app({"clf": clf}, limits=LIMITS)
     client = TestClient(app, raise_server_exceptions=False)
-    calls = []
+    probabilities = clf.probabilities
 
-    def broken(request: dict) -> dict:
-        calls.append(request)
-        if len(calls) == 1:
+    def broken(texts: list) -> Any:
+        if "boom" in texts:
             raise ZeroDivisionError("a bug")
-        return {"predictions": []}
+        return probabilities(texts)
 
-    monkeypatch.setattr(clf, "predict_json", broken)
-    response = client.post("/v1/clf/predict", json={"texts": ["a"]})
+    monkeypatch.setattr(clf, "probabilities", broken)
+    response = client.post("/v1/clf/predict", json={"texts": ["boom"]})
     assert response.status_code == 500 and response.json() == {
         "error": "internal error (ZeroDivisionError: a bug); the server goes on"}
-    assert client.post("/v1/clf/predict", json={"texts": ["a"]}).json() == {"predictions": []}
+    assert client.post("/v1/clf/predict", json={"texts": ["a great film"]}).json()["predictions"][0]["label"] == "pos"
+
+
+def test_predictions_arriving_together_are_answered_in_one_turn_each_on_its_own(
+        bundles: dict[str, Path], tasks: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    clf = rnnkit.load(bundles["clf"])
+    probabilities, batches = clf.probabilities, []
+
+    def counted(texts: list) -> Any:
+        batches.append(len(texts))
+        if "boom" in texts:
+            raise ZeroDivisionError("a bug")
+        return probabilities(texts)
+
+    monkeypatch.setattr(clf, "probabilities", counted)
+    app = create_app({"clf": clf}, limits=LIMITS)
+    served = app.state.models["clf"]
+    requests = [{"texts": ["a great film", "okay"]}, {"texts": ["an awful plot"]}, {"texts": 3},
+                {"texts": ["boom"]}, {"texts": ["a great film"]}]
+    answers: list[Any] = [None] * len(requests)
+    gate = threading.Event()
+    with running(app) as url:
+        served.worker.submit(gate.wait, 30)  # hold the model until every request waits
+
+        def post(i: int) -> None:
+            with httpx.Client(base_url=url, timeout=60) as http:
+                answers[i] = http.post("/v1/clf/predict", json=requests[i])
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(served.predictor.waiting) < len(requests) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert served.predictor.turns == {5: 1}  # one turn for all five
+    assert batches[0] == 5  # the valid requests' texts as one batch, which failed on "boom": then one by one
+    for i in (0, 1, 4):
+        assert answers[i].status_code == 200
+        assert answers[i].json() == json.loads(json.dumps(tasks["clf"].predict_checked(requests[i])))
+    assert answers[2].status_code == 422 and answers[2].json()["error"] == "request.texts must be array, got a number"
+    assert answers[3].status_code == 500 and "ZeroDivisionError: a bug" in answers[3].json()["error"]
 
 
 def test_a_generation_that_fails_midway_ends_with_an_error_event(bundles: dict[str, Path]) -> None:
@@ -200,8 +264,9 @@ def test_a_generation_that_fails_midway_ends_with_an_error_event(bundles: dict[s
     task.step_streams = failing
     client = TestClient(app)
     parsed = events(client.post("/v1/lm/generate", json={"prime": "the ", "max_tokens": 50, "temperature": 0}).text)
-    assert [name for name, _ in parsed] == ["message", "message", "error"]
-    assert parsed[-1][1] == {"error": "generation failed: out of memory"}
+    assert [name for name, _ in parsed][-1] == "error" and {name for name, _ in parsed[:-1]} == {"message"}
+    assert "".join(data["text"] for _, data in parsed[:-1]) == task.generate("the ", 2, temperature=0)[4:]
+    assert parsed[-1][1] == {"error": "generation failed: out of memory"}  # the two tokens sampled, then the error
     assert streamed_text(client.post("/v1/lm/generate", json={"max_tokens": 5}).text)  # the next one runs
     with pytest.raises(RnnkitError, match="max_streams must be a positive integer, got 0"):
         Limits(max_streams=0)
@@ -298,3 +363,59 @@ def test_serve_refuses_bad_bundle_arguments_in_one_line(bundles: dict[str, Path]
     assert result.exit_code == 2 and "two bundles are named 'a'; pass NAME=PATH" in result.output
     result = runner.invoke(cli, ["serve", f"a/b={bundles['clf']}"])
     assert result.exit_code == 2 and "model name 'a/b'" in result.output
+
+
+@pytest.mark.slow
+def test_the_readmes_serve_commands_work_as_written(bundles: dict[str, Path], tmp_path: Path) -> None:
+    """The README's `rnnkit serve` block, run as written (tiny bundles under its names, a free port)."""
+    import shlex
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    import torch
+    from test_readme import code_blocks
+    from test_text import CORPUS, TINY_LM
+
+    from rnnkit import TextGenerator
+
+    block = next(b for b in code_blocks("sh") if "rnnkit serve" in b)
+    lines = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    serve, curls = lines[0], lines[1:]
+    assert serve.startswith("rnnkit serve lm.rnnkit clf.rnnkit") and len(curls) == 2 and all(c.startswith("curl ") for c in curls)
+    shutil.copytree(bundles["clf"], tmp_path / "clf.rnnkit")
+    torch.manual_seed(0)  # the README's LM is Shakespeare's: its prime "ROMEO:" must be in the vocabulary
+    TextGenerator(**TINY_LM).fit(CORPUS + "\nROMEO: " + CORPUS.upper()).save(tmp_path / "lm.rnnkit")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    args = [a.replace("8000", port) for a in shlex.split(serve)[1:]]
+    server = subprocess.Popen([sys.executable, "-m", "rnnkit", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "rnnkit serve did not start"
+            time.sleep(0.1)
+        out = [subprocess.run(shlex.split(c.replace("localhost:8000", f"127.0.0.1:{port}")), capture_output=True,
+                              text=True, timeout=60).stdout for c in curls]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    predictions = json.loads(out[0])["predictions"]
+    assert len(predictions) == 1 and predictions[0]["label"] in ("neg", "pos")
+    assert streamed_text(out[1]), out[1]  # pieces of text, then the done event
+
+
+def test_a_piece_longer_than_the_bars_limit_is_refused() -> None:
+    from rnnkit.server.limits import HTTPError
+
+    Limits(max_bars=16).check({"bars": 16})
+    with pytest.raises(HTTPError, match=r"request.bars is 17, above this server's limit of 16; ask for at most 16"):
+        Limits(max_bars=16).check({"bars": 17})

@@ -1,4 +1,4 @@
-"""The backtest's statsforecast rows (AutoARIMA, AutoETS): present and sane where statsforecast is installed.
+"""The backtest's statsforecast rows (Theta, AutoETS, AutoARIMA): present and sane where statsforecast is installed.
 
 `make test` installs the `bench` extra, so these run there; without statsforecast they skip.
 """
@@ -28,20 +28,24 @@ def test_statsforecast_forecasts_carry_the_interval_of_the_outer_quantiles():
     frame = _seasonal_series()
     train, actual = frame.iloc[:-H], frame["y"].to_numpy()[-H:]
     results = statsforecast_forecasts(train, H, 12, "MS", (0.1, 0.5, 0.9))
-    assert set(results) == {"AutoARIMA", "AutoETS"}
+    assert set(results) == {"Theta", "AutoARIMA", "AutoETS"}
     for name, (forecast, seconds) in results.items():
         assert list(forecast.columns) == ["unique_id", "ds", "y_hat", "y_hat_q10", "y_hat_q90"], name
         assert forecast["ds"].tolist() == frame["ds"].iloc[-H:].tolist() and seconds > 0
         assert (forecast["y_hat_q10"] < forecast["y_hat"]).all() and (forecast["y_hat"] < forecast["y_hat_q90"]).all()
         mae = np.abs(forecast["y_hat"].to_numpy() - actual).mean()
-        assert mae < 3, (name, mae)  # noise sd 1; the naive forecast's MAE here is ~20
+        # noise sd 1; the naive forecast's MAE here is ~20. Theta's multiplicative season and damped
+        # drift fit this additive trend less closely than the two searches do.
+        assert mae < (3 if name != "Theta" else 10), (name, mae)
 
 
 def test_backtest_reports_autoarima_and_autoets_beside_rnnkit_with_sane_scores():
     config = ForecasterConfig(horizon=H, hidden_size=8, ensemble=1, max_steps=20, minutes=None, progress=False)
     result = backtest(Forecaster(config), _seasonal_series(), windows=2, season_length=12)
     rows = result.metrics.set_index(["model", "window"])
-    assert {"rnnkit", "naive", "seasonal_naive", "AutoARIMA", "AutoETS"} == set(result.metrics["model"])
+    assert {"rnnkit", "naive", "seasonal_naive", "Theta", "AutoARIMA", "AutoETS"} == set(result.metrics["model"])
+    for window in (1, 2):  # Theta's drift is half the trend: far better than the last value, if not the best
+        assert rows.loc[("Theta", window), "mae"] < rows.loc[("naive", window), "mae"] / 2
     for name in ("AutoARIMA", "AutoETS"):
         for window in (1, 2):
             row = rows.loc[(name, window)]
@@ -52,4 +56,4 @@ def test_backtest_reports_autoarima_and_autoets_beside_rnnkit_with_sane_scores()
             assert row["mae"] < rows.loc[("seasonal_naive", window), "mae"] / 2
     forecasts = result.forecasts[result.forecasts["model"] == "AutoETS"]
     assert len(forecasts) == 2 * H and forecasts["y"].notna().all()
-    assert result.summary()["model"].iloc[0] in ("AutoARIMA", "AutoETS")  # best MASE first
+    assert result.summary()["model"].iloc[0] in ("AutoARIMA", "AutoETS", "Theta")  # best MASE first

@@ -15,7 +15,7 @@ from ..files import write_csv
 from ..plotting import plot_confusion_matrix
 from ..tasks.classify import MODEL_TYPE, SequenceClassifier, SequenceClassifierConfig
 from . import create_app
-from .options import CELL_HELP, TrainingOptions, training_options
+from .options import BundleOut, CELL_HELP, TrainingOptions, training_options
 
 app = create_app("Classify texts (sentiment, topics, ...) with a recurrent network, from CSV files.")
 console = Console(stderr=True)
@@ -27,7 +27,7 @@ def train(
     data: Annotated[Path, typer.Argument(help="CSV with a text and a label column.", show_default=False)],
     text_col: Annotated[str, typer.Option(help="Column holding the texts.")],
     label_col: Annotated[str, typer.Option(help="Column holding the labels.")],
-    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    out: BundleOut,
     training: TrainingOptions,
     pretrained: Annotated[Optional[Path], typer.Option(
         help="A language model bundle (rnnkit textgen train) whose tokenizer, embedding and recurrent layers "

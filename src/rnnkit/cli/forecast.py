@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,64 +19,76 @@ from ..plotting import plot_forecast
 from ..tasks.forecast import Forecaster, ForecasterConfig
 from ..tasks.forecast_eval import backtest_plot_frames, coverage_report
 from . import create_app
-from .options import CELL_HELP, TrainingOptions, training_options
+from .options import CELL_HELP, BundleOut, TrainingOptions, keyword_option, option_group, training_options
 
 app = create_app("Forecast time series (CSV: unique_id, ds, y [, covariates]; or one date,value series).")
 console = Console(stderr=True)
 
 Data = Annotated[Path, typer.Argument(help="CSV with columns unique_id, ds, y (or date,value).", show_default=False)]
-Horizon = Annotated[int, typer.Option(help="Steps to forecast.")]
-Lookback = Annotated[Optional[int], typer.Option(help="Input window; default 3 x horizon.")]
-Cell = Annotated[str, typer.Option(help=CELL_HELP)]
-Head = Annotated[str, typer.Option(help="decoder (a recurrent decoder over the horizon) or direct (all steps at once).")]
-Hidden = Annotated[int, typer.Option(help="Hidden units.")]
-Quantiles = Annotated[str, typer.Option(help="Comma-separated quantiles; 0.5 is the point forecast.")]
-Past = Annotated[str, typer.Option(help="Comma-separated past-covariate columns (known up to the forecast start).")]
-Future = Annotated[str, typer.Option(help="Comma-separated future-covariate columns (known for the horizon too).")]
-Ensemble = Annotated[int, typer.Option(help="Models from different seeds, averaged.")]
-Seed = Annotated[int, typer.Option(help="Random seed.")]
 DayFirst = Annotated[Optional[bool], typer.Option(
     "--dayfirst/--monthfirst", help="Read dates such as 01/02/2000 day-first or month-first; "
     "by default the data decides, and a file that leaves it open is refused.", show_default=False)]
 
 
-def _config(horizon: int, lookback: Optional[int], cell: str, head: str, hidden_size: int, quantiles: str,
-            past: str, future: str, ensemble: int, **training: Any) -> ForecasterConfig:
+def _network_options() -> list[inspect.Parameter]:
+    """The model options that ``train`` and ``backtest`` share."""
+    option = keyword_option
+    return [
+        option("horizon", Annotated[int, typer.Option(help="Steps to forecast.")], 12),
+        option("lookback", Annotated[Optional[int], typer.Option(help="Input window; default 3 x horizon.")], None),
+        option("model", Annotated[str, typer.Option(
+            help="auto (esrnn for 20+ series without covariates, else rnn), rnn, or esrnn "
+                 "(learned per-series Holt-Winters level/season under a global net).")], "auto"),
+        option("cell", Annotated[str, typer.Option(help=CELL_HELP)], "lstm"),
+        option("head", Annotated[str, typer.Option(
+            help="decoder (a recurrent decoder over the horizon) or direct (all steps at once).")], "decoder"),
+        option("hidden_size", Annotated[int, typer.Option(help="Hidden units.")], 32),
+        option("quantiles", Annotated[str, typer.Option(
+            help="Comma-separated quantiles; 0.5 is the point forecast.")], "0.1,0.5,0.9"),
+        option("past", Annotated[str, typer.Option(
+            help="Comma-separated past-covariate columns (known up to the forecast start).")], ""),
+        option("future", Annotated[str, typer.Option(
+            help="Comma-separated future-covariate columns (known for the horizon too).")], ""),
+        option("ensemble", Annotated[int, typer.Option(help="Models from different seeds, averaged.")], 3),
+    ]
+
+
+def _network_fields(quantiles: str, past: str, future: str, **fields: Any) -> dict[str, Any]:
+    """The :class:`ForecasterConfig` fields that the model options set."""
     try:
         levels = tuple(float(q) for q in quantiles.split(","))
     except ValueError:
         raise RnnkitError(f"--quantiles must be numbers separated by commas, got {quantiles!r}") from None
     columns = lambda text: tuple(c.strip() for c in text.split(",") if c.strip())
-    return ForecasterConfig(horizon=horizon, lookback=lookback, cell=cell, head=head, hidden_size=hidden_size,
-                            quantiles=levels, past_covariates=columns(past), future_covariates=columns(future),
-                            ensemble=ensemble, **training)
+    return dict(fields, quantiles=levels, past_covariates=columns(past), future_covariates=columns(future))
+
+
+#: ``--horizon``, ``--lookback``, ``--model``, ``--cell``, ... handed to the command as ``network``: its config fields
+network_options = option_group("network", _network_options(), _network_fields)
 
 
 @app.command()
 @training_options(minutes=2.0)
+@network_options
 def train(
     data: Data,
-    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    out: BundleOut,
     training: TrainingOptions,
-    horizon: Horizon = 12,
-    lookback: Lookback = None,
-    cell: Cell = "lstm",
-    head: Head = "decoder",
-    hidden_size: Hidden = 32,
-    quantiles: Quantiles = "0.1,0.5,0.9",
-    past: Past = "",
-    future: Future = "",
-    ensemble: Ensemble = 3,
+    network: dict[str, Any],
     dayfirst: DayFirst = None,
 ) -> None:
     """Train a global forecaster on every series in DATA and write a bundle."""
-    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble,
-                     **training.config_fields())
+    config = ForecasterConfig(**network, **training.config_fields())
     frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates, dayfirst=dayfirst)
     forecaster = Forecaster(config).fit(frame, **training.fit_options())
     path = forecaster.save(out)
-    losses = ", ".join(f"{r.best_val_loss:.4f}" for r in forecaster.train_results)
-    console.print(f"trained {len(forecaster.train_results)} model(s), best validation loss {losses}; bundle: {path}")
+    if forecaster.held_out:
+        losses = ", ".join(f"{r.best_val_loss:.4f}" for r in forecaster.train_results)
+        console.print(f"trained {len(forecaster.train_results)} model(s), best validation loss {losses}; bundle: {path}")
+    else:
+        console.print(f"trained {len(forecaster.train_results)} model(s) on every window: no series is long enough to "
+                      f"hold out windows ({forecaster.holdout_points} points), so no early "
+                      f"stopping and uncalibrated intervals; bundle: {path}")
     if forecaster.too_short:
         console.print(f"{len(forecaster.too_short)} series too short to train on (fewer than {forecaster.min_points} "
                       f"points, one season + horizon): predict forecasts them by seasonal naive")
@@ -109,29 +122,23 @@ def predict(
 
 
 @app.command()
+@network_options
 def backtest(
     data: Data,
-    horizon: Horizon = 12,
+    network: dict[str, Any],
     windows: Annotated[int, typer.Option(help="Rolling-origin windows, each one horizon long.")] = 3,
     season_length: Annotated[int, typer.Option(help="Season for seasonal naive and MASE.")] = 1,
-    lookback: Lookback = None,
-    cell: Cell = "lstm",
-    head: Head = "decoder",
-    hidden_size: Hidden = 32,
-    quantiles: Quantiles = "0.1,0.5,0.9",
-    past: Past = "",
-    future: Future = "",
-    ensemble: Ensemble = 3,
     minutes: Annotated[float, typer.Option(help="Wall-clock training budget per window.")] = 2.0,
-    baselines: Annotated[str, typer.Option(help="Comma-separated: naive, seasonal_naive, AutoARIMA, AutoETS; "
-                                           "auto = both statsforecast models when installed.")] = "naive,seasonal_naive,auto",
+    baselines: Annotated[str, typer.Option(help="Comma-separated: naive, seasonal_naive, Theta, AutoETS, AutoARIMA; "
+                                           "auto = all three statsforecast models when installed.")]
+    = "naive,seasonal_naive,auto",
     out: Annotated[Optional[Path], typer.Option(help="CSV of per-window, per-series, per-model metrics.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="PNG: history, backtest forecasts and the actual values.")] = None,
     dayfirst: DayFirst = None,
 ) -> None:
     """Refit before each of the last WINDOWS horizons; score rnnkit next to naive, seasonal naive and
-    (when statsforecast is installed) AutoARIMA and AutoETS."""
-    config = _config(horizon, lookback, cell, head, hidden_size, quantiles, past, future, ensemble, minutes=minutes)
+    (when statsforecast is installed) Theta, AutoETS and AutoARIMA."""
+    config = ForecasterConfig(**network, minutes=minutes)
     frame = read_series_csv(data, covariates=config.past_covariates + config.future_covariates, dayfirst=dayfirst)
     chosen = tuple(b.strip() for b in baselines.split(",") if b.strip())
     result = Forecaster(config).backtest(frame, windows=windows, season_length=season_length, baselines=chosen)

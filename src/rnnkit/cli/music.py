@@ -15,7 +15,7 @@ from ..data import music as data
 from ..errors import DataError
 from ..tasks.music import MODEL_TYPE, MusicConfig, MusicGenerator
 from . import create_app
-from .options import TrainingOptions, training_options
+from .options import BundleOut, TrainingOptions, training_options
 
 app = create_app("Learn music from Bach's chorales or your own MIDI/MusicXML files, and write new pieces.")
 console = Console(stderr=True)
@@ -33,7 +33,7 @@ def _pieces(source: str, show: bool) -> tuple[list[data.Piece], list[tuple[str, 
     report = _progress("parsing") if show else None
     if source == "bach":
         return data.bach_chorales(progress=report)
-    return data.read_folder(source, progress=report)
+    return data.read_folder(source, progress=report, cache=True)
 
 
 @app.command()
@@ -56,14 +56,19 @@ def dataset(
 @training_options(minutes=5.0)
 def train(
     source: Annotated[str, typer.Argument(help="`bach`, or a folder of MIDI/MusicXML files.", show_default=False)],
-    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    out: BundleOut,
     training: TrainingOptions,
     hidden_size: Annotated[int, typer.Option(help="LSTM hidden units.")] = 256,
     steps_per_quarter: Annotated[int, typer.Option(help="Frames per quarter note: 2 = eighths, 4 = sixteenths.")] = 2,
     transpose_range: Annotated[int, typer.Option(help="Training transpositions up to this many semitones.")] = 3,
+    encoding: Annotated[str, typer.Option(help="`frames`: an LSTM + NADE per piano-roll frame; `events`: "
+                                               "an LSTM over note tokens (BachBot).")] = "frames",
 ) -> None:
-    """Train a frame model (LSTM + NADE) on SOURCE and write a bundle; report held-out nats per frame."""
-    config = MusicConfig(hidden_size=hidden_size, steps_per_quarter=steps_per_quarter,
+    """Train a music model on SOURCE and write a bundle; report held-out nats per frame.
+
+    A folder's parsed pieces are cached (keyed by its files' paths, sizes and times), so training
+    on it again starts at once; files that cannot be read are skipped and counted."""
+    config = MusicConfig(encoding=encoding, hidden_size=hidden_size, steps_per_quarter=steps_per_quarter,
                          transpose_range=transpose_range, **training.config_fields())
     pieces, skipped = _pieces(source, training.progress)
     if skipped:
@@ -100,6 +105,10 @@ def generate(
     out: Annotated[Path, typer.Option(help="MIDI file to write.")],
     bars: Annotated[int, typer.Option(help="Bars to generate (after the primer).")] = 8,
     temperature: Annotated[float, typer.Option(help="1 = as learned; < 1 safer, > 1 wilder; 0 = most likely.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling: draw only among the likeliest choices "
+                                              "that make up this probability (1 = off).")] = 1.0,
+    key: Annotated[Optional[str], typer.Option(help="Key of the output, e.g. \"D major\" or \"B minor\" "
+                                                    "(default: the primer's key, or C major / A minor).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed: the same seed, the same piece.")] = None,
     primer: Annotated[Optional[str], typer.Option(help="A MIDI/MusicXML file to continue, or `heldout` "
                                                        "(the opening of a test-split chorale).")] = None,
@@ -111,27 +120,44 @@ def generate(
     """Write a new piece as MIDI (and a piano roll, a WAV): from nothing, or continuing --primer."""
     if wav is not None:
         data.check_audio()  # before any work: a missing synthesiser is said first, nothing half written
+    if key is not None:
+        data.parse_key(key)  # a bad key is said before the model loads
     gen = load(bundle, MODEL_TYPE)
+    result, written = write_piece(gen, out, bars=bars, temperature=temperature, top_p=top_p, key=key, seed=seed,
+                                  primer=primer, primer_bars=primer_bars, plot=plot, wav=wav, tempo=tempo)
+    for warning in result["warnings"]:
+        console.print(f"warning: {warning}", highlight=False)
+    console.print(f"{len(result['notes'])} notes in {len(result['roll'])} frames, {result['key']}; "
+                  f"wrote {', '.join(written)}", highlight=False)
+
+
+def write_piece(gen: MusicGenerator, out: Path, *, bars: int = 8, temperature: float = 1.0, top_p: float = 1.0,
+                key: Optional[str] = None, seed: Optional[int] = None, primer: Optional[str] = None,
+                primer_bars: int = 2, plot: Optional[Path] = None, wav: Optional[Path] = None,
+                tempo: float = 80.0) -> tuple[dict, list[str]]:
+    """Generate one piece with ``gen`` and write its MIDI (and plot, WAV): ``generate`` of the CLI and the demo.
+
+    Without ``key`` a primed piece goes back to its primer's key. A silent piece is refused with
+    one line; the result's warnings say when a piece repeats one note.
+    """
     piece, roll = _primer(gen, primer, primer_bars, seed) if primer else (None, None)
     phase0 = 0 if piece is None else piece.phase_ticks // (data.TICKS // gen.config.steps_per_quarter)
-    result = gen.generate(bars, roll, temperature=temperature, seed=seed, phase0=phase0)
-    notes = result["notes"].copy()
-    if piece is not None:
-        notes[:, 2] -= piece.transpose  # back into the primer's own key
-    if not len(notes):
+    back = 0 if piece is None else -piece.transpose  # without --key, into the primer's own key
+    result = gen.generate(bars, roll, temperature=temperature, top_p=top_p, seed=seed, phase0=phase0, key=key,
+                          transpose=back)
+    if not len(result["notes"]):
         raise DataError("the generated piece is silent, so there is no MIDI to write; raise --temperature, "
                         "train longer, or give a --primer")
-    data.write_midi(notes, out, tempo_bpm=tempo)
+    data.write_midi(result["notes"], out, tempo_bpm=tempo)
     written = [str(out)]
     if plot is not None:
         from ..plotting import plot_piano_roll
 
-        primer_frames = 0 if roll is None else len(roll)
         plot_piano_roll(result["roll"], plot, steps_per_quarter=gen.config.steps_per_quarter,
-                        primer_frames=primer_frames, title=f"{bars} bars, temperature {temperature}")
+                        primer_frames=0 if roll is None else len(roll),
+                        title=f"{bars} bars in {result['key']}, temperature {temperature:g}"
+                              + (f", top-p {top_p:g}" if top_p < 1 else ""))
         written.append(str(plot))
     if wav is not None:
         written.append(str(data.render_wav(out, wav)))
-    for warning in result["warnings"]:
-        console.print(f"warning: {warning}", highlight=False)
-    console.print(f"{len(notes)} notes in {len(result['roll'])} frames; wrote {', '.join(written)}", highlight=False)
+    return result, written

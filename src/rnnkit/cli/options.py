@@ -34,6 +34,9 @@ from . import Precision
 #: the help text of every --cell option, from the cell registry (a new cell shows up by itself)
 CELL_HELP = "Recurrent cell: " + ", ".join(CELLS) + "."
 
+#: the ``--out`` of every ``train`` command
+BundleOut = Annotated[Path, typer.Option(help="Bundle directory to write.")]
+
 
 @dataclass(frozen=True)
 class TrainingOptions:
@@ -78,9 +81,7 @@ class TrainingOptions:
 
 def _shared_parameters(minutes: Optional[float]) -> list[inspect.Parameter]:
     default = "no time limit" if minutes is None else f"{minutes:g} unless --max-steps or --epochs is given"
-    def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-
+    option = keyword_option
     return [
         option("minutes", Annotated[Optional[float], typer.Option(
             help=f"Training budget in wall-clock minutes, all ensemble members together (default: {default}).",
@@ -105,24 +106,32 @@ def _shared_parameters(minutes: Optional[float]) -> list[inspect.Parameter]:
 def training_options(minutes: Optional[float] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command the shared training options, with ``minutes`` as its default budget; the
     command takes them as one ``training: TrainingOptions`` parameter."""
-    shared = _shared_parameters(minutes)
-    names = [p.name for p in shared]
+    return option_group("training", _shared_parameters(minutes),
+                        lambda **values: TrainingOptions(**values, default_minutes=minutes))
+
+
+def option_group(name: str, options: list[inspect.Parameter],
+                 build: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Splice ``options`` (keyword-only parameters, as Typer reads them) into a command's
+    signature, and hand the command ``build(**their values)`` as its parameter ``name`` instead:
+    one declaration for options that several commands share."""
+    names = [p.name for p in options]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(command, eval_str=True)
-        if "training" not in signature.parameters:
-            raise TypeError(f"{command.__name__} must take a `training: TrainingOptions` parameter")
-        own = [p for p in signature.parameters.values() if p.name != "training"]
+        if name not in signature.parameters:
+            raise TypeError(f"{command.__name__} must take a `{name}` parameter")
+        own = [p for p in signature.parameters.values() if p.name != name]
         clash = sorted(set(names) & {p.name for p in own})
         if clash:
-            raise TypeError(f"{command.__name__} declares shared training options itself: {', '.join(clash)}")
+            raise TypeError(f"{command.__name__} declares options of its `{name}` group itself: {', '.join(clash)}")
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
-            training = TrainingOptions(**{name: kwargs.pop(name) for name in names}, default_minutes=minutes)
-            return command(training=training, **kwargs)
+            group = build(**{option: kwargs.pop(option) for option in names})
+            return command(**{name: group}, **kwargs)
 
-        parameters = own + shared
+        parameters = own + options
         wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         del wrapper.__wrapped__  # Typer must read the new signature, not the command's
@@ -131,4 +140,9 @@ def training_options(minutes: Optional[float] = None) -> Callable[[Callable[...,
     return decorate
 
 
-__all__ = ["CELL_HELP", "TrainingOptions", "training_options"]
+def keyword_option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    """One option of an :func:`option_group`."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+__all__ = ["CELL_HELP", "BundleOut", "TrainingOptions", "keyword_option", "option_group", "training_options"]

@@ -13,7 +13,7 @@ from ..errors import RnnkitError
 
 def serve(
     bundles: Annotated[list[str], typer.Argument(
-        help="Bundle directories to serve, each as PATH (named after its directory) or NAME=PATH.",
+        help="Bundle directories to serve, each as PATH (named after its directory, less a .rnnkit suffix) or NAME=PATH.",
         show_default=False)],
     host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -25,6 +25,7 @@ def serve(
     max_horizon: Annotated[int, typer.Option(help="Most steps one forecast may ask for.")] = 1000,
     max_batch: Annotated[int, typer.Option(help="Most items in any array of one request.")] = 256,
     max_streams: Annotated[int, typer.Option(help="Most generations one model runs at once.")] = 64,
+    access_log: Annotated[bool, typer.Option(help="Log a line per request (off under heavy load saves CPU).")] = True,
 ) -> None:
     """Serve model bundles over HTTP: /v1/models, /v1/NAME/predict, /v1/NAME/generate (SSE), /docs,
     and a web playground at /."""
@@ -42,16 +43,17 @@ def serve(
         typer.echo(f"warning: serving on {host} without --token: anyone who reaches it can use the models", err=True)
     typer.echo(f"serving {', '.join(app.state.models)} on http://{host}:{port}/ (playground at /, API docs at /docs)",
                err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
 
 
 def named_bundles(arguments: list[str]) -> dict[str, Path]:
-    """``PATH`` or ``NAME=PATH`` arguments as name -> path; the name of a bare path is its directory's."""
+    """``PATH`` or ``NAME=PATH`` arguments as name -> path; the name of a bare path is its directory's,
+    less a ``.rnnkit`` suffix (``lm.rnnkit`` serves as ``/v1/lm/...``)."""
     named: dict[str, Path] = {}
     for argument in arguments:
         name, sep, path = argument.partition("=")
         if not sep:
-            name, path = Path(argument).resolve().name, argument
+            name, path = Path(argument).resolve().name.removesuffix(".rnnkit"), argument
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise RnnkitError(f"model name {name!r} (from {argument!r}) must be letters, digits, '-', '_' or '.'; "
                               "pass NAME=PATH to choose one")

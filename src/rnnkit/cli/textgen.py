@@ -12,7 +12,7 @@ from ..bundle import load
 from ..data.text import read_text
 from ..tasks.textgen import MODEL_TYPE, TextGenerator, TextGeneratorConfig
 from . import Precision, create_app
-from .options import CELL_HELP, TrainingOptions, training_options
+from .options import BundleOut, CELL_HELP, TrainingOptions, training_options
 
 app = create_app("Train language models on a text file and generate text from them.")
 console = Console(stderr=True)
@@ -22,7 +22,7 @@ console = Console(stderr=True)
 @training_options(minutes=5.0)
 def train(
     corpus: Annotated[Path, typer.Argument(help="A plain-text file (UTF-8 unless --encoding).", show_default=False)],
-    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    out: BundleOut,
     training: TrainingOptions,
     tokenizer: Annotated[str, typer.Option(help="char, word or bpe.")] = "char",
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size for word and bpe tokenizers.")] = 4000,

@@ -13,7 +13,7 @@ from ..data.parallel import read_pairs
 from ..errors import RnnkitError
 from ..tasks.translate import Translator, TranslatorConfig
 from . import create_app
-from .options import CELL_HELP, TrainingOptions, training_options
+from .options import BundleOut, CELL_HELP, TrainingOptions, training_options
 
 app = create_app("Translate sentences with an encoder-decoder LSTM/GRU and attention (TSV: source TAB target).")
 console = Console(stderr=True)
@@ -24,7 +24,7 @@ console = Console(stderr=True)
 def train(
     pairs: Annotated[Path, typer.Argument(help="UTF-8 file, one 'source<TAB>target' pair per line.",
                                           show_default=False)],
-    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    out: BundleOut,
     training: TrainingOptions,
     cell: Annotated[str, typer.Option(help=CELL_HELP)] = "lstm",
     attention: Annotated[str, typer.Option(help="luong (multiplicative), bahdanau (additive) or none.")] = "luong",

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -86,6 +86,40 @@ def common_key_shift(tonic_pitch_class: int, mode: str) -> int:
     return (target - tonic_pitch_class + 6) % 12 - 6
 
 
+NOTE_NAMES = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
+
+
+def parse_key(text: str) -> tuple[int, str]:
+    """``"D major"``, ``"B minor"``, ``"F# minor"``, ``"Bb"`` (major) as ``(tonic pitch class, mode)``."""
+    words = str(text).split()
+    mode = words[1].lower() if len(words) == 2 else "major"
+    name = words[0] if words else ""
+    accidental = {"": 0, "#": 1, "♯": 1, "b": -1, "♭": -1, "-": -1}.get(name[1:])
+    if len(words) not in (1, 2) or not name or name[0].lower() not in NOTE_NAMES or accidental is None \
+            or mode not in ("major", "minor"):
+        raise DataError(f"key {text!r} is not a key; write a tonic and a mode, e.g. \"D major\", \"B minor\", "
+                        "\"F# minor\", \"Bb major\"")
+    return (NOTE_NAMES[name[0].lower()] + accidental) % 12, mode
+
+
+KEY_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+
+
+def key_name(pitch_class: int, mode: str) -> str:
+    """``(2, "major")`` as ``"D major"``; flats for Eb, Ab, Bb as the chorales spell them."""
+    return f"{KEY_NAMES[pitch_class % 12]} {mode}"
+
+
+def analyse_key(notes: np.ndarray) -> tuple[int, str]:
+    """The key music21 finds in notes ``(N, 4)`` (Krumhansl-Schmuckler): ``(tonic pitch class, mode)``."""
+    music21 = _music21()
+    stream = music21.stream.Stream()
+    for onset, duration, pitch, _ in notes:
+        stream.insert(onset / TICKS, music21.note.Note(int(pitch), quarterLength=max(int(duration), 1) / TICKS))
+    found = stream.analyze("key")
+    return found.tonic.pitchClass, found.mode
+
+
 def read_score(path: PathLike, *, choose_satb: bool = False, common_key: bool = True) -> Piece:
     """A MIDI, MusicXML, Humdrum or ABC file as a :class:`Piece` (music21 parses it).
 
@@ -141,15 +175,23 @@ def _meter(score, part) -> tuple[int, int]:
     return max(bar, 1), padding % max(bar, 1)
 
 
-def read_folder(folder: PathLike, progress: Optional[Callable[[int, int], None]] = None
-                ) -> tuple[list[Piece], list[tuple[str, str]]]:
-    """Every score in ``folder`` (recursively) and the ``(file, reason)`` of each one skipped."""
+def read_folder(folder: PathLike, progress: Optional[Callable[[int, int], None]] = None, *,
+                cache: bool = False) -> tuple[list[Piece], list[tuple[str, str]]]:
+    """Every score in ``folder`` (recursively) and the ``(file, reason)`` of each one skipped.
+
+    With ``cache`` the result is kept under ``cache_dir()/music`` (:func:`folder_cache_path`),
+    keyed by every file's path, size and modification time: reading the same folder again
+    loads it without parsing, and a file added, removed or changed parses the folder afresh.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder; pass a folder of MIDI or MusicXML files, or `bach`")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{folder} holds no music files ({', '.join(SUFFIXES)}); add some or pass `bach`")
+    cached = folder_cache_path(folder, files) if cache else None
+    if cached is not None and cached.exists():
+        return load_pieces(cached), load_skipped(cached)
     pieces, skipped = [], []
     for i, path in enumerate(files):
         try:
@@ -160,7 +202,20 @@ def read_folder(folder: PathLike, progress: Optional[Callable[[int, int], None]]
             progress(i + 1, len(files))
     if not pieces:
         raise DataError(f"none of the {len(files)} files in {folder} could be read (first: {skipped[0][1]})")
+    if cached is not None:
+        save_pieces(cached, pieces, skipped)
     return pieces, skipped
+
+
+def folder_cache_path(folder: PathLike, files: list[Path]) -> Path:
+    """Where :func:`read_folder` caches ``folder``: named by a hash of its files' paths, sizes and mtimes."""
+    folder = Path(folder).resolve()
+    digest = hashlib.sha1(str(folder).encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"\0{path.resolve().relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in folder.name)[:40] or "folder"
+    return cache_dir() / "music" / f"folder-{slug}-{digest.hexdigest()[:16]}-v{FORMAT_VERSION}.npz"
 
 
 # ------------------------------------------------------------------------ the Bach corpus, cached
@@ -179,7 +234,7 @@ def bach_chorales(progress: Optional[Callable[[int, int], None]] = None, rebuild
     """
     path = corpus_cache_path()
     if path.exists() and not rebuild:
-        return load_pieces(path), []
+        return load_pieces(path), load_skipped(path)
     music21 = _music21()
     files = [p for p in music21.corpus.getComposer("bach") if Path(p).suffix.lower() in SUFFIXES]
     pieces, skipped = [], []
@@ -190,14 +245,16 @@ def bach_chorales(progress: Optional[Callable[[int, int], None]] = None, rebuild
             skipped.append((Path(file).name, " ".join(str(exc).split())[:120]))
         if progress:
             progress(i + 1, len(files))
-    save_pieces(path, pieces)
+    save_pieces(path, pieces, skipped)
     return pieces, skipped
 
 
-def save_pieces(path: PathLike, pieces: list[Piece]) -> Path:
-    """Pieces as one ``.npz`` of plain arrays (no pickle), written atomically."""
+def save_pieces(path: PathLike, pieces: list[Piece], skipped: Sequence[tuple[str, str]] = ()) -> Path:
+    """Pieces (and the files skipped, with the reason) as one ``.npz`` of plain arrays (no pickle),
+    written atomically."""
     counts = np.array([len(p.notes) for p in pieces], dtype=np.int64)
     arrays = {
+        "skipped": np.array([list(s) for s in skipped], dtype=str).reshape(-1, 2),
         "format_version": np.array(FORMAT_VERSION), "ticks": np.array(TICKS),
         "notes": np.concatenate([p.notes for p in pieces]).astype(np.int32), "counts": counts,
         "names": np.array([p.name for p in pieces]), "keys": np.array([p.key for p in pieces]),
@@ -217,6 +274,12 @@ def load_pieces(path: PathLike) -> list[Piece]:
         notes = np.split(data["notes"], np.cumsum(data["counts"])[:-1])
         return [Piece(str(n), x, int(m[0]), int(m[1]), str(k), int(m[2]))
                 for n, x, k, m in zip(data["names"], notes, data["keys"], data["meter"])]
+
+
+def load_skipped(path: PathLike) -> list[tuple[str, str]]:
+    """The ``(file, reason)`` pairs :func:`save_pieces` kept beside the pieces (none in older files)."""
+    with np.load(path, allow_pickle=False) as data:
+        return [(str(f), str(r)) for f, r in data["skipped"]] if "skipped" in data.files else []
 
 
 # ------------------------------------------------------------------------ rolls and MIDI
@@ -245,6 +308,34 @@ def roll_to_notes(roll: np.ndarray, steps_per_quarter: int) -> np.ndarray:
     for pitch in np.flatnonzero(padded.any(0)):
         change = np.flatnonzero(np.diff(padded[:, pitch].astype(np.int8)))
         rows += [(on * step, (off - on) * step, pitch, 0) for on, off in zip(change[::2], change[1::2])]
+    return np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
+
+
+def frame_events(piece: Piece, steps_per_quarter: int) -> list[list[tuple[int, bool]]]:
+    """The piece as events on the roll's grid: per frame, the sounding pitches from the top down,
+    each with ``True`` where a note starts there and ``False`` where it is held from the frame before.
+
+    This is BachBot's encoding (Liang 2016) without voices and fermatas: unlike the roll it keeps
+    a repeated note apart from a held one, and dropping the flags gives :func:`piano_roll` exactly.
+    """
+    roll = piano_roll(piece, steps_per_quarter)
+    step = TICKS // steps_per_quarter
+    onsets = np.zeros_like(roll)
+    onsets[np.round(piece.notes[:, 0] / step).astype(int), piece.notes[:, 2]] = True
+    held = np.vstack([np.zeros_like(roll[:1]), roll[:-1]]) & ~onsets  # (T, 128): on before, not restruck
+    return [[(int(p), not held[t, p]) for p in np.flatnonzero(frame)[::-1]] for t, frame in enumerate(roll)]
+
+
+def events_to_notes(frames: Sequence[Sequence[tuple[int, bool]]], steps_per_quarter: int) -> np.ndarray:
+    """Notes ``(N, 4)`` (ticks, voice 0) of :func:`frame_events`' frames: a note runs from its start
+    while the frames after it hold it. A held pitch that was not sounding starts a note."""
+    step, rows, open_notes = TICKS // steps_per_quarter, [], {}
+    for t, frame in enumerate(list(frames) + [[]]):  # an empty frame after the last closes every note
+        now = {pitch: new for pitch, new in frame}
+        for pitch in [p for p in open_notes if p not in now or now[p]]:
+            rows.append((open_notes[pitch] * step, (t - open_notes.pop(pitch)) * step, pitch, 0))
+        for pitch in now:
+            open_notes.setdefault(pitch, t)
     return np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
 
 
@@ -306,5 +397,7 @@ def render_wav(midi: PathLike, path: PathLike, sample_rate: int = 44100) -> Path
         return atomic_write_bytes(path, wav.read_bytes())
 
 
-__all__ = ["check_audio", "render_wav", "FORMAT_VERSION", "Piece", "TICKS", "bach_chorales", "common_key_shift", "load_pieces", "piano_roll", "piece_from_score",
-           "read_folder", "read_score", "roll_to_notes", "save_pieces", "split_of", "write_midi"]
+__all__ = ["check_audio", "render_wav", "FORMAT_VERSION", "Piece", "TICKS", "bach_chorales", "common_key_shift",
+           "analyse_key", "events_to_notes", "key_name",
+           "folder_cache_path", "frame_events", "load_pieces", "load_skipped", "piano_roll", "parse_key",
+           "piece_from_score", "read_folder", "read_score", "roll_to_notes", "save_pieces", "split_of", "write_midi"]

@@ -224,15 +224,15 @@ def calendar_features(ds: pd.DatetimeIndex, freq: str) -> np.ndarray:
     daily, hour of day and day of week for hourly. Yearly data has none (``F = 0``).
     """
     ds = pd.DatetimeIndex(ds)
-    cycles = {
-        "Q": [(ds.quarter - 1, 4)],
-        "M": [(ds.month - 1, 12)],
-        "W": [(ds.isocalendar().week.to_numpy() - 1, 52.18)],
-        "D": [(ds.day_of_week, 7), (ds.day_of_year - 1, 365.25)],
-        "B": [(ds.day_of_week, 5), (ds.day_of_year - 1, 365.25)],
-        "h": [(ds.hour, 24), (ds.day_of_week, 7)],
-        "min": [(ds.minute, 60), (ds.hour, 24)],
-    }.get(_frequency_kind(freq), [])
+    cycles = {  # lazily: only the fields of the frequency asked are computed, each is a pass over ds
+        "Q": lambda: [(ds.quarter - 1, 4)],
+        "M": lambda: [(ds.month - 1, 12)],
+        "W": lambda: [(ds.isocalendar().week.to_numpy() - 1, 52.18)],
+        "D": lambda: [(ds.day_of_week, 7), (ds.day_of_year - 1, 365.25)],
+        "B": lambda: [(ds.day_of_week, 5), (ds.day_of_year - 1, 365.25)],
+        "h": lambda: [(ds.hour, 24), (ds.day_of_week, 7)],
+        "min": lambda: [(ds.minute, 60), (ds.hour, 24)],
+    }.get(_frequency_kind(freq), list)()
     columns = []
     for position, period in cycles:
         angle = 2 * np.pi * np.asarray(position, dtype=float) / period

@@ -112,6 +112,9 @@ def ensemble_forecast(ensemble: nn.Module, y: Tensor, past: Tensor, known: Tenso
 
 def forecaster_graphs(task: Any, preprocessing: dict[str, Any]) -> list[Graph]:
     cfg = task.config
+    if cfg.model == "esrnn":
+        raise RnnkitError("ONNX export covers the window forecaster (model='rnn'); this one runs a per-series "
+                          "smoothing recursion over each whole series (model='esrnn'): train with --model rnn to export")
     past, known = (int(n) for n in preprocessing["num_features"])
     lookback, horizon, q = cfg.lookback, cfg.horizon, len(cfg.quantiles)
     model = reference_copy(task.model)

@@ -4,7 +4,8 @@
 
 - ``GET /v1/models``: each model's name and :meth:`~rnnkit.tasks.base.Task.describe` (task,
   whether it streams, request and response JSON Schemas);
-- ``POST /v1/{name}/predict``: the task's request JSON in, ``predict_checked``'s response out;
+- ``POST /v1/{name}/predict``: the task's request JSON in, ``predict_checked``'s response out
+  (requests arriving together are answered together, :class:`.batcher.PredictBatcher`);
 - ``POST /v1/{name}/generate``: for a streaming task, server-sent events, one ``data:`` JSON
   piece each, then ``event: done``; tasks that batch streams are stepped together
   (:mod:`.batcher`), others stream one request at a time;
@@ -34,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..errors import RnnkitError
 from ..tasks.base import Task, dumps
-from .batcher import StreamBatcher
+from .batcher import PredictBatcher, StreamBatcher
 from .limits import HTTPError, Limits, error_body, read_json
 
 log = logging.getLogger("rnnkit.server")
@@ -48,6 +49,7 @@ class ServedModel:
         self.name, self.task = name, task
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rnnkit-{name}")
         self.batcher = StreamBatcher(task, self.worker, limits.max_streams)
+        self.predictor = PredictBatcher(task, self.worker)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.task.describe()}
@@ -153,7 +155,7 @@ def add_model_routes(app: FastAPI, served: ServedModel, accept: Callable[[Reques
     body_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": task.request_schema}}}}
 
     async def predict(request: Request) -> Response:
-        answer = await served.batcher.call(served.task.predict_checked, await accept(request))
+        answer = await served.predictor.predict(await accept(request))
         return Response(dumps(answer), media_type="application/json")
 
     app.post(f"/v1/{served.name}/predict", tags=["models"], summary=f"{task.name}: predict",

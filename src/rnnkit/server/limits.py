@@ -29,6 +29,7 @@ class Limits:
     max_body_bytes: int = 1 << 20   # a request is a few texts or a series, never megabytes
     max_tokens: int = 2000          # tokens one generation may ask for ("max_tokens")
     max_horizon: int = 1000         # steps one forecast may ask for ("horizon")
+    max_bars: int = 256             # bars one piece of music may ask for ("bars"): a few minutes of music
     max_batch: int = 256            # items in any one array of a request (texts, series, ...)
     max_streams: int = 64           # generations one model runs at once; one more is refused with 429
 
@@ -41,7 +42,7 @@ class Limits:
         """Raise a 422 :class:`HTTPError` when ``request`` asks for more than these limits allow."""
         if not isinstance(request, dict):
             return  # the task's schema check names the wrong type
-        for key, limit in (("max_tokens", self.max_tokens), ("horizon", self.max_horizon)):
+        for key, limit in (("max_tokens", self.max_tokens), ("horizon", self.max_horizon), ("bars", self.max_bars)):
             value = request.get(key)
             if isinstance(value, int) and not isinstance(value, bool) and value > limit:
                 raise HTTPError(422, f"request.{key} is {value}, above this server's limit of {limit}; "

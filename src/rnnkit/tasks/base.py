@@ -11,7 +11,7 @@ A task is a thin estimator over a torch module. It implements five things:
   the class's ``request_schema`` and ``response_schema`` (:mod:`rnnkit.tasks.schema`);
 - optionally ``stream_json(request)``: the same request answered piece by piece (generation);
   and, to let a server step many such streams together as one batch, ``open_stream(request)``
-  and ``step_streams(slots)`` (see :class:`StreamSlot`), with ``batches_streams = True``.
+  and ``step_streams(slots)`` (see :class:`StreamSlot`), which sets ``batches_streams``.
 
 and declares ``name`` (the CLI's and the server's word for it), ``model_type`` (the bundle's)
 and ``config_class`` (a :class:`TaskConfig`). In return it gets ``fit(..., checkpoint_dir,
@@ -37,6 +37,7 @@ from ..bundle import Bundle, load_weights, read_bundle, register, save_bundle
 from ..config import JsonConfig
 from ..errors import BundleError, RnnkitError
 from ..training import TrainConfig, TrainResult, budget_shares, fit
+from ..training.distributed import is_main
 from .schema import Schema, check
 
 T = TypeVar("T", bound="Task")
@@ -96,11 +97,14 @@ class Task:
     config_class: ClassVar[type[TaskConfig]]
     request_schema: ClassVar[Schema] = {"type": "object"}
     response_schema: ClassVar[Schema] = {"type": "object"}
-    streams: ClassVar[bool] = False          # True when stream_json answers piece by piece
-    batches_streams: ClassVar[bool] = False  # True when open_stream/step_streams are implemented
+    streams: ClassVar[bool] = False          # set for the class: it implements stream_json
+    batches_streams: ClassVar[bool] = False  # set for the class: it implements open_stream and step_streams
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        # What a task can do follows from what it implements, so a declaration cannot contradict it.
+        cls.streams = cls.stream_json is not Task.stream_json
+        cls.batches_streams = cls.open_stream is not Task.open_stream and cls.step_streams is not Task.step_streams
         if "model_type" in cls.__dict__:  # a concrete task: rnnkit.load finds it by its model_type
             register(cls.model_type)(cls.from_bundle)
             TASKS[cls.model_type] = cls
@@ -137,7 +141,7 @@ class Task:
         raise NotImplementedError
 
     def stream_json(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Answer ``request`` piece by piece (generating tasks set ``streams = True``)."""
+        """Answer ``request`` piece by piece (a generating task implements it, which sets ``streams``)."""
         raise RnnkitError(f"the {self.name} task does not stream; use predict")
 
     def open_stream(self, request: dict[str, Any]) -> "StreamSlot":
@@ -203,8 +207,12 @@ class Task:
         return summary
 
     def save(self, path: PathLike) -> Path:
-        """Write a bundle directory: config, weights, preprocessing state and metrics (with history)."""
+        """Write a bundle directory: config, weights, preprocessing state and metrics (with history).
+
+        Under ``torchrun`` only rank 0 writes it (every worker holds the same weights)."""
         self.require_fitted()
+        if not is_main():
+            return Path(path)
         history = [r.history for r in self.train_results]
         return save_bundle(path, model_type=self.model_type, config=self.config.to_dict(), model=self.model,
                            preprocessing=self.preprocessing(), metrics={**self.metrics, "history": history})
@@ -243,6 +251,35 @@ class Task:
         """``predict_json`` after :meth:`check_request`."""
         self.check_request(request)
         return self.predict_json(request)
+
+    def merge_pieces(self, pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Consecutive pieces of one stream as fewer pieces that mean the same, for a client that
+        fell behind (a server sends what has piled up in one event). Default: as they are."""
+        return pieces
+
+    def refusal(self, request: Any) -> Optional[RnnkitError]:
+        """The error :meth:`check_request` raises for ``request``, or None when it may be answered."""
+        try:
+            self.check_request(request)
+        except RnnkitError as exc:
+            return exc
+        return None
+
+    def predict_many(self, requests: Sequence[Any]) -> list[Any]:
+        """Per request, in order, its response or the exception that refused or failed it.
+
+        A server hands over every request waiting for the model at once. This default answers
+        them one by one with :meth:`predict_checked`; a task that can answer several in one batch
+        (one forward for all) overrides it, screening each with :meth:`refusal` first so that a
+        bad request is refused on its own.
+        """
+        answers = []
+        for request in requests:
+            try:
+                answers.append(self.predict_checked(request))
+            except Exception as exc:  # handed back: the caller answers each request
+                answers.append(exc)
+        return answers
 
     def stream_checked(self, request: Any) -> Iterator[dict[str, Any]]:
         """``stream_json`` after :meth:`check_request`."""

@@ -281,32 +281,52 @@ class SequenceClassifier(Task):
         self.tokenizer = tokenizer_from_dict(state["tokenizer"])
         self.classes = list(state["classes"])
 
-    @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 256) -> pd.DataFrame:
         """Columns ``label`` and ``prob_<class>`` per class, one row per text, in input order."""
+        probs = self.probabilities(texts, batch_size)
+        frame = pd.DataFrame(probs, columns=[f"prob_{c}" for c in self.classes])
+        frame.insert(0, "label", [self.classes[i] for i in probs.argmax(1)] if len(probs) else [])
+        return frame
+
+    def probabilities(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Class probabilities ``(N, C)``, one row per text, classes in ``self.classes`` order."""
         self.require_fitted()
         texts = _check_texts(texts, allow_empty=True)
         device = next(self.model.parameters()).device
         ids, lengths = pad_ids([self.tokenizer.encode(t) for t in texts], self.config.max_len)
         chunks = []
-        for start in range(0, len(texts), batch_size):
-            n = lengths[start:start + batch_size]
-            x = ids[start:start + batch_size, : int(n.max())].to(device)
-            chunks.append(self.model(x, lengths=n.to(device)).softmax(-1).cpu())  # (b, C)
-        probs = torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes)))
-        frame = pd.DataFrame(probs, columns=[f"prob_{c}" for c in self.classes])
-        frame.insert(0, "label", [self.classes[i] for i in probs.argmax(1)] if len(probs) else [])
-        return frame
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                n = lengths[start:start + batch_size]
+                x = ids[start:start + batch_size, : int(n.max())].to(device)
+                chunks.append(self.model(x, lengths=n.to(device)).softmax(-1).cpu())  # (b, C)
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes)))
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         """The likeliest class of each text."""
         return self.predict_proba(texts)["label"].tolist()
 
     def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
-        frame = self.predict_proba(request["texts"])
-        return {"predictions": [{"label": row["label"],
-                                 "probabilities": {c: float(row[f"prob_{c}"]) for c in self.classes}}
-                                for _, row in frame.iterrows()]}
+        return self._answer(self.probabilities(request["texts"]))
+
+    def predict_many(self, requests: Sequence[Any]) -> list[Any]:
+        """Every valid request's texts classified in one batch (see :meth:`Task.predict_many`)."""
+        answers = [self.refusal(request) for request in requests]
+        valid = [i for i, answer in enumerate(answers) if answer is None]
+        try:
+            probs = self.probabilities([text for i in valid for text in requests[i]["texts"]])
+        except Exception:  # a failure is answered request by request, each on its own
+            return super().predict_many(requests)
+        start = 0
+        for i in valid:
+            count = len(requests[i]["texts"])
+            answers[i], start = self._answer(probs[start:start + count]), start + count
+        return answers
+
+    def _answer(self, probs: np.ndarray) -> dict[str, Any]:
+        return {"predictions": [{"label": self.classes[int(row.argmax())],
+                                 "probabilities": dict(zip(self.classes, row.astype(float).tolist()))}
+                                for row in probs]}
 
     def evaluate(self, texts: Sequence[str], labels: Sequence[Any], plot: Optional[Union[str, Path]] = None
                  ) -> dict[str, Any]:

@@ -8,8 +8,10 @@ evaluation and baselines live in :mod:`rnnkit.tasks.forecast_eval`, and the JSON
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
-from typing import Any, Optional
+from dataclasses import replace
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,9 +25,13 @@ from ..errors import DataError
 from ..inspection import InspectionInput, parse_series
 from ..layers import Recurrent
 from .base import Task
+from .forecast_es import SmoothedEnsemble, fit_smoothed, positive_scaler, predict_smoothed
 from .forecast_eval import BacktestResult, backtest, naive_forecasts
-from .forecast_json import REQUEST_SCHEMA, RESPONSE_SCHEMA, forecasts_json, request_frames
-from .forecast_model import ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
+from .forecast_json import (REQUEST_SCHEMA, RESPONSE_SCHEMA, forecasts_json, plain_forecasts, plain_forecasts_many,
+                            request_frames)
+from .forecast_model import PANEL, ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
+
+log = logging.getLogger("rnnkit")
 
 MODEL_TYPE = "forecaster"
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # y (T,), past (T, P + 1: covariates, observed), known (T, K)
@@ -62,7 +68,9 @@ class Forecaster(Task):
         self.num_features: tuple[int, int] = (0, 0)  # past channels P + 1 (covariates, observed), known features K
         self.history: dict[str, dict[str, Any]] = {}  # per series: last_ds and the last lookback rows
         self.too_short: list[str] = []  # series of the last fit too short to train on (fewer than min_points)
+        self.held_out = True  # whether the last fit held out windows (early stopping, interval calibration)
         self.fallback: dict[str, str] = {}  # series of the last predict forecast by "seasonal_naive" or "naive"
+        self.series_rows: dict[str, int] = {}  # model="esrnn": each fitted series' row of smoothing coefficients
 
     @property
     def covariates(self) -> tuple[str, ...]:
@@ -79,19 +87,26 @@ class Forecaster(Task):
         cfg = self.config
         frame = validate_long_frame(frame, covariates=self.covariates)
         self.freq = self._common_frequency(frame)
-        self.scaler = SeriesScaler.fit(split_series(frame))
+        if cfg.model == "auto":  # settled here, so the bundle records the model it holds
+            panel = frame["unique_id"].nunique() >= PANEL and not self.covariates
+            self.config = cfg = replace(cfg, model="esrnn" if panel else "rnn")  # its None options settle too
+        self.scaler = self._fit_scaler(split_series(frame))
         self.covariate_stats = {c: (float(frame[c].mean()), float(frame[c].std()) or 1.0) for c in self.covariates}
         groups = [(str(uid), group) for uid, group in frame.groupby("unique_id", sort=False)]
         self.too_short = [uid for uid, group in groups if len(group) < self.min_points]
+        if cfg.model == "esrnn":
+            return self._fit_smoothed(groups)
         windows = [self._windows(*self._arrays(uid, group, pad=cfg.lookback - self.min_input))  # in time order
                    for uid, group in groups if len(group) >= self.min_points]
         if not windows:
             raise DataError(f"every series is shorter than one season + horizon = {self.min_points} points, the "
                             f"least that trains; use a shorter horizon (or forecast them by seasonal naive)")
         span = holdout_span(cfg.horizon)
-        if max(len(w[0]) for w in windows) <= span:
-            raise DataError(f"no series has the {self.min_points + span} points (one season + horizon + {span}) "
-                            f"needed to hold out windows for early stopping and calibration; use a shorter horizon")
+        self.held_out = max(len(w[0]) for w in windows) > span
+        if not self.held_out:
+            log.warning("no series has the %d points (one season + horizon + %d) needed to hold out windows: "
+                        "trained for max_steps without early stopping, intervals not calibrated",
+                        self.holdout_points, span)
         self.num_features = windows[0][1].size(2), windows[0][2].size(2)
         self.model = self.build_model()
         self.train_results = []
@@ -103,7 +118,7 @@ class Forecaster(Task):
         self.history = {uid: self._tail_of(group) for uid, group in groups}
         members = [{"best_val_loss": r.best_val_loss, "steps": r.steps, "stopped": r.stopped}
                    for r in self.train_results]
-        self.metrics = {**self.training_summary(), "members": members}
+        self.metrics = {**self.training_summary(), "members": members, "held_out": self.held_out}
 
     @property
     def min_input(self) -> int:
@@ -113,12 +128,40 @@ class Forecaster(Task):
         is padded with zeros and flagged as unobserved (the last channel of ``past``), as
         NeuralForecast pads, so a series shorter than ``lookback + horizon`` still trains.
         """
+        if self.config.model == "esrnn":  # its smoothing carries the season; three values start a window
+            return min(self.config.lookback, 3)
         return min(self.config.lookback, max(3, season_length(self.freq)))
 
     @property
     def min_points(self) -> int:
         """The shortest series the model trains on and forecasts; shorter ones get seasonal naive."""
         return self.min_input + self.config.horizon
+
+    @property
+    def holdout_points(self) -> int:
+        """The shortest series that holds out windows for early stopping and calibration."""
+        return self.min_points + holdout_span(self.config.horizon)
+
+    def _fit_scaler(self, series: dict[str, np.ndarray]) -> SeriesScaler:
+        """Per-series scaling: standardised, or for ``model="esrnn"`` positive with mean 1."""
+        return positive_scaler(series) if self.config.model == "esrnn" else SeriesScaler.fit(series)
+
+    def _fit_smoothed(self, groups: list[tuple[str, pd.DataFrame]]) -> None:
+        """``model="esrnn"``: train on the series long enough (see :mod:`rnnkit.tasks.forecast_es`)."""
+        series = {uid: group["y"].to_numpy(dtype=float) for uid, group in groups if len(group) >= self.min_points}
+        if not series:
+            raise DataError(f"every series is shorter than one season + horizon = {self.min_points} points, the "
+                            f"least that trains; use a shorter horizon (or forecast them by seasonal naive)")
+        self.series_rows = {uid: k for k, uid in enumerate(series)}
+        self.num_features = 1, 0
+        self.model = self.build_model()
+        self.train_results = []
+        held_out = fit_smoothed(self, series, season_length(self.freq))
+        self.held_out = any(windows is not None for windows in held_out)
+        self.history = {uid: self._tail_of(group) for uid, group in groups}
+        members = [{"best_val_loss": r.best_val_loss, "steps": r.steps, "stopped": r.stopped}
+                   for r in self.train_results]
+        self.metrics = {**self.training_summary(), "members": members, "held_out": self.held_out}
 
     def _train_member(self, k: int, member: nn.Module, minutes: Optional[float],
                       windows: list[tuple[Tensor, ...]]) -> Optional[tuple[Tensor, ...]]:
@@ -141,12 +184,14 @@ class Forecaster(Task):
                    patience=cfg.patience if stop is not None else None)
         return calibration
 
-    def build_model(self) -> ForecastEnsemble:
+    def build_model(self) -> nn.Module:
+        if self.config.model == "esrnn":
+            return SmoothedEnsemble(self.config, len(self.series_rows), season_length(self.freq))
         return ForecastEnsemble(self.config, *self.num_features)
 
     def preprocessing(self) -> dict[str, Any]:
         return {"scaler": self.scaler.to_dict(), "covariates": self.covariate_stats, "freq": self.freq,
-                "num_features": list(self.num_features), "series": self.history}
+                "num_features": list(self.num_features), "series": self.history, "rows": list(self.series_rows)}
 
     def restore(self, state: dict[str, Any]) -> None:
         num_past, num_known = (int(n) for n in state["num_features"])
@@ -158,6 +203,7 @@ class Forecaster(Task):
         self.scaler = SeriesScaler.from_dict(state["scaler"])
         self.covariate_stats = {c: (float(m), float(s)) for c, (m, s) in state["covariates"].items()}
         self.freq, self.history = state["freq"], state["series"]
+        self.series_rows = {uid: k for k, uid in enumerate(state.get("rows", []))}
 
     def _common_frequency(self, frame: pd.DataFrame) -> str:
         freqs = {infer_frequency(g["ds"], f"series {uid!r}") for uid, g in frame.groupby("unique_id", sort=False)}
@@ -166,25 +212,34 @@ class Forecaster(Task):
                             f"one frequency: resample them or fit one forecaster per frequency")
         return freqs.pop()
 
-    def _arrays(self, uid: str, group: pd.DataFrame, future: Optional[pd.DataFrame] = None, pad: int = 0) -> Arrays:
-        """Scaled target ``(T,)``, past channels ``(T, P + 1)`` and known features ``(T [+ H], K)``.
-
-        ``pad`` rows of zeros go before the series (in every channel, calendar included); the
-        last past channel is 1 where a value was observed and 0 on the padding. With ``future``
-        (the horizon's rows), the known features also cover the horizon.
-        """
+    def _arrays(self, uid: str, group: pd.DataFrame, future: Optional[pd.DataFrame] = None, pad: int = 0,
+                scaler: Optional[SeriesScaler] = None) -> Arrays:
+        """Scaled target ``(T,)``, past channels ``(T, P + 1)`` and known features ``(T [+ H], K)``
+        of one series' rows (see :meth:`series_arrays`), scaled by ``scaler`` (default the
+        training one); with ``future`` (the horizon's rows), the known features also cover the horizon."""
         cfg = self.config
-        zeros = lambda a: np.concatenate([np.zeros((pad, *a.shape[1:])), a])  # noqa: E731
-        y = zeros(self.scaler.transform(uid, group["y"].to_numpy(dtype=float)))
-        observed = zeros(np.ones((len(group), 1)))
-        past = np.concatenate([zeros(self._scaled(group, cfg.past_covariates)), observed], axis=1)
         ds = pd.DatetimeIndex(group["ds"])
         futr = self._scaled(group, cfg.future_covariates)
         if future is not None:
             ds = ds.append(pd.DatetimeIndex(future["ds"]))
             futr = np.concatenate([futr, self._scaled(future, cfg.future_covariates)])
-        calendar = calendar_features(ds, self.freq) if cfg.calendar else np.zeros((len(ds), 0))
-        return y, past, zeros(np.concatenate([calendar, futr], axis=1))
+        y = (scaler or self.scaler).transform(uid, group["y"].to_numpy(dtype=float))
+        return self.series_arrays(y, self._scaled(group, cfg.past_covariates), ds, futr, pad)
+
+    def series_arrays(self, y: np.ndarray, past: np.ndarray, ds: Optional[pd.DatetimeIndex], futr: np.ndarray,
+                       pad: int) -> Arrays:
+        """The model's inputs from plain arrays: the scaled target ``y`` ``(T,)``, scaled past
+        covariates ``(T, P)``, the timestamps ``ds`` ``(T [+ H])`` (None without calendar features)
+        and scaled future covariates ``(T [+ H], F)``.
+
+        ``pad`` rows of zeros go before the series (in every channel, calendar included); the
+        last past channel is 1 where a value was observed and 0 on the padding.
+        """
+        zeros = lambda a: np.concatenate([np.zeros((pad, *a.shape[1:])), a])  # noqa: E731
+        observed = zeros(np.ones((len(y), 1)))
+        past = np.concatenate([zeros(past), observed], axis=1)
+        calendar = calendar_features(ds, self.freq) if self.config.calendar else np.zeros((len(futr), 0))
+        return zeros(y), past, zeros(np.concatenate([calendar, futr], axis=1))
 
     def _scaled(self, frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
         values = frame[list(columns)].to_numpy(dtype=float, copy=True).reshape(len(frame), len(columns))
@@ -224,7 +279,9 @@ class Forecaster(Task):
 
     def _tail_of(self, group: pd.DataFrame) -> dict[str, Any]:
         """What ``predict`` needs of a series: its length and its last ``lookback`` (or season) rows."""
-        tail = group.iloc[-max(self.config.lookback, season_length(self.freq)):]
+        # The smoothed model re-runs its recursion from the start of each series: it keeps all of it.
+        tail = group if self.config.model == "esrnn" else group.iloc[-max(self.config.lookback,
+                                                                              season_length(self.freq)):]
         return {"last_ds": tail["ds"].iloc[-1].isoformat(), "points": len(group), "y": tail["y"].tolist(),
                 **{c: tail[c].tolist() for c in self.covariates}}
 
@@ -239,7 +296,6 @@ class Forecaster(Task):
 
     # ------------------------------------------------------------------- prediction
 
-    @torch.no_grad()
     def predict(self, frame: Optional[pd.DataFrame] = None, future: Optional[pd.DataFrame] = None) -> pd.DataFrame:
         """Forecast the ``horizon`` steps after each series ends.
 
@@ -266,20 +322,22 @@ class Forecaster(Task):
                                 f"forecasts {self.freq} series; resample them to {self.freq}")
             series = split_series(frame)
             known = {uid: self.scaler.stats[uid] for uid in series if uid in self.scaler.stats}
-            scaler = SeriesScaler({**SeriesScaler.fit(series).stats, **known})
+            scaler = SeriesScaler({**self._fit_scaler(series).stats, **known})
             points = {uid: len(values) for uid, values in series.items()}
         groups = [(str(uid), group) for uid, group in frame.groupby("unique_id", sort=False)]
         short = [uid for uid, _ in groups if points[uid] < self.min_points]
         self.fallback = {}
         fallback = self._fallback(frame[frame["unique_id"].isin(short)]) if short else {}
-        saved, self.scaler = self.scaler, scaler
-        try:
+        if cfg.model == "esrnn":
             with torch_threads(cfg.threads):
-                rows = [fallback[uid] if uid in fallback else self._predict_one(uid, group.iloc[-cfg.lookback:], future)
-                        for uid, group in groups]
-        finally:
-            self.scaler = saved
-        return pd.concat(rows, ignore_index=True)
+                return predict_smoothed(self, groups, fallback, scaler, season_length(self.freq))
+        model = [(uid, group.iloc[-cfg.lookback:]) for uid, group in groups if uid not in fallback]
+        inputs = [self._window_inputs(uid, window, future, scaler) for uid, window in model]
+        values = self.forecast_windows([arrays for _, arrays in inputs], [scaler.stats[uid] for uid, _ in model])
+        forecasts = {uid: pd.DataFrame({"unique_id": uid, "ds": dates, **{
+                         quantile_column(q): v[:, k] for k, q in enumerate(cfg.quantiles)}})
+                     for (uid, _), (dates, _), v in zip(model, inputs, values)}
+        return pd.concat([fallback.get(uid, forecasts.get(uid)) for uid, _ in groups], ignore_index=True)
 
     def _fallback(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Seasonal-naive forecasts (naive below one season) of the series too short for the model.
@@ -295,19 +353,30 @@ class Forecaster(Task):
         self.fallback = {str(uid): "seasonal_naive" if n >= season else "naive" for uid, n in lengths.items()}
         return {str(uid): rows.reset_index(drop=True) for uid, rows in forecast.groupby("unique_id", sort=False)}
 
-    def _predict_one(self, uid: str, window: pd.DataFrame, future: Optional[pd.DataFrame]) -> pd.DataFrame:
+    def _window_inputs(self, uid: str, window: pd.DataFrame, future: Optional[pd.DataFrame],
+                       scaler: SeriesScaler) -> tuple[pd.DatetimeIndex, Arrays]:
+        """The forecast dates after ``window`` (a series' last rows) and the model's inputs for it."""
         cfg = self.config
         dates = future_dates(window["ds"].iloc[-1], self.freq, cfg.horizon)
         horizon_rows = self._future_rows(uid, dates, future)
-        y, past, known = self._arrays(uid, window, horizon_rows, pad=cfg.lookback - len(window))
-        as_batch = lambda a: torch.as_tensor(a, dtype=torch.float32)[None]  # (1, ...)
-        y, past = as_batch(y), as_batch(past)
-        level, scale = self._window_norm(y, past[:, :, -1])
-        out = self.model((y - level) / scale * past[:, :, -1], past, as_batch(known))  # (1, H, Q)
-        quantiles = (out * scale.unsqueeze(2) + level.unsqueeze(2))[0].numpy()  # (H, Q)
-        values = self.scaler.inverse(uid, quantiles)
-        return pd.DataFrame({"unique_id": uid, "ds": dates,
-                             **{quantile_column(q): values[:, k] for k, q in enumerate(cfg.quantiles)}})
+        return dates, self._arrays(uid, window, horizon_rows, pad=cfg.lookback - len(window), scaler=scaler)
+
+    def forecast_windows(self, inputs: list[Arrays], stats: list[tuple[float, float]]) -> list[np.ndarray]:
+        """Every series' quantiles ``(H, Q)`` in its own units, from one batched forward.
+
+        ``inputs`` come from :meth:`series_arrays` (all ``lookback`` long, padded), ``stats`` are each
+        series' scaler mean and standard deviation. One batch of all series rather than one forward
+        per series: the recurrence's per-step overhead is paid once.
+        """
+        if not inputs:
+            return []
+        stack = lambda k: torch.as_tensor(np.stack([a[k] for a in inputs]), dtype=torch.float32)  # noqa: E731
+        y, past, known = stack(0), stack(1), stack(2)
+        with torch.inference_mode(), torch_threads(self.config.threads):
+            level, scale = self._window_norm(y, past[:, :, -1])
+            out = self.model((y - level) / scale * past[:, :, -1], past, known)  # (B, H, Q)
+            quantiles = (out * scale.unsqueeze(2) + level.unsqueeze(2)).numpy()  # (B, H, Q)
+        return [values * std + mean for values, (mean, std) in zip(quantiles, stats)]
 
     def _future_rows(self, uid: str, dates: pd.DatetimeIndex, future: Optional[pd.DataFrame]) -> pd.DataFrame:
         """The horizon's rows with the future covariates of series ``uid``."""
@@ -333,15 +402,31 @@ class Forecaster(Task):
 
     def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
         """Forecast the series of a ``request`` (see :mod:`rnnkit.tasks.forecast_json` for both shapes)."""
+        plain = plain_forecasts(self, request)
+        if plain is not None:
+            return plain
         frame, future = request_frames(self, request)
         return forecasts_json(self, self.predict(frame, future=future), request)
+
+    def predict_many(self, requests: Sequence[Any]) -> list[Any]:
+        """Plain requests (see :mod:`rnnkit.tasks.forecast_json`) answered in one forward; a turn
+        holding any other is answered request by request (see :meth:`Task.predict_many`)."""
+        if len(requests) > 1 and all(self.refusal(request) is None for request in requests):
+            try:
+                answers = plain_forecasts_many(self, list(requests))
+            except Exception:  # a failure is answered request by request, each on its own
+                answers = None
+            if answers is not None:
+                return answers
+        return super().predict_many(requests)
 
     # -------------------------------------------------------------------- inspection
 
     def inspection_recurrent(self) -> Recurrent:
         """The first ensemble member's encoder, for ``rnnkit inspect`` (see :class:`rnnkit.inspection.Inspectable`)."""
         self.require_fitted()
-        return self.model.members[0].encoder
+        member = self.model.members[0]
+        return member.net.encoder if self.config.model == "esrnn" else member.encoder
 
     def inspection_input(self, source: str) -> InspectionInput:
         """A series as the encoder reads a window: scaled, relative to its last value, with calendar features.

@@ -18,7 +18,8 @@ from ..data.series import infer_frequency, validate_long_frame
 from ..errors import RnnkitError
 from .forecast_model import ForecasterConfig, quantile_column
 
-BASELINES = ("naive", "seasonal_naive", "auto", "AutoARIMA", "AutoETS")  # "auto": the statsforecast ones if installed
+STATSFORECAST = ("Theta", "AutoETS", "AutoARIMA")  # the statistical baselines, strongest on the M competitions first
+BASELINES = ("naive", "seasonal_naive", "auto", *STATSFORECAST)  # "auto": the statsforecast ones if installed
 
 
 def evaluate_forecast(y: np.ndarray, forecast: pd.DataFrame, past: np.ndarray, quantiles: tuple[float, ...],
@@ -56,9 +57,9 @@ def naive_forecasts(train: pd.DataFrame, horizon: int, season_length: int, freq:
 
 
 def statsforecast_forecasts(train: pd.DataFrame, horizon: int, season_length: int, freq: str,
-                            quantiles: tuple[float, ...], names: tuple[str, ...] = ("AutoARIMA", "AutoETS"),
+                            quantiles: tuple[float, ...], names: tuple[str, ...] = STATSFORECAST,
                             ) -> dict[str, tuple[pd.DataFrame, float]]:
-    """statsforecast's AutoARIMA / AutoETS forecasts with the interval of the outermost quantiles.
+    """statsforecast's Theta / AutoETS / AutoARIMA forecasts with the interval of the outermost quantiles.
 
     Returns ``{name: (forecast, fit_seconds)}``; raises ``RnnkitError`` naming the install
     command when statsforecast is missing. AutoETS handles seasons up to 24 steps (as R's
@@ -66,11 +67,13 @@ def statsforecast_forecasts(train: pd.DataFrame, horizon: int, season_length: in
     """
     try:
         from statsforecast import StatsForecast
-        from statsforecast.models import AutoARIMA, AutoETS
+        from statsforecast.models import AutoARIMA, AutoETS, Theta
     except ImportError:
-        raise RnnkitError("the AutoARIMA/AutoETS baselines need statsforecast: pip install 'rnnkit[bench]'") from None
+        raise RnnkitError("the Theta/AutoETS/AutoARIMA baselines need statsforecast: pip install 'rnnkit[bench]'"
+                          ) from None
     level = round(100 * (quantiles[-1] - quantiles[0]))
-    makers = {"AutoARIMA": lambda: AutoARIMA(season_length=season_length),
+    makers = {"Theta": lambda: Theta(season_length=season_length),
+              "AutoARIMA": lambda: AutoARIMA(season_length=season_length),
               "AutoETS": lambda: AutoETS(season_length=season_length if season_length <= 24 else 1)}
     frame = train[["unique_id", "ds", "y"]]
     results = {}
@@ -125,8 +128,8 @@ def backtest(forecaster: Refittable, frame: pd.DataFrame, *, windows: int = 3, s
 
     Each window fits a new ``type(forecaster)(forecaster.config)`` (``forecaster`` itself, fitted
     or not, is left alone): the rnnkit model (``"rnnkit"``) is scored next to ``baselines``: ``"naive"``,
-    ``"seasonal_naive"``, and ``"AutoARIMA"``/``"AutoETS"`` (statsforecast; ``"auto"`` adds
-    both when statsforecast is installed). Future covariates of each window come from
+    ``"seasonal_naive"``, and ``"Theta"``/``"AutoETS"``/``"AutoARIMA"`` (statsforecast; ``"auto"`` adds
+    all three when statsforecast is installed). Future covariates of each window come from
     ``frame``, as they would be known in advance.
     """
     config = forecaster.config
@@ -139,9 +142,9 @@ def backtest(forecaster: Refittable, frame: pd.DataFrame, *, windows: int = 3, s
     frame = validate_long_frame(frame, covariates=covariates)
     horizon = config.horizon
     freq = infer_frequency(frame["ds"][frame["unique_id"] == frame["unique_id"].iloc[0]], "data")
-    stats = tuple(b for b in baselines if b in ("AutoARIMA", "AutoETS"))
+    stats = tuple(b for b in baselines if b in STATSFORECAST)
     if "auto" in baselines and statsforecast_installed():
-        stats = tuple(dict.fromkeys(stats + ("AutoARIMA", "AutoETS")))
+        stats = tuple(dict.fromkeys(stats + STATSFORECAST))
     metric_rows, forecast_frames = [], []
     for window, train, actual in rolling_splits(frame, horizon, windows):
         start = time.perf_counter()

@@ -19,7 +19,7 @@ net starts as a linear autoregression and the recurrence learns what that misses
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,8 @@ from ..layers import Recurrent
 from .base import TaskConfig
 
 HEADS = ("direct", "decoder")
+MODELS = ("auto", "rnn", "esrnn")
+PANEL = 20  # model="auto" picks "esrnn" from this many series up (without covariates), "rnn" below
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,7 +40,13 @@ class ForecasterConfig(TaskConfig):
     KIND = "forecaster"
 
     horizon: int = 12  # steps forecast at once, from one window
-    lookback: Optional[int] = None  # input window; None = 3 x horizon, about three seasons
+    model: str = "auto"  # "rnn" (windows scaled by their last value), "esrnn" (per-series Holt-Winters level,
+    # season and drift normalise each window, as in ES-RNN; no covariates or calendar) or "auto": esrnn for a
+    # panel of PANEL+ series without covariates (won on the competitions' validation windows), else rnn
+    learn_smoothing: bool = False  # esrnn: train the per-series coefficients with the net by gradient
+    # (ES-RNN's way); off: they stay at their in-sample fit, which did better on validation windows
+    lookback: Optional[int] = None  # input window; None = the model's: rnn 3 x horizon (about three seasons),
+    # esrnn max(24, horizon) (its smoothing carries the season, so a shorter window won on validation)
     cell: str = "lstm"  # "lstm", "gru" or "rnn"
     head: str = "decoder"  # "decoder" (many-to-many; won on validation windows) or "direct" (all steps at once)
     hidden_size: int = 32  # small series overfit wider models; 32 won on validation windows
@@ -57,26 +65,52 @@ class ForecasterConfig(TaskConfig):
     epochs: int = 10_000  # a bound only: a small panel has a few steps an epoch, so max_steps decides
     max_steps: Optional[int] = 600  # optimizer steps per model; early stopping usually ends sooner
     minutes: Optional[float] = 2.0  # time budget of one whole fit (all ensemble members)
-    batch_size: int = 64  # windows per step: steadier quantile gradients than 32, still fast
-    lr: float = 5e-3  # with a few hundred steps to early stopping, a brisk rate
+    batch_size: Optional[int] = None  # windows per step; None = the model's: rnn 64 (steadier quantile gradients
+    # than 32, still fast), esrnn 512 (a panel has thousands of windows; won on validation)
+    lr: Optional[float] = None  # None = the model's: rnn 5e-3 (a brisk rate for a few hundred steps to early
+    # stopping), esrnn 1e-3 (it starts at the smoothing's forecast and learns corrections to it)
     patience: Optional[int] = 5  # validations (every 20 steps) without improvement before stopping
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(sorted(float(q) for q in self.quantiles)))
-        if self.lookback is None and isinstance(self.horizon, int):
-            object.__setattr__(self, "lookback", 3 * self.horizon)
+        if self.model == "auto" and (self.past_covariates or self.future_covariates):
+            object.__setattr__(self, "model", "rnn")  # only the rnn model reads covariates
+        if self.model != "auto" and isinstance(self.horizon, int):  # "auto" settles them when it picks, in fit
+            for name, value in model_defaults(self.model, self.horizon).items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)
         for name in ("past_covariates", "future_covariates"):
             object.__setattr__(self, name, tuple(str(c) for c in getattr(self, name)))
         super().__post_init__()
-        self.check_positive("horizon", "lookback", "hidden_size", "num_layers", "ensemble")
+        self.check_positive("horizon", "hidden_size", "num_layers", "ensemble")
+        if self.lookback is not None:
+            self.check_positive("lookback")
         if 0.5 not in self.quantiles or any(not 0 < q < 1 for q in self.quantiles):
             raise RnnkitError(f"quantiles must lie in (0, 1) and include 0.5, got {list(self.quantiles)}")
+        if self.model not in MODELS:
+            raise RnnkitError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model == "esrnn" and (self.past_covariates or self.future_covariates):
+            raise RnnkitError("model='esrnn' reads the series alone; drop the covariates or use model='rnn'")
         if self.head not in HEADS:
             raise RnnkitError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         clash = set(self.past_covariates) & set(self.future_covariates)
         if clash or {"unique_id", "ds", "y"} & set(self.past_covariates + self.future_covariates):
             raise RnnkitError(f"covariate columns must be distinct and not unique_id/ds/y, got "
                               f"past={list(self.past_covariates)} future={list(self.future_covariates)}")
+
+
+    def train_config(self, **overrides: Any) -> Any:
+        """The trainer's options; the model's defaults stand in for those ``"auto"`` has not settled yet."""
+        unset = {k: v for k, v in model_defaults("rnn", 1).items() if k in ("lr", "batch_size") and getattr(self, k)
+                 is None}
+        return super().train_config(**{**unset, **overrides})
+
+
+def model_defaults(model: str, horizon: int) -> dict[str, float]:
+    """The options a ``None`` stands for under ``model`` ("rnn" or "esrnn"), see :class:`ForecasterConfig`."""
+    if model == "esrnn":
+        return {"lookback": max(24, horizon), "batch_size": 512, "lr": 1e-3}
+    return {"lookback": 3 * horizon, "batch_size": 64, "lr": 5e-3}
 
 
 class ForecastNet(nn.Module):
@@ -135,25 +169,40 @@ class ForecastEnsemble(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, held_out: list[Optional[tuple[Tensor, ...]]], quantiles: tuple[float, ...]) -> None:
-        """Shift each quantile but the median so that a share ``q`` of held-out targets falls below it.
+        """Shift each quantile but the median so that a share ``q`` of new targets falls below it.
 
-        One-sided split-conformal calibration: ``held_out[m]`` (``y, past, known, target``,
-        or ``None``) holds windows member ``m`` neither trained on nor was stopped on (none
-        of their target values; see :func:`rnnkit.data.series.holdout_fold`); ``calibration[k]`` is the
-        ``q_k``-quantile of ``target - prediction_k`` of each member on its own held-out
-        windows, over every window and step. Quantile regression fitted on training windows is
-        usually too confident; this widens (or narrows) the interval from evidence no member
-        was trained on. A member is less accurate than the mean of all, so the shift errs wide.
+        Split-conformal calibration, one-sided per quantile: ``held_out[m]`` (``y, past, known,
+        target``, or ``None``) holds windows member ``m`` neither trained on nor was stopped on
+        (none of their target values; see :func:`rnnkit.data.series.holdout_fold`);
+        ``calibration[k]`` is a quantile of ``target - prediction_k`` of each member on its own
+        held-out windows, over every window and step. Quantile regression fitted on training
+        windows is usually too confident; this widens (or narrows) the interval from evidence no
+        member was trained on. A member is less accurate than the mean of all, so the shift errs wide.
+
+        The level is split conformal's finite-sample one, counting windows, not values: the
+        values of one window share an origin and move together, so ``n`` held-out windows are
+        ``n`` exchangeable draws, and covering a new one with probability ``q`` takes the
+        empirical ``q (n + 1) / n`` quantile (``1 - (1 - q)(n + 1) / n`` below the median). With
+        the few windows a short series holds out, the plain ``q`` quantile under-covers.
         """
         self.calibration.zero_()
         residuals = [data[3].unsqueeze(2) - member(*data[:3])  # (N_m, H, Q)
                      for member, data in zip(self.members, held_out) if data is not None]
         if not residuals:
             return
-        residual = torch.cat(residuals).flatten(0, 1)  # (N * H, Q)
+        residual = torch.cat(residuals)  # (N, H, Q)
         for k, q in enumerate(quantiles):
             if q != 0.5:
-                self.calibration[k] = torch.quantile(residual[:, k], q)
+                level = conformal_level(q, windows=residual.size(0))
+                self.calibration[k] = torch.quantile(residual[:, :, k].flatten(), level)
+
+
+def conformal_level(q: float, windows: int) -> float:
+    """The empirical quantile level that covers a new draw with probability ``q`` (above the
+    median) or leaves ``q`` below it (below), from ``windows`` exchangeable draws."""
+    if q > 0.5:
+        return min(1.0, q * (windows + 1) / windows)
+    return max(0.0, 1 - (1 - q) * (windows + 1) / windows)
 
 
 def pinball_loss(predicted: Tensor, target: Tensor, quantiles: Tensor) -> Tensor:

@@ -1,37 +1,38 @@
-"""Music generation: an LSTM over piano-roll frames, each frame's notes drawn by a NADE (RNN-NADE).
+"""Music generation: Bach chorales (or a user's scores) learnt by a recurrent network, and new pieces
+drawn from it, streamed frame by frame or token by token.
 
-A piece is a sequence of frames, each the set of pitches sounding on one step of a fixed grid
-(``steps_per_quarter``), read as a binary vector ``x_t`` over the pitch range ``P`` (the
-roll of :mod:`rnnkit.data.music`). The recurrent layer reads the previous frame and the
-position in the bar and summarises the past in ``h_t``. Independent sigmoids on ``h_t`` would
-pick each pitch on its own and write incoherent chords; instead the frame is drawn as a NADE
-(Larochelle & Murray 2011) whose biases come from ``h_t``, as in Boulanger-Lewandowski et al.
-(2012), pitch by pitch from the bass up, each pitch seeing the ones chosen below it::
+Two encodings, one task:
 
-    b_t, c_t = split(Linear(h_t))                        # (P,), (K,)
-    a_k      = c_t + Σ_{j<k} W_j x_{t,j}                 # the NADE's hidden input for pitch k, (K,)
-    p(x_{t,k} = 1 | x_{t,<k}, past) = σ(b_{t,k} + V_k · σ(a_k))
+- ``encoding="frames"`` (:mod:`.music_frames`): a piece is a piano roll, one binary vector of
+  sounding pitches per step of a fixed grid; an LSTM reads the previous frame and the position
+  in the bar, and each frame's notes are drawn by a NADE conditioned on it (RNN-NADE), so the
+  loss is the exact negative log-likelihood in nats per frame, the figure published for JSB Chorales.
+- ``encoding="events"`` (:mod:`.music_events`): BachBot's tokens, a language model over them.
 
-so ``-log p(x_t | past)`` is exact: the loss is the held-out negative log-likelihood in nats
-per frame, the figure published for JSB Chorales. In training the sums over ``j < k`` are one
-cumulative sum; in generation the pitches are sampled one after another.
+Both stream through the same slots (:mod:`.music_stream`), which a server steps as one batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.music import TICKS, Piece, piano_roll, roll_to_notes, split_of
+from ..data.music import (TICKS, Piece, analyse_key, events_to_notes, key_name, parse_key, piano_roll,
+                          split_of)
 from ..errors import DataError, RnnkitError
-from ..layers import Recurrent
 from .base import Task, TaskConfig
+from .music_events import EventModel, encode_events, event_loss
+from .music_frames import FrameModel, frame_loss, random_transpose
+from .music_stream import Composition, Frame, check_sampling, open_composition, primer_roll, step
+from .schema import sampling_properties
 
 MODEL_TYPE = "music_generator"
+ENCODINGS = ("frames", "events")
+TOKENS_PER_FRAME = 4  # an event model's training chunk holds this many tokens per frame of seq_len (SATB: ~4-5)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +41,7 @@ class MusicConfig(TaskConfig):
 
     KIND = "music generator"
 
+    encoding: str = "frames"            # "frames": LSTM + NADE per frame; "events": note tokens (music_events)
     steps_per_quarter: int = 2          # eighth-note frames: the chorales' passing notes fit, sixteenths round
     cell: str = "lstm"
     hidden_size: int = 256
@@ -58,97 +60,23 @@ class MusicConfig(TaskConfig):
         if TICKS % self.steps_per_quarter:
             raise RnnkitError(f"steps_per_quarter must divide {TICKS} (1, 2, 3, 4, 6 or 12), "
                               f"got {self.steps_per_quarter}")
+        if self.encoding not in ENCODINGS:
+            raise RnnkitError(f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise RnnkitError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.transpose_range, int) or not 0 <= self.transpose_range <= 12:
             raise RnnkitError(f"transpose_range must be an integer in 0..12, got {self.transpose_range!r}")
 
 
-class FrameModel(nn.Module):
-    """A recurrent layer over (previous frame, position in bar) and a NADE per frame (module docstring).
-
-    ``rnn`` may be any module with ``Recurrent``'s ``forward(x, state) -> (out, state)``
-    (the benchmark passes ``torch.nn.LSTM`` to compare); generation also needs ``step``.
-    """
-
-    def __init__(self, pitches: int, phases: int, hidden_size: int, nade_size: int, *, cell: str = "lstm",
-                 num_layers: int = 1, dropout: float = 0.0, transpose_range: int = 0,
-                 rnn: Optional[nn.Module] = None) -> None:
-        super().__init__()
-        self.pitches, self.phases, self.nade_size = pitches, phases, nade_size
-        self.transpose_range = transpose_range  # training only: frame_loss moves each chunk by up to this
-        self.rnn = rnn if rnn is not None else Recurrent(pitches + phases, hidden_size, cell=cell,
-                                                         num_layers=num_layers, dropout=dropout)
-        self.dropout = nn.Dropout(dropout)
-        self.condition = nn.Linear(hidden_size, pitches + nade_size)  # h_t -> (b_t, c_t)
-        self.W = nn.Parameter(torch.randn(pitches, nade_size) * 0.01)  # row j: what pitch j adds to a
-        self.V = nn.Parameter(torch.randn(pitches, nade_size) * 0.01)  # row k: pitch k's output weights
-
-    def inputs(self, previous: Tensor, phase: Tensor) -> Tensor:
-        """The recurrent input: the previous frame ``(B, T, P)`` and the bar position one-hot."""
-        return torch.cat([previous, nn.functional.one_hot(phase, self.phases).to(previous.dtype)], -1)
-
-    def forward(self, inputs: Tensor, state: Any = None) -> tuple[Tensor, Any]:
-        """``(B, T, P + F)`` inputs to the NADE's conditioning ``(B, T, P + K)`` and the state."""
-        h, state = self.rnn(inputs, state)  # (B, T, H)
-        return self.condition(self.dropout(h)), state
-
-    def logits(self, condition: Tensor, frames: Tensor) -> Tensor:
-        """Teacher-forced logits ``(B, T, P)`` of each pitch given the pitches below it in ``frames``."""
-        b, c = condition.split([self.pitches, self.nade_size], -1)
-        added = frames[..., None] * self.W  # (B, T, P, K): what each present pitch adds
-        a = c[..., None, :] + added.cumsum(-2) - added  # (B, T, P, K): the pitches strictly below k
-        return b + (torch.sigmoid(a) * self.V).sum(-1)  # (B, T, P)
-
-    def sample(self, condition: Tensor, temperature: float, generator: Optional[torch.Generator]) -> Tensor:
-        """One frame per row of ``condition`` ``(B, P + K)``, pitch by pitch from the lowest: ``(B, P)``."""
-        b, a = condition.split([self.pitches, self.nade_size], -1)
-        frame = torch.zeros_like(b)
-        for k in range(self.pitches):
-            logit = b[:, k] + (torch.sigmoid(a) * self.V[k]).sum(-1)  # (B,)
-            p = torch.sigmoid(logit / temperature) if temperature > 0 else (logit > 0).float()
-            frame[:, k] = torch.bernoulli(p, generator=generator) if temperature > 0 else p
-            a = a + frame[:, k, None] * self.W[k]
-        return frame
-
-
-def frame_loss(model: FrameModel, batch: tuple[Tensor, ...], state: Any = None) -> tuple[Tensor, Any]:
-    """Nats per frame: the NADE's negative log-likelihood summed over pitches, averaged over valid frames.
-
-    In training each chunk is first moved by a random transposition that keeps its notes in range.
-    """
-    previous, frames, phase, mask = batch
-    if model.training:
-        previous, frames = random_transpose(previous, frames, model.transpose_range)
-    condition, _ = model(model.inputs(previous, phase))
-    nll = nn.functional.binary_cross_entropy_with_logits(model.logits(condition, frames), frames,
-                                                         reduction="none").sum(-1)  # (B, T)
-    return (nll * mask).sum() / mask.sum().clamp(min=1), None
-
-
-def random_transpose(previous: Tensor, frames: Tensor, semitones: int) -> tuple[Tensor, Tensor]:
-    """Each chunk moved up or down by up to ``semitones``, never pushing a note out of the range."""
-    if semitones == 0:
-        return previous, frames
-    present = (frames.amax(1) + previous.amax(1)) > 0  # (B, P): the pitches a chunk uses
-    pitches = torch.arange(frames.size(-1), device=frames.device)
-    low = torch.where(present, pitches, frames.size(-1)).amin(1)  # (B,)
-    high = torch.where(present, pitches, -1).amax(1)
-    down, up = (-low).clamp(min=-semitones, max=0), (frames.size(-1) - 1 - high).clamp(min=0, max=semitones)
-    shift = down + (torch.rand(len(low), device=frames.device) * (up - down + 1)).long().clamp(max=up - down)
-    index = (pitches[None, :] - shift[:, None]) % frames.size(-1)  # (B, P): source pitch of each pitch
-    move = lambda x: x.gather(-1, index[:, None, :].expand_as(x))  # noqa: E731
-    return move(previous), move(frames)
-
-
 class MusicGenerator(Task):
-    """Learns pieces as piano rolls and writes new ones, from nothing or continuing a primer.
+    """Learns pieces as piano-roll frames or as note events and writes new ones, from nothing or
+    continuing a primer, in the model's key or any other.
 
     Example::
 
         pieces, _ = rnnkit.data.music.bach_chorales()
-        gen = MusicGenerator(minutes=5).fit(pieces)
-        out = gen.generate(bars=8, temperature=0.9, seed=1)
+        gen = MusicGenerator(minutes=5).fit(pieces)               # encoding="events": the token model
+        out = gen.generate(bars=8, temperature=0.9, top_p=0.95, seed=1, key="D major")
         write_midi(out["notes"], "piece.mid")
     """
 
@@ -159,11 +87,12 @@ class MusicGenerator(Task):
         "primer": {"type": ["array", "null"], "items": {"type": "array", "items": {"type": "integer"}},
                    "description": "frames to continue, each a list of MIDI pitches; null starts from silence"},
         "bars": {"type": "integer", "minimum": 1, "description": "bars to generate (default 8)"},
-        "temperature": {"type": "number", "minimum": 0, "description": "0 = most likely notes (default 1)"},
-        "seed": {"type": ["integer", "null"], "description": "the same seed gives the same piece"}}}
+        "key": {"type": ["string", "null"], "description": "e.g. \"D major\": the piece moved there (not streamed)"},
+        **sampling_properties(1.0, "most likely notes", "piece")}}
     response_schema = {"type": "object", "properties": {
         "frames": {"type": "array", "description": "primer + generated frames, each a list of MIDI pitches"},
         "notes": {"type": "array", "description": "{pitch, start, duration}, times in quarter notes"},
+        "key": {"type": "string", "description": "the key the piece is written in"},
         "steps_per_quarter": {"type": "integer"},
         "warnings": {"type": "array", "items": {"type": "string"}}}}
     config: MusicConfig
@@ -175,35 +104,54 @@ class MusicGenerator(Task):
         self.phases = 1        # one-hot size of the position in bar (the longest bar seen)
         self.frames_per_bar = 8
 
+    @property
+    def events(self) -> bool:
+        return self.config.encoding == "events"
+
     # --------------------------------------------------------------------- data
+
+    def _grid(self, piece: Piece) -> tuple[int, int]:
+        """Frames per bar of ``piece`` and the bar position of its first frame."""
+        step = TICKS // self.config.steps_per_quarter
+        return max(1, round(piece.bar_ticks / step)), piece.phase_ticks // step
 
     def encode(self, piece: Piece) -> tuple[np.ndarray, np.ndarray]:
         """A piece's roll over the model's pitch range ``(T, P)`` and each frame's bar position ``(T,)``."""
         roll = piano_roll(piece, self.config.steps_per_quarter)
-        step = TICKS // self.config.steps_per_quarter
-        per_bar = max(1, round(piece.bar_ticks / step))
-        phase = (piece.phase_ticks // step + np.arange(len(roll))) % per_bar % self.phases
+        per_bar, phase0 = self._grid(piece)
+        phase = (phase0 + np.arange(len(roll))) % per_bar % self.phases
         return roll[:, self.low:self.low + self.pitches].astype(np.float32), phase
 
-    def chunks(self, pieces: Sequence[Piece]) -> tuple[tuple[Tensor, ...], Tensor]:
-        """Training tensors ``(previous, frames, phase, mask)``, each ``(N, seq_len, ...)``, and lengths.
+    def encode_events(self, piece: Piece) -> tuple[np.ndarray, np.ndarray, int]:
+        """A piece's tokens ``(N,)``, the bar position of each token's successor ``(N,)``, its frames."""
+        per_bar, phase0 = self._grid(piece)
+        return encode_events(piece, self.config.steps_per_quarter, self.low, self.pitches, phase0, per_bar,
+                             self.phases)
 
-        A piece longer than ``seq_len`` is cut into chunks; each chunk's first input is the frame
-        before it, so nothing but the recurrent state is lost at a cut.
+    def chunks(self, pieces: Sequence[Piece]) -> tuple[tuple[Tensor, ...], Tensor]:
+        """Training tensors, each ``(N, length, ...)``, and each chunk's valid length.
+
+        Frames: ``(previous, frames, phase, mask)`` in chunks of ``seq_len`` frames; events:
+        ``(tokens, next tokens, phase)`` in chunks of ``TOKENS_PER_FRAME * seq_len`` tokens. A piece is
+        cut into chunks whose first input is the one before the cut, so only the state is lost there.
         """
-        length, rows = self.config.seq_len, []
+        length = self.config.seq_len * (TOKENS_PER_FRAME if self.events else 1)
+        rows = []
         for piece in pieces:
-            roll, phase = self.encode(piece)
-            previous = np.concatenate([np.zeros_like(roll[:1]), roll[:-1]])
-            for start in range(0, len(roll), length):
-                rows.append((previous[start:start + length], roll[start:start + length], phase[start:start + length]))
-        n, p = len(rows), self.pitches
-        previous, frames = torch.zeros(n, length, p), torch.zeros(n, length, p)
-        phase, mask = torch.zeros(n, length, dtype=torch.long), torch.zeros(n, length)
-        for i, (x, y, f) in enumerate(rows):
-            previous[i, :len(x)], frames[i, :len(y)] = torch.from_numpy(x), torch.from_numpy(y)
-            phase[i, :len(f)], mask[i, :len(f)] = torch.from_numpy(f), 1.0
-        return (previous, frames, phase, mask), mask.sum(1).long()
+            if self.events:
+                tokens, phase, _ = self.encode_events(piece)
+                columns = (tokens[:-1], tokens[1:], phase[:-1])
+            else:
+                roll, phase = self.encode(piece)
+                columns = (np.concatenate([np.zeros_like(roll[:1]), roll[:-1]]), roll, phase,
+                           np.ones(len(roll), np.float32))
+            rows += [[c[start:start + length] for c in columns] for start in range(0, len(columns[0]), length)]
+        tensors = tuple(torch.zeros((len(rows), length) + c.shape[1:], dtype=torch.from_numpy(c).dtype)
+                        for c in rows[0])
+        for i, row in enumerate(rows):
+            for tensor, column in zip(tensors, row):
+                tensor[i, :len(column)] = torch.from_numpy(column)
+        return tensors, torch.tensor([len(row[0]) for row in rows])
 
     def _set_ranges(self, pieces: Sequence[Piece]) -> None:
         """Pitch range (the notes seen, widened by the transposition range) and bar lengths from ``pieces``."""
@@ -211,8 +159,7 @@ class MusicGenerator(Task):
         margin = self.config.transpose_range
         self.low = max(0, int(pitches.min()) - margin)
         self.pitches = min(128, int(pitches.max()) + margin + 1) - self.low
-        step = TICKS // self.config.steps_per_quarter
-        bars = [max(1, round(p.bar_ticks / step)) for p in pieces]
+        bars = [self._grid(p)[0] for p in pieces]
         self.phases, self.frames_per_bar = max(bars), int(np.bincount(bars).argmax())
 
     # --------------------------------------------------------------------- training
@@ -233,16 +180,19 @@ class MusicGenerator(Task):
         self.model = self.build_model()
         self.train_results = []
         batch = min(self.config.batch_size, len(train[0]))
-        result = self.train(self.model, frame_loss, train, val, lengths=lengths, batch_size=batch,
-                            decay_over_budget=self.config.minutes is not None)
+        result = self.train(self.model, event_loss if self.events else frame_loss, train, val, lengths=lengths,
+                            batch_size=batch, decay_over_budget=self.config.minutes is not None)
         self.model.eval()
         self.metrics = {**self.training_summary(), "epochs_completed": result.epochs_completed,
                         "train_pieces": len(pieces), "parameters": sum(p.numel() for p in self.model.parameters())}
         if val_pieces:
             self.metrics.update(val_pieces=len(val_pieces), val_nll_per_frame=self.frame_nll(val_pieces))
 
-    def build_model(self) -> FrameModel:
+    def build_model(self) -> nn.Module:
         cfg = self.config
+        if self.events:
+            return EventModel(self.pitches, self.phases, cfg.hidden_size, cell=cfg.cell, num_layers=cfg.num_layers,
+                              dropout=cfg.dropout, transpose_range=cfg.transpose_range)
         return FrameModel(self.pitches, self.phases, cfg.hidden_size, cfg.nade_size, cell=cfg.cell,
                           num_layers=cfg.num_layers, dropout=cfg.dropout, transpose_range=cfg.transpose_range)
 
@@ -257,10 +207,17 @@ class MusicGenerator(Task):
     def frame_nll(self, pieces: Sequence[Piece]) -> float:
         """Held-out negative log-likelihood in nats per frame: whole pieces from a zero state, the
         sum over every frame of every piece divided by the number of frames (the JSB definition).
-        Notes outside the model's pitch range are dropped (counted by ``out_of_range``)."""
+        Notes outside the model's pitch range are dropped. For the event model the sum is over
+        every token (its roll's NLL is at most this: see :mod:`rnnkit.tasks.music_events`)."""
         self.require_fitted()
         total, count = 0.0, 0
         for piece in pieces:
+            if self.events:
+                tokens, phase, frames = self.encode_events(piece)
+                batch = tuple(torch.from_numpy(x)[None] for x in (tokens[:-1], tokens[1:], phase[:-1]))
+                nll, _ = event_loss(self.model, batch)
+                total, count = total + nll.item() * (len(tokens) - 1), count + frames
+                continue
             roll, phase = self.encode(piece)
             frames = torch.from_numpy(roll)[None]  # (1, T, P)
             previous = torch.cat([torch.zeros_like(frames[:, :1]), frames[:, :-1]], 1)
@@ -271,61 +228,109 @@ class MusicGenerator(Task):
     # --------------------------------------------------------------------- generation
 
     @torch.no_grad()
-    def generate_rolls(self, count: int, frames: int, primer: Optional[np.ndarray] = None, *,
-                       temperature: float = 1.0, seed: Optional[int] = None, phase0: int = 0) -> np.ndarray:
+    def compose(self, count: int, frames: int, primer: Optional[np.ndarray] = None, *, temperature: float = 1.0,
+                top_p: float = 1.0, seed: Optional[int] = None, phase0: int = 0) -> list[list[Frame]]:
+        """``count`` pieces, each the primer roll ``(T0, 128)`` then ``frames`` new frames, written
+        together (one batch); piece ``i`` draws from seed ``seed + i``. Frames as ``(pitch index, starts)``."""
+        slots = [self._open(frames, primer, temperature, top_p, None if seed is None else seed + i, phase0)
+                 for i in range(count)]
+        while not all(slot.done for slot in slots):
+            step(self.model, self.events, slots, self.frames_per_bar)
+        return [slot.frames for slot in slots]
+
+    def generate_rolls(self, count: int, frames: int, primer: Optional[np.ndarray] = None,
+                       **options: Any) -> np.ndarray:
         """``count`` pieces of ``frames`` new frames after ``primer`` ``(T0, 128)``: ``(count, T0 + frames, 128)``."""
-        self.require_fitted()
-        if not isinstance(temperature, (int, float)) or not np.isfinite(temperature) or temperature < 0:
-            raise RnnkitError(f"temperature must be a number >= 0 (0 = most likely notes), got {temperature!r}")
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        primer = np.zeros((0, 128), bool) if primer is None else primer
-        known = torch.from_numpy(primer[:, self.low:self.low + self.pitches].astype(np.float32))
-        known = known[None].expand(count, -1, -1)  # (N, T0, P)
-        previous, state, out = torch.zeros(count, self.pitches), None, list(known.unbind(1))
-        for t in range(len(primer) + frames):
-            phase = torch.full((count, 1), (phase0 + t) % self.frames_per_bar % self.phases)
-            condition, state = self.model(self.model.inputs(previous[:, None], phase), state)  # (N, 1, P+K)
-            if t >= len(primer):
-                out.append(self.model.sample(condition[:, 0], float(temperature), generator))
-            previous = out[t]
-        rolls = np.zeros((count, len(out), 128), dtype=bool)
-        if out:
-            rolls[:, :, self.low:self.low + self.pitches] = torch.stack(out, 1).numpy() > 0.5
-        return rolls
+        return np.stack([self._roll(piece) for piece in self.compose(count, frames, primer, **options)])
 
     def generate(self, bars: int = 8, primer: Optional[np.ndarray] = None, *, temperature: float = 1.0,
-                 seed: Optional[int] = None, phase0: int = 0) -> dict[str, Any]:
+                 top_p: float = 1.0, seed: Optional[int] = None, phase0: int = 0,
+                 key: Optional[str] = None, transpose: int = 0) -> dict[str, Any]:
         """One piece: ``bars`` bars after the ``primer`` roll ``(T0, 128)`` (at the model's grid).
 
-        Returns the roll ``(T, 128)``, its notes ``(N, 4)`` (ticks of :mod:`rnnkit.data.music`)
-        and warnings: a silent piece or one repeated note is reported, never passed off as music.
+        Returns the roll ``(T, 128)``, its notes ``(N, 4)`` (ticks of :mod:`rnnkit.data.music`),
+        the key and warnings: a silent piece or one repeated note is reported, never passed off as
+        music. The model writes in C major / A minor; ``key`` ("D major") moves the whole piece
+        (primer included) to that key, found by music21's analysis of what was written; without
+        it the piece moves by ``transpose`` semitones (a primer's way back to its own key).
         """
         if not isinstance(bars, int) or isinstance(bars, bool) or bars < 1:
             raise RnnkitError(f"bars must be a positive integer, got {bars!r}")
-        roll = self.generate_rolls(1, bars * self.frames_per_bar, primer, temperature=temperature, seed=seed,
-                                   phase0=phase0)[0]
+        target = None if key is None else parse_key(key)  # a bad key is refused before any work
+        frames = self.compose(1, bars * self.frames_per_bar, primer, temperature=temperature, top_p=top_p,
+                              seed=seed, phase0=phase0)[0]
+        roll = self._roll(frames)
         warnings = degenerate(roll, 0 if primer is None else len(primer))
         if primer is not None and primer[:, :self.low].any() | primer[:, self.low + self.pitches:].any():
             warnings.append(f"primer notes outside the model's range (MIDI {self.low}-{self.low + self.pitches - 1}) "
                             "were left out of what it continues")
-        return {"roll": roll, "notes": roll_to_notes(roll, self.config.steps_per_quarter), "warnings": warnings}
+        notes = events_to_notes([[(self.low + k, new) for k, new in f] for f in frames], self.config.steps_per_quarter)
+        found = analyse_key(notes) if len(notes) else (0, "major")
+        shift = transpose
+        if target is not None:
+            shift = (target[0] - found[0] + 6) % 12 - 6  # the smaller move to the asked tonic
+            if target[1] != found[1]:
+                warnings.append(f"the model wrote in {found[1]}, not {target[1]}; the piece is in "
+                                f"{key_name(target[0], found[1])} (prime it with a {target[1]} piece to steer it)")
+        notes[:, 2] += shift
+        roll = np.roll(roll, shift, axis=1)
+        return {"roll": roll, "notes": notes, "key": key_name((found[0] + shift) % 12, found[1]),
+                "warnings": warnings}
+
+    def _roll(self, frames: list[Frame]) -> np.ndarray:
+        roll = np.zeros((len(frames), 128), dtype=bool)
+        for t, frame in enumerate(frames):
+            roll[t, [self.low + k for k, _ in frame]] = True
+        return roll
+
+    def _open(self, frames: int, primer: Optional[np.ndarray], temperature: float, top_p: float,
+              seed: Optional[int], phase0: int) -> Composition:
+        """A composition with the primer read: the slot :meth:`step_streams` advances."""
+        self.require_fitted()
+        check_sampling(temperature, top_p)
+        primer = np.zeros((0, 128), bool) if primer is None else np.asarray(primer, dtype=bool)
+        inside = primer[:, self.low:self.low + self.pitches]
+        before = np.vstack([np.zeros_like(inside[:1]), inside[:-1]])
+        primer_frames = [[(int(k), not before[t, k]) for k in np.flatnonzero(f)[::-1]] for t, f in enumerate(inside)]
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        slot = Composition(frames, primer_frames, phase0, float(temperature), float(top_p), generator, self.low)
+        return open_composition(self.model, self.events, slot, self.frames_per_bar)
 
     def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
-        primer = request.get("primer")
-        roll = None
-        if primer:
-            roll = np.zeros((len(primer), 128), dtype=bool)
-            for t, pitches in enumerate(primer):
-                bad = [p for p in pitches if not 0 <= p < 128]
-                if bad:
-                    raise RnnkitError(f"primer frame {t} holds {bad[0]}, not a MIDI pitch (0-127)")
-                roll[t, pitches] = True
-        out = self.generate(request.get("bars", 8), roll, temperature=request.get("temperature", 1.0),
-                            seed=request.get("seed"))
+        out = self.generate(request.get("bars", 8), primer_roll(request.get("primer")), key=request.get("key"),
+                            **_sampling(request))
         quarter = TICKS
         return {"frames": [np.flatnonzero(f).tolist() for f in out["roll"]],
                 "notes": [{"pitch": int(p), "start": s / quarter, "duration": d / quarter} for s, d, p, _ in out["notes"]],
-                "steps_per_quarter": self.config.steps_per_quarter, "warnings": out["warnings"]}
+                "key": out["key"], "steps_per_quarter": self.config.steps_per_quarter, "warnings": out["warnings"]}
+
+    def stream_json(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        slot = self.open_stream(request)
+        while not slot.done:
+            yield from self.step_streams([slot])[0]
+
+    @torch.no_grad()
+    def open_stream(self, request: dict[str, Any]) -> Composition:
+        """One piece as a slot: frames stream as they are written, ``{"frame": [...], "starts": [...]}``,
+        in the model's key (a ``key`` needs the whole piece: use predict)."""
+        if request.get("key") is not None:
+            raise RnnkitError("key moves the whole piece once it is written, so it cannot stream; use predict")
+        bars = request.get("bars", 8)
+        if not isinstance(bars, int) or bars < 1:
+            raise RnnkitError(f"bars must be a positive integer, got {bars!r}")
+        return self._open(bars * self.frames_per_bar, primer_roll(request.get("primer")), **_sampling(request),
+                          phase0=0)
+
+    @torch.no_grad()
+    def step_streams(self, slots: list[Composition]) -> list[list[dict[str, Any]]]:
+        """One step of every slot as one batch: a frame each (frame model) or a token each (event model)."""
+        return step(self.model, self.events, slots, self.frames_per_bar)
+
+
+def _sampling(request: dict[str, Any]) -> dict[str, Any]:
+    top_p = request.get("top_p")  # null, like leaving it out, is off
+    return {"temperature": request.get("temperature", 1.0), "top_p": 1.0 if top_p is None else top_p,
+            "seed": request.get("seed")}
 
 
 def degenerate(roll: np.ndarray, primer_frames: int = 0) -> list[str]:

@@ -41,8 +41,12 @@ def check(value: Any, schema: Schema, where: str = "request") -> None:
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0):
             raise DataError(f"{where} needs at least {schema['minItems']} item(s), got {len(value)}")
+        items = schema.get("items", {})
+        if isinstance(items.get("type"), str) and set(items) <= {"type", "description"} \
+                and all(_is(item, items["type"]) for item in value):
+            return  # an array of plain values (a series, texts) in one pass; else find the first wrong one
         for i, item in enumerate(value):
-            check(item, schema.get("items", {}), f"{where}[{i}]")
+            check(item, items, f"{where}[{i}]")
 
 
 def loads_request(text: Union[str, bytes]) -> Any:
@@ -60,6 +64,16 @@ def loads_request(text: Union[str, bytes]) -> Any:
     except json.JSONDecodeError as exc:
         raise DataError(f"the request is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; "
                         "send one JSON object shaped as the task's request schema says") from None
+
+
+def sampling_properties(temperature: float, greedy: str, output: str) -> Schema:
+    """The sampling options every generating task takes: ``temperature`` (its default given, and
+    what 0 means, ``greedy``), nucleus ``top_p`` and ``seed``, described once for every schema."""
+    return {
+        "temperature": {"type": "number", "minimum": 0, "description": f"0 = {greedy} (default {temperature:g})"},
+        "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                  "description": "nucleus sampling: draw among the likeliest outcomes up to this mass (default off)"},
+        "seed": {"type": ["integer", "null"], "description": f"the same seed gives the same {output}"}}
 
 
 def _check_object(value: dict, schema: Schema, where: str) -> None:

@@ -21,8 +21,11 @@ from ..errors import DataError, RnnkitError
 from ..precision import autocast, check_precision
 from ..topologies import ManyToMany
 from ..training import TrainConfig, evaluate
-from .base import StreamSlot, Task, TaskConfig
+from .base import Task, TaskConfig
 from .language import next_token_loss, streams, with_state_resets
+from .schema import sampling_properties
+from .textgen_stream import (Generation, TextStream, check_sampling, join_states, sample_next, sampling_options,
+                             state_row)
 
 MODEL_TYPE = "text_generator"
 
@@ -70,93 +73,6 @@ def language_model(config: TextGeneratorConfig, vocab_size: int) -> ManyToMany:
                       tie_weights=config.tie_weights)
 
 
-def sample_next(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> Tensor:
-    """One token per row of ``logits`` ``(B, V)``: greedy at ``temperature == 0``, else sampled from
-    ``softmax(logits / temperature)`` restricted to the ``top_k`` likeliest tokens and to the smallest
-    set whose probability reaches ``top_p`` (nucleus sampling)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        ordered, index = logits.sort(dim=-1, descending=True)
-        probs = ordered.softmax(-1)
-        beyond = probs.cumsum(-1) - probs > top_p  # the mass before a token already reaches top_p
-        logits = torch.full_like(logits, float("-inf")).scatter(1, index, ordered.masked_fill(beyond, float("-inf")))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
-
-
-class TextStream:
-    """Hands ``stream`` one sample's text as its tokens arrive, each piece once.
-
-    A byte-level BPE token can end inside a character, which decodes as U+FFFD until the next
-    token completes it: that text is held back rather than printed half. Each token decodes
-    only the tokens not printed yet plus ``CONTEXT`` before them (a word tokenizer's spaces
-    depend on the previous token), so a long sample costs no more per token than a short one.
-    """
-
-    CONTEXT = 8
-
-    def __init__(self, tokenizer: Tokenizer, stream: Callable[[str], Any]) -> None:
-        self.tokenizer, self.stream, self.ids, self.printed = tokenizer, stream, [], 0
-
-    def add(self, token: int) -> None:
-        """Take the next token; print the text it completes."""
-        self.ids.append(token)
-        self._print(final=False)
-
-    def finish(self) -> None:
-        """Print what is held back (an incomplete character at the very end prints as U+FFFD)."""
-        self._print(final=True)
-
-    def _print(self, final: bool) -> None:
-        start = max(0, self.printed - self.CONTEXT)
-        before, text = self.tokenizer.decode(self.ids[start:self.printed]), self.tokenizer.decode(self.ids[start:])
-        if len(text) <= len(before) or not text.startswith(before) or (text.endswith("\ufffd") and not final):
-            return  # nothing new yet, or a character still incomplete
-        self.stream(text[len(before):])
-        self.printed = len(self.ids)
-
-
-class Generation(StreamSlot):
-    """One text generation in progress (a slot of :meth:`TextGenerator.step_streams`).
-
-    It holds what this stream alone needs between steps: the next-token logits ``(1, V)``, its
-    recurrent state (batch 1), its sampling options and random generator, the tokens left, and
-    the text completed but not yet taken.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, logits: Tensor, state: Any, options: dict[str, Any],
-                 generator: Optional[torch.Generator]) -> None:
-        self.logits, self.state, self.generator = logits, state, generator
-        self.left = options["max_tokens"]
-        self.sampling = (options["temperature"], options["top_k"], options["top_p"])
-        self.pieces: list[str] = []
-        self.printer = TextStream(tokenizer, self.pieces.append)
-        self.done = self.left == 0
-
-    def sample(self) -> Optional[Tensor]:
-        """Draw the next token ``(1,)`` and add it to the text; ``done`` after the last one."""
-        if self.done:
-            return None
-        self.logits[:, : len(SPECIALS)] = float("-inf")  # never <pad>, <unk>, <bos>, <eos>
-        token = sample_next(self.logits, *self.sampling, generator=self.generator)
-        self.printer.add(int(token[0]))
-        self.left -= 1
-        if self.left == 0:
-            self.printer.finish()
-            self.done = True
-        return token
-
-    def take(self) -> list[dict[str, Any]]:
-        """The pieces of text completed since the last call, as stream_json's ``{"text": ...}``."""
-        pieces, self.pieces[:] = [{"text": piece} for piece in self.pieces], []
-        return pieces
-
-
 class TextGenerator(Task):
     """A recurrent language model: ``fit`` a corpus, ``generate`` text, score held-out text.
 
@@ -171,15 +87,13 @@ class TextGenerator(Task):
     name = "textgen"
     model_type = MODEL_TYPE
     config_class = TextGeneratorConfig
-    streams = True
-    batches_streams = True
     request_schema = {"type": "object", "additionalProperties": False, "properties": {
         "prime": {"type": "string", "description": "text to continue; empty starts after a newline"},
         "max_tokens": {"type": "integer", "minimum": 0, "description": "tokens to generate (default 200)"},
-        "temperature": {"type": "number", "minimum": 0, "description": "0 = greedy (default 0.8)"},
-        "top_k": {"type": ["integer", "null"], "minimum": 1},
-        "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-        "seed": {"type": ["integer", "null"], "description": "the same seed gives the same text"}}}
+        "top_k": {"type": ["integer", "null"], "minimum": 1, "description": "draw among the k likeliest tokens"},
+        **sampling_properties(0.8, "greedy", "text"),
+        "stop": {"type": "array", "items": {"type": "string"},
+                 "description": "end where the text first contains one of these (left out)"}}}
     response_schema = {"type": "object", "properties": {"text": {"type": "string", "description": "prime + sample"}}}
     config: TextGeneratorConfig
 
@@ -279,7 +193,7 @@ class TextGenerator(Task):
                top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
                precision: str = "fp32") -> Iterator[Tensor]:
         """The generated token ids, ``(num_samples,)`` at each step, as they are sampled."""
-        _check_sampling(num_samples, max_tokens, temperature, top_k, top_p)
+        check_sampling(num_samples, max_tokens, temperature, top_k, top_p)
         logits, state, generator = self._start(prime, num_samples, seed, precision)
         device = logits.device
         for _ in range(max_tokens):
@@ -291,18 +205,25 @@ class TextGenerator(Task):
             logits = logits.float()
 
     def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"text": self.generate(**_sampling_options(request))}
+        options = sampling_options(request)
+        if options.pop("stop"):  # the stream's slot applies them: the same text as streamed
+            return {"text": options["prime"] + "".join(piece["text"] for piece in self.stream_json(request))}
+        return {"text": self.generate(**options)}
 
     def stream_json(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         slot = self.open_stream(request)
         while not slot.done:
             yield from self.step_streams([slot])[0]
 
+    def merge_pieces(self, pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Text pieces joined into one."""
+        return [{"text": "".join(piece["text"] for piece in pieces)}] if len(pieces) > 1 else pieces
+
     @torch.no_grad()
     def open_stream(self, request: dict[str, Any]) -> Generation:
         """One generation as a slot: the prime read (batch 1), nothing sampled yet."""
-        options = _sampling_options(request)
-        _check_sampling(1, options["max_tokens"], options["temperature"], options["top_k"], options["top_p"])
+        options = sampling_options(request)
+        check_sampling(1, options["max_tokens"], options["temperature"], options["top_k"], options["top_p"])
         logits, state, generator = self._start(options["prime"], 1, options["seed"])
         return Generation(self.tokenizer, logits, state, options, generator)
 
@@ -316,10 +237,10 @@ class TextGenerator(Task):
         tokens = [slot.sample() for slot in slots]  # each (1,), or None for a slot already done
         live = [i for i, slot in enumerate(slots) if not slot.done]
         if live:
-            state = _join_states([slots[i].state for i in live])
+            state = join_states([slots[i].state for i in live])
             logits, state = self.model.step(torch.cat([tokens[i] for i in live]), state)  # (B, V)
             for row, i in enumerate(live):
-                slots[i].logits, slots[i].state = logits[row:row + 1].float(), _state_row(state, row)
+                slots[i].logits, slots[i].state = logits[row:row + 1].float(), state_row(state, row)
         return [slot.take() for slot in slots]
 
     def _start(self, prime: str, rows: int, seed: Optional[int], precision: str = "fp32"
@@ -343,41 +264,6 @@ class TextGenerator(Task):
                             f"{', '.join(map(repr, unknown[:10]))}; remove them or train on text that has them")
         ids = self.tokenizer.encode(prime) or self.tokenizer.encode("\n")
         return ids or [len(SPECIALS)]  # a vocabulary without a newline: its first real token
-
-
-def _sampling_options(request: dict[str, Any]) -> dict[str, Any]:
-    """A request's sampling options with their defaults (the ones of :meth:`TextGenerator.generate`)."""
-    return {"prime": request.get("prime", ""), "max_tokens": request.get("max_tokens", 200),
-            "temperature": request.get("temperature", 0.8), "top_k": request.get("top_k"),
-            "top_p": request.get("top_p"), "seed": request.get("seed")}
-
-
-def _join_states(states: list[Any]) -> Any:
-    """Per-stream states (each ``(L, 1, H)``, or an LSTM's pair of them) stacked into ``(L, B, H)``."""
-    if isinstance(states[0], tuple):
-        return tuple(torch.cat(parts, dim=1) for parts in zip(*states))
-    return torch.cat(states, dim=1)
-
-
-def _state_row(state: Any, row: int) -> Any:
-    """Stream ``row`` of a batched state, ``(L, 1, H)`` (or the pair)."""
-    if isinstance(state, tuple):
-        return tuple(part[:, row:row + 1] for part in state)
-    return state[:, row:row + 1]
-
-
-def _check_sampling(num_samples: int, max_tokens: int, temperature: float, top_k: Optional[int],
-                    top_p: Optional[float]) -> None:
-    for name, value in (("num_samples", num_samples), ("max_tokens", max_tokens)):
-        if not isinstance(value, int) or value < (1 if name == "num_samples" else 0):
-            raise RnnkitError(f"{name} must be a {'positive' if name == 'num_samples' else 'non-negative'} "
-                              f"integer, got {value!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise RnnkitError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise RnnkitError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise RnnkitError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
 
 __all__ = ["Generation", "TextGenerator", "TextGeneratorConfig", "language_model", "next_token_loss", "sample_next",

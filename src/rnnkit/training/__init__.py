@@ -1,9 +1,11 @@
-"""The one trainer every rnnkit task uses, as a package of four parts that import only downwards:
+"""The one trainer every rnnkit task uses, as a package of five parts that import only downwards:
 
 - ``config``: ``TrainConfig`` (what a run is told), ``TrainResult`` (what it returns) and
   ``RunState`` (a run in progress, what a checkpoint carries);
 - ``batching``: how training data becomes optimizer steps (epochs, length-grouped batches,
   truncated-BPTT pieces);
+- ``distributed``: the same loop in several processes under ``torchrun`` (data parallel,
+  restarted workers resume from the last checkpoint);
 - ``checkpoints``: saving and resuming a run bit for bit (safetensors + JSON, atomic);
 - ``loop``: ``fit``, ``evaluate``, ``lr_at`` and ``budget_shares``.
 """

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..errors import RnnkitError
 from ..files import atomic_write_files
 from .config import RunState, TrainConfig
+from .distributed import rng_key, world
 
 
 #: the fields that shape the sequence of updates: a resumed run must share them
@@ -48,8 +49,12 @@ def prepare_directory(path: Optional[Union[Path, str]], config: TrainConfig, res
 
 
 def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: RunState,
-                     config: TrainConfig, elapsed: float, n_train: int) -> None:
-    """Write ``checkpoint.safetensors`` (the tensors, and ``meta`` in its header) and ``checkpoint.json``."""
+                     config: TrainConfig, elapsed: float, n_train: int,
+                     rng_states: Optional[list[Tensor]] = None) -> None:
+    """Write ``checkpoint.safetensors`` (the tensors, and ``meta`` in its header) and ``checkpoint.json``.
+
+    ``rng_states``: every worker's random state, in rank order (default: this process's).
+    """
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in (run.best_weights or {}).items()})
     optim, scalars = optimizer.state_dict(), {}
@@ -59,7 +64,9 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
                 tensors[f"optim.state.{i}.{name}"] = value
             else:
                 scalars.setdefault(str(i), {})[name] = value
-    tensors["rng.torch"], tensors["run.loss_sum"] = torch.get_rng_state(), run.loss_sum
+    for rank, state in enumerate(rng_states or [torch.get_rng_state()]):
+        tensors[rng_key(rank)] = state
+    tensors["run.loss_sum"] = run.loss_sum
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     groups = [{k: v for k, v in g.items() if k != "params"} for g in optim["param_groups"]]
@@ -110,11 +117,13 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     live = optimizer.state_dict()["param_groups"]
     groups = [dict(saved, params=g["params"]) for saved, g in zip(meta["optimizer"]["param_groups"], live)]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-    torch.set_rng_state(tensors["rng.torch"])
+    torch.set_rng_state(tensors.get(rng_key(), tensors["rng.torch"]))  # a new worker: rank 0's
     if part("rng.cuda.") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(len(part("rng.cuda.")))])
     run.best_weights = {k: v.to(device) for k, v in part("best.").items()} or None
     run.loss_sum = tensors["run.loss_sum"].to(device)
+    if world()[0] != 0:
+        run.loss_sum.zero_()  # rank 0 holds the workers' total
     run.carry = _unflatten(meta["carry"], "carry", tensors, device)
     for name in _RUN_FIELDS:
         setattr(run, name, meta[name])

@@ -38,6 +38,8 @@ from ..progress import TrainingProgress
 from .batching import batch_pieces, check_lengths, split_time, time_steps
 from .checkpoints import load_checkpoint, prepare_directory, save_checkpoint, save_history
 from .config import CLOCKS, RunState, TrainConfig, TrainResult, check_clock, device_of
+from .distributed import (broadcast_parameters, gather_rng_states, rank0_decides, restarted, shard, sum_across,
+                          sum_gradients, world)
 
 LossFn = Callable[[nn.Module, tuple[Tensor, ...], Any], tuple[Tensor, Any]]
 Data = Union[Tensor, Sequence[Tensor]]
@@ -156,6 +158,8 @@ def fit(
     ``layer_groups`` (the model's parameters from the bottom layer to the top; any not listed
     join the top group) get ULMFiT's fine-tuning: discriminative rates (``layer_lr_decay``) and
     gradual unfreezing (``unfreeze_every``, :func:`layer_groups_at`).
+    Under ``torchrun`` the workers share each batch and sum their gradients, and a worker
+    restarted after a fault resumes from ``checkpoint_dir`` (:mod:`.distributed`).
     """
     if not isinstance(config, TrainConfig):
         raise RnnkitError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -167,9 +171,15 @@ def fit(
     device, n = device_of(config.device), len(train[0])
     check_precision(config.precision, device)
     directory = prepare_directory(checkpoint_dir, config, resume)
+    rank, workers = world()
+    if workers > 1 and config.batch_size < workers:
+        raise RnnkitError(f"batch_size={config.batch_size} cannot be shared by {workers} workers; "
+                          f"raise it to at least {workers} or start fewer workers")
+    resume = resume or (restarted() and directory is not None and (directory / "checkpoint.safetensors").is_file())
     if device.type == "cpu":
         keep_freed_memory()  # each step's activations reused, not page-faulted in again (allocator.py)
     model.to(device).train()
+    broadcast_parameters(model)
     groups = _param_groups(model, layer_groups, config)
     unfreezing = config.unfreeze_every is not None and len(groups) > 1
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
@@ -182,36 +192,50 @@ def fit(
         resumed_from = run.step
     else:
         resumed_from = 0
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed + rank)  # each worker its own dropout
     clock = CLOCKS[config.clock]
     started, lr = clock(), config.lr
     elapsed = lambda: run.elapsed_s + clock() - started  # noqa: E731
 
     def log() -> None:
+        sum_across(run.loss_sum)  # every worker's share of the steps' losses
         row = _log_row(run, model, loss_fn, val, config, lr, elapsed())
         bar.val_loss = row["val_loss"]
         for callback in callbacks:
             callback(dict(row))
 
-    with closing(TrainingProgress(config.progress, total, run.step)) as bar:
+    def checkpoint() -> None:
+        sum_across(run.loss_sum)  # rank 0 keeps the workers' total, the others start again from 0
+        if rank != 0:
+            run.loss_sum.zero_()
+        states = gather_rng_states()
+        if rank == 0:
+            save_checkpoint(directory, model, optimizer, run, config, elapsed(), n, rng_states=states)
+
+    with closing(TrainingProgress(config.progress and rank == 0, total, run.step)) as bar:
         for (epoch, batch, piece), tensors in batch_pieces(train, config, batches, run.done, device, lengths):
-            stopped = _stop_reason(run, config, elapsed())
+            time_up = config.minutes is not None and elapsed() >= 60 * config.minutes
+            if workers > 1 and config.minutes is not None:
+                time_up = rank0_decides(time_up)  # one clock for all, so that all stop at the same step
+            stopped = _stop_reason(run, config, time_up)
             if stopped:
                 break
             if piece == 0 and (batch == 0 or not config.stateful):
                 run.carry = None  # a new sequence starts from the model's zero state
             lr = lr_at(run.step, config, total, elapsed())
             _set_groups(optimizer.param_groups, lr, layer_groups_at(epoch, len(groups), config) if unfreezing else None)
+            tensors, share = shard(tensors, rank, workers)
             with autocast(config.precision, device):  # the forward pass and the loss; backward outside it
                 loss, state = loss_fn(model, tensors, run.carry)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            sum_gradients(model, share)
             if config.clip_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             optimizer.step()
             if config.tbptt or config.stateful:
                 run.carry = _detach(state)  # the next piece starts here, without backprop into this one
-            run.loss_sum += loss.detach()
+            run.loss_sum += loss.detach() * share if workers > 1 else loss.detach()
             run.loss_count, run.step, run.done = run.loss_count + 1, run.step + 1, (epoch, batch, piece)
             epoch_end = batch == batches - 1 and piece == pieces - 1
             if epoch_end:
@@ -221,18 +245,18 @@ def fit(
             if (run.step % config.eval_every == 0) if config.eval_every else epoch_end:
                 log()
             if directory and config.checkpoint_every and run.step % config.checkpoint_every == 0:
-                save_checkpoint(directory, model, optimizer, run, config, elapsed(), n)
+                checkpoint()
         else:
             stopped = "completed"
         if directory:  # before the closing row, so that a resume continues exactly from here
-            save_checkpoint(directory, model, optimizer, run, config, elapsed(), n)
+            checkpoint()
         if run.loss_count:
             log()  # the steps since the last row
     if unfreezing:
         _set_groups(optimizer.param_groups, lr, len(groups))  # every parameter trainable again
     if run.best_weights is not None:
         model.load_state_dict(run.best_weights)
-    if directory:
+    if directory and rank == 0:
         save_history(directory, run.history)
     return TrainResult(history=run.history, best_val_loss=run.best_val, steps=run.step,
                        epochs_completed=run.epochs_completed, stopped=stopped, elapsed_s=elapsed(),
@@ -307,12 +331,12 @@ def _log_row(run: RunState, model: nn.Module, loss_fn: LossFn, val: Optional[tup
     return row
 
 
-def _stop_reason(run: RunState, config: TrainConfig, elapsed: float) -> Optional[str]:
+def _stop_reason(run: RunState, config: TrainConfig, time_up: bool) -> Optional[str]:
     if config.patience is not None and run.bad_evals >= config.patience:
         return "early_stopping"
     if config.max_steps is not None and run.step >= config.max_steps:
         return "max_steps"
-    if config.minutes is not None and elapsed >= 60 * config.minutes:
+    if time_up:
         return "time_budget"
     return None
 
