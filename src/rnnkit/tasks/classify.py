@@ -36,9 +36,6 @@ from .language import (check_encoder, encoder_groups, encoder_sizes, language_mo
 
 MODEL_TYPE = "sequence_classifier"
 
-#: parallel streams through the texts when a language model is pretrained on them (ULMFiT's batch)
-PRETRAIN_STREAMS = 64
-
 
 @dataclass(frozen=True, kw_only=True)
 class SequenceClassifierConfig(TaskConfig):
@@ -69,8 +66,6 @@ class SequenceClassifierConfig(TaskConfig):
     pretrain_minutes: Optional[float] = None  # language-model fine-tuning on the texts first (ULMFiT); on
     #                                  top of minutes, on the same clock; None = none
     pretrain_lr: float = 3e-3        # the language model's rate: the trainer's default for recurrent nets
-    pretrain_outputs: Optional[int] = 2000  # the language model predicts the most frequent words only (the rest
-    #                                  as <unk>): its output layer is most of its time; None = the whole vocabulary
     layer_lr_decay: float = 2.6      # a pretrained encoder: each layer group below the head at lr / 2.6^k (ULMFiT)
     unfreeze_every: Optional[int] = 1  # a pretrained encoder: epochs between unfreezing one more layer group
     #                                  from the head down (ULMFiT's gradual unfreezing); None = all at once
@@ -80,7 +75,7 @@ class SequenceClassifierConfig(TaskConfig):
         if self.tokenizer not in KINDS:
             raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
         self.check_positive("vocab_size", "min_count", "embedding_size", "hidden_size", "num_layers", "max_len",
-                            "ensemble", *(["pretrain_outputs"] if self.pretrain_outputs is not None else []))
+                            "ensemble")
         if self.class_weights not in (None, "balanced"):
             raise RnnkitError(f"class_weights must be 'balanced' or None, got {self.class_weights!r}")
         if not 0.0 < self.val_fraction < 0.5:
@@ -264,8 +259,8 @@ class SequenceClassifier(Task):
                  else language_model_for(self._encoder_options(), self.tokenizer.vocab_size))
         torch.manual_seed(cfg.seed)
         config = cfg.train_config(minutes=cfg.pretrain_minutes, lr=cfg.pretrain_lr, max_steps=None, epochs=1000,
-                                  decay_over_budget=True, schedule="slanted", batch_size=PRETRAIN_STREAMS)
-        result = train_language_model(model, texts, val_texts, self.tokenizer, config, outputs=cfg.pretrain_outputs)
+                                  decay_over_budget=True, schedule="slanted")
+        result = train_language_model(model, texts, val_texts, self.tokenizer, config)
         self._pretrain_metrics["pretrain"] = {"steps": result.steps, "epochs_completed": result.epochs_completed,
                                               "stopped": result.stopped, "val_loss": result.best_val_loss,
                                               "texts": len(texts), "seconds": result.elapsed_s}

@@ -12,13 +12,13 @@ model on a task's own texts, labels ignored: ULMFiT's second stage.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..bundle import load, read_bundle
-from ..data.tokenizers import EOS, UNK, Tokenizer
+from ..data.tokenizers import EOS, Tokenizer
 from ..errors import BundleError, DataError, RnnkitError
 from ..topologies import ManyToMany
 from ..training import TrainConfig, TrainResult, fit
@@ -55,24 +55,6 @@ def with_state_resets(reset_prob: float) -> Callable[..., tuple[Tensor, Any]]:
             keep = (torch.rand(batch[0].size(0), device=batch[0].device) >= reset_prob).float()[None, :, None]
             state = tuple(s * keep for s in state) if isinstance(state, tuple) else state * keep  # (L, B, H)
         return next_token_loss(model, batch, state)
-
-    return loss_fn
-
-
-def frequent_token_loss(outputs: int) -> Callable[..., tuple[Tensor, Any]]:
-    """``next_token_loss`` over the first ``outputs`` token ids only, any later target counted as
-    ``<unk>``: a word vocabulary lists its most frequent words first, so the softmax covers the
-    words that make up most of the text at a fraction of the cost of the whole vocabulary (the
-    output layer dominates a small word-level language model's time). The input side still
-    embeds every word; a fine-tuning stage needs the encoder, not the rare words' probabilities.
-    """
-    def loss_fn(model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, Any]:
-        x, y = batch
-        hidden, state = model.recurrent(model.embed(x), state)  # (B, T, H)
-        head = model.head
-        logits = nn.functional.linear(hidden, head.weight[:outputs], head.bias[:outputs])  # (B, T, K)
-        y = torch.where(y < outputs, y, torch.full_like(y, UNK))
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)), state
 
     return loss_fn
 
@@ -153,23 +135,21 @@ def corpus_ids(texts: Sequence[str], tokenizer: Tokenizer) -> Tensor:
 
 
 def train_language_model(model: ManyToMany, texts: Sequence[str], val_texts: Sequence[str], tokenizer: Tokenizer,
-                         config: TrainConfig, seq_len: int = 64, outputs: Optional[int] = None) -> TrainResult:
+                         config: TrainConfig, seq_len: int = 64) -> TrainResult:
     """Fine-tune ``model`` in place to predict the next token of ``texts`` (labels play no part).
 
     The texts are read as ``config.batch_size`` contiguous streams cut into ``seq_len`` pieces
     with the state carried (``stateful``), as a text generator reads its corpus; ``val_texts``
-    pick the best weights. ``config`` bounds the run (its minutes, steps or epochs). With
-    ``outputs``, only the first ``outputs`` tokens are predicted (:func:`frequent_token_loss`).
+    pick the best weights. ``config`` bounds the run (its minutes, steps or epochs).
     """
     ids, held = corpus_ids(texts, tokenizer), corpus_ids(val_texts, tokenizer)
     rows = max(1, min(config.batch_size, (ids.numel() - 1) // seq_len))  # few texts: fewer streams
     val = streams(held, rows) if held.numel() > rows else None  # stateful: the same rows as training
     config = TrainConfig.from_dict({**config.to_dict(), "batch_size": rows, "tbptt": seq_len, "stateful": True,
                                     "patience": None})
-    small = outputs is not None and outputs < model.head.out_features
-    return fit(model, frequent_token_loss(outputs) if small else next_token_loss, streams(ids, rows), val, config)
+    return fit(model, next_token_loss, streams(ids, rows), val, config)
 
 
-__all__ = ["LANGUAGE_MODEL_TYPE", "check_encoder", "corpus_ids", "encoder_groups", "encoder_sizes", "frequent_token_loss",
+__all__ = ["LANGUAGE_MODEL_TYPE", "check_encoder", "corpus_ids", "encoder_groups", "encoder_sizes",
            "language_model_for", "next_token_loss", "read_language_model", "seed_encoder", "streams",
            "train_language_model", "with_state_resets"]
