@@ -28,6 +28,7 @@ BUILTIN: dict[str, str] = {
     "translator": "translate",
     "memory_lab": "memory",
     "music_generator": "music",
+    "speech_recognizer": "speech",
 }
 
 #: public name -> its module, imported on first use
@@ -37,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "TextGenerator": "textgen", "TextGeneratorConfig": "textgen", "Translator": "translate",
     "TranslatorConfig": "translate", "MemoryLab": "memory", "LabConfig": "memory",
     "MusicGenerator": "music", "MusicConfig": "music",
+    "SpeechRecognizer": "speech", "SpeechConfig": "speech",
     "Task": "base", "TaskConfig": "base",
 }
 
