@@ -80,7 +80,7 @@ def synthesize(text: str, voice: str, speed: int = 160, pitch: int = 50) -> np.n
     ``pitch`` (0-99): float32 samples in [-1, 1] at :data:`SAMPLE_RATE`."""
     done = subprocess.run([check_espeak(), "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
                           capture_output=True)
-    if done.returncode != 0 or len(done.stdout) <= WAV_HEADER:
+    if done.returncode != 0 or len(done.stdout) <= WAV_HEADER or b"Error" in done.stderr:
         raise DataError(f"espeak-ng could not speak {text!r} in voice {voice!r}: "
                         f"{done.stderr.decode(errors='replace').strip() or 'no audio'}")
     pcm = np.frombuffer(done.stdout[WAV_HEADER:len(done.stdout) - (len(done.stdout) - WAV_HEADER) % 2], "<i2")
