@@ -88,9 +88,14 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def trained(corpus):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before conftest's one-thread fixture: two spin-wait here
     options = dict(max_steps=150, minutes=None, progress=False, hidden_size=48, num_layers=1, lr=1e-2,
                    batch_size=8, dropout=0.0)
-    return SpeechRecognizer(**options).fit(corpus)
+    try:
+        return SpeechRecognizer(**options).fit(corpus)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @needs_espeak
