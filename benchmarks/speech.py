@@ -15,7 +15,7 @@ set's statistics, three 10 ms frames per step) and are scored on the test voices
 No choice is made on the test voices: the networks run at their defaults, the trainer keeps the
 weights of the best validation loss, and the test voices are scored once.
 
-    PYTHONPATH=src python benchmarks/speech.py                 # 3 CPU-minutes per network
+    PYTHONPATH=src python benchmarks/speech.py                 # 2 CPU-minutes per network
     PYTHONPATH=src python benchmarks/speech.py --quick         # a smoke run (figures not quoted)
 """
 
@@ -96,7 +96,7 @@ def scores(hypotheses: list[str], corpus: Corpus) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=3.0, help="CPU minutes per network")
+    parser.add_argument("--minutes", type=float, default=2.0, help="CPU minutes per network")
     parser.add_argument("--per-speaker", type=int, default=20, help="utterances per accent and voice variant")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1)

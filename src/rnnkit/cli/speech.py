@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from rich.console import Console
 from ..bundle import load
 from ..data import speech as data
 from ..errors import RnnkitError
+from ..files import atomic_write_bytes
 from ..tasks.speech import MODEL_TYPE, SpeechConfig, SpeechRecognizer
 from . import create_app
 from .options import CELL_HELP, BundleOut, TrainingOptions, training_options
@@ -81,13 +83,19 @@ def train(
 @app.command()
 def say(
     text: Annotated[str, typer.Argument(help="What to say.", show_default=False)],
-    out: Annotated[Path, typer.Option(help="WAV file to write.")],
+    out: Annotated[Path, typer.Option(help="WAV file to write; a .json name writes an `rnnkit predict` request.")],
     voice: Annotated[str, typer.Option(help="espeak-ng voice: accent+variant.")] = "en-us+f5",
     speed: Annotated[int, typer.Option(help="Words per minute.")] = 160,
     pitch: Annotated[int, typer.Option(help="0-99.")] = 50,
 ) -> None:
-    """Write TEXT spoken by espeak-ng as a WAV file (synthetic speech, to try `transcribe` on)."""
-    data.write_wav(out, data.synthesize(text, voice, speed, pitch))
+    """Write TEXT spoken by espeak-ng as a WAV file (synthetic speech, to try `transcribe` on), or as
+    the JSON request `rnnkit predict` and the server take."""
+    audio = data.synthesize(text, voice, speed, pitch)
+    if out.suffix.lower() == ".json":
+        request = {"audio": [round(float(x), 5) for x in audio], "sample_rate": data.SAMPLE_RATE}
+        atomic_write_bytes(out, json.dumps(request).encode())
+    else:
+        data.write_wav(out, audio)
     typer.echo(f"wrote {out}")
 
 

@@ -184,8 +184,8 @@ class Features:
     the same frames come out whether the audio arrives whole or in pieces."""
 
     sample_rate: int = SAMPLE_RATE
-    n_fft: int = 512             # 23 ms windows at 22050 Hz
-    hop: int = 220               # a frame every 10 ms
+    n_fft: int = 512             # samples per window: a fortieth of a second at 22050 Hz
+    hop: int = 220               # samples between frames: a hundred frames a second
     n_mels: int = 40
 
     def __call__(self, audio: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Speech recognition: audio in, characters out, a recurrent network trained with CTC.
 
-The audio becomes log-mel frames (:class:`rnnkit.data.speech.Features`, 10 ms apart),
+The audio becomes log-mel frames (:class:`rnnkit.data.speech.Features`, a hundred a second),
 normalised with the training set's mean and deviation per mel band (global, not per utterance,
 so a stream can be normalised before it ends), and ``stack`` consecutive frames are joined into
 one step, so the network reads a third as many steps. A stack of rnnkit :class:`Recurrent`
@@ -44,7 +44,7 @@ class SpeechConfig(TaskConfig):
     bidirectional: bool = True       # False: a streaming model, each step sees only the past
     dropout: float = 0.1             # between recurrent layers and before the head
     n_mels: int = 40
-    stack: int = 3                   # log-mel frames (10 ms each) joined into one network step
+    stack: int = 3                   # log-mel frames (a hundredth of a second each) joined into one step
     minutes: Optional[float] = 5.0
     epochs: int = 500                # an upper bound: the time budget ends a fit
     batch_size: int = 32
