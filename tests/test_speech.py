@@ -3,6 +3,7 @@ words in voices it never heard, bundles, streaming, bad input and the CLI."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 
 import numpy as np
@@ -152,6 +153,10 @@ def test_save_load_roundtrip_and_json(trained, corpus, tmp_path):
     ({"audio": [0.5] * 2000, "sample_rate": 4000}, "sample_rate must be"),
     ({"audio": [300.0] * 2000}, r"\[-1, 1\]"),
     ({"audio": "UklGRg=="}, "audio"),
+    ({}, "exactly one of wav"),
+    ({"wav": "not base64!"}, "not base64"),
+    ({"wav": "aGVsbG8gd29ybGQ="}, "not a WAV file"),
+    ({"wav": "UklGRg==", "audio": [0.1] * 2000}, "exactly one of wav"),
 ])
 def test_bad_requests_are_one_line(trained, request_, message):
     with pytest.raises(RnnkitError, match=message) as info:
@@ -194,3 +199,21 @@ def test_cli_train_say_transcribe(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "is not a WAV file" in result.stderr and "Traceback" not in result.output
     result = runner.invoke(app, ["info", "asr.rnnkit"])
     assert result.exit_code == 0 and "speech_recognizer" in result.stdout
+
+
+def test_served_by_the_generic_server(corpus, tmp_path):
+    """`rnnkit serve` needs nothing of its own for speech: predict and a streamed transcript over HTTP."""
+    from fastapi.testclient import TestClient
+
+    from rnnkit.server.app import create_app
+
+    asr = SpeechRecognizer(max_steps=2, minutes=None, progress=False, hidden_size=16, num_layers=1,
+                           bidirectional=False).fit(corpus)
+    client = TestClient(create_app({"asr": asr.save(tmp_path / "asr")}))
+    request = {"wav": base64.b64encode(data.wav_bytes(corpus.audio[0])).decode()}
+    answer = client.post("/v1/asr/predict", json=request)
+    assert answer.status_code == 200 and answer.json()["text"] == asr.predict_json(request)["text"]
+    streamed = client.post("/v1/asr/generate", json={**request, "chunk_ms": 100})
+    assert streamed.status_code == 200 and streamed.text.count('"final"') > 1
+    bad = client.post("/v1/asr/predict", json={"wav": "aGVsbG8gd29ybGQ="})
+    assert bad.status_code == 422 and "not a WAV file" in bad.json()["error"]

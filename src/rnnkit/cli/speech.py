@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 from pathlib import Path
@@ -92,7 +93,7 @@ def say(
     the JSON request `rnnkit predict` and the server take."""
     audio = data.synthesize(text, voice, speed, pitch)
     if out.suffix.lower() == ".json":
-        request = {"audio": [round(float(x), 5) for x in audio], "sample_rate": data.SAMPLE_RATE}
+        request = {"wav": base64.b64encode(data.wav_bytes(audio)).decode()}
         atomic_write_bytes(out, json.dumps(request).encode())
     else:
         data.write_wav(out, audio)

@@ -220,29 +220,38 @@ def resample(audio: Tensor, rate: int, target: int = SAMPLE_RATE) -> Tensor:
 # ------------------------------------------------------------------------ WAV files
 
 
-def read_wav(path: Union[str, Path]) -> tuple[np.ndarray, int]:
-    """A 16-bit PCM WAV file as float32 samples in [-1, 1] (channels averaged) and its sample rate."""
+def read_wav(source: Union[str, Path, bytes]) -> tuple[np.ndarray, int]:
+    """A 16-bit PCM WAV file (a path, or the file's bytes) as float32 samples in [-1, 1]
+    (channels averaged) and its sample rate."""
+    name = "the WAV data" if isinstance(source, bytes) else str(source)
     try:
-        with wave.open(str(path), "rb") as w:
+        with wave.open(io.BytesIO(source) if isinstance(source, bytes) else str(source), "rb") as w:
             width, channels, rate, count = w.getsampwidth(), w.getnchannels(), w.getframerate(), w.getnframes()
             raw = w.readframes(count)
     except (wave.Error, EOFError) as exc:
-        raise DataError(f"{path} is not a WAV file this can read ({str(exc) or 'it is truncated'}); give 16-bit PCM WAV") from None
+        raise DataError(f"{name} is not a WAV file this can read ({str(exc) or 'it is truncated'}); "
+                        "give 16-bit PCM WAV") from None
     if width != 2:
-        raise DataError(f"{path} has {8 * width}-bit samples; give 16-bit PCM WAV (e.g. sox in.wav -b 16 out.wav)")
+        raise DataError(f"{name} has {8 * width}-bit samples; give 16-bit PCM WAV (e.g. sox in.wav -b 16 out.wav)")
     pcm = np.frombuffer(raw[: len(raw) // (2 * channels) * 2 * channels], "<i2").reshape(-1, channels)
     return pcm.mean(1).astype(np.float32) / 32768.0, rate
 
 
-def write_wav(path: Union[str, Path], audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
-    """Float samples in [-1, 1] as a 16-bit mono PCM WAV file, written whole or not at all."""
+def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """Float samples in [-1, 1] as the bytes of a 16-bit mono PCM WAV file."""
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(sample_rate)
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_wav(path: Union[str, Path], audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    """Float samples in [-1, 1] as a 16-bit mono PCM WAV file, written whole or not at all."""
+    return atomic_write_bytes(path, wav_bytes(audio, sample_rate))
 
 
 __all__ = ["ACCENTS", "Corpus", "DIGITS", "ESPEAK_INSTALL", "Features", "SAMPLE_RATE", "SPLITS", "WORDS",
            "check_espeak", "corpus_cache_path", "load_corpus", "mel_filterbank", "plan", "resample",
-           "read_wav", "save_corpus", "spoken_corpus", "synthesize", "utterance_text", "write_wav"]
+           "read_wav", "save_corpus", "spoken_corpus", "synthesize", "utterance_text", "wav_bytes",
+           "write_wav"]

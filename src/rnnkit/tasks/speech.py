@@ -13,6 +13,8 @@ merged, blanks dropped.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import string
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import metrics
-from ..data.speech import SAMPLE_RATE, Corpus, Features, resample
+from ..data.speech import SAMPLE_RATE, Corpus, Features, read_wav, resample
 from ..errors import DataError, RnnkitError
 from ..layers import Recurrent
 from .base import Task, TaskConfig
@@ -114,11 +116,13 @@ class SpeechRecognizer(Task):
     name = "speech"
     model_type = MODEL_TYPE
     config_class = SpeechConfig
-    request_schema = {"type": "object", "required": ["audio"], "additionalProperties": False, "properties": {
+    request_schema = {"type": "object", "additionalProperties": False, "properties": {
+        "wav": {"type": "string", "description": "a 16-bit PCM WAV file, base64: what a server takes (its "
+                "limit on array items rules out sample lists longer than a fraction of a second)"},
         "audio": {"type": "array", "items": {"type": "number"}, "minItems": 1,
-                  "description": "mono samples as floats in [-1, 1] (16-bit PCM divided by 32768)"},
-        "sample_rate": {"type": "integer", "description": f"Hz (default {SAMPLE_RATE}); other rates from "
-                        f"{RATES[0]} to {RATES[1]} are resampled"},
+                  "description": "instead of wav: mono samples as floats in [-1, 1] (16-bit PCM / 32768)"},
+        "sample_rate": {"type": "integer", "description": f"of audio, Hz (default {SAMPLE_RATE}); rates from "
+                        f"{RATES[0]} to {RATES[1]} are resampled (a wav's own rate is read from it)"},
         "chunk_ms": {"type": "integer", "minimum": 10, "description": "streaming only: audio per partial "
                      "transcript (default 200)"}}}
     response_schema = {"type": "object", "properties": {
@@ -244,10 +248,21 @@ class SpeechRecognizer(Task):
 
     def request_audio(self, request: dict[str, Any]) -> Tensor:
         """The request's samples at the model's rate, or a one-line error for audio it cannot take."""
+        if ("wav" in request) == ("audio" in request):
+            raise RnnkitError("a speech request needs exactly one of wav (a base64 16-bit WAV file) or audio "
+                              "(a list of float samples)")
+        if "wav" in request:
+            if "sample_rate" in request:
+                raise RnnkitError("sample_rate goes with audio; a wav's rate is read from the file")
+            try:
+                samples, rate = read_wav(base64.b64decode(request["wav"], validate=True))
+            except binascii.Error:
+                raise RnnkitError("wav is not base64 text; send base64.b64encode(open(f, 'rb').read())") from None
+            request = {"audio": samples, "sample_rate": rate}
         rate = request.get("sample_rate", self.features.sample_rate)
         if not isinstance(rate, int) or isinstance(rate, bool) or not RATES[0] <= rate <= RATES[1]:
             raise RnnkitError(f"sample_rate must be an integer from {RATES[0]} to {RATES[1]} Hz, got {rate!r}")
-        audio = torch.tensor(request["audio"], dtype=torch.float32)
+        audio = torch.as_tensor(request["audio"], dtype=torch.float32)
         if not bool(torch.isfinite(audio).all()):
             raise RnnkitError("audio holds NaN or infinite samples; send finite floats in [-1, 1]")
         if float(audio.abs().max()) > 1.0:
