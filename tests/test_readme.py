@@ -5,6 +5,7 @@ the Python examples of the docs pages it links to for the details (``DOCS``).
 """
 
 import ast
+import json
 import math
 import re
 import shlex
@@ -257,4 +258,38 @@ def test_music_commands_run(tmp_path, monkeypatch):
         if "my_scores" in command:
             assert "skipped 1 file" in result.stderr
     for written in re.findall(r"--(?:out|plot) (\S+)", " ".join(commands)):
+        assert (tmp_path / written).exists(), written
+
+
+def test_speech_commands_run(tmp_path, monkeypatch):
+    """The Speech section's commands, in process, on a corpus of one utterance per voice in one
+    accent (in place of 20 in eight) and 2 training steps."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from rnnkit.cli import app
+    from rnnkit.data.speech import ESPEAK_INSTALL
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip(f"espeak-ng is not installed: {ESPEAK_INSTALL}")
+    section = README[README.index("## Speech recognition"):]
+    section = section[:section.index("\n## ")]
+    commands = [line.split("  #")[0].strip() for block in code_blocks("sh", section) for line in block.splitlines()
+                if line.startswith("rnnkit ")]
+    assert {c.split()[2] for c in commands if c.startswith("rnnkit speech")} == {"dataset", "train", "say",
+                                                                                  "transcribe"}
+    monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for command in commands:
+        command = re.sub(r"--minutes \S+", "--max-steps 2 --hidden-size 16 --num-layers 1", command)
+        if command.startswith(("rnnkit speech dataset", "rnnkit speech train")):
+            command += " --per-speaker 1 --accents en-gb"
+        result = runner.invoke(app, shlex.split(command)[1:])
+        assert result.exit_code == 0, f"{command!r} failed: {result.output[-500:]}"
+        if command.startswith("rnnkit predict"):
+            pieces = [json.loads(line) for line in result.stdout.splitlines()]
+            assert len(pieces) > 1 and pieces[-1]["final"] and not pieces[0]["final"]
+    for written in re.findall(r"--out (\S+)", " ".join(commands)):
         assert (tmp_path / written).exists(), written

@@ -1,6 +1,8 @@
-"""Forecast and classification metrics on NumPy arrays (NaN-free, same shape); translation metrics on strings."""
+"""Forecast and classification metrics on NumPy arrays (NaN-free, same shape); translation and speech metrics on strings."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
@@ -82,3 +84,23 @@ def macro_f1(y: np.ndarray, y_hat: np.ndarray, num_classes: int) -> float:
     denominator = matrix.sum(0) + matrix.sum(1)  # predicted + true: 2TP + FP + FN
     f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
     return float(f1.mean())
+
+
+def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions that turn one
+    sequence into the other (one row of the dynamic programme at a time)."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, ref in enumerate(reference, start=1):
+        current = [i]
+        for j, hyp in enumerate(hypothesis, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref != hyp)))
+        previous = current
+    return previous[-1]
+
+
+def error_rate(hypotheses: list[str], references: list[str], unit: str = "char") -> float:
+    """Character (``unit="char"``) or word (``"word"``) error rate: total edits over total
+    reference length, summed over the corpus (not a mean of per-utterance rates)."""
+    split = (lambda s: list(s)) if unit == "char" else (lambda s: s.split())
+    edits = sum(edit_distance(split(r), split(h)) for h, r in zip(hypotheses, references))
+    return edits / max(1, sum(len(split(r)) for r in references))

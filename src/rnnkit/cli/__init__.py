@@ -108,6 +108,7 @@ def _add_commands(root: typer.Typer) -> None:
     from .classify import app as classify
     from .music import app as music
     from .chat import app as chat
+    from .speech import app as speech
     from .lab import inspect, lab
     from .export import export
     from .serve import serve
@@ -121,6 +122,7 @@ def _add_commands(root: typer.Typer) -> None:
     root.add_typer(classify, name="classify")
     root.add_typer(music, name="music")
     root.add_typer(chat, name="chat")
+    root.add_typer(speech, name="speech")
     root.command("lab")(lab)
     root.command("inspect")(inspect)
     root.command("export")(export)

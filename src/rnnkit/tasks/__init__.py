@@ -29,6 +29,7 @@ BUILTIN: dict[str, str] = {
     "memory_lab": "memory",
     "music_generator": "music",
     "chatbot": "chat",
+    "speech_recognizer": "speech",
 }
 
 #: public name -> its module, imported on first use
@@ -38,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "TextGenerator": "textgen", "TextGeneratorConfig": "textgen", "Translator": "translate",
     "TranslatorConfig": "translate", "MemoryLab": "memory", "LabConfig": "memory",
     "MusicGenerator": "music", "MusicConfig": "music", "Chatbot": "chat", "ChatbotConfig": "chat",
+    "SpeechRecognizer": "speech", "SpeechConfig": "speech",
     "Task": "base", "TaskConfig": "base",
 }
 
