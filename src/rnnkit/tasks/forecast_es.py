@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..data.series import SeriesScaler, future_dates, holdout_fold
 from .forecast_model import ForecasterConfig, ForecastNet, pinball_loss, quantile_column
-from .forecast_theta import seasonal_indices, theta_forecast
+from .forecast_stats import damped_forecast, seasonal_indices, theta_forecast
 
 
 def positive_scaler(series: dict[str, np.ndarray]) -> SeriesScaler:
@@ -51,7 +51,7 @@ def positive_scaler(series: dict[str, np.ndarray]) -> SeriesScaler:
 
 def initial_log_season(z: np.ndarray, season: int) -> np.ndarray:
     """Log seasonal indices ``(m,)`` of positive values ``z`` by classical decomposition
-    (:func:`~rnnkit.tasks.forecast_theta.seasonal_indices`), for positions ``0 .. m-1``; zeros
+    (:func:`~rnnkit.tasks.forecast_stats.seasonal_indices`), for positions ``0 .. m-1``; zeros
     when :func:`seasonality_test` finds no season: fitting indices to noise costs more than it
     gains, as the Theta method's authors found."""
     return np.log(np.clip(seasonal_indices(z, season), 0.05, 20))
@@ -326,13 +326,16 @@ def fit_smoothed(task, series: dict[str, np.ndarray], season: int) -> list[Optio
     return held_out
 
 
-def combine_theta(quantiles: np.ndarray, panel: SmoothedPanel, config: ForecasterConfig, season: int) -> np.ndarray:
-    """Move each series' quantiles ``(S, H, Q)`` (scaled units) by ``w (theta - median)``: the median becomes
-    the weighted mean of the net's and the Theta method's forecasts, the interval keeps its width."""
+def combine_stats(quantiles: np.ndarray, panel: SmoothedPanel, config: ForecasterConfig, season: int) -> np.ndarray:
+    """Move each series' quantiles ``(S, H, Q)`` (scaled units) by ``w (stats - median)``: the median becomes
+    the weighted mean of the net's forecast and ``stats``, the mean of the Theta and damped-trend forecasts
+    (:mod:`~rnnkit.tasks.forecast_stats`); the interval keeps its width."""
     median = quantiles[:, :, list(config.quantiles).index(0.5)]
-    theta = np.stack([theta_forecast(panel.z[k, :n].numpy().astype(float), config.horizon, season)
-                      for k, n in enumerate(panel.lengths.tolist())])
-    return quantiles + (config.theta_weight * (theta - median))[:, :, None]
+    stats = []
+    for k, n in enumerate(panel.lengths.tolist()):
+        z = panel.z[k, :n].numpy().astype(float)
+        stats.append(0.5 * (theta_forecast(z, config.horizon, season) + damped_forecast(z, config.horizon, season)))
+    return quantiles + (config.stats_weight * (np.stack(stats) - median))[:, :, None]
 
 
 @torch.no_grad()
@@ -345,8 +348,8 @@ def predict_smoothed(task, groups: list[tuple[str, pd.DataFrame]], fallback: dic
     if series:
         panel = SmoothedPanel(series, scaler, task.series_rows, season)
         quantiles = task.model(panel.z, panel.index, panel.lengths, panel.init).numpy()  # (S, H, Q)
-        if task.config.theta_weight > 0:
-            quantiles = combine_theta(quantiles, panel, task.config, season)
+        if task.config.stats_weight > 0:
+            quantiles = combine_stats(quantiles, panel, task.config, season)
         forecasts = {uid: scaler.inverse(uid, quantiles[k]) for k, uid in enumerate(panel.uids)}
     cfg, rows = task.config, []
     for uid, group in groups:

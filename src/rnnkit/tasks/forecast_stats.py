@@ -1,16 +1,16 @@
-"""The Theta method (Assimakopoulos & Nikolopoulos 2000) in numpy, for the esrnn forecaster's combination.
+"""Two statistical forecasts in numpy, Theta and damped trend, for the esrnn forecaster's combination.
 
-The M3 competition's winner and the benchmark every M4 entry had to beat; the M4 winners
-combined their learned forecasts with statistical ones like it. Per series:
+The M4 winners combined their learned forecasts with statistical ones; the esrnn forecaster
+averages its net's median with the mean of these two (``ForecasterConfig.stats_weight``). Both
+run on the series deseasonalised by classical multiplicative decomposition where the autocorrelation
+at the seasonal lag passes the 90 % test (:func:`seasonality_test`), and reseasonalise.
 
-1. if the autocorrelation at the seasonal lag passes the 90 % test
-   (:func:`seasonality_test`), divide out the classical multiplicative
-   decomposition's seasonal indices;
-2. fit simple exponential smoothing (level ``l_t = α y_t + (1 - α) l_{t-1}``, ``l_0 = y_0``),
-   ``α`` from a grid by the least in-sample squared one-step error;
-3. forecast the last level plus half the least-squares trend ``b``, carried as Hyndman & Billah
-   (2003) showed Theta equals SES with drift: ``l_n + b/2 ((h - 1) + 1/α - (1 - α)^n / α)``;
-4. reseasonalise.
+Theta (Assimakopoulos & Nikolopoulos 2000, the M3 winner and M4's benchmark): simple exponential
+smoothing (``l_t = α y_t + (1 - α) l_{t-1}``, ``l_0 = y_0``, ``α`` from a grid by the least
+in-sample squared one-step error) plus half the least-squares trend ``b``, carried as Hyndman &
+Billah (2003) showed Theta equals SES with drift: ``l_n + b/2 ((h - 1) + 1/α - (1 - α)^n / α)``.
+Damped trend: :func:`damped_forecast`, a trend that fades where Theta's runs straight; the pair
+differ from each other and from the net, which is what a combination needs.
 
 Values must be positive where a season is found (the esrnn panel's scaled values always are).
 """
@@ -71,4 +71,39 @@ def theta_forecast(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
     slope = float(np.polyfit(t, adjusted, 1)[0])
     steps = np.arange(1, horizon + 1)
     forecast = level + 0.5 * slope * ((steps - 1) + 1 / alpha - (1 - alpha) ** n / alpha)
+    return forecast * index[(n + steps - 1) % len(index)]
+
+
+#: Damped-trend grid: (α, β, φ) tried at once, every combination.
+DAMPED_GRID = np.array(np.meshgrid([0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9], [0.01, 0.05, 0.1, 0.2],
+                                   [0.8, 0.9, 0.95, 0.98])).reshape(3, -1)
+
+
+def damped_forecast(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
+    """Holt's linear trend, damped (Gardner & McKenzie 1985), on the deseasonalised series ``(horizon,)``.
+
+    ``l_t = α a_t + (1 - α)(l_{t-1} + φ b_{t-1})``, ``b_t = β (l_t - l_{t-1}) + (1 - β) φ b_{t-1}``,
+    forecast ``l_n + (φ + ... + φ^h) b_n``; ``(α, β, φ)`` from :data:`DAMPED_GRID` by the least
+    in-sample squared one-step error. A trend that fades, unlike Theta's straight drift.
+    """
+    y = np.asarray(y, dtype=float)
+    if len(y) < 3:
+        return np.repeat(y[-1], horizon)
+    index = seasonal_indices(y, season)
+    n = len(y)
+    a = y / index[np.arange(n) % len(index)]
+    alpha, beta, phi = DAMPED_GRID
+    level, trend = np.full(alpha.shape, a[0]), np.full(alpha.shape, np.mean(np.diff(a[:min(n, 4)])))
+    sse = np.zeros(alpha.shape)
+    for value in a[1:]:
+        predicted = level + phi * trend
+        error = value - predicted
+        sse += error * error
+        new_level = predicted + alpha * error
+        trend = beta * (new_level - level) + (1 - beta) * phi * trend
+        level = new_level
+    best = int(np.argmin(sse))
+    steps = np.arange(1, horizon + 1)
+    damping = np.cumsum(phi[best] ** steps)
+    forecast = level[best] + damping * trend[best]
     return forecast * index[(n + steps - 1) % len(index)]

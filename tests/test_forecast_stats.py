@@ -8,7 +8,7 @@ import pytest
 
 from rnnkit.errors import RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
-from rnnkit.tasks.forecast_theta import seasonal_indices, ses_fit, theta_forecast
+from rnnkit.tasks.forecast_stats import damped_forecast, seasonal_indices, ses_fit, theta_forecast
 
 
 def test_ses_fit_follows_a_level_shift_and_theta_carries_half_the_trend() -> None:
@@ -19,6 +19,14 @@ def test_ses_fit_follows_a_level_shift_and_theta_carries_half_the_trend() -> Non
     steps = np.diff(forecast)
     np.testing.assert_allclose(steps, 0.25, atol=1e-6)  # Theta's drift: half the least-squares slope
     assert line[-1] < forecast[0] < line[-1] + 1.0
+
+
+def test_damped_trend_fades_a_trend() -> None:
+    line = 10 + 0.5 * np.arange(40)
+    forecast = theta_forecast(line, 24, 1), damped_forecast(line, 24, 1)
+    steps = np.diff(forecast[1])
+    assert np.all(steps > 0) and steps[-1] < steps[0]  # still rising, ever more slowly
+    assert abs(forecast[1][0] - 30.0) < 0.6
 
 
 def test_seasonal_indices_and_forecast_keep_a_multiplicative_season() -> None:
@@ -32,7 +40,7 @@ def test_seasonal_indices_and_forecast_keep_a_multiplicative_season() -> None:
     np.testing.assert_allclose(seasonal_indices(noise, 12), np.ones(12))  # no season found: none divided out
 
 
-def test_theta_weight_moves_the_median_to_the_mean_of_net_and_theta() -> None:
+def test_stats_weight_moves_the_median_to_the_mean_of_net_and_statistics() -> None:
     rng = np.random.default_rng(1)
     frames = []
     for k in range(20):
@@ -42,14 +50,15 @@ def test_theta_weight_moves_the_median_to_the_mean_of_net_and_theta() -> None:
                                     "y": y}))
     frame = pd.concat(frames, ignore_index=True)
     options = dict(horizon=6, model="esrnn", hidden_size=8, ensemble=1, max_steps=20, progress=False, minutes=None)
-    net = Forecaster(**options, theta_weight=0.0).fit(frame).predict()
-    both = Forecaster(**options, theta_weight=0.5).fit(frame).predict()
+    net = Forecaster(**options, stats_weight=0.0).fit(frame).predict()
+    both = Forecaster(**options, stats_weight=0.5).fit(frame).predict()
     values = {uid: g["y"].to_numpy() for uid, g in frame.groupby("unique_id")}
-    theta = np.concatenate([theta_forecast(values[uid], 6, 12) for uid in both["unique_id"].unique()])
-    np.testing.assert_allclose(both["y_hat"], 0.5 * net["y_hat"] + 0.5 * theta, rtol=1e-4)
+    stats = np.concatenate([theta_forecast(values[uid], 6, 12) + damped_forecast(values[uid], 6, 12)
+                            for uid in both["unique_id"].unique()]) / 2
+    np.testing.assert_allclose(both["y_hat"], 0.5 * net["y_hat"] + 0.5 * stats, rtol=1e-4)
     np.testing.assert_allclose(both["y_hat_q90"] - both["y_hat"], net["y_hat_q90"] - net["y_hat"], rtol=1e-4)
 
 
-def test_theta_weight_outside_zero_one_is_refused() -> None:
-    with pytest.raises(RnnkitError, match="theta_weight must lie in"):
-        ForecasterConfig(theta_weight=1.5)
+def test_stats_weight_outside_zero_one_is_refused() -> None:
+    with pytest.raises(RnnkitError, match="stats_weight must lie in"):
+        ForecasterConfig(stats_weight=1.5)
