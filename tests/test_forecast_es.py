@@ -13,7 +13,8 @@ import rnnkit
 from rnnkit.errors import RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
 from rnnkit.tasks.forecast_es import (SmoothedEnsemble, SmoothedNet, grid_coefficients, holt_winters,
-                                      initial_log_season, log_trend, positive_scaler, seasonality_test)
+                                      initial_log_season, log_trend, positive_scaler)
+from rnnkit.tasks.forecast_stats import seasonality_test
 
 FAST = dict(model="esrnn", hidden_size=8, ensemble=1, max_steps=40, progress=False, minutes=None)
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..data.series import SeriesScaler, future_dates, holdout_fold
 from .forecast_model import ForecasterConfig, ForecastNet, pinball_loss, quantile_column
+from .forecast_stats import damped_forecast, seasonal_indices, theta_forecast
 
 
 def positive_scaler(series: dict[str, np.ndarray]) -> SeriesScaler:
@@ -48,32 +49,12 @@ def positive_scaler(series: dict[str, np.ndarray]) -> SeriesScaler:
     return SeriesScaler(stats)
 
 
-def seasonality_test(z: np.ndarray, season: int) -> bool:
-    """Whether the autocorrelation at the seasonal lag exceeds 1.645 of its standard error (the 90 %
-    test of the M3 and M4 organisers' benchmarks; series shorter than three seasons have none)."""
-    if season <= 1 or len(z) < 3 * season:
-        return False
-    x = z - z.mean()
-    acf = np.array([np.sum(x[k:] * x[:len(x) - k]) for k in range(season + 1)]) / max(np.sum(x * x), 1e-12)
-    limit = 1.645 * np.sqrt((1 + 2 * np.sum(acf[1:season] ** 2)) / len(x))
-    return bool(abs(acf[season]) > limit)
-
-
 def initial_log_season(z: np.ndarray, season: int) -> np.ndarray:
     """Log seasonal indices ``(m,)`` of positive values ``z`` by classical decomposition
-    (ratio to a centred moving average of one season), for positions ``0 .. m-1``; zeros
+    (:func:`~rnnkit.tasks.forecast_stats.seasonal_indices`), for positions ``0 .. m-1``; zeros
     when :func:`seasonality_test` finds no season: fitting indices to noise costs more than it
     gains, as the Theta method's authors found."""
-    if not seasonality_test(z, season):
-        return np.zeros(max(season, 1))
-    kernel = np.r_[0.5, np.ones(season - 1), 0.5] / season if season % 2 == 0 else np.ones(season) / season
-    trend = np.convolve(z, kernel, mode="valid")  # centred at offset len(kernel) // 2
-    offset = len(kernel) // 2
-    ratio = z[offset:offset + len(trend)] / trend
-    positions = (np.arange(len(ratio)) + offset) % season
-    index = np.array([ratio[positions == j].mean() for j in range(season)])
-    index = np.clip(index / index.mean(), 0.05, 20)
-    return np.log(index)
+    return np.log(np.clip(seasonal_indices(z, season), 0.05, 20))
 
 
 GAIN = 3.0 # scale of the per-series coefficients' parameters (see SmoothedNet)
@@ -278,6 +259,8 @@ class SmoothedPanel:
         self.lengths = torch.tensor([len(v) for v in scaled])
         self.index = torch.tensor([rows.get(uid, -1) for uid in self.uids])
         self.init = torch.tensor(np.stack([initial_log_season(v, season) for v in scaled]), dtype=torch.float32)
+        self.weight = torch.tensor([mase_weight(v, season) for v in scaled], dtype=torch.float32)
+        self.weight /= self.weight.mean()
 
     def windows(self, first: int, horizon: int, shortest: int = 3) -> list[tuple[Tensor, Tensor]]:
         """Per series, in time order: its row and every origin from ``first`` to ``length - horizon``;
@@ -289,13 +272,27 @@ class SmoothedPanel:
         return out
 
 
-def pinball_log_loss(panel: SmoothedPanel, quantiles: Tensor):
-    """The trainer's ``loss_fn`` for one member: pinball loss in the net's log space over ``(rows, ends)`` batches."""
+def mase_weight(z: np.ndarray, season: int) -> float:
+    """``1 / mean |z_t - z_{t-m}|`` of positive scaled values ``z`` (mean 1), clipped to [0.05, 20]: how much
+    MASE magnifies a relative error of the series (``m`` = 1 when the series is shorter than two seasons)."""
+    m = season if len(z) > 2 * season else 1
+    spread = float(np.mean(np.abs(z[m:] - z[:-m]))) if len(z) > m else 1.0
+    return float(np.clip(1 / max(spread, 1e-6), 0.05, 20))
+
+
+def pinball_log_loss(panel: SmoothedPanel, quantiles: Tensor, weighted: bool = False):
+    """The trainer's ``loss_fn`` for one member: pinball loss in the net's log space over ``(rows, ends)``
+    batches; ``weighted``: each window's loss times its series' :func:`mase_weight` (normalised to mean 1)."""
     def loss_fn(member: nn.Module, batch: tuple[Tensor, Tensor], state: object):
         rows, ends = batch
         z = panel.z[rows]  # (B, T)
         log_q, base = member(z, panel.index[rows], ends, panel.init[rows])
-        return pinball_loss(log_q, member.log_target(z, ends, base), quantiles), None
+        target = member.log_target(z, ends, base)
+        if not weighted:
+            return pinball_loss(log_q, target, quantiles), None
+        diff = target.unsqueeze(2) - log_q  # (B, H, Q)
+        loss = torch.maximum(quantiles * diff, (quantiles - 1) * diff).mean(dim=(1, 2))
+        return (loss * panel.weight[rows]).mean(), None
 
     return loss_fn
 
@@ -320,13 +317,25 @@ def fit_smoothed(task, series: dict[str, np.ndarray], season: int) -> list[Optio
         torch.manual_seed(cfg.seed + k)
         member.load_state_dict(SmoothedNet(cfg, len(series), season).state_dict())
         member.start_coefficients(alpha, gamma, panel.init)
-        task.train(member, pinball_log_loss(panel, quantiles), train, stop, member=k, minutes=minutes,
+        task.train(member, pinball_log_loss(panel, quantiles, cfg.mase_weight), train, stop, member=k, minutes=minutes,
                    seed=cfg.seed + k, eval_every=20, patience=cfg.patience if stop is not None else None)
         held_out.append(calibration)
     task.model.cpu().eval()
     if cfg.calibrate:
         task.model.calibrate(panel.z, panel.init, held_out, cfg.quantiles)
     return held_out
+
+
+def combine_stats(quantiles: np.ndarray, panel: SmoothedPanel, config: ForecasterConfig, season: int) -> np.ndarray:
+    """Move each series' quantiles ``(S, H, Q)`` (scaled units) by ``w (stats - median)``: the median becomes
+    the weighted mean of the net's forecast and ``stats``, the mean of the Theta and damped-trend forecasts
+    (:mod:`~rnnkit.tasks.forecast_stats`); the interval keeps its width."""
+    median = quantiles[:, :, list(config.quantiles).index(0.5)]
+    stats = []
+    for k, n in enumerate(panel.lengths.tolist()):
+        z = panel.z[k, :n].numpy().astype(float)
+        stats.append(0.5 * (theta_forecast(z, config.horizon, season) + damped_forecast(z, config.horizon, season)))
+    return quantiles + (config.stats_weight * (np.stack(stats) - median))[:, :, None]
 
 
 @torch.no_grad()
@@ -339,6 +348,8 @@ def predict_smoothed(task, groups: list[tuple[str, pd.DataFrame]], fallback: dic
     if series:
         panel = SmoothedPanel(series, scaler, task.series_rows, season)
         quantiles = task.model(panel.z, panel.index, panel.lengths, panel.init).numpy()  # (S, H, Q)
+        if task.config.stats_weight > 0:
+            quantiles = combine_stats(quantiles, panel, task.config, season)
         forecasts = {uid: scaler.inverse(uid, quantiles[k]) for k, uid in enumerate(panel.uids)}
     cfg, rows = task.config, []
     for uid, group in groups:

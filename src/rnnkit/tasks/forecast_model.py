@@ -45,6 +45,11 @@ class ForecasterConfig(TaskConfig):
     # panel of PANEL+ series without covariates (won on the competitions' validation windows), else rnn
     learn_smoothing: bool = False  # esrnn: train the per-series coefficients with the net by gradient
     # (ES-RNN's way); off: they stay at their in-sample fit, which did better on validation windows
+    mase_weight: bool = True  # esrnn: weigh each series' loss by the inverse of its in-sample seasonal-difference
+    # error (relative to its mean), so the loss counts errors as MASE does; won on M3 monthly validation windows
+    stats_weight: float = 0.5  # esrnn: weight of two statistical forecasts (Theta and damped trend, equal shares)
+    # averaged into the point forecast, the quantiles moving with it, as the M4 winners combined theirs; 0 = the
+    # net alone. 0.5 won on the competitions' validation windows
     lookback: Optional[int] = None  # input window; None = the model's: rnn 3 x horizon (about three seasons),
     # esrnn max(24, horizon) (its smoothing carries the season, so a shorter window won on validation)
     cell: str = "lstm"  # "lstm", "gru" or "rnn"
@@ -83,6 +88,8 @@ class ForecasterConfig(TaskConfig):
             object.__setattr__(self, name, tuple(str(c) for c in getattr(self, name)))
         super().__post_init__()
         self.check_positive("horizon", "hidden_size", "num_layers", "ensemble")
+        if not 0 <= self.stats_weight <= 1:
+            raise RnnkitError(f"stats_weight must lie in [0, 1], got {self.stats_weight}")
         if self.lookback is not None:
             self.check_positive("lookback")
         if 0.5 not in self.quantiles or any(not 0 < q < 1 for q in self.quantiles):
