@@ -62,3 +62,13 @@ def test_stats_weight_moves_the_median_to_the_mean_of_net_and_statistics() -> No
 def test_stats_weight_outside_zero_one_is_refused() -> None:
     with pytest.raises(RnnkitError, match="stats_weight must lie in"):
         ForecasterConfig(stats_weight=1.5)
+
+
+def test_a_bundle_config_from_before_the_combination_keeps_forecasting_as_it_did():
+    from rnnkit.tasks.forecast_model import ForecasterConfig
+
+    new = ForecasterConfig(model="esrnn")
+    assert ForecasterConfig.from_dict(new.to_dict()) == new and new.stats_weight == 0.5 and new.mase_weight
+    old = {k: v for k, v in new.to_dict().items() if k not in ("stats_weight", "mase_weight")}
+    loaded = ForecasterConfig.from_dict(old)
+    assert loaded.stats_weight == 0.0 and not loaded.mase_weight

@@ -105,6 +105,11 @@ class ForecasterConfig(TaskConfig):
             raise RnnkitError(f"covariate columns must be distinct and not unique_id/ds/y, got "
                               f"past={list(self.past_covariates)} future={list(self.future_covariates)}")
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ForecasterConfig":
+        """The inverse of ``to_dict``. A bundle saved before the statistical combination and the
+        MASE weights keeps forecasting as it did: those fields, absent from it, are off."""
+        return super().from_dict({"stats_weight": 0.0, "mase_weight": False, **data})
 
     def train_config(self, **overrides: Any) -> Any:
         """The trainer's options; the model's defaults stand in for those ``"auto"`` has not settled yet."""
