@@ -28,6 +28,7 @@ BUILTIN: dict[str, str] = {
     "translator": "translate",
     "memory_lab": "memory",
     "music_generator": "music",
+    "captioner": "caption",
 }
 
 #: public name -> its module, imported on first use
@@ -36,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     "backtest": "forecast_eval", "SequenceClassifier": "classify", "SequenceClassifierConfig": "classify",
     "TextGenerator": "textgen", "TextGeneratorConfig": "textgen", "Translator": "translate",
     "TranslatorConfig": "translate", "MemoryLab": "memory", "LabConfig": "memory",
-    "MusicGenerator": "music", "MusicConfig": "music",
+    "MusicGenerator": "music", "MusicConfig": "music", "Captioner": "caption", "CaptionerConfig": "caption",
     "Task": "base", "TaskConfig": "base",
 }
 
