@@ -107,6 +107,7 @@ def _add_commands(root: typer.Typer) -> None:
     from .textgen import app as textgen
     from .classify import app as classify
     from .music import app as music
+    from .chat import app as chat
     from .caption import app as caption
     from .lab import inspect, lab
     from .export import export
@@ -120,6 +121,7 @@ def _add_commands(root: typer.Typer) -> None:
     root.add_typer(textgen, name="textgen")
     root.add_typer(classify, name="classify")
     root.add_typer(music, name="music")
+    root.add_typer(chat, name="chat")
     root.add_typer(caption, name="caption")
     root.command("lab")(lab)
     root.command("inspect")(inspect)

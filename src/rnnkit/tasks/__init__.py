@@ -28,6 +28,7 @@ BUILTIN: dict[str, str] = {
     "translator": "translate",
     "memory_lab": "memory",
     "music_generator": "music",
+    "chatbot": "chat",
     "captioner": "caption",
 }
 
@@ -37,7 +38,8 @@ _EXPORTS: dict[str, str] = {
     "backtest": "forecast_eval", "SequenceClassifier": "classify", "SequenceClassifierConfig": "classify",
     "TextGenerator": "textgen", "TextGeneratorConfig": "textgen", "Translator": "translate",
     "TranslatorConfig": "translate", "MemoryLab": "memory", "LabConfig": "memory",
-    "MusicGenerator": "music", "MusicConfig": "music", "Captioner": "caption", "CaptionerConfig": "caption",
+    "MusicGenerator": "music", "MusicConfig": "music", "Chatbot": "chat", "ChatbotConfig": "chat",
+    "Captioner": "caption", "CaptionerConfig": "caption",
     "Task": "base", "TaskConfig": "base",
 }
 
