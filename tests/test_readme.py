@@ -293,3 +293,24 @@ def test_speech_commands_run(tmp_path, monkeypatch):
             assert len(pieces) > 1 and pieces[-1]["final"] and not pieces[0]["final"]
     for written in re.findall(r"--out (\S+)", " ".join(commands)):
         assert (tmp_path / written).exists(), written
+
+
+def test_caption_commands_run(tmp_path, monkeypatch):
+    """The Image captioning section's commands, in process, with 3 training steps on 60 composites."""
+    from typer.testing import CliRunner
+
+    from rnnkit.cli import app
+
+    section = README[README.index("## Image captioning"):]
+    section = section[:section.index("\n## ")]
+    commands = [line.split("  #")[0].strip() for block in code_blocks("sh", section) for line in block.splitlines()
+                if line.startswith("rnnkit caption ")]
+    assert {c.split()[2] for c in commands} == {"dataset", "train", "describe"}
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for command in commands:
+        short = re.sub(r"--minutes \S+", "--max-steps 3 --composites 60 --test-count 5", command)
+        result = runner.invoke(app, shlex.split(short)[1:])
+        assert result.exit_code == 0, f"{command!r} failed: {result.output[-500:]}"
+    for written in re.findall(r"--(?:out|plot) (\S+)", " ".join(commands)):
+        assert (tmp_path / written).exists(), written

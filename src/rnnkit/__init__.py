@@ -12,7 +12,7 @@ from .cells import GRU, LSTM, RNN, MinGRU, MinLSTM
 from .errors import BundleError, DataError, RnnkitError
 from .version import __version__
 
-_TASKS = ("Forecaster", "MemoryLab", "SequenceClassifier", "TextGenerator", "Translator")
+_TASKS = ("Captioner", "Forecaster", "MemoryLab", "SequenceClassifier", "TextGenerator", "Translator")
 
 
 def __getattr__(name: str) -> Any:
@@ -22,6 +22,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "GRU", "LSTM", "RNN", "MinGRU", "MinLSTM", "BundleError", "DataError", "Forecaster", "MemoryLab",
+    "GRU", "LSTM", "RNN", "MinGRU", "MinLSTM", "BundleError", "Captioner", "DataError", "Forecaster", "MemoryLab",
     "RnnkitError", "SequenceClassifier", "TextGenerator", "Translator", "__version__", "load", "read_bundle", "save_bundle",
 ]

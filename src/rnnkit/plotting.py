@@ -87,6 +87,42 @@ def plot_attention(
     return _save(figure, path)
 
 
+def plot_captions(images, details: list[dict], path: Union[str, Path], *,
+                  references: Optional[list[str]] = None) -> Path:
+    """Each image above its attention map, the two on one column axis: a row per output word,
+    so a word's bright cells sit under the part of the image it was read from.
+
+    ``images`` are ``(H, W)`` arrays; ``details`` the captioner's ``describe`` results (``caption``,
+    ``words``, ``attention`` ``(words, W)``); ``references``, when given, title each panel too.
+    """
+    import numpy as np
+
+    heights = []
+    for image, detail in zip(images, details):
+        heights += [image.shape[0] / 4, max(len(detail["words"]), 1) / 3]
+    width = max(image.shape[1] for image in images)
+    figure, axes = plt.subplots(len(heights), 1, figsize=(min(2 + width / 5, 12), 0.9 + 0.45 * sum(heights)),
+                                gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for k, (image, detail) in enumerate(zip(images, details)):
+        top, bottom = axes[2 * k, 0], axes[2 * k + 1, 0]
+        top.imshow(image, cmap="gray_r", vmin=0, vmax=16, aspect="auto", interpolation="nearest",
+                   extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
+        title = f"caption: {detail['caption']}"
+        if references is not None:
+            title += "   (right)" if detail["caption"] == references[k] else f"\nreference: {references[k]}"
+        top.set_title(title, fontsize=8, loc="left")
+        top.set_xlim(-0.5, width - 0.5)
+        top.axis("off")
+        grid = np.asarray(detail["attention"], dtype=float)
+        bottom.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest",
+                      extent=(-0.5, grid.shape[1] - 0.5, grid.shape[0] - 0.5, -0.5))
+        bottom.set_xlim(-0.5, width - 0.5)
+        bottom.set_yticks(range(len(detail["words"])), detail["words"], fontsize=7)
+        bottom.set_xticks([])
+    axes[-1, 0].set_xlabel("image column")
+    return _save(figure, path)
+
+
 def plot_confusion_matrix(matrix, labels: list[str], path: Union[str, Path], *, title: str = "") -> Path:
     """A confusion matrix as a heat map, rows normalised (recall per class), counts written in each cell."""
     import numpy as np

@@ -125,10 +125,9 @@ class Seq2Seq(nn.Module):
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Encoded, LayerState]:
         """Source ids ``(B, S)`` to the attention memory and the decoder's initial state."""
-        if src.dim() != 2 or src_lengths.shape != (src.size(0),):
-            raise RnnkitError(f"expected src (batch, time) and src_lengths (batch,), got {tuple(src.shape)} "
-                              f"and {tuple(src_lengths.shape)}")
-        memory, state = self.encoder(self.drop(self.src_embedding(src)), lengths=src_lengths)  # (B, S, H)
+        if src_lengths.shape != (src.size(0),):
+            raise RnnkitError(f"expected src_lengths (batch,) = ({src.size(0)},), got {tuple(src_lengths.shape)}")
+        memory, state = self.encoder(self.drop(self.embed_source(src)), lengths=src_lengths)  # (B, S, H)
         parts = (state,) if isinstance(state, Tensor) else state
         directions = self.encoder.num_directions
         layers = self.config.decoder_layers
@@ -139,6 +138,13 @@ class Seq2Seq(nn.Module):
         mask = torch.arange(src.size(1), device=src.device)[None, :] < src_lengths.to(src.device)[:, None]
         keys = self.attn_key(memory) if self.config.attention != "none" else memory
         return Encoded(memory, keys, mask), (tuple(initial) if len(initial) == 2 else initial[0])
+
+    def embed_source(self, src: Tensor) -> Tensor:
+        """The encoder's input ``(B, S, E)``: here the embedded source ids ``(B, S)``. A subclass
+        whose source is not tokens (image columns, audio frames) replaces this and ``src_embedding``."""
+        if src.dim() != 2:
+            raise RnnkitError(f"expected src (batch, time) token ids, got shape {tuple(src.shape)}")
+        return self.src_embedding(src)
 
     def attend(self, query: Tensor, enc: Encoded) -> tuple[Tensor, Tensor]:
         """Attention of ``query`` ``(B, T, H)`` over the memory: ``(context (B, T, H), weights (B, T, S))``."""

@@ -109,6 +109,7 @@ def _add_commands(root: typer.Typer) -> None:
     from .music import app as music
     from .chat import app as chat
     from .speech import app as speech
+    from .caption import app as caption
     from .lab import inspect, lab
     from .export import export
     from .serve import serve
@@ -123,6 +124,7 @@ def _add_commands(root: typer.Typer) -> None:
     root.add_typer(music, name="music")
     root.add_typer(chat, name="chat")
     root.add_typer(speech, name="speech")
+    root.add_typer(caption, name="caption")
     root.command("lab")(lab)
     root.command("inspect")(inspect)
     root.command("export")(export)

@@ -30,6 +30,7 @@ BUILTIN: dict[str, str] = {
     "music_generator": "music",
     "chatbot": "chat",
     "speech_recognizer": "speech",
+    "captioner": "caption",
 }
 
 #: public name -> its module, imported on first use
@@ -40,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "TranslatorConfig": "translate", "MemoryLab": "memory", "LabConfig": "memory",
     "MusicGenerator": "music", "MusicConfig": "music", "Chatbot": "chat", "ChatbotConfig": "chat",
     "SpeechRecognizer": "speech", "SpeechConfig": "speech",
+    "Captioner": "caption", "CaptionerConfig": "caption",
     "Task": "base", "TaskConfig": "base",
 }
 
