@@ -58,14 +58,19 @@ def ses_fit(y: np.ndarray) -> tuple[float, float]:
     return float(ALPHAS[best]), float(level[best])
 
 
+def deseasonalised(y: np.ndarray, season: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seasonal indices of ``y`` (:func:`seasonal_indices`) and ``y`` divided by them."""
+    index = seasonal_indices(y, season)
+    return index, y / index[np.arange(len(y)) % len(index)]
+
+
 def theta_forecast(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
     """Theta's point forecast ``(horizon,)`` of one series ``y`` (see the module doc)."""
     y = np.asarray(y, dtype=float)
     if len(y) < 3:
         return np.repeat(y[-1], horizon)
-    index = seasonal_indices(y, season)
+    index, adjusted = deseasonalised(y, season)
     n = len(y)
-    adjusted = y / index[np.arange(n) % len(index)]
     alpha, level = ses_fit(adjusted)
     t = np.arange(n)
     slope = float(np.polyfit(t, adjusted, 1)[0])
@@ -89,9 +94,8 @@ def damped_forecast(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
     y = np.asarray(y, dtype=float)
     if len(y) < 3:
         return np.repeat(y[-1], horizon)
-    index = seasonal_indices(y, season)
+    index, a = deseasonalised(y, season)
     n = len(y)
-    a = y / index[np.arange(n) % len(index)]
     alpha, beta, phi = DAMPED_GRID
     level, trend = np.full(alpha.shape, a[0]), np.full(alpha.shape, np.mean(np.diff(a[:min(n, 4)])))
     sse = np.zeros(alpha.shape)
