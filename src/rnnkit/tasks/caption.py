@@ -30,6 +30,7 @@ from ..data.tokenizers import BOS, EOS, PAD, Tokenizer, build_tokenizer, tokeniz
 from ..errors import DataError, RnnkitError
 from ..seq2seq import Seq2Seq, Seq2SeqConfig
 from .base import Task, TaskConfig
+from .encoder_decoder import pad_ids
 
 MODEL_TYPE = "captioner"
 MAX_VALUE = 16.0  # pixel intensities are 0..16 (load_digits' scale); the model reads them / 16
@@ -184,10 +185,7 @@ class Captioner(Task):
     def _tensors(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> tuple[Tensor, ...]:
         """``(columns (N, W, H), widths (N,), tgt_in (N, T), tgt_out (N, T))``, images scaled to 0..1."""
         columns, widths = self._columns(images)
-        rows = [[BOS, *self.tokenizer.encode(c), EOS] for c in captions]
-        tgt = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
-        for i, row in enumerate(rows):
-            tgt[i, : len(row)] = torch.tensor(row)
+        tgt = pad_ids([[BOS, *self.tokenizer.encode(c), EOS] for c in captions], 2)
         return columns, widths, tgt[:, :-1], tgt[:, 1:]
 
     def _columns(self, images: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
