@@ -1,12 +1,15 @@
 """Image captioning: an image in, a sentence out, the decoder attending over the image's columns.
 
-A thin estimator over :class:`~rnnkit.seq2seq.Seq2Seq`, whose source is an image instead of
-token ids. The encoder reads the image as a sequence of columns: two 3x3 convolutions give
-``C`` feature maps, each column's ``C x H`` values go through a linear map (the "embedding" of
-that column), and a bidirectional recurrent stack runs over the columns, left to right and
-back. The decoder, its attention over those column positions, greedy and beam decoding are
-Seq2Seq's own: a word attends to the columns that say it, so the attention map shows which
-part of the image each word was read from.
+A thin subclass of the shared encoder-decoder task (:class:`~.encoder_decoder.EncoderDecoder`:
+held-out split, training, loss, greedy and beam decoding), whose source encoder reads an image
+instead of token ids. The encoder reads the image as a sequence of columns: two 3x3
+convolutions give ``C`` feature maps, each column's ``C x H`` values go through a linear map
+(the "embedding" of that column, :class:`ColumnFeatures` in :class:`ImageSeq2Seq`), and a
+bidirectional recurrent stack runs over the columns, left to right and back. The decoder and
+its attention over those column positions are :class:`~rnnkit.seq2seq.Seq2Seq`'s own: a word
+attends to the columns that say it, so the attention map shows which part of the image each
+word was read from. What this module keeps is the image's: its checks, its columns as the
+source (the source-encoder hooks), the word vocabulary of its captions, and its answers.
 
 Images are ``config.height`` rows high and up to ``config.max_width`` columns wide (any width in
 between: a batch is padded on the right and the padding is masked out of the attention);
@@ -26,49 +29,37 @@ from torch import Tensor, nn
 
 from .. import metrics
 from ..data.digits import HEIGHT, MAX_WIDTH
-from ..data.tokenizers import BOS, EOS, PAD, Tokenizer, build_tokenizer, tokenizer_from_dict
+from ..data.tokenizers import Tokenizer, build_tokenizer, tokenizer_from_dict
 from ..errors import DataError, RnnkitError
 from ..seq2seq import Seq2Seq, Seq2SeqConfig
-from .base import Task, TaskConfig
-from .encoder_decoder import pad_ids
+from .encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 
 MODEL_TYPE = "captioner"
 MAX_VALUE = 16.0  # pixel intensities are 0..16 (load_digits' scale); the model reads them / 16
 
 
 @dataclass(frozen=True, kw_only=True)
-class CaptionerConfig(TaskConfig):
-    """Everything that defines a captioner; saved in its bundle as ``config.json``."""
+class CaptionerConfig(EncoderDecoderConfig):
+    """Everything that defines a captioner; saved in its bundle as ``config.json``. The
+    encoder-decoder's options are shared; these are the image's and the captioner's defaults."""
 
     KIND = "captioner"
 
-    cell: str = "lstm"          # the encoder's and decoder's recurrent cell
-    attention: str = "luong"    # "luong", "bahdanau" or "none" (the decoder then sees only the final state)
-    hidden_size: int = 128      # decoder width; the encoder gets half per direction
+    hidden_size: int = 128      # decoder width; a bidirectional encoder gets half per direction
     embedding_size: int = 64    # word embeddings and each column's feature vector
     channels: int = 16          # convolution feature maps: strokes, not objects, at 8x8
-    dropout: float = 0.1
     height: int = HEIGHT        # rows of every image
     max_width: int = 4 * MAX_WIDTH  # the widest image accepted, in columns
     max_words: int = 16         # decoding stops after this many words
-    length_penalty: float = 1.0  # beam search: score / length^alpha
+    label_smoothing: float = 0.0  # captions are short and exact: no smoothing
     epochs: int = 40            # an upper bound: the time budget or early stopping usually ends first
     minutes: Optional[float] = 3.0  # a small model: a few CPU minutes reach most of its accuracy
-    batch_size: int = 64
-    patience: Optional[int] = 6  # validations without improvement before stopping
+    lr: float = 3e-3
     val_fraction: float = 0.1   # examples held out for early stopping when no validation set is given
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_positive("hidden_size", "embedding_size", "channels", "height", "max_width", "max_words")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise RnnkitError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
-        self.model_config(5)  # the topology's own checks (attention, even hidden size, dropout)
-
-    def model_config(self, vocab_size: int) -> Seq2SeqConfig:
-        return Seq2SeqConfig(src_vocab_size=1, tgt_vocab_size=vocab_size, cell=self.cell,
-                             embedding_size=self.embedding_size, hidden_size=self.hidden_size,
-                             bidirectional=True, attention=self.attention, dropout=self.dropout)
+        self.check_positive("channels", "height", "max_width", "max_words")
 
 
 class ColumnFeatures(nn.Module):
@@ -105,7 +96,7 @@ class ImageSeq2Seq(Seq2Seq):
         return self.src_embedding(src)
 
 
-class Captioner(Task):
+class Captioner(EncoderDecoder):
     """Describe an image in words with a CNN + bidirectional RNN encoder and an attending decoder.
 
     Example::
@@ -129,10 +120,18 @@ class Captioner(Task):
         "caption": {"type": "string"}, "words": {"type": "array", "items": {"type": "string"}},
         "attention": {"type": "array", "description": "per word (and <eos>), its weights over the image columns"}}}
     config: CaptionerConfig
+    # Images in the caller's order: an image's last column reads the first convolution's output
+    # over the padding to its right, so its answer depends on whether its batch pads it.
+    decode_by_length = False
 
-    def __init__(self, config: Optional[CaptionerConfig] = None, **options: Any) -> None:
-        super().__init__(config, **options)
-        self.tokenizer: Optional[Tokenizer] = None
+    @property
+    def tokenizer(self) -> Optional[Tokenizer]:
+        """The captions' word vocabulary (the encoder-decoder's target tokenizer)."""
+        return self.target_tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Optional[Tokenizer]) -> None:
+        self.target_tokenizer = tokenizer
 
     # --------------------------------------------------------------------- training
 
@@ -140,32 +139,29 @@ class Captioner(Task):
              val_captions: Optional[Sequence[str]] = None) -> None:
         """Train on ``images`` and their ``captions``; the validation pair (default: a held-out
         slice of the training examples) stops training early and picks the best weights."""
-        cfg = self.config
-        images, captions = self._check_examples(images, captions, "images")
-        if val_images is None:
-            cut = max(1, int(len(images) * cfg.val_fraction)) if len(images) >= 10 else 0
-            order = np.random.default_rng(cfg.seed).permutation(len(images))
-            val_images, val_captions = [images[i] for i in order[:cut]], [captions[i] for i in order[:cut]]
-            images, captions = [images[i] for i in order[cut:]], [captions[i] for i in order[cut:]]
-        elif val_captions is None:
-            raise DataError("val_images needs val_captions")
-        self.tokenizer = build_tokenizer("word", captions, max_size=10_000)
-        train = self._tensors(images, captions)
-        val = self._tensors(*self._check_examples(val_images, val_captions, "val_images")) if val_images else None
-        torch.manual_seed(cfg.seed)
-        self.model = self.build_model()
-        steps_per_epoch = -(-len(images) // cfg.batch_size)
-        self.train_results = []
-        result = self.train(self.model, self._loss_fn, train, val, lengths=train[1],
-                            patience=cfg.patience if val else None,
-                            eval_every=min(steps_per_epoch, 200) if val else None)
-        self.model.cpu()
-        self.metrics = {"best_val_loss": result.best_val_loss, **self.training_summary(),
-                        "train_examples": len(images)}
+        pairs = list(zip(*self._check_examples(images, captions, "images")))
+        val_pairs = None
+        if val_images is not None:
+            if val_captions is None:
+                raise DataError("val_images needs val_captions")
+            val_pairs = list(zip(*self._check_examples(val_images, val_captions, "val_images"))) if val_images else []
+        trained_on = self._train_pairs(pairs, val_pairs)
+        self.metrics["train_examples"] = trained_on
+
+    def _hold_out(self, pairs: list) -> tuple[list, list]:
+        """The captioner's own held-out slice (numpy's generator, one in ten of ten or more), so a
+        captioner trains on the examples it always has."""
+        cut = max(1, int(len(pairs) * self.config.val_fraction)) if len(pairs) >= 10 else 0
+        order = np.random.default_rng(self.config.seed).permutation(len(pairs))
+        return [pairs[i] for i in order[:cut]], [pairs[i] for i in order[cut:]]
+
+    def _group_lengths(self, train: tuple[Tensor, ...]) -> Tensor:
+        """Batches grouped by image width alone (the words are few beside the columns)."""
+        return train[1]
 
     def build_model(self) -> ImageSeq2Seq:
         cfg = self.config
-        return ImageSeq2Seq(cfg.model_config(self.tokenizer.vocab_size), cfg.height, cfg.channels)
+        return ImageSeq2Seq(cfg.model_config(1, self.tokenizer.vocab_size), cfg.height, cfg.channels)
 
     def preprocessing(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer.to_dict()}
@@ -173,27 +169,27 @@ class Captioner(Task):
     def restore(self, state: dict[str, Any]) -> None:
         self.tokenizer = tokenizer_from_dict(state["tokenizer"])
 
-    def _loss_fn(self, model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, None]:
-        columns, widths, tgt_in, tgt_out = batch
-        columns = columns[:, : int(widths.max())]  # trim the padding this batch does not need
-        words = int((tgt_out != PAD).sum(dim=1).max())
-        tgt_in, tgt_out = tgt_in[:, :words], tgt_out[:, :words]
-        keep = tgt_out != PAD  # (B, T)
-        logits = model(columns, widths, tgt_in, keep=keep)  # (N, V), real tokens only
-        return nn.functional.cross_entropy(logits, tgt_out[keep]), None
+    # --------------------------------------------------------------------- the source: image columns
 
-    def _tensors(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> tuple[Tensor, ...]:
-        """``(columns (N, W, H), widths (N,), tgt_in (N, T), tgt_out (N, T))``, images scaled to 0..1."""
-        columns, widths = self._columns(images)
-        tgt = pad_ids([[BOS, *self.tokenizer.encode(c), EOS] for c in captions], 2)
-        return columns, widths, tgt[:, :-1], tgt[:, 1:]
+    def _build_vocabularies(self, pairs: Sequence[tuple[np.ndarray, str]]) -> None:
+        self.tokenizer = build_tokenizer("word", [caption for _, caption in pairs], max_size=10_000)
 
-    def _columns(self, images: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
-        widths = torch.tensor([image.shape[1] for image in images], dtype=torch.long)
-        columns = torch.zeros(len(images), int(widths.max()), self.config.height)
-        for i, image in enumerate(images):
-            columns[i, : image.shape[1]] = torch.from_numpy(image.T / MAX_VALUE)
-        return columns, widths
+    def _training_source(self, image: np.ndarray, target_ids: list[int]) -> Tensor:
+        return columns_of(image)
+
+    def _source(self, image: Any, index: int) -> Tensor:
+        return columns_of(self.check_image(image, f"image {index}"))
+
+    def _source_batch(self, sources: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """``(columns (N, W, H), widths (N,))``: each image's columns, zeros to the right of it."""
+        widths = torch.tensor([len(columns) for columns in sources], dtype=torch.long)
+        batch = torch.zeros(len(sources), int(widths.max()), self.config.height)
+        for i, columns in enumerate(sources):
+            batch[i, : len(columns)] = columns
+        return batch, widths
+
+    def _decode_limit(self, lengths: Tensor) -> int:
+        return self.config.max_words + 1
 
     # --------------------------------------------------------------------- checks
 
@@ -229,28 +225,11 @@ class Captioner(Task):
 
     # --------------------------------------------------------------------- captioning
 
-    @torch.no_grad()
     def describe(self, images: Sequence[Any], *, beam: int = 1, batch_size: int = 256) -> list[dict[str, Any]]:
         """Per image: ``caption``, ``words`` (ending in ``<eos>``) and ``attention``, a ``(words, width)``
         array of each word's weights over the image's columns."""
-        self.require_fitted()
-        checked = [self.check_image(image, f"image {k}") for k, image in enumerate(images)]
-        results: list[dict[str, Any]] = []
-        for start in range(0, len(checked), batch_size):
-            chunk = checked[start:start + batch_size]
-            columns, widths = self._columns(chunk)
-            if beam == 1:
-                ids, attention = self.model.greedy(columns, widths, self.config.max_words + 1)
-            else:
-                ids, attention = self.model.beam_search(columns, widths, self.config.max_words + 1, beam=beam,
-                                                        length_penalty=self.config.length_penalty)
-            for row, image in enumerate(chunk):
-                tokens = ids[row].tolist()
-                end = tokens.index(EOS) if EOS in tokens else len(tokens)
-                results.append({"caption": self.tokenizer.decode(tokens[:end]),
-                                "words": [self.tokenizer.tokens[t] for t in tokens[:end + 1]],
-                                "attention": attention[row, : end + 1, : image.shape[1]].numpy()})
-        return results
+        return [{"caption": d["output"], "words": d["target_tokens"], "attention": d["attention"].numpy()}
+                for d in self.decode(images, beam=beam, batch_size=batch_size)]
 
     def caption(self, image: Any, *, beam: int = 1) -> str:
         """The caption of one image (rows of intensities 0..16)."""
@@ -279,4 +258,9 @@ class Captioner(Task):
         return {"caption": detail["caption"], "words": detail["words"], "attention": weights}
 
 
-__all__ = ["Captioner", "CaptionerConfig", "ColumnFeatures", "ImageSeq2Seq"]
+def columns_of(image: np.ndarray) -> Tensor:
+    """A checked ``(H, W)`` image as the encoder reads it: ``W`` columns of ``H`` values in 0..1."""
+    return torch.from_numpy(image.T / MAX_VALUE)
+
+
+__all__ = ["Captioner", "CaptionerConfig", "ColumnFeatures", "ImageSeq2Seq", "columns_of"]

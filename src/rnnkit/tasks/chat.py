@@ -3,7 +3,7 @@
 The source side is the last ``context_turns`` turns joined by ``TURN`` (:mod:`rnnkit.data.dialog`),
 so the reply to "and then?" depends on what came before it; the target side is the next turn.
 One vocabulary serves both sides (one language), and everything else (tokenizers, attention,
-length-grouped batches, beam search) is :class:`~.encoder_decoder.EncoderDecoder`'s.
+length-grouped batches, beam search) is :class:`~.encoder_decoder.TextEncoderDecoder`'s.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Any, Optional, Sequence
 
 from ..data.dialog import Conversation, context_of, dialog_pairs
 from ..errors import DataError
-from .encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from .encoder_decoder import TextEncoderDecoder, TextEncoderDecoderConfig
 
 MODEL_TYPE = "chatbot"
 
 
 @dataclass(frozen=True, kw_only=True)
-class ChatbotConfig(EncoderDecoderConfig):
+class ChatbotConfig(TextEncoderDecoderConfig):
     """Everything that defines a chatbot; saved in its bundle as ``config.json``."""
 
     KIND = "chatbot"
@@ -37,7 +37,7 @@ class ChatbotConfig(EncoderDecoderConfig):
         self.check_positive("context_turns")
 
 
-class Chatbot(EncoderDecoder):
+class Chatbot(TextEncoderDecoder):
     """Replies to a message in the context of the turns before it.
 
     Example::

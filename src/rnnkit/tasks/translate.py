@@ -10,19 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
-from .encoder_decoder import EncoderDecoder, EncoderDecoderConfig, Pair
+from .encoder_decoder import Pair, TextEncoderDecoder, TextEncoderDecoderConfig
 
 MODEL_TYPE = "translator"
 
 
 @dataclass(frozen=True, kw_only=True)
-class TranslatorConfig(EncoderDecoderConfig):
+class TranslatorConfig(TextEncoderDecoderConfig):
     """Everything that defines a translator; saved in its bundle as ``config.json``."""
 
     KIND = "translator"
 
 
-class Translator(EncoderDecoder):
+class Translator(TextEncoderDecoder):
     """Sentence-to-sentence translation with a recurrent encoder-decoder.
 
     Example::
