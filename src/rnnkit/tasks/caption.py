@@ -54,7 +54,7 @@ class CaptionerConfig(EncoderDecoderConfig):
     label_smoothing: float = 0.0  # captions are short and exact: no smoothing
     epochs: int = 40            # an upper bound: the time budget or early stopping usually ends first
     minutes: Optional[float] = 3.0  # a small model: a few CPU minutes reach most of its accuracy
-    lr: float = 3e-3
+    lr: float = 3e-3            # TaskConfig's rate: a small model takes larger steps than a translator
     val_fraction: float = 0.1   # examples held out for early stopping when no validation set is given
 
     def __post_init__(self) -> None:
@@ -149,14 +149,15 @@ class Captioner(EncoderDecoder):
         self.metrics["train_examples"] = trained_on
 
     def _hold_out(self, pairs: list) -> tuple[list, list]:
-        """The captioner's own held-out slice (numpy's generator, one in ten of ten or more), so a
-        captioner trains on the examples it always has."""
+        """``(val, train)`` held out as the captioner always has (numpy's generator, from ten
+        examples on), so a seed still trains the captioner it trained before the shared base."""
         cut = max(1, int(len(pairs) * self.config.val_fraction)) if len(pairs) >= 10 else 0
         order = np.random.default_rng(self.config.seed).permutation(len(pairs))
         return [pairs[i] for i in order[:cut]], [pairs[i] for i in order[cut:]]
 
     def _group_lengths(self, train: tuple[Tensor, ...]) -> Tensor:
-        """Batches grouped by image width alone (the words are few beside the columns)."""
+        """Batches grouped by image width alone, as the captioner always has (a caption's few words
+        add little to an image's columns)."""
         return train[1]
 
     def build_model(self) -> ImageSeq2Seq:
