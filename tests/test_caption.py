@@ -155,3 +155,20 @@ def test_cli_dataset_train_and_describe(tmp_path, digits):
     assert done.exit_code == 2 and "error: image 0 must be 10 rows" in done.output
     done = runner.invoke(app, ["predict", str(bundle), '{"image": [[1, 2]]}'])
     assert done.exit_code == 2 and "must be 10 rows" in done.output
+
+
+def test_the_shared_encoder_decoder_options_reach_the_captioner(digits, tmp_path):
+    """The captioner is an EncoderDecoder: its options (layers, direction, input feeding, scheduled
+    sampling) shape its model, and a config saved before it had them reads as their defaults."""
+    images, labels = digits
+    data = compose(images, labels, split_indices(len(images))["train"], 30, seed=3, max_digits=2)
+    config = CaptionerConfig(hidden_size=16, embedding_size=8, channels=2, encoder_layers=2, bidirectional=False,
+                             input_feeding=True, sampling_rate=0.2, max_steps=2, minutes=None, progress=False)
+    captioner = Captioner(config).fit(data.images, data.captions)
+    assert captioner.model.encoder.num_layers == 2 and captioner.model.encoder.num_directions == 1
+    answer = captioner.predict_checked({"image": data.images[0].tolist()})
+    assert rnnkit.load(captioner.save(tmp_path / "cap.rnnkit")).predict_checked(
+        {"image": data.images[0].tolist()}) == answer
+    shared = ("encoder_layers", "decoder_layers", "bidirectional", "input_feeding", "sampling_rate", "label_smoothing")
+    older = {k: v for k, v in CaptionerConfig().to_dict().items() if k not in shared}
+    assert CaptionerConfig.from_dict(older) == CaptionerConfig()
