@@ -148,12 +148,12 @@ def main() -> int:
                                  epochs=1000, patience=10)
         captioner = Captioner(config).fit(train.images, train.captions, val.images, val.captions)
         result = captioner.train_results[-1]
-        details = captioner.describe(test.images)
+        details = captioner.describe_images(test.images)
         row = {"steps": result.steps, "stopped": result.stopped, "best_val_loss": result.best_val_loss,
                "train_s": round(time.monotonic() - started, 1),
                "greedy": score([d["caption"] for d in details], test.captions)}
         if attention != "none":
-            row["beam5"] = score([d["caption"] for d in captioner.describe(test.images, beam=5)], test.captions)
+            row["beam5"] = score([d["caption"] for d in captioner.describe_images(test.images, beam=5)], test.captions)
             row.update(attention_hits(details, test))
             if args.plot is not None:
                 captioner.plot(test.images[:4], args.plot, references=test.captions[:4])

@@ -105,6 +105,19 @@ def test_predict_json_answers_with_attention_per_word_and_bundles_round_trip(tra
     assert loaded.config == captioner.config
 
 
+def test_a_served_captioner_is_listed_and_answers_over_http(trained):
+    from fastapi.testclient import TestClient
+
+    from rnnkit.server import create_app
+
+    captioner, test = trained
+    client = TestClient(create_app({"cap": captioner}))
+    listed = client.get("/v1/models")
+    assert listed.status_code == 200 and listed.json()["models"][0]["task"] == "caption"
+    answer = client.post("/v1/cap/predict", json={"image": test.images[0].tolist()})
+    assert answer.status_code == 200 and answer.json()["caption"] == captioner.caption(test.images[0])
+
+
 @pytest.mark.parametrize("request_, message", [
     ({}, "image"),
     ({"image": [[1.0] * 20] * 9}, "must be 10 rows of 1..144 pixels, got shape (9, 20)"),
@@ -126,7 +139,7 @@ def test_describe_refuses_nan_and_ragged_arrays_in_one_line(trained):
     image = test.images[0].copy()
     image[3, 4] = np.nan
     with pytest.raises(DataError, match="NaN or infinite pixels"):
-        captioner.describe([image])
+        captioner.describe_images([image])
     with pytest.raises(DataError, match="all rows as wide"):
         captioner.caption([[1.0, 2.0], [1.0]])
 

@@ -94,7 +94,7 @@ def describe(
             raise DataError(f"--examples must be >= 1, got {examples}")
         test = digit_composites("test", examples, seed=seed)
         images, references = test.images, test.captions
-    details = captioner.describe(images, beam=beam)
+    details = captioner.describe_images(images, beam=beam)
     for k, detail in enumerate(details):
         typer.echo(detail["caption"] if references is None else f"{detail['caption']}\t(reference: {references[k]})")
     if plot is not None:

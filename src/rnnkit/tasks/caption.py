@@ -226,7 +226,7 @@ class Captioner(EncoderDecoder):
 
     # --------------------------------------------------------------------- captioning
 
-    def describe(self, images: Sequence[Any], *, beam: int = 1, batch_size: int = 256) -> list[dict[str, Any]]:
+    def describe_images(self, images: Sequence[Any], *, beam: int = 1, batch_size: int = 256) -> list[dict[str, Any]]:
         """Per image: ``caption``, ``words`` (ending in ``<eos>``) and ``attention``, a ``(words, width)``
         array of each word's weights over the image's columns."""
         return [{"caption": d["output"], "words": d["target_tokens"], "attention": d["attention"].numpy()}
@@ -234,11 +234,11 @@ class Captioner(EncoderDecoder):
 
     def caption(self, image: Any, *, beam: int = 1) -> str:
         """The caption of one image (rows of intensities 0..16)."""
-        return self.describe([image], beam=beam)[0]["caption"]
+        return self.describe_images([image], beam=beam)[0]["caption"]
 
     def evaluate(self, images: Sequence[Any], captions: Sequence[str], *, beam: int = 1) -> dict[str, float]:
         """Exact-caption accuracy and corpus BLEU (sacrebleu) of the captions against ``captions``."""
-        hypotheses = [d["caption"] for d in self.describe(images, beam=beam)]
+        hypotheses = [d["caption"] for d in self.describe_images(images, beam=beam)]
         return {"exact": metrics.exact_match(hypotheses, list(captions)),
                 "bleu": metrics.bleu(hypotheses, list(captions)), "count": len(hypotheses)}
 
@@ -250,11 +250,11 @@ class Captioner(EncoderDecoder):
             raise RnnkitError("this model has no attention (attention='none'): nothing to plot")
         from ..plotting import plot_captions  # matplotlib, only when a plot is asked for
 
-        details = self.describe(images, beam=beam)
+        details = self.describe_images(images, beam=beam)
         return plot_captions([self.check_image(i) for i in images], details, path, references=references)
 
     def predict_json(self, request: dict[str, Any]) -> dict[str, Any]:
-        detail = self.describe([request["image"]], beam=request.get("beam", 1))[0]
+        detail = self.describe_images([request["image"]], beam=request.get("beam", 1))[0]
         weights = [[round(float(w), 5) for w in row] for row in detail["attention"]]
         return {"caption": detail["caption"], "words": detail["words"], "attention": weights}
 
