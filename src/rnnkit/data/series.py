@@ -116,26 +116,26 @@ def day_frequency(days: np.ndarray) -> Optional[str]:
     if len(days) < 3:
         return None
     day = days.astype(np.int64)
-    if (np.diff(day) <= 0).any():
+    gaps = np.diff(day)
+    if (gaps <= 0).any():
         return None
     months = days.astype("datetime64[M]")
-    month_steps = np.unique(np.diff(months.astype(np.int64)))
+    steps = np.diff(months.astype(np.int64))
+    step, gap = int(steps[0]), int(gaps[0])
     edge = "S" if (days == months).all() else "E" if (days + 1 == months + 1).all() else None  # 1st / last day
-    if edge and len(month_steps) == 1:  # pandas' annual, quarterly and monthly rules
+    if edge and (steps == step).all():  # pandas' annual, quarterly and monthly rules, in its order
         first = int(months[0].astype(np.int64)) % 12  # January = 0
-        years = np.unique(np.diff(days.astype("datetime64[Y]").astype(np.int64)))
-        if len(years) == 1 and month_steps[0] % 12 == 0:
-            return _counted(int(years[0]), f"Y{edge}-{_MONTHS[first]}")
-        if month_steps[0] % 3 == 0:
+        if step % 12 == 0:
+            return _counted(step // 12, f"Y{edge}-{_MONTHS[first]}")
+        if step % 3 == 0:
             named = {1: 10, 2: 11, 0: 12}[(first + 1) % 3]  # pandas names a quarter by a month of Oct-Dec
-            return _counted(int(month_steps[0]) // 3, f"Q{edge}-{_MONTHS[named - 1]}")
-        return _counted(int(month_steps[0]), f"M{edge}")
-    gaps = np.unique(np.diff(day))
-    if len(gaps) != 1 or gaps[0] >= 28:  # from four weeks, month rules may claim a fixed step first
+            return _counted(step // 3, f"Q{edge}-{_MONTHS[named - 1]}")
+        return _counted(step, f"M{edge}")
+    if gap >= 28 or not (gaps == gap).all():  # from four weeks, month rules may claim a fixed step first
         return None
-    if gaps[0] % 7 == 0:
-        return _counted(int(gaps[0]) // 7, f"W-{_WEEKDAYS[(int(day[0]) + 3) % 7]}")  # 1970-01-01: a Thursday
-    return _counted(int(gaps[0]), "D")
+    if gap % 7 == 0:
+        return _counted(gap // 7, f"W-{_WEEKDAYS[(int(day[0]) + 3) % 7]}")  # 1970-01-01 was a Thursday
+    return _counted(gap, "D")
 
 
 def _counted(count: int, alias: str) -> str:

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, _VF, nn
 
 from ..errors import RnnkitError
-from ..layers import Recurrent
+from ..layers import LayerState, Recurrent
 from .base import TaskConfig
 
 HEADS = ("direct", "decoder")
@@ -248,6 +248,7 @@ class FusedEnsemble(nn.Module):
         else:
             self.decoder = _stacked_recurrent([m.decoder for m in members])
             self.head = _stacked_linear([m.head for m in members], shared=0)
+            self.register_buffer("position", torch.eye(self.horizon))  # (H, H): each step's one-hot
         self.register_buffer("calibration", ensemble.calibration.clone())
         self.requires_grad_(False)
         self.sources = [*ensemble.parameters(), *ensemble.buffers()]  # what it was built from
@@ -256,25 +257,42 @@ class FusedEnsemble(nn.Module):
     def current(self) -> bool:
         """Whether the ensemble's weights and calibration are still those it was built from (a tensor
         counts its in-place writes; a new storage has a new address)."""
-        return self._stamp() == self.stamp
+        stamp = self._stamp()
+        return stamp is not None and stamp == self.stamp
 
-    def _stamp(self) -> list[tuple[int, int]]:
-        return [(t.data_ptr(), t._version) for t in self.sources]
+    def _stamp(self) -> Optional[list[tuple[int, int]]]:
+        try:
+            return [(t.data_ptr(), t._version) for t in self.sources]
+        except RuntimeError:  # tensors made under inference_mode count no writes: never taken as current
+            return None
 
     def forward(self, y: Tensor, past: Tensor, known: Tensor) -> Tensor:
         batch, lookback = y.shape
-        _, state = self.encoder(torch.cat([y.unsqueeze(2), past, known[:, :lookback]], dim=2))
+        _, state = _run(self.encoder, torch.cat([y.unsqueeze(2), past, known[:, :lookback]], dim=2))
         future = known[:, lookback:]  # (B, H, K)
         if self.head_type == "direct":
             h = (state[0] if isinstance(state, tuple) else state)[-1]  # (B, M * hidden)
             raw = self.head(torch.cat([h, future.flatten(1)], dim=1))  # (B, H * M * Q)
         else:
-            position = torch.eye(self.horizon, device=y.device).expand(batch, -1, -1)  # (B, H, H)
-            outputs, _ = self.decoder(torch.cat([future, position], dim=2), state)  # (B, H, M * hidden)
+            position = self.position.expand(batch, -1, -1)  # (B, H, H)
+            outputs, _ = _run(self.decoder, torch.cat([future, position], dim=2), state)  # (B, H, M * hidden)
             raw = self.head(outputs)  # (B, H, M * Q)
         raw = (raw.view(batch, self.horizon, self.num_members, -1)
                + self.highway(y).view(batch, self.horizon, self.num_members, -1))  # (B, H, M, Q)
         return (ordered_quantiles(raw).mean(dim=2) + self.calibration).cummax(dim=2).values
+
+
+_KERNELS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
+
+
+def _run(layer: nn.RNNBase, x: Tensor, state: Optional[LayerState] = None) -> tuple[Tensor, LayerState]:
+    """``layer(x, state)`` (batch first, inference) straight to ATen's kernel, without ``torch.nn``'s
+    per-call argument checks: the layer and its weights are built here, its inputs by the forward."""
+    if state is None:
+        zeros = x.new_zeros(layer.num_layers, x.size(0), layer.hidden_size)
+        state = (zeros, zeros) if layer.mode == "LSTM" else zeros
+    out = _KERNELS[layer.mode](x, state, layer._flat_weights, layer.bias, layer.num_layers, 0.0, False, False, True)
+    return out[0], (tuple(out[1:]) if layer.mode == "LSTM" else out[1])
 
 
 def _stacked_recurrent(layers: list[Recurrent]) -> nn.RNNBase:
