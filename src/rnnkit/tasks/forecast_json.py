@@ -22,8 +22,9 @@ Everything is checked before the model runs, with one line naming the place that
 
 A plain request (no covariates, ISO dates or none, every series long enough for the model, at
 the model's frequency) takes a lean path, :func:`plain_forecasts`: arrays straight from the
-JSON, one batched forward, no data frames; it answers exactly as the frame path does. Anything
-else, including every request with a mistake, goes through the frames, whose checks name it.
+JSON, dates read in numpy, one batched forward of the fused ensemble, no data frames; it answers
+as the frame path does (to float rounding). Anything else, including every request with a
+mistake, goes through the frames, whose checks name it.
 """
 
 from __future__ import annotations
@@ -198,12 +199,13 @@ def _origin(forecaster: Any, window: np.ndarray) -> tuple[np.ndarray, list[str]]
     """
     cfg = forecaster.config
     key = (forecaster.freq, cfg.horizon, cfg.calendar, window[-1], len(window))
-    if key not in _ORIGINS:
+    origin = _ORIGINS.get(key)
+    if origin is None:
         if len(_ORIGINS) >= 4096:
             _ORIGINS.clear()
         future = future_dates(pd.Timestamp(window[-1]), forecaster.freq, cfg.horizon)
-        _ORIGINS[key] = forecaster.calendar(pd.DatetimeIndex(window).append(future)), [_iso(d) for d in future]
-    return _ORIGINS[key]
+        origin = _ORIGINS[key] = forecaster.calendar(pd.DatetimeIndex(window).append(future)), [_iso(d) for d in future]
+    return origin
 
 
 def _ids(request: dict[str, Any]) -> list[str]:
