@@ -9,7 +9,8 @@ started and stopped by this script; the load comes from one asyncio process with
   3 quantiles, an ensemble of 3 LSTMs) loaded with ``rnnkit.load``, JSON request in and JSON
   response out, per series, against NeuralForecast's ``predict()`` (its LSTM, fitted on the same
   five monthly stock series with the same lookback and calendar features), one series per call
-  and all five per call, timed interleaved (:func:`forecast_latency`);
+  and all five per call, timed interleaved (:func:`forecast_latency`), beside the floor under
+  them: the model's two recurrent calls alone;
 - **onnxruntime against PyTorch eager** at batch 1 for the forecaster and the LM step
   (``benchmarks/export.py``'s measurement, run here);
 - **in process, generation**: ``TextGenerator.step_streams`` on 64 slots until each has
@@ -83,8 +84,9 @@ def in_process(lm: TextGenerator, streams: int, tokens: int) -> float:
 def forecast_latency(directory: Path, quick: bool) -> dict:
     """Forecast predict per series: rnnkit from a loaded bundle (JSON request in, JSON response out)
     against NeuralForecast's ``predict()`` on the same monthly stock prices, one series per call and
-    all five per call, timed interleaved. Both models are trained a couple of steps (speed only);
-    NeuralForecast's inputs (history and future calendar frames) are built before the clock starts."""
+    all five per call, timed interleaved, with the floor (:func:`recurrent_calls`) timed among them.
+    Both models are trained a couple of steps (speed only); NeuralForecast's inputs (history and
+    future calendar frames) are built before the clock starts."""
     from forecast import neuralforecast_model, quiet_neuralforecast
 
     quiet_neuralforecast()
@@ -105,6 +107,7 @@ def forecast_latency(directory: Path, quick: bool) -> dict:
         cycle = itertools.cycle(singles)
         candidates[f"{name}, 1 series per call"] = lambda call=call, cycle=cycle: call(next(cycle))
         candidates[f"{name}, {len(groups)} series per call"] = lambda call=call, batch=batch: call(batch)
+    candidates[FLOOR] = recurrent_calls(fc)
     baselines = {name: "NeuralForecast" + name[name.index(","):] for name in candidates}
     timings = interleaved(candidates, baselines, repeats=3 if quick else 7, seconds=0.3 if quick else 1.0)
     per_series = {name: 1e3 * t["seconds_per_call"] / (1 if ", 1 series" in name else len(groups))
@@ -117,6 +120,22 @@ def forecast_latency(directory: Path, quick: bool) -> dict:
             "speedup_vs_neuralforecast": {name: t["speedup_vs_baseline"] for name, t in timings.items()
                                           if name.startswith("rnnkit")},
             "timings": timings}
+
+
+FLOOR = "rnnkit floor: its two recurrent calls alone, 1 series per call"
+
+
+def recurrent_calls(fc: Forecaster) -> Callable[[], object]:
+    """The floor under a forecast: the fused ensemble's encoder and decoder (one ATen recurrent call
+    each, ``torch.nn`` modules) on one window, without the JSON, checks and small ops around them."""
+    fused = fc.model.fused()
+    x = torch.zeros(1, fc.config.lookback, fused.encoder.input_size)
+    future = torch.zeros(1, fc.config.horizon, fused.decoder.input_size)
+
+    def call() -> None:
+        with torch.inference_mode():
+            fused.decoder(future, fused.encoder(x)[1])
+    return call
 
 
 def session(url: str, connections: int) -> aiohttp.ClientSession:
