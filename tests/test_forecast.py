@@ -17,7 +17,7 @@ from rnnkit.errors import BundleError, DataError, RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
 from rnnkit.tasks.forecast_eval import backtest_plot_frames, coverage_report, evaluate_forecast
 from rnnkit.tasks.forecast_json import forecasts_json, plain_forecasts, request_frames
-from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet, conformal_level
+from rnnkit.tasks.forecast_model import FUSED_MAX_BATCH, ForecastEnsemble, ForecastNet, conformal_level
 from rnnkit.plotting import plot_forecast
 
 FAST = dict(hidden_size=16, ensemble=1, max_steps=60, progress=False, minutes=None)
@@ -347,6 +347,7 @@ def test_the_fused_ensemble_equals_its_members_run_one_by_one(cell: str, head: s
             torch.testing.assert_close(ensemble.fused()(y, past, known), ensemble(y, past, known), rtol=1e-5, atol=1e-5)
     fused = ensemble.fused()
     assert ensemble.fused() is fused  # kept between calls
+    assert ensemble.for_inference(1) is fused and ensemble.for_inference(FUSED_MAX_BATCH + 1) is ensemble
     with torch.no_grad():
         ensemble.members[1].head.bias.add_(1.0)  # a weight changes: built again from the new weights
     y, past, known = torch.randn(2, 9), torch.randn(2, 9, 2), torch.randn(2, 14, 3)

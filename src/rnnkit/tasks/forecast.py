@@ -369,8 +369,9 @@ class Forecaster(Task):
 
         ``inputs`` come from :meth:`series_arrays` (all ``lookback`` long, padded), ``stats`` are each
         series' scaler mean and standard deviation. One batch of all series rather than one forward
-        per series, through the ensemble fused into one network (``ForecastEnsemble.fused``): the
-        recurrence's fixed and per-step overheads are paid once, not per series and member.
+        per series, and for a few series the ensemble fused into one network
+        (``ForecastEnsemble.for_inference``): the recurrence's fixed and per-step overheads are paid
+        once, not per series and member.
         """
         if not inputs:
             return []
@@ -378,7 +379,8 @@ class Forecaster(Task):
         y, past, known = stack(0), stack(1), stack(2)
         with torch.inference_mode(), torch_threads(self.config.threads):
             level, scale = self._window_norm(y, past[:, :, -1])
-            out = self.model.fused()((y - level) / scale * past[:, :, -1], past, known)  # (B, H, Q)
+            model = self.model.for_inference(len(y))
+            out = model((y - level) / scale * past[:, :, -1], past, known)  # (B, H, Q)
             quantiles = (out * scale.unsqueeze(2) + level.unsqueeze(2)).numpy()  # (B, H, Q)
         return [values * std + mean for values, (mean, std) in zip(quantiles, stats)]
 

@@ -31,6 +31,7 @@ from .base import TaskConfig
 HEADS = ("direct", "decoder")
 MODELS = ("auto", "rnn", "esrnn")
 PANEL = 20  # model="auto" picks "esrnn" from this many series up (without covariates), "rnn" below
+FUSED_MAX_BATCH = 64  # ForecastEnsemble.for_inference: the fused network up to this many windows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +183,13 @@ class ForecastEnsemble(nn.Module):
     def forward(self, y: Tensor, past: Tensor, known: Tensor) -> Tensor:
         mean = torch.stack([member(y, past, known) for member in self.members]).mean(dim=0)  # (B, H, Q)
         return (mean + self.calibration).cummax(dim=2).values
+
+    def for_inference(self, batch: int) -> nn.Module:
+        """The network to run ``batch`` windows through without gradients: :meth:`fused` up to
+        ``FUSED_MAX_BATCH`` windows, where a recurrent call costs mostly its fixed overhead and
+        one call replaces one per member; itself above, where the fused block-diagonal product's
+        multiplications by zero (as many more as there are members) cost more than the calls saved."""
+        return self.fused() if batch <= FUSED_MAX_BATCH else self
 
     def fused(self) -> "FusedEnsemble":
         """The same ensemble as one network (:class:`FusedEnsemble`), for inference: built once, and
