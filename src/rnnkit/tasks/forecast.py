@@ -375,7 +375,7 @@ class Forecaster(Task):
         """
         if not inputs:
             return []
-        stack = lambda k: torch.as_tensor(np.stack([a[k] for a in inputs]), dtype=torch.float32)  # noqa: E731
+        stack = lambda k: torch.from_numpy(np.stack([a[k] for a in inputs], dtype=np.float32))  # noqa: E731
         y, past, known = stack(0), stack(1), stack(2)
         with torch.inference_mode(), torch_threads(self.config.threads):
             level, scale = self._window_norm(y, past[:, :, -1])
