@@ -316,7 +316,7 @@ def _stacked_recurrent(layers: list[Recurrent]) -> nn.RNNBase:
                                num_layers=modules[0].num_layers, bias=modules[0].bias, batch_first=True,
                                **({"nonlinearity": modules[0].nonlinearity} if gates == 1 else {}))
     state = {}
-    for name, weight in modules[0].named_parameters():
+    for name, _ in modules[0].named_parameters():
         shared = modules[0].input_size if name == "weight_ih_l0" else 0  # layer 0 reads the input; others their own units
         state[name] = _stacked([dict(m.named_parameters())[name] for m in modules], gates, shared)
     stacked.load_state_dict(state)
