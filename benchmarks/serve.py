@@ -9,7 +9,8 @@ started and stopped by this script; the load comes from one asyncio process with
   3 quantiles, an ensemble of 3 LSTMs) loaded with ``rnnkit.load``, JSON request in and JSON
   response out, per series, against NeuralForecast's ``predict()`` (its LSTM, fitted on the same
   five monthly stock series with the same lookback and calendar features), one series per call
-  and all five per call, timed interleaved (:func:`forecast_latency`);
+  and all five per call, timed interleaved (:func:`forecast_latency`), beside the floor under
+  them: the model's two recurrent calls alone;
 - **onnxruntime against PyTorch eager** at batch 1 for the forecaster and the LM step
   (``benchmarks/export.py``'s measurement, run here);
 - **in process, generation**: ``TextGenerator.step_streams`` on 64 slots until each has
@@ -22,9 +23,10 @@ started and stopped by this script; the load comes from one asyncio process with
   ``POST /v1/fc/predict`` (one stock series) at 1 and 32 concurrent clients: p50/p99 latency,
   requests/s, errors (must be 0).
 
-    PYTHONPATH=src python benchmarks/serve.py [--quick]
+    PYTHONPATH=src python benchmarks/serve.py [--quick] [--only forecast]
 
-Writes benchmarks/results/serve.json.
+Writes benchmarks/results/serve.json; ``--only forecast`` reruns forecast predict in process
+alone and replaces that part of the existing file (dated; the other parts keep their run's date).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import socket
 import statistics
@@ -53,7 +56,8 @@ import rnnkit  # noqa: E402
 from rnnkit import Forecaster, SequenceClassifier, TextGenerator  # noqa: E402
 from rnnkit.data import load_dataset  # noqa: E402
 from rnnkit.tasks.forecast_json import plain_forecasts  # noqa: E402
-from common.timing import interleaved, write_result  # noqa: E402
+from common.timing import interleaved, machine, write_result  # noqa: E402
+from rnnkit.files import atomic_write_bytes  # noqa: E402
 import export as export_benchmark  # noqa: E402
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.\n" * 40
@@ -80,8 +84,9 @@ def in_process(lm: TextGenerator, streams: int, tokens: int) -> float:
 def forecast_latency(directory: Path, quick: bool) -> dict:
     """Forecast predict per series: rnnkit from a loaded bundle (JSON request in, JSON response out)
     against NeuralForecast's ``predict()`` on the same monthly stock prices, one series per call and
-    all five per call, timed interleaved. Both models are trained a couple of steps (speed only);
-    NeuralForecast's inputs (history and future calendar frames) are built before the clock starts."""
+    all five per call, timed interleaved, with the floor (:func:`recurrent_calls`) timed among them.
+    Both models are trained a couple of steps (speed only); NeuralForecast's inputs (history and
+    future calendar frames) are built before the clock starts."""
     from forecast import neuralforecast_model, quiet_neuralforecast
 
     quiet_neuralforecast()
@@ -102,6 +107,7 @@ def forecast_latency(directory: Path, quick: bool) -> dict:
         cycle = itertools.cycle(singles)
         candidates[f"{name}, 1 series per call"] = lambda call=call, cycle=cycle: call(next(cycle))
         candidates[f"{name}, {len(groups)} series per call"] = lambda call=call, batch=batch: call(batch)
+    candidates[FLOOR] = recurrent_calls(fc)
     baselines = {name: "NeuralForecast" + name[name.index(","):] for name in candidates}
     timings = interleaved(candidates, baselines, repeats=3 if quick else 7, seconds=0.3 if quick else 1.0)
     per_series = {name: 1e3 * t["seconds_per_call"] / (1 if ", 1 series" in name else len(groups))
@@ -114,6 +120,22 @@ def forecast_latency(directory: Path, quick: bool) -> dict:
             "speedup_vs_neuralforecast": {name: t["speedup_vs_baseline"] for name, t in timings.items()
                                           if name.startswith("rnnkit")},
             "timings": timings}
+
+
+FLOOR = "rnnkit floor: its two recurrent calls alone, 1 series per call"
+
+
+def recurrent_calls(fc: Forecaster) -> Callable[[], object]:
+    """The floor under a forecast: the fused ensemble's encoder and decoder (one ATen recurrent call
+    each, ``torch.nn`` modules) on one window, without the JSON, checks and small ops around them."""
+    fused = fc.model.fused()
+    x = torch.zeros(1, fc.config.lookback, fused.encoder.input_size)
+    future = torch.zeros(1, fc.config.horizon, fused.decoder.input_size)
+
+    def call() -> None:
+        with torch.inference_mode():
+            fused.decoder(future, fused.encoder(x)[1])
+    return call
 
 
 def session(url: str, connections: int) -> aiohttp.ClientSession:
@@ -212,10 +234,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer tokens and requests")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--only", choices=["forecast"], help="rerun one part and replace it in the existing serve.json")
     args = parser.parse_args()
     tokens, requests = (20, 64) if args.quick else (100, 640)
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if args.only == "forecast":
+        replace_forecast(args.out / "serve.json", args.quick)
+        return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as directory:
         forecast = forecast_latency(Path(directory), args.quick)
@@ -245,12 +271,30 @@ def main() -> None:
     print(f"wrote {path}")
 
 
-def report(result: dict) -> None:
-    f, s = result["forecast_predict_in_process"], result["http_64_streams"]
+def replace_forecast(path: Path, quick: bool) -> None:
+    """``--only forecast``: forecast predict in process measured again, replacing that part of
+    ``path`` (a full run's serve.json) with its own date, mode and machine."""
+    result = json.loads(path.read_text())
+    with tempfile.TemporaryDirectory() as directory:
+        forecast = forecast_latency(Path(directory), quick)
+    forecast.pop("request")
+    result["forecast_predict_in_process"] = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rerun_alone": True,
+                                             "mode": "quick" if quick else "full", "machine": machine(), **forecast}
+    atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
+    report_forecast(result["forecast_predict_in_process"])
+    print(f"replaced forecast_predict_in_process in {path}")
+
+
+def report_forecast(f: dict) -> None:
     for name, ms in f["ms_per_series"].items():
         speedup = f["speedup_vs_neuralforecast"].get(name)
         print(f"forecast predict, {name}: {ms:.2f} ms per series" + (f" ({speedup:.0f}x NeuralForecast)"
                                                                      if speedup else ""))
+
+
+def report(result: dict) -> None:
+    s = result["http_64_streams"]
+    report_forecast(result["forecast_predict_in_process"])
     export_benchmark.report(result["onnx_vs_pytorch"])
     many, one = result["in_process"]["64_streams_tokens_per_s"], result["in_process"]["one_stream_tokens_per_s"]
     print(f"in process: 64 streams {many:,.0f} tokens/s, one {one:,.0f} ({many / one:.1f}x)")

@@ -17,7 +17,7 @@ from rnnkit.errors import BundleError, DataError, RnnkitError
 from rnnkit.tasks import Forecaster, ForecasterConfig
 from rnnkit.tasks.forecast_eval import backtest_plot_frames, coverage_report, evaluate_forecast
 from rnnkit.tasks.forecast_json import forecasts_json, plain_forecasts, request_frames
-from rnnkit.tasks.forecast_model import ForecastEnsemble, ForecastNet, conformal_level
+from rnnkit.tasks.forecast_model import FUSED_MAX_BATCH, ForecastEnsemble, ForecastNet, conformal_level
 from rnnkit.plotting import plot_forecast
 
 FAST = dict(hidden_size=16, ensemble=1, max_steps=60, progress=False, minutes=None)
@@ -333,6 +333,47 @@ def test_a_plain_request_takes_the_lean_path_and_answers_as_the_frames_do(fitted
         assert plain_forecasts(fitted, request) is None
 
 
+@pytest.mark.parametrize("cell, head, layers", [("lstm", "decoder", 1), ("gru", "direct", 2), ("rnn", "decoder", 2)])
+def test_the_fused_ensemble_equals_its_members_run_one_by_one(cell: str, head: str, layers: int) -> None:
+    config = ForecasterConfig(horizon=5, lookback=9, cell=cell, head=head, num_layers=layers, ensemble=3,
+                              hidden_size=8, model="rnn")
+    torch.manual_seed(0)
+    ensemble = ForecastEnsemble(config, num_past=2, num_known=3).eval()
+    with torch.no_grad():
+        ensemble.calibration.copy_(torch.tensor([-0.3, 0.0, 0.2]))
+    for batch in (1, 4, 7):
+        y, past, known = torch.randn(batch, 9), torch.randn(batch, 9, 2), torch.randn(batch, 14, 3)
+        with torch.inference_mode():
+            torch.testing.assert_close(ensemble.fused()(y, past, known), ensemble(y, past, known), rtol=1e-5, atol=1e-5)
+    fused = ensemble.fused()
+    assert ensemble.fused() is fused  # kept between calls
+    assert ensemble.for_inference(1) is fused and ensemble.for_inference(FUSED_MAX_BATCH + 1) is ensemble
+    with torch.no_grad():
+        ensemble.members[1].head.bias.add_(1.0)  # a weight changes: built again from the new weights
+    y, past, known = torch.randn(2, 9), torch.randn(2, 9, 2), torch.randn(2, 14, 3)
+    with torch.inference_mode():
+        assert ensemble.fused() is not fused
+        torch.testing.assert_close(ensemble.fused()(y, past, known), ensemble(y, past, known), rtol=1e-5, atol=1e-5)
+
+
+def test_the_lean_path_answers_as_the_members_one_by_one_through_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = seasonal_frame(n=50, series=3, noise=0.5)
+    fc = Forecaster(horizon=4, lookback=14, hidden_size=8, ensemble=3, max_steps=20, progress=False,
+                    minutes=None).fit(frame)
+    lengths = {"s0": 50, "s1": 17, "s2": 30}  # s1 shorter than the lookback: padded
+    parts = [frame[frame["unique_id"] == uid].iloc[-n:] for uid, n in lengths.items()]
+    new = seasonal_frame(n=25, seed=3).assign(unique_id="new", y=lambda f: f["y"] * 3)  # scaled by its own
+    requests = [_request(pd.concat(parts + [new])), _request(parts[1], horizon=2), _request(new.iloc[-16:])]
+    lean = [plain_forecasts(fc, request) for request in requests]
+    monkeypatch.setattr(ForecastEnsemble, "fused", lambda self: self)  # the members one by one
+    for got, request in zip(lean, requests):
+        want = _through_frames(fc, request)
+        assert got is not None and [f["dates"] for f in got["forecasts"]] == [f["dates"] for f in want["forecasts"]]
+        for a, b in zip(got["forecasts"], want["forecasts"]):
+            for q in ("0.1", "0.5", "0.9"):
+                np.testing.assert_allclose(a["quantiles"][q], b["quantiles"][q], rtol=1e-5, atol=1e-5)
+
+
 def test_predict_many_answers_plain_requests_in_one_forward_and_each_as_alone(fitted: Forecaster) -> None:
     frame = seasonal_frame(n=60, series=2, noise=0.5)
     s0, s1 = (_request(frame[frame["unique_id"] == uid]) for uid in ("s0", "s1"))
@@ -363,6 +404,12 @@ def test_predict_many_answers_plain_requests_in_one_forward_and_each_as_alone(fi
      r"^request.series\[0\].values\[1\] must be number, got nan$"),
     ({"series": [{"values": [1.0, 2.0], "dates": ["2001-01-01", "2001-02-01"]}]},
      r"^request.series\[0\].values needs at least 3 item\(s\), got 2$"),
+    ({"series": [{"values": [1.0, True, 3], "dates": ["2001-01-01"] * 3}]},
+     r"^request.series\[0\].values\[1\] must be number, got a boolean$"),
+    ({"series": [{"values": [1.0, 2.0, "3"], "dates": ["2001-01-01"] * 3}]},
+     r"^request.series\[0\].values\[2\] must be number, got a string$"),
+    ({"series": [{"values": [1.0, 2.0, 3.0], "dates": ["2001-01-01", 2, "2001-03-01"]}]},
+     r"^request.series\[0\].dates\[1\] must be string, got a number$"),
     ({"series": [{"values": [1.0, 2.0, 3.0]}]}, r"needs \"dates\" \(ISO dates, one per value\)"),
     ({"series": [{"values": [1.0, 2.0, 3.0], "dates": ["2001-01-01", "2001-02-01"]}]},
      r"^request.series\[0\].dates has 2 item\(s\); it needs 3, one per value$"),

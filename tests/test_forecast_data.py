@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from rnnkit.cli import app
 from rnnkit.data import load_dataset
-from rnnkit.data.series import read_series_csv
+from rnnkit.data.series import day_frequency, infer_frequency, read_series_csv
 from rnnkit.errors import DataError
 from rnnkit.tasks import Forecaster
 
@@ -192,3 +192,23 @@ def test_datasets_load_as_long_frames(name: str, series: int) -> None:
     assert not frame["y"].isna().any()
     if name == "airpassengers":
         assert len(frame) == 144 and frame["y"].iloc[0] == 112 and frame["ds"].iloc[0] == pd.Timestamp("1949-01-01")
+
+
+def test_day_frequency_names_what_pandas_infers_or_nothing() -> None:
+    rng = np.random.default_rng(0)
+    read = ("D", "2D", "W-SUN", "W-WED", "2W-MON", "MS", "ME", "2MS", "3ME", "QS-JAN", "QS-FEB", "QE-DEC", "QE-NOV",
+            "YS-JAN", "YE-DEC", "YS-JUL", "2YS-JAN")
+    for freq in read + ("B", "BMS", "BME", "SMS", "4W-SUN", "5D"):
+        for start in ("2000-01-01", "2001-02-28", "2020-02-29", "2023-07-15", "2024-03-31"):
+            for n in (3, 5, 40):
+                regular = pd.date_range(start, periods=n, freq=freq).values.astype("datetime64[D]")
+                shifted = regular.copy()
+                shifted[rng.integers(n)] += 1
+                for days in (regular, np.delete(regular, n // 2), shifted, regular[::-1]):
+                    try:
+                        pandas = infer_frequency(pd.DatetimeIndex(days), "")
+                    except DataError:
+                        pandas = None
+                    assert day_frequency(days) in (None, pandas), (freq, start, n, days)
+                if freq in read:  # the serving path reads these itself
+                    assert day_frequency(regular) == infer_frequency(pd.DatetimeIndex(regular), "")

@@ -98,6 +98,50 @@ def infer_frequency(ds: pd.Series, where: str) -> str:
     return freq
 
 
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+_WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+
+
+def day_frequency(days: np.ndarray) -> Optional[str]:
+    """:func:`infer_frequency`'s answer for dates without a time of day (``datetime64[D]``), in
+    numpy, or None where pandas' other rules would have to judge (business days, irregular or
+    unordered dates, fixed steps of four weeks or more, fewer than 3 dates).
+
+    It reads calendar month starts or ends every few months, quarters or years (``"MS"``,
+    ``"2ME"``, ``"QS-JAN"``, ``"YE-DEC"``) and fixed steps of days or weeks (``"D"``,
+    ``"W-SUN"``), by pandas' rules in pandas' order (``pandas.tseries.frequencies``); a test
+    checks that it never names another frequency than pandas. A serving path checks a
+    request's dates with it: pandas inspects timestamps one by one in Python.
+    """
+    if len(days) < 3:
+        return None
+    day = days.astype(np.int64)
+    gaps = np.diff(day)
+    if (gaps <= 0).any():
+        return None
+    months = days.astype("datetime64[M]")
+    steps = np.diff(months.astype(np.int64))
+    step, gap = int(steps[0]), int(gaps[0])
+    edge = "S" if (days == months).all() else "E" if (days + 1 == months + 1).all() else None  # 1st / last day
+    if edge and (steps == step).all():  # pandas' annual, quarterly and monthly rules, in its order
+        first = int(months[0].astype(np.int64)) % 12  # January = 0
+        if step % 12 == 0:
+            return _counted(step // 12, f"Y{edge}-{_MONTHS[first]}")
+        if step % 3 == 0:
+            named = {1: 10, 2: 11, 0: 12}[(first + 1) % 3]  # pandas names a quarter by a month of Oct-Dec
+            return _counted(step // 3, f"Q{edge}-{_MONTHS[named - 1]}")
+        return _counted(step, f"M{edge}")
+    if gap >= 28 or not (gaps == gap).all():  # from four weeks, month rules may claim a fixed step first
+        return None
+    if gap % 7 == 0:
+        return _counted(gap // 7, f"W-{_WEEKDAYS[(int(day[0]) + 3) % 7]}")  # 1970-01-01 was a Thursday
+    return _counted(gap, "D")
+
+
+def _counted(count: int, alias: str) -> str:
+    return alias if count == 1 else f"{count}{alias}"
+
+
 def _first_gap(ds: pd.DatetimeIndex) -> str:
     """Where regular spacing breaks first, judged by the frequency most runs of three timestamps show."""
     with warnings.catch_warnings():

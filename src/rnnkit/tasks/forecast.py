@@ -224,13 +224,17 @@ class Forecaster(Task):
             ds = ds.append(pd.DatetimeIndex(future["ds"]))
             futr = np.concatenate([futr, self._scaled(future, cfg.future_covariates)])
         y = (scaler or self.scaler).transform(uid, group["y"].to_numpy(dtype=float))
-        return self.series_arrays(y, self._scaled(group, cfg.past_covariates), ds, futr, pad)
+        known = np.concatenate([self.calendar(ds), futr], axis=1)
+        return self.series_arrays(y, self._scaled(group, cfg.past_covariates), known, pad)
 
-    def series_arrays(self, y: np.ndarray, past: np.ndarray, ds: Optional[pd.DatetimeIndex], futr: np.ndarray,
-                       pad: int) -> Arrays:
+    def calendar(self, ds: pd.DatetimeIndex) -> np.ndarray:
+        """The calendar features of timestamps ``ds`` ``(T, K)``; ``K = 0`` when the model reads none."""
+        return calendar_features(ds, self.freq) if self.config.calendar else np.zeros((len(ds), 0))
+
+    def series_arrays(self, y: np.ndarray, past: np.ndarray, known: np.ndarray, pad: int) -> Arrays:
         """The model's inputs from plain arrays: the scaled target ``y`` ``(T,)``, scaled past
-        covariates ``(T, P)``, the timestamps ``ds`` ``(T [+ H])`` (None without calendar features)
-        and scaled future covariates ``(T [+ H], F)``.
+        covariates ``(T, P)`` and the known features ``(T [+ H], K)`` (:meth:`calendar` of the
+        timestamps, then the scaled future covariates).
 
         ``pad`` rows of zeros go before the series (in every channel, calendar included); the
         last past channel is 1 where a value was observed and 0 on the padding.
@@ -238,8 +242,7 @@ class Forecaster(Task):
         zeros = lambda a: np.concatenate([np.zeros((pad, *a.shape[1:])), a])  # noqa: E731
         observed = zeros(np.ones((len(y), 1)))
         past = np.concatenate([zeros(past), observed], axis=1)
-        calendar = calendar_features(ds, self.freq) if self.config.calendar else np.zeros((len(futr), 0))
-        return zeros(y), past, zeros(np.concatenate([calendar, futr], axis=1))
+        return zeros(y), past, zeros(known)
 
     def _scaled(self, frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
         values = frame[list(columns)].to_numpy(dtype=float, copy=True).reshape(len(frame), len(columns))
@@ -366,15 +369,18 @@ class Forecaster(Task):
 
         ``inputs`` come from :meth:`series_arrays` (all ``lookback`` long, padded), ``stats`` are each
         series' scaler mean and standard deviation. One batch of all series rather than one forward
-        per series: the recurrence's per-step overhead is paid once.
+        per series, and for a few series the ensemble fused into one network
+        (``ForecastEnsemble.for_inference``): the recurrence's fixed and per-step overheads are paid
+        once, not per series and member.
         """
         if not inputs:
             return []
-        stack = lambda k: torch.as_tensor(np.stack([a[k] for a in inputs]), dtype=torch.float32)  # noqa: E731
+        stack = lambda k: torch.from_numpy(np.stack([a[k] for a in inputs], dtype=np.float32))  # noqa: E731
         y, past, known = stack(0), stack(1), stack(2)
         with torch.inference_mode(), torch_threads(self.config.threads):
             level, scale = self._window_norm(y, past[:, :, -1])
-            out = self.model((y - level) / scale * past[:, :, -1], past, known)  # (B, H, Q)
+            model = self.model.for_inference(len(y))
+            out = model((y - level) / scale * past[:, :, -1], past, known)  # (B, H, Q)
             quantiles = (out * scale.unsqueeze(2) + level.unsqueeze(2)).numpy()  # (B, H, Q)
         return [values * std + mean for values, (mean, std) in zip(quantiles, stats)]
 

@@ -22,8 +22,9 @@ Everything is checked before the model runs, with one line naming the place that
 
 A plain request (no covariates, ISO dates or none, every series long enough for the model, at
 the model's frequency) takes a lean path, :func:`plain_forecasts`: arrays straight from the
-JSON, one batched forward, no data frames; it answers exactly as the frame path does. Anything
-else, including every request with a mistake, goes through the frames, whose checks name it.
+JSON, dates read in numpy, one batched forward of the fused ensemble, no data frames; it answers
+as the frame path does (to float rounding). Anything else, including every request with a
+mistake, goes through the frames, whose checks name it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from ..data.series import SeriesScaler, future_dates, infer_frequency, validate_long_frame
+from ..data.series import SeriesScaler, day_frequency, future_dates, validate_long_frame
 from ..errors import DataError
 from .forecast_model import quantile_column
 from .schema import Schema
@@ -127,9 +128,8 @@ def plain_forecasts_many(forecaster: Any, requests: list[dict[str, Any]]) -> Opt
         for uid, future in zip(_ids(request), dates):
             entry: dict[str, Any] = {"id": uid}
             if future is not None:
-                entry["dates"] = [_iso(d) for d in future[:horizon]]
-            forecast = next(values)
-            columns = {q: forecast[:horizon, k].astype(float).tolist() for k, q in enumerate(cfg.quantiles)}
+                entry["dates"] = future[:horizon]
+            columns = dict(zip(cfg.quantiles, next(values)[:horizon].astype(float).T.tolist()))
             entries.append({**entry, "median": columns[0.5], "quantiles": {str(q): v for q, v in columns.items()},
                             "method": "model"})
         answers.append({"forecasts": entries})
@@ -137,7 +137,8 @@ def plain_forecasts_many(forecaster: Any, requests: list[dict[str, Any]]) -> Opt
 
 
 def _plain_inputs(forecaster: Any, request: dict[str, Any]) -> Optional[tuple[list, list, list]]:
-    """A plain request's model inputs, scaler statistics and forecast dates per series; None if not plain."""
+    """A plain request's model inputs, scaler statistics and forecast dates (ISO strings) per series;
+    None if not plain."""
     cfg, series, ids = forecaster.config, request["series"], _ids(request)
     horizon, dated = request.get("horizon", cfg.horizon), all("dates" in item for item in series)
     if (forecaster.covariates or horizon > cfg.horizon or len(set(ids)) < len(ids)
@@ -146,16 +147,15 @@ def _plain_inputs(forecaster: Any, request: dict[str, Any]) -> Optional[tuple[li
     inputs, stats, dates = [], [], []
     for uid, item in zip(ids, series):
         y = _plain_values(item, forecaster.min_points)
-        ds = _plain_dates(item, len(y), forecaster.freq) if dated and y is not None else None
-        if y is None or (dated and ds is None):
+        days = _plain_days(item, len(y), forecaster.freq) if dated and y is not None else None
+        if y is None or (dated and days is None):
             return None
-        mean, std = forecaster.scaler.stats.get(uid) or SeriesScaler.fit({uid: y}).stats[uid]
         window = y[-cfg.lookback:]
-        future = future_dates(ds[-1], forecaster.freq, cfg.horizon) if dated else None
-        known = ds[-len(window):].append(future) if dated else None
-        pad, no_columns = cfg.lookback - len(window), np.zeros((len(window) + cfg.horizon, 0))
-        inputs.append(forecaster.series_arrays((window - mean) / std, no_columns[:len(window)], known,
-                                               no_columns, pad))
+        known, future = _origin(forecaster, days[-len(window):]) if dated else (
+            np.zeros((len(window) + cfg.horizon, 0)), None)
+        mean, std = forecaster.scaler.stats.get(uid) or SeriesScaler.fit({uid: y}).stats[uid]
+        inputs.append(forecaster.series_arrays((window - mean) / std, np.zeros((len(window), 0)), known,
+                                               cfg.lookback - len(window)))
         stats.append((mean, std))
         dates.append(future)
     return inputs, stats, dates
@@ -172,16 +172,40 @@ def _plain_values(item: dict[str, Any], min_points: int) -> Optional[np.ndarray]
     return y if y.ndim == 1 and np.isfinite(y).all() else None
 
 
-def _plain_dates(item: dict[str, Any], count: int, freq: str) -> Optional[pd.DatetimeIndex]:
-    """A series' dates when they are ``count`` ISO days (``2000-01-31``) at frequency ``freq``; else None."""
+def _plain_days(item: dict[str, Any], count: int, freq: str) -> Optional[np.ndarray]:
+    """A series' dates (``datetime64[D]``) when they are ``count`` ISO days (``2000-01-31``) at
+    frequency ``freq``, read in numpy (:func:`day_frequency`); else None."""
     dates = item["dates"]
-    if len(dates) != count or not all(isinstance(d, str) and len(d) == 10 for d in dates):
+    if len(dates) != count or set(map(type, dates)) != {str} or set(map(len, dates)) != {10}:
         return None
     try:
-        ds = pd.DatetimeIndex(np.array(dates, dtype="datetime64[D]"))
-        return ds if infer_frequency(ds, "") == freq else None
-    except (ValueError, DataError):
+        days = np.array(dates, dtype="datetime64[D]")
+    except ValueError:
         return None
+    return days if day_frequency(days) == freq else None
+
+
+_ORIGINS: dict[tuple, tuple[np.ndarray, list[str]]] = {}  # see _origin
+
+
+def _origin(forecaster: Any, window: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The known features (calendar) of a window's dates and of the forecast dates after them
+    ``(len(window) + horizon, K)``, and those forecast dates as ISO strings.
+
+    Evenly spaced dates at the model's frequency are fixed by their last one and their number,
+    so both are kept under that key (with the frequency, horizon and calendar option that
+    shape them) for the next series that ends on the same day: the series of a panel, and
+    the requests of one day, share it. Computed by the frame path's own functions.
+    """
+    cfg = forecaster.config
+    key = (forecaster.freq, cfg.horizon, cfg.calendar, window[-1], len(window))
+    origin = _ORIGINS.get(key)
+    if origin is None:
+        if len(_ORIGINS) >= 4096:
+            _ORIGINS.clear()
+        future = future_dates(pd.Timestamp(window[-1]), forecaster.freq, cfg.horizon)
+        origin = _ORIGINS[key] = forecaster.calendar(pd.DatetimeIndex(window).append(future)), [_iso(d) for d in future]
+    return origin
 
 
 def _ids(request: dict[str, Any]) -> list[str]:

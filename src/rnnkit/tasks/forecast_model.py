@@ -22,15 +22,16 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, _VF, nn
 
 from ..errors import RnnkitError
-from ..layers import Recurrent
+from ..layers import LayerState, Recurrent
 from .base import TaskConfig
 
 HEADS = ("direct", "decoder")
 MODELS = ("auto", "rnn", "esrnn")
 PANEL = 20  # model="auto" picks "esrnn" from this many series up (without covariates), "rnn" below
+FUSED_MAX_BATCH = 64  # ForecastEnsemble.for_inference: the fused network up to this many windows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,9 +159,13 @@ class ForecastNet(nn.Module):
             position = torch.eye(self.horizon, device=y.device).expand(y.size(0), -1, -1)  # (B, H, H)
             outputs, _ = self.decoder(torch.cat([future, position], dim=2), state)  # (B, H, hidden)
             raw = self.head(outputs).flatten(1)  # (B, H * Q)
-        raw = (raw + self.highway(y)).view(-1, self.horizon, self.num_quantiles)  # (B, H, Q)
-        gaps = nn.functional.softplus(raw[:, :, 1:])
-        return torch.cat([raw[:, :, :1], raw[:, :, :1] + gaps.cumsum(dim=2)], dim=2)
+        return ordered_quantiles((raw + self.highway(y)).view(-1, self.horizon, self.num_quantiles))  # (B, H, Q)
+
+
+def ordered_quantiles(raw: Tensor) -> Tensor:
+    """The head's raw outputs ``(..., Q)`` as quantiles: the lowest, then softplus gaps summed onto it."""
+    gaps = nn.functional.softplus(raw[..., 1:])
+    return torch.cat([raw[..., :1], raw[..., :1] + gaps.cumsum(dim=-1)], dim=-1)
 
 
 class ForecastEnsemble(nn.Module):
@@ -178,6 +183,21 @@ class ForecastEnsemble(nn.Module):
     def forward(self, y: Tensor, past: Tensor, known: Tensor) -> Tensor:
         mean = torch.stack([member(y, past, known) for member in self.members]).mean(dim=0)  # (B, H, Q)
         return (mean + self.calibration).cummax(dim=2).values
+
+    def for_inference(self, batch: int) -> nn.Module:
+        """The network to run ``batch`` windows through without gradients: :meth:`fused` up to
+        ``FUSED_MAX_BATCH`` windows, where a recurrent call costs mostly its fixed overhead and
+        one call replaces one per member; itself above, where the fused block-diagonal product's
+        multiplications by zero (as many more as there are members) cost more than the calls saved."""
+        return self.fused() if batch <= FUSED_MAX_BATCH else self
+
+    def fused(self) -> "FusedEnsemble":
+        """The same ensemble as one network (:class:`FusedEnsemble`), for inference: built once, and
+        again after a weight or the calibration changes."""
+        fused = self.__dict__.get("_fused")
+        if fused is None or not fused.current():
+            self.__dict__["_fused"] = fused = FusedEnsemble(self)  # not a submodule: never saved
+        return fused
 
     @torch.no_grad()
     def calibrate(self, held_out: list[Optional[tuple[Tensor, ...]]], quantiles: tuple[float, ...]) -> None:
@@ -207,6 +227,130 @@ class ForecastEnsemble(nn.Module):
             if q != 0.5:
                 level = conformal_level(q, windows=residual.size(0))
                 self.calibration[k] = torch.quantile(residual[:, :, k].flatten(), level)
+
+
+class FusedEnsemble(nn.Module):
+    """A :class:`ForecastEnsemble`'s members run side by side as one network, for inference.
+
+    The members read the same inputs, so their recurrent layers stack into one ``torch.nn``
+    layer of ``M x hidden`` units: input weights stacked, recurrent weights block-diagonal (a
+    member's units only see its own), each gate's units member by member. One ATen call then
+    runs the encoder of every member (and one the decoders) instead of one call per member;
+    at these sizes a recurrent call costs mostly its fixed overhead. The heads and highways
+    stack the same way, their outputs ordered step by step, then member, then quantile. The
+    outputs equal the ensemble's up to float rounding (the zeros of the block-diagonal weights
+    add nothing); a test checks it.
+    """
+
+    def __init__(self, ensemble: ForecastEnsemble) -> None:
+        super().__init__()
+        members = list(ensemble.members)
+        first = members[0]
+        self.horizon, self.num_members, self.head_type = first.horizon, len(members), first.head_type
+        hidden, steps = first.encoder.hidden_size, (len(members), first.horizon)
+        self.encoder = _stacked_recurrent([m.encoder for m in members])
+        self.highway = _stacked_linear([m.highway for m in members], shared=first.highway.in_features, steps=steps)
+        if self.head_type == "direct":  # reads [its member's final state, the horizon's known features]
+            self.head = _stacked_linear([m.head for m in members], shared=first.head.in_features - hidden,
+                                        steps=steps)
+        else:
+            self.decoder = _stacked_recurrent([m.decoder for m in members])
+            self.head = _stacked_linear([m.head for m in members], shared=0)
+            self.register_buffer("position", torch.eye(self.horizon))  # (H, H): each step's one-hot
+        self.register_buffer("calibration", ensemble.calibration.clone())
+        self.requires_grad_(False)
+        self.sources = [*ensemble.parameters(), *ensemble.buffers()]  # what it was built from
+        self.stamp = self._stamp()
+
+    def current(self) -> bool:
+        """Whether the ensemble's weights and calibration are still those it was built from (a tensor
+        counts its in-place writes; a new storage has a new address)."""
+        stamp = self._stamp()
+        return stamp is not None and stamp == self.stamp
+
+    def _stamp(self) -> Optional[list[tuple[int, int]]]:
+        try:
+            return [(t.data_ptr(), t._version) for t in self.sources]
+        except RuntimeError:  # tensors made under inference_mode count no writes: never taken as current
+            return None
+
+    def forward(self, y: Tensor, past: Tensor, known: Tensor) -> Tensor:
+        batch, lookback = y.shape
+        _, state = _run(self.encoder, torch.cat([y.unsqueeze(2), past, known[:, :lookback]], dim=2))
+        future = known[:, lookback:]  # (B, H, K)
+        if self.head_type == "direct":
+            h = (state[0] if isinstance(state, tuple) else state)[-1]  # (B, M * hidden)
+            raw = _linear(self.head, torch.cat([h, future.flatten(1)], dim=1))  # (B, H * M * Q)
+        else:
+            position = self.position.expand(batch, -1, -1)  # (B, H, H)
+            outputs, _ = _run(self.decoder, torch.cat([future, position], dim=2), state)  # (B, H, M * hidden)
+            raw = _linear(self.head, outputs)  # (B, H, M * Q)
+        raw = (raw.view(batch, self.horizon, self.num_members, -1)
+               + _linear(self.highway, y).view(batch, self.horizon, self.num_members, -1))  # (B, H, M, Q)
+        return (ordered_quantiles(raw).mean(dim=2) + self.calibration).cummax(dim=2).values
+
+
+_KERNELS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
+
+
+def _run(layer: nn.RNNBase, x: Tensor, state: Optional[LayerState] = None) -> tuple[Tensor, LayerState]:
+    """``layer(x, state)`` (batch first, inference) straight to ATen's kernel, without ``torch.nn``'s
+    per-call argument checks: the layer and its weights are built here, its inputs by the forward."""
+    if state is None:
+        zeros = x.new_zeros(layer.num_layers, x.size(0), layer.hidden_size)
+        state = (zeros, zeros) if layer.mode == "LSTM" else zeros
+    out = _KERNELS[layer.mode](x, state, layer._flat_weights, layer.bias, layer.num_layers, 0.0, False, False, True)
+    return out[0], (tuple(out[1:]) if layer.mode == "LSTM" else out[1])
+
+
+def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` without the module call's hook machinery, which a product this small notices."""
+    return nn.functional.linear(x, layer.weight, layer.bias)
+
+
+def _stacked_recurrent(layers: list[Recurrent]) -> nn.RNNBase:
+    """Members' recurrent layers (same shapes, same input) as one ``torch.nn`` layer of all their units."""
+    modules = [layer.to_torch() for layer in layers]
+    gates = modules[0].weight_ih_l0.size(0) // modules[0].hidden_size  # 4 LSTM, 3 GRU, 1 Elman
+    stacked = type(modules[0])(modules[0].input_size, len(modules) * modules[0].hidden_size,
+                               num_layers=modules[0].num_layers, bias=modules[0].bias, batch_first=True,
+                               **({"nonlinearity": modules[0].nonlinearity} if gates == 1 else {}))
+    state = {}
+    for name, _ in modules[0].named_parameters():
+        shared = modules[0].input_size if name == "weight_ih_l0" else 0  # layer 0 reads the input; others their own units
+        state[name] = _stacked([dict(m.named_parameters())[name] for m in modules], gates, shared)
+    stacked.load_state_dict(state)
+    return stacked.eval()
+
+
+def _stacked_linear(linears: list[nn.Linear], shared: int, steps: Optional[tuple[int, int]] = None) -> nn.Linear:
+    """Members' linear maps as one: the last ``shared`` input features are read by every member, the
+    rest are each member's own (block-diagonal). Outputs member by member; with ``steps`` (members,
+    horizon), outputs laid out ``(members, horizon, Q)`` are reordered to ``(horizon, members, Q)``."""
+    weights = [linear.weight for linear in linears]
+    own = weights[0].size(1) - shared
+    weight = torch.cat([_stacked([w[:, :own] for w in weights], 1, 0),
+                        _stacked([w[:, own:] for w in weights], 1, shared)], dim=1)
+    bias = torch.cat([linear.bias.detach() for linear in linears])
+    if steps is not None:
+        order = torch.arange(len(bias)).view(*steps, -1).transpose(0, 1).flatten()
+        weight, bias = weight[order], bias[order]
+    stacked = nn.Linear(weight.size(1), weight.size(0))
+    stacked.load_state_dict({"weight": weight, "bias": bias})
+    return stacked
+
+
+def _stacked(tensors: list[Tensor], gates: int, shared: int) -> Tensor:
+    """Members' ``(gates * H, I)`` weights (or ``(gates * H,)`` biases) as one ``(gates * M * H, ...)``:
+    within each gate the members' units one after another; the inputs read by all (``shared`` of
+    them, all or none) stay columns, the members' own inputs go block-diagonal."""
+    parts = [t.detach().reshape(gates, t.size(0) // gates, *t.shape[1:]) for t in tensors]  # (gates, H[, I])
+    if parts[0].dim() == 2 or shared:
+        return torch.cat(parts, dim=1).flatten(0, 1)
+    blocks = parts[0].new_zeros(gates, len(parts), parts[0].size(1), len(parts), parts[0].size(2))
+    for m, part in enumerate(parts):
+        blocks[:, m, :, m] = part
+    return blocks.flatten(0, 2).flatten(1)
 
 
 def conformal_level(q: float, windows: int) -> float:
