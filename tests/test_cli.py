@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import rnnkit
 from rnnkit.bundle import save_bundle
 from rnnkit.cells import LSTM
-from rnnkit.cli import app, create_app, run
+from rnnkit.cli import COMMANDS, app, create_app, load_command, run
 from rnnkit.errors import DataError
 
 runner = CliRunner()
@@ -60,6 +60,17 @@ def test_version_and_help() -> None:
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         assert "info" in result.stdout and "Usage" in result.stdout
+
+
+def test_help_lists_each_command_by_its_own_help() -> None:
+    # `rnnkit --help` lists the commands from COMMANDS without importing them: the lines must not drift.
+    for name, (_, _, line) in COMMANDS.items():
+        assert load_command(name).help == line, name
+    listed = runner.invoke(app, ["--help"], env={"COLUMNS": "300"}).stdout
+    assert [row.split()[1] for row in listed.splitlines() if row.startswith("│ ") and row.split()[1] in COMMANDS] \
+        == list(COMMANDS)
+    result = runner.invoke(app, ["forcast"])
+    assert result.exit_code == 2 and "Did you mean 'forecast'?" in result.output  # names not yet loaded count
 
 
 def test_info_shows_the_bundle(bundle: Path) -> None:

@@ -11,16 +11,22 @@ command runs (e.g. from an option callback).
 
 Adding to the CLI. A task's commands live in ``rnnkit/cli/<task>.py`` on their own
 ``app = create_app("...")`` (so the sub-app alone is also testable with the same
-handling) and are joined in :func:`_add_commands` with ``root.add_typer(app, name=...)``;
-a single command (``demo``) with ``root.command("demo")(demo)``.
+handling) and are joined by one line in :data:`COMMANDS`; a single command (``demo``) the
+same way, naming its function. A command's module is imported only when that command runs
+(or its own ``--help`` is asked for): ``rnnkit --help`` and ``rnnkit info`` start without
+loading the task modules, pandas or matplotlib. A plugin may still join a sub-app eagerly
+with ``app.add_typer(sub_app, name=...)``.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib
 import sys
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Annotated, Any, NoReturn, Optional, Sequence
 
+import click
 import typer
 from typer.core import TyperGroup
 
@@ -73,10 +79,109 @@ def create_app(help: str, **settings: Any) -> typer.Typer:
     return typer.Typer(help=help, **{**defaults, **settings})
 
 
+#: Every built-in command, in the order ``rnnkit --help`` lists them: its name, the module of
+#: ``rnnkit.cli`` and the attribute there (a command function or a task's Typer sub-app), and
+#: its line in ``rnnkit --help``, which a test keeps equal to the command's own help.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "info": ("info", "info", "Show a model bundle: model type, versions, config, weights, preprocessing and metrics."),
+    "predict": ("predict", "predict",
+                "Answer one JSON request with a model bundle of any task; print the JSON answer."),
+    "demo": ("demo", "demo", "Forecast sunspots; translate dates with attention; generate Shakespeare; classify "
+             "tweet sentiment;\nwrite a chorale."),
+    "lab": ("lab", "lab", "Train a cell on a long-range memory task; print its test error next to the trivial "
+            "baseline."),
+    "inspect": ("lab", "inspect", "Trace every gate and the cell state of BUNDLE's model on an input; plot them; "
+                "name feature cells."),
+    "export": ("export", "export",
+               "Export a model to ONNX (dynamic batch and time axes), each graph checked in onnxruntime."),
+    "serve": ("serve", "serve", "Serve model bundles over HTTP: /v1/models, /v1/NAME/predict, /v1/NAME/generate "
+              "(SSE), /docs,\nand a web playground at /."),
+    "forecast": ("forecast", "app",
+                 "Forecast time series (CSV: unique_id, ds, y [, covariates]; or one date,value series)."),
+    "translate": ("translate", "app",
+                  "Translate sentences with an encoder-decoder LSTM/GRU and attention (TSV: source TAB target)."),
+    "textgen": ("textgen", "app", "Train language models on a text file and generate text from them."),
+    "classify": ("classify", "app",
+                 "Classify texts (sentiment, topics, ...) with a recurrent network, from CSV files."),
+    "music": ("music", "app",
+              "Learn music from Bach's chorales or your own MIDI/MusicXML files, and write new pieces."),
+    "chat": ("chat", "app",
+             "A chatbot: an encoder-decoder LSTM that reads the last turns of a conversation and replies."),
+    "speech": ("speech", "app",
+               "Recognise speech: a CTC recogniser trained on synthetic espeak-ng voices, transcribing WAV files."),
+    "caption": ("caption", "app", "Caption images: 2-4 real handwritten digits (scikit-learn's load_digits) side "
+                "by side, described as the number in words, with attention over the image's columns."),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """Import built-in command ``name``'s module and build its click command, as
+    ``app.add_typer``/``app.command`` would have built it at start-up."""
+    module, attribute, _ = COMMANDS[name]
+    target = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+    holder = create_app("")
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+    else:
+        holder.command(name)(target)
+    return typer.main.get_group(holder).commands[name]
+
+
+class LazyCommands(MutableMapping):
+    """The root's commands by name: those of :data:`COMMANDS` are built when first looked up.
+
+    While ``listing`` (``rnnkit --help``), a command not built yet is a stand-in holding its
+    line of help, so listing them imports none. Commands joined eagerly come after them.
+    """
+
+    def __init__(self, eager: Mapping[str, click.Command]) -> None:
+        self.built = dict(eager)
+        self.listing = False
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self.built:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            if self.listing:
+                return click.Command(name, help=COMMANDS[name][2])
+            self.built[name] = load_command(name)
+        return self.built[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self.built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self.built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*COMMANDS, *(name for name in self.built if name not in COMMANDS)])
+
+    def __len__(self) -> int:
+        return len(COMMANDS.keys() | self.built.keys())
+
+
+class RootGroup(RnnkitGroup):
+    """The ``rnnkit`` group, its commands in a :class:`LazyCommands`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = LazyCommands(self.commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # the names alone: building each command is for when it runs
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.commands.listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.commands.listing = False
+
+
 app = create_app(
     "[bold]rnnkit[/bold]: recurrent neural networks (RNN, LSTM, GRU) that train fast on a CPU, "
     "explain themselves, and ship.\n\nEvery [cyan]train[/cyan] command writes a model bundle "
-    "directory that the other commands and [cyan]rnnkit.load()[/cyan] read.")
+    "directory that the other commands and [cyan]rnnkit.load()[/cyan] read.", cls=RootGroup)
 
 
 def _print_version(value: bool) -> None:
@@ -91,47 +196,8 @@ def _root(
         "--version", help="Print the version and exit.", callback=_print_version, is_eager=True,
     )] = False,
 ) -> None:
-    # Having a callback keeps ``rnnkit`` a group even while it has one command.
+    # Having a callback keeps ``rnnkit`` a group though its commands join it lazily (COMMANDS).
     pass
-
-
-def _add_commands(root: typer.Typer) -> None:
-    """Join every command and task sub-app to ``root``: the one place to add them."""
-    # Imported here so that task modules can import create_app from this package.
-    from .info import info
-    from .predict import predict
-
-    from .demo import demo
-    from .forecast import app as forecast
-    from .translate import app as translate
-    from .textgen import app as textgen
-    from .classify import app as classify
-    from .music import app as music
-    from .chat import app as chat
-    from .speech import app as speech
-    from .caption import app as caption
-    from .lab import inspect, lab
-    from .export import export
-    from .serve import serve
-
-    root.command("info")(info)
-    root.command("predict")(predict)
-    root.command("demo")(demo)
-    root.add_typer(forecast, name="forecast")
-    root.add_typer(translate, name="translate")
-    root.add_typer(textgen, name="textgen")
-    root.add_typer(classify, name="classify")
-    root.add_typer(music, name="music")
-    root.add_typer(chat, name="chat")
-    root.add_typer(speech, name="speech")
-    root.add_typer(caption, name="caption")
-    root.command("lab")(lab)
-    root.command("inspect")(inspect)
-    root.command("export")(export)
-    root.command("serve")(serve)
-
-
-_add_commands(app)
 
 
 def run(args: Optional[Sequence[str]] = None) -> int:

@@ -1,9 +1,11 @@
 """Forecasting: a global LSTM/GRU/RNN over many series, multi-horizon quantiles, covariates.
 
 A thin estimator (``fit`` / ``predict`` / ``backtest`` / ``save``) on the task contract
-(:mod:`rnnkit.tasks.base`) over the torch modules of :mod:`rnnkit.tasks.forecast_model`;
-evaluation and baselines live in :mod:`rnnkit.tasks.forecast_eval`, and the JSON face
-(``predict_json``) in :mod:`rnnkit.tasks.forecast_json`.
+(:mod:`rnnkit.tasks.base`) over the torch modules of :mod:`rnnkit.tasks.forecast_model`; the
+windowed net's inputs are cut in :mod:`rnnkit.tasks.forecast_inputs`, the ES-RNN-style model
+(``model="esrnn"``) trains and predicts in :mod:`rnnkit.tasks.forecast_es`, evaluation and
+baselines live in :mod:`rnnkit.tasks.forecast_eval`, and the JSON face (``predict_json``) in
+:mod:`rnnkit.tasks.forecast_json`.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..data.csv import parse_csv, parse_dates
-from ..data.series import (SeriesScaler, calendar_features, future_dates, holdout_fold, holdout_span,
-                           infer_frequency, season_length, split_series, validate_long_frame)
+from ..data.series import (SeriesScaler, calendar_features, future_dates, holdout_fold, holdout_span, infer_frequency,
+                           season_length, split_series, validate_long_frame)
 from ..errors import DataError
-from ..inspection import InspectionInput, parse_series
+from ..inspection import InspectionInput
 from ..layers import Recurrent
 from .base import Task
 from .forecast_es import SmoothedEnsemble, fit_smoothed, positive_scaler, predict_smoothed
 from .forecast_eval import BacktestResult, backtest, naive_forecasts
+from .forecast_inputs import (Arrays, cut_windows, horizon_rows, padded_arrays, scaled_columns, series_input,
+                              window_norm)
 from .forecast_json import (REQUEST_SCHEMA, RESPONSE_SCHEMA, forecasts_json, plain_forecasts, plain_forecasts_many,
                             request_frames)
 from .forecast_model import PANEL, ForecastEnsemble, ForecasterConfig, ForecastNet, pinball_loss, quantile_column
@@ -34,7 +37,6 @@ from .forecast_model import PANEL, ForecastEnsemble, ForecasterConfig, ForecastN
 log = logging.getLogger("rnnkit")
 
 MODEL_TYPE = "forecaster"
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # y (T,), past (T, P + 1: covariates, observed), known (T, K)
 
 
 class Forecaster(Task):
@@ -94,13 +96,23 @@ class Forecaster(Task):
         self.covariate_stats = {c: (float(frame[c].mean()), float(frame[c].std()) or 1.0) for c in self.covariates}
         groups = [(str(uid), group) for uid, group in frame.groupby("unique_id", sort=False)]
         self.too_short = [uid for uid, group in groups if len(group) < self.min_points]
-        if cfg.model == "esrnn":
-            return self._fit_smoothed(groups)
-        windows = [self._windows(*self._arrays(uid, group, pad=cfg.lookback - self.min_input))  # in time order
-                   for uid, group in groups if len(group) >= self.min_points]
-        if not windows:
+        if len(self.too_short) == len(groups):
             raise DataError(f"every series is shorter than one season + horizon = {self.min_points} points, the "
                             f"least that trains; use a shorter horizon (or forecast them by seasonal naive)")
+        if cfg.model == "esrnn":
+            self.held_out = fit_smoothed(self, groups, season_length(self.freq))
+        else:
+            self._fit_windows(groups)
+        self.history = {uid: self._tail_of(group) for uid, group in groups}
+        members = [{"best_val_loss": r.best_val_loss, "steps": r.steps, "stopped": r.stopped}
+                   for r in self.train_results]
+        self.metrics = {**self.training_summary(), "members": members, "held_out": self.held_out}
+
+    def _fit_windows(self, groups: list[tuple[str, pd.DataFrame]]) -> None:
+        """``model="rnn"``: train the ensemble on every window of the series long enough to train."""
+        cfg = self.config
+        windows = [self._windows(*self._arrays(uid, group, pad=cfg.lookback - self.min_input))  # in time order
+                   for uid, group in groups if len(group) >= self.min_points]
         span = holdout_span(cfg.horizon)
         self.held_out = max(len(w[0]) for w in windows) > span
         if not self.held_out:
@@ -115,10 +127,6 @@ class Forecaster(Task):
         self.model.cpu().eval()
         if cfg.calibrate:
             self.model.calibrate(calibration, cfg.quantiles)
-        self.history = {uid: self._tail_of(group) for uid, group in groups}
-        members = [{"best_val_loss": r.best_val_loss, "steps": r.steps, "stopped": r.stopped}
-                   for r in self.train_results]
-        self.metrics = {**self.training_summary(), "members": members, "held_out": self.held_out}
 
     @property
     def min_input(self) -> int:
@@ -145,23 +153,6 @@ class Forecaster(Task):
     def _fit_scaler(self, series: dict[str, np.ndarray]) -> SeriesScaler:
         """Per-series scaling: standardised, or for ``model="esrnn"`` positive with mean 1."""
         return positive_scaler(series) if self.config.model == "esrnn" else SeriesScaler.fit(series)
-
-    def _fit_smoothed(self, groups: list[tuple[str, pd.DataFrame]]) -> None:
-        """``model="esrnn"``: train on the series long enough (see :mod:`rnnkit.tasks.forecast_es`)."""
-        series = {uid: group["y"].to_numpy(dtype=float) for uid, group in groups if len(group) >= self.min_points}
-        if not series:
-            raise DataError(f"every series is shorter than one season + horizon = {self.min_points} points, the "
-                            f"least that trains; use a shorter horizon (or forecast them by seasonal naive)")
-        self.series_rows = {uid: k for k, uid in enumerate(series)}
-        self.num_features = 1, 0
-        self.model = self.build_model()
-        self.train_results = []
-        held_out = fit_smoothed(self, series, season_length(self.freq))
-        self.held_out = any(windows is not None for windows in held_out)
-        self.history = {uid: self._tail_of(group) for uid, group in groups}
-        members = [{"best_val_loss": r.best_val_loss, "steps": r.steps, "stopped": r.stopped}
-                   for r in self.train_results]
-        self.metrics = {**self.training_summary(), "members": members, "held_out": self.held_out}
 
     def _train_member(self, k: int, member: nn.Module, minutes: Optional[float],
                       windows: list[tuple[Tensor, ...]]) -> Optional[tuple[Tensor, ...]]:
@@ -219,66 +210,29 @@ class Forecaster(Task):
         training one); with ``future`` (the horizon's rows), the known features also cover the horizon."""
         cfg = self.config
         ds = pd.DatetimeIndex(group["ds"])
-        futr = self._scaled(group, cfg.future_covariates)
+        futr = scaled_columns(group, cfg.future_covariates, self.covariate_stats)
         if future is not None:
             ds = ds.append(pd.DatetimeIndex(future["ds"]))
-            futr = np.concatenate([futr, self._scaled(future, cfg.future_covariates)])
+            futr = np.concatenate([futr, scaled_columns(future, cfg.future_covariates, self.covariate_stats)])
         y = (scaler or self.scaler).transform(uid, group["y"].to_numpy(dtype=float))
         known = np.concatenate([self.calendar(ds), futr], axis=1)
-        return self.series_arrays(y, self._scaled(group, cfg.past_covariates), known, pad)
+        return self.series_arrays(y, scaled_columns(group, cfg.past_covariates, self.covariate_stats), known, pad)
 
     def calendar(self, ds: pd.DatetimeIndex) -> np.ndarray:
         """The calendar features of timestamps ``ds`` ``(T, K)``; ``K = 0`` when the model reads none."""
         return calendar_features(ds, self.freq) if self.config.calendar else np.zeros((len(ds), 0))
 
     def series_arrays(self, y: np.ndarray, past: np.ndarray, known: np.ndarray, pad: int) -> Arrays:
-        """The model's inputs from plain arrays: the scaled target ``y`` ``(T,)``, scaled past
-        covariates ``(T, P)`` and the known features ``(T [+ H], K)`` (:meth:`calendar` of the
-        timestamps, then the scaled future covariates).
-
-        ``pad`` rows of zeros go before the series (in every channel, calendar included); the
-        last past channel is 1 where a value was observed and 0 on the padding.
-        """
-        zeros = lambda a: np.concatenate([np.zeros((pad, *a.shape[1:])), a])  # noqa: E731
-        observed = zeros(np.ones((len(y), 1)))
-        past = np.concatenate([zeros(past), observed], axis=1)
-        return zeros(y), past, zeros(known)
-
-    def _scaled(self, frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
-        values = frame[list(columns)].to_numpy(dtype=float, copy=True).reshape(len(frame), len(columns))
-        for j, column in enumerate(columns):
-            mean, std = self.covariate_stats[column]
-            values[:, j] = (values[:, j] - mean) / std
-        return values
+        """The model's inputs from plain arrays (see :func:`~rnnkit.tasks.forecast_inputs.padded_arrays`)."""
+        return padded_arrays(y, past, known, pad)
 
     def _windows(self, y: np.ndarray, past: np.ndarray, known: np.ndarray) -> tuple[Tensor, ...]:
-        """All windows of one series: y ``(N, L)``, past ``(N, L, P + 1)``, known ``(N, L+H, K)``, target ``(N, H)``.
-
-        Window ``i`` reads rows ``i .. i+L-1`` and forecasts rows ``i+L .. i+L+H-1``.
-        """
-        lookback, span = self.config.lookback, self.config.lookback + self.config.horizon
-        as_windows = lambda a: torch.as_tensor(a, dtype=torch.float32).unfold(0, span, 1)  # (N, [F,] L+H)
-        y_w, past_w, known_w = as_windows(y), as_windows(past), as_windows(known)
-        past_w = past_w[:, :, :lookback].transpose(1, 2)  # (N, L, P + 1)
-        inputs, targets, observed = y_w[:, :lookback], y_w[:, lookback:], past_w[:, :, -1]
-        level, scale = self._window_norm(inputs, observed)
-        return (inputs - level) / scale * observed, past_w, known_w.transpose(1, 2), (targets - level) / scale
+        """All windows of one series (see :func:`~rnnkit.tasks.forecast_inputs.cut_windows`)."""
+        return cut_windows(y, past, known, self.config)
 
     def _window_norm(self, inputs: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
-        """Per window ``(N, L)``: the level (last value) and, with ``window_scale``, the spread, both ``(N, 1)``.
-
-        Dividing by the window's own spread (at least 0.1 series standard deviations, so a
-        flat stretch does not blow up) lets one model serve a season whose amplitude grows
-        with the level, as RevIN and NeuralForecast's per-window scalers do. The spread is
-        taken over the observed values only (``observed`` is 1 there, 0 on padding).
-        """
-        level = inputs[:, -1:]
-        if not self.config.window_scale:
-            return level, torch.ones_like(level)
-        count = observed.sum(dim=1, keepdim=True)
-        mean = (inputs * observed).sum(dim=1, keepdim=True) / count
-        variance = ((inputs - mean) ** 2 * observed).sum(dim=1, keepdim=True) / (count - 1).clamp_min(1)
-        return level, variance.sqrt().clamp_min(0.1)
+        """Per window its level and spread (see :func:`~rnnkit.tasks.forecast_inputs.window_norm`)."""
+        return window_norm(inputs, observed, self.config.window_scale)
 
     def _tail_of(self, group: pd.DataFrame) -> dict[str, Any]:
         """What ``predict`` needs of a series: its length and its last ``lookback`` (or season) rows."""
@@ -361,8 +315,8 @@ class Forecaster(Task):
         """The forecast dates after ``window`` (a series' last rows) and the model's inputs for it."""
         cfg = self.config
         dates = future_dates(window["ds"].iloc[-1], self.freq, cfg.horizon)
-        horizon_rows = self._future_rows(uid, dates, future)
-        return dates, self._arrays(uid, window, horizon_rows, pad=cfg.lookback - len(window), scaler=scaler)
+        horizon = horizon_rows(uid, dates, future, cfg.future_covariates)
+        return dates, self._arrays(uid, window, horizon, pad=cfg.lookback - len(window), scaler=scaler)
 
     def forecast_windows(self, inputs: list[Arrays], stats: list[tuple[float, float]]) -> list[np.ndarray]:
         """Every series' quantiles ``(H, Q)`` in its own units, from one batched forward.
@@ -383,22 +337,6 @@ class Forecaster(Task):
             out = model((y - level) / scale * past[:, :, -1], past, known)  # (B, H, Q)
             quantiles = (out * scale.unsqueeze(2) + level.unsqueeze(2)).numpy()  # (B, H, Q)
         return [values * std + mean for values, (mean, std) in zip(quantiles, stats)]
-
-    def _future_rows(self, uid: str, dates: pd.DatetimeIndex, future: Optional[pd.DataFrame]) -> pd.DataFrame:
-        """The horizon's rows with the future covariates of series ``uid``."""
-        columns = self.config.future_covariates
-        if not columns:
-            return pd.DataFrame({"ds": dates})
-        if future is None:
-            raise DataError(f"this model uses future covariates ({', '.join(columns)}); pass their values for "
-                            f"the {len(dates)} forecast steps (future=... / --future FILE)")
-        rows = future[future["unique_id"].astype(str) == uid].assign(ds=lambda f: pd.to_datetime(f["ds"]))
-        rows = rows.set_index("ds").reindex(dates)
-        missing = [c for c in columns if c not in rows.columns]
-        if missing or rows[list(columns)].isna().any().any():
-            raise DataError(f"future covariates for series {uid!r} must give {', '.join(columns)} at each of "
-                            f"{dates[0].date()} .. {dates[-1].date()}; some are missing")
-        return rows.rename_axis("ds").reset_index()
 
     def backtest(self, frame: pd.DataFrame, windows: int = 3, season_length: int = 1,
                  baselines: tuple[str, ...] = ("naive", "seasonal_naive", "auto")) -> BacktestResult:
@@ -444,17 +382,7 @@ class Forecaster(Task):
         if self.covariates:
             raise DataError(f"inspect feeds the series alone, but this forecaster also reads covariates "
                             f"{', '.join(self.covariates)}; inspect a forecaster trained without them")
-        values = parse_series(source, "forecaster input")
-        scaled = SeriesScaler.fit({"input": values}).transform("input", values)
-        y = torch.as_tensor(scaled, dtype=torch.float32)[None]  # (1, T)
-        observed = torch.ones_like(y)
-        level, scale = self._window_norm(y, observed)
-        channels = [((y - level) / scale).unsqueeze(2), observed.unsqueeze(2)]  # (1, T, 1) each: y, observed flag
-        if self.config.calendar:
-            calendar = calendar_features(_dates_in(source, len(values)), self.freq)  # (T, K)
-            channels.append(torch.as_tensor(calendar, dtype=torch.float32)[None])
-        return InspectionInput(torch.cat(channels, dim=2), [f"{v:.4g}" for v in values], {"value": values},
-                               "forecaster")
+        return series_input(source, self.freq, self.config)
 
 
 @contextmanager
@@ -467,18 +395,3 @@ def torch_threads(count: Optional[int]):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _dates_in(source: str, count: int) -> pd.DatetimeIndex:
-    """The ``count`` dates of a series CSV given as text: column ``ds``, ``date``, or the first."""
-    hint = "this forecaster reads calendar features: give a CSV with a date column (ds) and a value column (y)"
-    try:
-        frame = parse_csv(source, source="the input")
-        column = next((c for c in ("ds", "date") if c in frame.columns), frame.columns[0])
-        dates = parse_dates(frame[column], source="the input", column=column)
-    except DataError:
-        raise DataError(hint) from None
-    if len(dates) != count:
-        raise DataError(hint)
-    return pd.DatetimeIndex(dates)
-

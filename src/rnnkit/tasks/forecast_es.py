@@ -297,15 +297,21 @@ def pinball_log_loss(panel: SmoothedPanel, quantiles: Tensor, weighted: bool = F
     return loss_fn
 
 
-def fit_smoothed(task, series: dict[str, np.ndarray], season: int) -> list[Optional[tuple[Tensor, Tensor]]]:
-    """Train the members of ``task.model`` (a :class:`SmoothedEnsemble`) on ``series`` (those long
-    enough to train); returns each member's calibration windows.
+def fit_smoothed(task, groups: list[tuple[str, pd.DataFrame]], season: int) -> bool:
+    """Build and train ``task.model`` (a :class:`SmoothedEnsemble`) on the series of ``groups``
+    (``(uid, rows)``) long enough to train; returns whether any member held out windows.
 
-    ``task`` is the :class:`~rnnkit.tasks.forecast.Forecaster` (its ``scaler`` and ``series_rows``
-    set): each member holds out its own stretch of windows per series for early stopping and
+    ``task`` is the :class:`~rnnkit.tasks.forecast.Forecaster` (its ``scaler`` fitted by
+    :func:`positive_scaler`): each fitted series gets a row of coefficients (``series_rows``);
+    each member holds out its own stretch of windows per series for early stopping and
     calibration (:func:`~rnnkit.data.series.holdout_fold`), starts from its own seed, and starts
     its seasonal indices from the data's classical decomposition.
     """
+    series = {uid: group["y"].to_numpy(dtype=float) for uid, group in groups if len(group) >= task.min_points}
+    task.series_rows = {uid: k for k, uid in enumerate(series)}
+    task.num_features = 1, 0
+    task.model = task.build_model()
+    task.train_results = []
     cfg = task.config
     panel = SmoothedPanel(series, task.scaler, task.series_rows, season)
     windows = panel.windows(min(cfg.lookback, max(3, season)), cfg.horizon, shortest=task.min_input)
@@ -323,7 +329,7 @@ def fit_smoothed(task, series: dict[str, np.ndarray], season: int) -> list[Optio
     task.model.cpu().eval()
     if cfg.calibrate:
         task.model.calibrate(panel.z, panel.init, held_out, cfg.quantiles)
-    return held_out
+    return any(windows is not None for windows in held_out)
 
 
 def combine_stats(quantiles: np.ndarray, panel: SmoothedPanel, config: ForecasterConfig, season: int) -> np.ndarray:
