@@ -46,10 +46,8 @@ from rnnkit.tasks.classify import SequenceClassifier, stratified_split
 RESULTS = Path(__file__).parent / "results"
 BASELINE_C = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # the baseline's grid of inverse regularisation strengths
 SCRATCH = {"bidirectional": True, "pooling": "attention"}  # the classifier as it was before pretraining
-#: pretrained configurations tried on validation: the share of the budget the language model gets, the encoder,
-#: gradual unfreezing (a layer group per epoch) or all layers from the start
-CANDIDATES = [{"pretrain_share": share, "hidden_size": 128, "embedding_size": 128, "unfreeze_every": unfreeze}
-              for share in (0.4, 0.6) for unfreeze in (1, None)]
+#: pretrained configurations tried on validation: the share of the budget the language model gets, the encoder
+CANDIDATES = [{"pretrain_share": share, "hidden_size": 128, "embedding_size": 128} for share in (0.4, 0.6)]
 GENERAL_MINUTES = 3.0  # the general corpus stage, once for any task
 
 
@@ -176,9 +174,8 @@ def job(args, name: str, setup: str, train, scored, options: dict, labels: str, 
 
 
 def candidate_name(candidate: dict) -> str:
-    unfreezing = "all layers at once" if candidate.get("unfreeze_every", 1) is None else "gradual unfreezing"
     return (f"rnnkit target LM {candidate['pretrain_share']:.0%} of the budget, LSTM {candidate['hidden_size']} "
-            f"(concat pooling, {unfreezing})")
+            "(concat pooling)")
 
 
 def validation(args, train, scored) -> dict:

@@ -16,7 +16,6 @@ from rnnkit.errors import RnnkitError
 from rnnkit.tasks.classify import SequenceClassifierConfig
 from rnnkit.training import TrainConfig, fit, layer_groups_at, lr_at
 from test_text import toy_reviews
-from threads import one_thread
 
 runner = CliRunner()
 QUIET = dict(progress=False, device="cpu")
@@ -129,58 +128,6 @@ def test_pretrain_minutes_fine_tunes_a_language_model_on_the_texts_first(tmp_pat
     assert loaded.predict(["great"]) == clf.predict(["great"])
     with pytest.raises(RnnkitError, match="reads left to right: set bidirectional=False"):
         SequenceClassifier(pretrain_minutes=1.0)
-
-
-def test_the_vocabulary_holds_the_unlabelled_texts_words_when_a_language_model_reads_them() -> None:
-    options = dict(embedding_size=8, hidden_size=8, bidirectional=False, min_count=1, epochs=1, minutes=None,
-                   batch_size=16, progress=False)
-    extra = ["a superb ending", "superb acting"]
-    pretrained = SequenceClassifier(**options, pretrain_minutes=0.01).fit(*toy_reviews(), unlabelled=extra)
-    assert "superb" in pretrained.tokenizer.tokens
-    scratch = SequenceClassifier(**options).fit(*toy_reviews(), unlabelled=extra)  # nothing reads them
-    assert "superb" not in scratch.tokenizer.tokens
-
-
-def _toy_language_model(vocab: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """A fresh language model and 80 texts of 20 to 50 tokens from a cycle where each token fixes the next."""
-    from rnnkit.tasks.language import language_model_for
-
-    torch.manual_seed(0)
-    model = language_model_for({"cell": "lstm", "embedding_size": 16, "hidden_size": 16, "num_layers": 1}, vocab)
-    lengths = torch.randint(20, 51, (80,), generator=torch.Generator().manual_seed(0))
-    start = torch.arange(80)[:, None] * 13 + torch.arange(51)[None, :]  # (80, 51)
-    ids = start * 7 % vocab
-    x, y = ids[:, :-1].clone(), ids[:, 1:].clone()
-    y[torch.arange(50)[None, :] >= lengths[:, None]] = -1  # padding is not scored
-    return model, (x, lengths, y)
-
-
-def test_the_sampled_softmax_is_the_full_one_in_evaluation_and_with_a_small_vocabulary() -> None:
-    from rnnkit.tasks.language import text_by_text_loss
-
-    model, (x, n, y) = _toy_language_model(50)
-    valid = y >= 0
-    logits, _ = model(x, lengths=n)  # (B, T, V): the reference, every text from a zero state
-    full = nn.functional.cross_entropy(logits[valid], y[valid])
-    model.eval()
-    torch.testing.assert_close(text_by_text_loss(torch.ones(50), 8)(model, (x, n, y), None)[0], full)
-    model.train()
-    torch.testing.assert_close(text_by_text_loss(torch.ones(50), 64)(model, (x, n, y), None)[0], full)
-    assert text_by_text_loss(torch.ones(50), 8)(model, (x, n, y), None)[0] < full  # 9 candidates, not 50
-
-
-def test_a_language_model_trained_through_the_sampled_softmax_learns_the_full_softmax() -> None:
-    from rnnkit.tasks.language import text_by_text_loss
-
-    model, rows = _toy_language_model(200)
-    full = text_by_text_loss(torch.ones(200), None)
-    before = full(model, rows, None)[0].item()
-    loss_fn = text_by_text_loss(torch.bincount(rows[0].flatten(), minlength=200), 16)  # 16 of 200 words a batch
-    with one_thread():
-        fit(model, loss_fn, rows, None, TrainConfig(epochs=30, batch_size=8, lr=3e-2, **QUIET), lengths=rows[1])
-    model.eval()
-    after = full(model, rows, None)[0].item()  # the exact loss over all 200 words
-    assert before > 5.0 and after < 2.0, (before, after)  # uniform guessing: log 200 = 5.3
 
 
 def test_a_language_model_of_other_sizes_or_another_tokenizer_is_refused(word_lm: TextGenerator) -> None:

@@ -204,15 +204,12 @@ class SequenceClassifier(Task):
         keep, held = stratified_split(y, cfg.val_fraction, cfg.seed)
         if len(held) == 0:
             raise DataError(f"{len(texts)} texts are too few to hold out a validation slice; give more")
-        unlabelled = _check_texts(unlabelled, allow_empty=True)
-        reading = [texts[i] for i in keep] + (unlabelled if cfg.pretrain_minutes is not None else [])
-        # The vocabulary is every text the encoder learns from: with a language-model stage, the
-        # unlabelled texts too, so words that no labelled text holds still get an embedding.
         self.tokenizer = lm.tokenizer if lm is not None else build_tokenizer(
-            cfg.tokenizer, reading, **tokenizer_options(cfg.tokenizer, cfg.vocab_size, cfg.min_count))
+            cfg.tokenizer, [texts[i] for i in keep], **tokenizer_options(cfg.tokenizer, cfg.vocab_size, cfg.min_count))
         self._pretrain_metrics = {} if lm is None else {
             "pretrained": str(pretrained) if isinstance(pretrained, (str, Path)) else "a TextGenerator"}
-        encoder = self._pretrain(lm, reading if cfg.pretrain_minutes is not None else [], [texts[i] for i in held])
+        encoder = self._pretrain(lm, [texts[i] for i in keep] + _check_texts(unlabelled, allow_empty=True),
+                                 [texts[i] for i in held])
         ids, lengths = pad_ids([self.tokenizer.encode(t) for t in texts], cfg.max_len)
         targets = torch.as_tensor(y, dtype=torch.long)
         weights = None
@@ -263,7 +260,7 @@ class SequenceClassifier(Task):
         torch.manual_seed(cfg.seed)
         config = cfg.train_config(minutes=cfg.pretrain_minutes, lr=cfg.pretrain_lr, max_steps=None, epochs=1000,
                                   decay_over_budget=True, schedule="slanted")
-        result = train_language_model(model, texts, val_texts, self.tokenizer, config, max_len=cfg.max_len)
+        result = train_language_model(model, texts, val_texts, self.tokenizer, config)
         self._pretrain_metrics["pretrain"] = {"steps": result.steps, "epochs_completed": result.epochs_completed,
                                               "stopped": result.stopped, "val_loss": result.best_val_loss,
                                               "texts": len(texts), "seconds": result.elapsed_s}

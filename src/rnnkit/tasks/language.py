@@ -12,7 +12,7 @@ model on a task's own texts, labels ignored: ULMFiT's second stage.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -55,49 +55,6 @@ def with_state_resets(reset_prob: float) -> Callable[..., tuple[Tensor, Any]]:
             keep = (torch.rand(batch[0].size(0), device=batch[0].device) >= reset_prob).float()[None, :, None]
             state = tuple(s * keep for s in state) if isinstance(state, tuple) else state * keep  # (L, B, H)
         return next_token_loss(model, batch, state)
-
-    return loss_fn
-
-
-def sampled_softmax_loss(head: nn.Linear, h: Tensor, y: Tensor, q: Tensor, samples: int) -> Tensor:
-    """Cross-entropy of targets ``y`` ``(N,)`` from hidden states ``h`` ``(N, H)`` through ``head``,
-    scored against ``samples`` words drawn from ``q`` ``(V,)`` instead of the whole vocabulary
-    (a sampled softmax, Jean et al. 2015).
-
-    With a word vocabulary the output layer is most of a language model's cost (``V`` dot
-    products per token against the recurrent step's ``4 H (E + H)``); a few hundred shared
-    candidates cut it by ``V / samples``. Each logit is corrected by ``- log(samples * q(w))``,
-    which makes the loss's gradient an estimate of the full softmax's; a candidate equal to a
-    token's own target is masked out for that token (an "accidental hit").
-    """
-    drawn = torch.multinomial(q, samples, replacement=True)  # (S,): shared by every token
-    weight, bias = head.weight, head.bias
-    true = (h * weight[y]).sum(-1) + bias[y] - torch.log(samples * q[y])  # (N,)
-    noise = h @ weight[drawn].T + bias[drawn] - torch.log(samples * q[drawn])  # (N, S)
-    noise = noise.masked_fill(drawn[None, :] == y[:, None], float("-inf"))
-    logits = torch.cat([true[:, None], noise], dim=1)  # (N, 1 + S): the target is column 0
-    return nn.functional.cross_entropy(logits, torch.zeros_like(y))
-
-
-def text_by_text_loss(counts: Tensor, samples: Optional[int]) -> Callable[..., tuple[Tensor, None]]:
-    """The next-token loss of a batch of separate texts ``(ids (B, T), lengths (B,), targets (B, T))``,
-    each read from a zero state and padded targets (``-1``) ignored: a language model read the way
-    a classifier reads its texts. In training, a vocabulary larger than ``samples`` goes through
-    :func:`sampled_softmax_loss` with the unigram distribution ``counts`` ``(V,)`` raised to 0.75 (as
-    word2vec samples); evaluation (``model.eval()``) always uses the full softmax, so validation
-    losses are exact."""
-    q = counts.double().clamp(min=1) ** 0.75
-    q = (q / q.sum()).float()  # (V,)
-
-    def loss_fn(model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> tuple[Tensor, None]:
-        x, n, y = batch
-        steps = int(n.max())
-        outputs, _ = model.recurrent(model.embed(x[:, :steps]), None, lengths=n)  # (B, T, H)
-        valid = y[:, :steps] >= 0
-        h, y = outputs[valid], y[:, :steps][valid]  # (N, H), (N,)
-        if model.training and samples is not None and samples < q.numel():
-            return sampled_softmax_loss(model.head, h, y, q.to(h.device), samples), None
-        return nn.functional.cross_entropy(model.head(h), y), None
 
     return loss_fn
 
@@ -167,41 +124,32 @@ def language_model_for(sizes: dict[str, Any], vocab_size: int, dropout: float = 
                       num_layers=sizes["num_layers"], dropout=dropout, vocab_size=vocab_size, tie_weights=tie)
 
 
-def texts_as_rows(texts: Sequence[str], tokenizer: Tokenizer, max_len: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Texts as padded rows: ids ``(N, T)``, lengths ``(N,)`` and next-token targets ``(N, T)``,
-    each text's last token followed by ``<eos>`` (the model learns where a text ends) and padding
-    marked ``-1``; texts with no token are left out."""
-    encoded = [ids[:max_len] for ids in (tokenizer.encode(text) for text in texts) if ids]
-    lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.long)
-    x = torch.zeros(len(encoded), int(lengths.max()) if encoded else 1, dtype=torch.long)  # <pad> is 0
-    y = torch.full_like(x, -1)
-    for i, ids in enumerate(encoded):
-        x[i, : len(ids)] = torch.tensor(ids)
-        y[i, : len(ids)] = torch.tensor(ids[1:] + [EOS])
-    return x, lengths, y
+def corpus_ids(texts: Sequence[str], tokenizer: Tokenizer) -> Tensor:
+    """Texts as one token sequence ``(N,)``, each text followed by ``<eos>``: the language model
+    learns where a text ends, and the state carries from one text into the next as in a corpus."""
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer.encode(text))
+        ids.append(EOS)
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def train_language_model(model: ManyToMany, texts: Sequence[str], val_texts: Sequence[str], tokenizer: Tokenizer,
-                         config: TrainConfig, max_len: int = 128, samples: Optional[int] = 512) -> TrainResult:
+                         config: TrainConfig, seq_len: int = 64) -> TrainResult:
     """Fine-tune ``model`` in place to predict the next token of ``texts`` (labels play no part).
 
-    Each text is read on its own from a zero state, as the classifier that takes the encoder
-    will read it: a model that only ever continued a warm state from the text before would meet
-    a zero state for the first time in the classifier (batches group texts of near-equal length,
-    so little is padding). ``val_texts`` pick the best weights; ``config`` bounds the run (its
-    minutes, steps or epochs). A vocabulary larger than ``samples`` trains through a sampled
-    softmax over the training texts' word counts (:func:`text_by_text_loss`); ``samples=None``
-    always uses the full one.
+    The texts are read as ``config.batch_size`` contiguous streams cut into ``seq_len`` pieces
+    with the state carried (``stateful``), as a text generator reads its corpus; ``val_texts``
+    pick the best weights. ``config`` bounds the run (its minutes, steps or epochs).
     """
-    train, held = texts_as_rows(texts, tokenizer, max_len), texts_as_rows(val_texts, tokenizer, max_len)
-    if len(train[0]) == 0:
-        raise DataError("no text to train the language model on holds a token; give more text")
-    counts = torch.bincount(train[0][train[2] >= 0], minlength=tokenizer.vocab_size)
-    config = TrainConfig.from_dict({**config.to_dict(), "patience": None})
-    return fit(model, text_by_text_loss(counts, samples), train, held if len(held[0]) else None, config,
-               lengths=train[1])
+    ids, held = corpus_ids(texts, tokenizer), corpus_ids(val_texts, tokenizer)
+    rows = max(1, min(config.batch_size, (ids.numel() - 1) // seq_len))  # few texts: fewer streams
+    val = streams(held, rows) if held.numel() > rows else None  # stateful: the same rows as training
+    config = TrainConfig.from_dict({**config.to_dict(), "batch_size": rows, "tbptt": seq_len, "stateful": True,
+                                    "patience": None})
+    return fit(model, next_token_loss, streams(ids, rows), val, config)
 
 
-__all__ = ["LANGUAGE_MODEL_TYPE", "check_encoder", "encoder_groups", "encoder_sizes",
-           "language_model_for", "next_token_loss", "read_language_model", "sampled_softmax_loss", "seed_encoder",
-           "streams", "text_by_text_loss", "texts_as_rows", "train_language_model", "with_state_resets"]
+__all__ = ["LANGUAGE_MODEL_TYPE", "check_encoder", "corpus_ids", "encoder_groups", "encoder_sizes",
+           "language_model_for", "next_token_loss", "read_language_model", "seed_encoder", "streams",
+           "train_language_model", "with_state_resets"]
