@@ -15,7 +15,7 @@ from rnnkit import metrics
 from rnnkit.data.text import load_kjv, load_shakespeare, load_tweets, read_text, read_text_csv
 from rnnkit.data.tokenizers import build_tokenizer, tokenizer_from_dict
 from rnnkit.errors import DataError, RnnkitError
-from rnnkit.tasks.classify import SequenceClassifier, classifier_model, pad_ids, SequenceClassifierConfig
+from rnnkit.tasks.classify import AUTO_MEMBERS, SequenceClassifier, classifier_model, pad_ids, SequenceClassifierConfig
 from rnnkit.tasks.textgen import TextGenerator, TextStream, next_token_loss, sample_next, streams, with_state_resets
 from rnnkit.topologies import ManyToMany
 from rnnkit.training import TrainConfig, lr_at
@@ -265,6 +265,20 @@ def test_an_ensemble_averages_its_members_probabilities_and_round_trips(tmp_path
     assert clf.predict(["a great film", "an awful plot"]) == ["pos", "neg"]
     again = rnnkit.load(clf.save(tmp_path / "clf.rnnkit"))
     np.testing.assert_allclose(again.predict_proba(texts).iloc[:, 1:], clf.predict_proba(texts).iloc[:, 1:])
+
+
+def test_the_default_ensemble_is_as_many_members_as_the_budget_fits(tmp_path: Path) -> None:
+    # Few texts: each member ends (early stopping, or its epochs) in a second or so, so a minute fits them all;
+    # without a budget there is one member (budget_fill's rule is tested in test_training.py).
+    texts, labels = toy_reviews()
+    quick = {**TINY_CLF, "epochs": 30, "patience": 2}
+    clf = SequenceClassifier(**{**quick, "minutes": 1.0}).fit(texts, labels)
+    assert len(clf.model.members) == AUTO_MEMBERS == clf.config.ensemble == len(clf.metrics["members"])
+    again = rnnkit.load(clf.save(tmp_path / "clf.rnnkit"))
+    assert len(again.model.members) == AUTO_MEMBERS
+    np.testing.assert_allclose(again.predict_proba(texts).iloc[:, 1:], clf.predict_proba(texts).iloc[:, 1:])
+    unbounded = SequenceClassifier(**quick).fit(texts, labels)
+    assert len(unbounded.model.members) == 1 == unbounded.config.ensemble
 
 
 @pytest.mark.parametrize("kind,text", [("bpe", "café ñandú, naïve señor"), ("word", "the cat sat on the mat"),

@@ -24,7 +24,7 @@ from torch import nn
 
 from rnnkit import LSTM, RnnkitError
 from rnnkit.training.batching import epoch_order
-from rnnkit.training import TrainConfig, evaluate, fit, lr_at
+from rnnkit.training import CLOCKS, TrainConfig, budget_fill, budget_shares, evaluate, fit, lr_at
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -480,3 +480,36 @@ def test_sigkill_mid_run_then_resume_gives_bit_identical_weights(tmp_path):
     a, b = load_file(tmp_path / "reference.safetensors"), load_file(tmp_path / "victim.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not [p for p in (tmp_path / "victim").iterdir() if p.name.startswith(".tmp")]
+
+
+class FakeClock:
+    """A clock that moves only when told: what a run of known length looks like to a budget."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("run_seconds,budgets", [(10, [60, 50, 40, 30, 20]), (25, [60, 35]), (70, [60])])
+def test_budget_fill_gives_each_run_what_is_left_while_it_fits_what_the_last_took(
+        monkeypatch, run_seconds: float, budgets: list[float]) -> None:
+    clock = FakeClock()
+    monkeypatch.setitem(CLOCKS, "wall", clock)
+    given = []
+    for minutes in budget_fill(1.0, 5):
+        given.append(round(minutes * 60))
+        clock.now += min(run_seconds, minutes * 60)  # a run stops early, or at its budget
+    assert given == budgets
+    assert list(budget_fill(None, 5)) == [None]  # no budget: one run
+
+
+def test_budget_shares_split_what_is_left_evenly_among_the_runs_to_come(monkeypatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setitem(CLOCKS, "wall", clock)
+    given = []
+    for minutes in budget_shares(1.0, 3):
+        given.append(round(minutes * 60))
+        clock.now += 10  # each run stops early, leaving time to the next
+    assert given == [20, 25, 40]

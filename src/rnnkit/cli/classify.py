@@ -13,16 +13,17 @@ from ..data.text import read_text_csv
 from ..errors import RnnkitError
 from ..files import write_csv
 from ..plotting import plot_confusion_matrix
-from ..tasks.classify import MODEL_TYPE, SequenceClassifier, SequenceClassifierConfig
+from ..tasks.classify import AUTO_MEMBERS, MODEL_TYPE, SequenceClassifier, SequenceClassifierConfig
 from . import create_app
 from .options import BundleOut, CELL_HELP, TrainingOptions, training_options
 
 app = create_app("Classify texts (sentiment, topics, ...) with a recurrent network, from CSV files.")
 console = Console(stderr=True)
+DEFAULTS = SequenceClassifierConfig()
 
 
 @app.command()
-@training_options(minutes=3.0)
+@training_options(minutes=DEFAULTS.minutes)
 def train(
     data: Annotated[Path, typer.Argument(help="CSV with a text and a label column.", show_default=False)],
     text_col: Annotated[str, typer.Option(help="Column holding the texts.")],
@@ -47,13 +48,19 @@ def train(
     class_weights: Annotated[bool, typer.Option(help="Weigh classes inversely to their frequency.")] = True,
     encoding: Annotated[str, typer.Option(help="Text encoding of DATA.")] = "utf-8",
     plot: Annotated[Optional[Path], typer.Option(help="PNG confusion matrix on the validation slice.")] = None,
-    ensemble: Annotated[int, typer.Option(help="Members from different seeds, averaged; they share --minutes.")] = 1,
+    ensemble: Annotated[Optional[int], typer.Option(
+        help="Members from different seeds, averaged; they share --minutes (default: as many as --minutes "
+             f"fits, up to {AUTO_MEMBERS}: many on few texts).", show_default=False)] = None,
+    ngram_buckets: Annotated[Optional[int], typer.Option(
+        help="Rows for hashed word pairs in the linear bag of words and pairs added to the network's scores; "
+             f"0 = none (default: {DEFAULTS.ngram_buckets}).", show_default=False)] = None,
 ) -> None:
     """Train a classifier on DATA and write a bundle; report validation accuracy and macro-F1."""
     chosen = {name: value for name, value in (("tokenizer", tokenizer), ("cell", cell), ("hidden_size", hidden_size),
                                               ("bidirectional", bidirectional)) if value is not None}
-    options = dict(class_weights="balanced" if class_weights else None, ensemble=ensemble,
-                   pretrain_minutes=pretrain_minutes, **training.config_fields())
+    options = dict(class_weights="balanced" if class_weights else None, pretrain_minutes=pretrain_minutes,
+                   **{name: value for name, value in (("ensemble", ensemble), ("ngram_buckets", ngram_buckets))
+                      if value is not None}, **training.config_fields())
     if pretrained is not None:
         config = SequenceClassifierConfig.matching(pretrained, **chosen, **options)
     else:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..bundle import Bundle, load_weights, read_bundle, register, save_bundle
 from ..config import JsonConfig
 from ..errors import BundleError, RnnkitError
-from ..training import TrainConfig, TrainResult, budget_shares, fit
+from ..training import TrainConfig, TrainResult, budget_fill, budget_shares, fit
 from ..training.distributed import is_main
 from .schema import Schema, check
 
@@ -190,11 +190,15 @@ class Task:
         self.train_results.append(result)
         return result
 
-    def member_budgets(self, members: Sequence[nn.Module]) -> Iterator[tuple[int, nn.Module, Optional[float]]]:
+    def member_budgets(self, members: Sequence[nn.Module], fill: bool = False
+                       ) -> Iterator[tuple[int, nn.Module, Optional[float]]]:
         """``(k, member, minutes)`` for each ensemble member, trained one after another: each gets an
         equal share of what is left of ``config.minutes`` (on ``config.clock``) when it starts, so
-        time one member leaves unused goes to the next (``minutes`` is None without a budget)."""
-        budgets = budget_shares(self.config.minutes, len(members), self.config.clock)
+        time one member leaves unused goes to the next (``minutes`` is None without a budget).
+        With ``fill``, each gets all that is left instead, and the members stop coming when what
+        is left is less than the last one took (:func:`~rnnkit.training.budget_fill`)."""
+        share = budget_fill if fill else budget_shares
+        budgets = share(self.config.minutes, len(members), self.config.clock)
         return ((k, member, minutes) for k, (member, minutes) in enumerate(zip(members, budgets)))
 
     def training_summary(self) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 Each batch is cut to its longest text and the recurrent layer is given every text's
 length, so padding never reaches a valid step or the summary (packed sequences on the fused
 path): a text's prediction does not depend on what it is batched with. Class weights
-counter imbalance; a stratified slice of the training data picks the best epoch.
+counter imbalance; a stratified slice of the training data picks the best epoch. A linear bag
+of the text's words and hashed word pairs (:class:`~rnnkit.tasks.ngrams.NgramBag`, the "wide"
+part) adds its scores to the network's: it learns the telling words and pairs in a few epochs,
+where the recurrent part learns what depends on order and context.
 
 Transfer from a language model (ULMFiT, Howard & Ruder 2018): ``fit(..., pretrained=LM)``
 starts the embedding and the recurrent stack from a text generator's, and ``pretrain_minutes``
@@ -15,7 +18,7 @@ epoch from the head down, so the pretrained weights are not scrambled by a rando
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -33,8 +36,10 @@ from ..topologies import POOLINGS, ManyToOne
 from .base import Task, TaskConfig
 from .language import (check_encoder, encoder_groups, encoder_sizes, language_model_for, read_language_model,
                        seed_encoder, train_language_model)
+from .ngrams import NgramBag
 
 MODEL_TYPE = "sequence_classifier"
+AUTO_MEMBERS = 5  # ensemble=None: at most this many members, as many as the time budget fits
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,13 +58,16 @@ class SequenceClassifierConfig(TaskConfig):
     bidirectional: bool = True       # a word's meaning depends on what follows it too ("not bad")
     pooling: str = "attention"       # "attention" weighs the telling words; "last" = final states;
     #                                  "concat" = final state, max and mean side by side (ULMFiT)
-    dropout: float = 0.25            # on embeddings, between layers, before the head: words are sparse
+    dropout: float = 0.5             # on embeddings, between layers, before the head: words are sparse
     max_len: int = 128               # tokens kept per text (the start); tweets are far shorter
     class_weights: Optional[str] = "balanced"  # weigh classes by n / (k * count): rare classes count
-    ensemble: int = 1                # members from different seeds, probabilities averaged: steadier, for
-    #                                  ensemble x the training time (the budget is shared among them)
-    minutes: Optional[float] = 3.0   # a short default budget: texts are short and early stopping ends most fits
-    batch_size: int = 128            # texts are short: big batches keep a CPU busy, epochs quick
+    ensemble: Optional[int] = None   # members from different seeds, probabilities averaged: steadier, for
+    #                                  ensemble x the training time (the budget is shared among them);
+    #                                  None = as many as minutes fits, up to AUTO_MEMBERS: each member gets
+    #                                  what is left, and another starts while what is left is at least what
+    #                                  the last took (many on few texts, where early stopping ends a fit soon)
+    minutes: Optional[float] = 5.0   # a short default budget: texts are short and early stopping ends most fits
+    batch_size: int = 32             # small batches: more, noisier steps regularise a net that overfits words
     lr: float = 5e-3
     patience: Optional[int] = 3      # epochs without a better validation loss before stopping
     val_fraction: float = 0.1        # stratified slice of the training texts that picks the best epoch
@@ -69,13 +77,15 @@ class SequenceClassifierConfig(TaskConfig):
     layer_lr_decay: float = 2.6      # a pretrained encoder: each layer group below the head at lr / 2.6^k (ULMFiT)
     unfreeze_every: Optional[int] = 1  # a pretrained encoder: epochs between unfreezing one more layer group
     #                                  from the head down (ULMFiT's gradual unfreezing); None = all at once
+    ngram_buckets: int = 2 ** 18     # rows for hashed word pairs in the linear bag of words and pairs added
+    #                                  to the network's scores (rnnkit.tasks.ngrams); 0 = no bag
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.tokenizer not in KINDS:
             raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
         self.check_positive("vocab_size", "min_count", "embedding_size", "hidden_size", "num_layers", "max_len",
-                            "ensemble")
+                            *(("ensemble",) if self.ensemble is not None else ()))
         if self.class_weights not in (None, "balanced"):
             raise RnnkitError(f"class_weights must be 'balanced' or None, got {self.class_weights!r}")
         if not 0.0 < self.val_fraction < 0.5:
@@ -89,6 +99,16 @@ class SequenceClassifierConfig(TaskConfig):
         if self.pretrain_minutes is not None and self.bidirectional:
             raise RnnkitError("pretrain_minutes trains a language model, which reads left to right: "
                               "set bidirectional=False (--no-bidirectional)")
+
+    @property
+    def members(self) -> int:
+        """Members built: ``ensemble``, or ``AUTO_MEMBERS`` of which those the budget fits are kept."""
+        return AUTO_MEMBERS if self.ensemble is None else self.ensemble
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SequenceClassifierConfig":
+        """The inverse of ``to_dict``. A bundle saved before the n-gram part keeps classifying as it did."""
+        return super().from_dict({"ngram_buckets": 0, **data})
 
     @classmethod
     def matching(cls, pretrained: Any, **options: Any) -> "SequenceClassifierConfig":
@@ -112,21 +132,23 @@ class TextClassifierNet(nn.Module):
                               num_layers=config.num_layers, bidirectional=config.bidirectional,
                               dropout=config.dropout, pooling=config.pooling, vocab_size=vocab_size)
         self.dropout = nn.Dropout(config.dropout)
+        self.ngrams = NgramBag(vocab_size, config.ngram_buckets, num_classes) if config.ngram_buckets else None
 
     def forward(self, x: Tensor, *, lengths: Optional[Tensor] = None) -> Tensor:
         embedded = self.dropout(self.body.embed(x))  # (B, T, E)
         outputs, state = self.body.recurrent(embedded, lengths=lengths)  # (B, T, D*H)
-        return self.body.head(self.dropout(self.body.summarise(outputs, state, lengths)))
+        logits = self.body.head(self.dropout(self.body.summarise(outputs, state, lengths)))
+        return logits if self.ngrams is None else logits + self.ngrams(x, lengths)
 
 
 class ClassifierEnsemble(nn.Module):
-    """``config.ensemble`` :class:`TextClassifierNet` members; returns the log of their mean class
+    """``config.members`` :class:`TextClassifierNet` members; returns the log of their mean class
     probabilities ``(B, C)``, so a softmax of the output gives the ensemble's probabilities."""
 
     def __init__(self, config: SequenceClassifierConfig, vocab_size: int, num_classes: int) -> None:
         super().__init__()
         self.members = nn.ModuleList(TextClassifierNet(config, vocab_size, num_classes)
-                                     for _ in range(config.ensemble))
+                                     for _ in range(config.members))
 
     def forward(self, x: Tensor, *, lengths: Optional[Tensor] = None) -> Tensor:
         probs = torch.stack([member(x, lengths=lengths).softmax(-1) for member in self.members])  # (M, B, C)
@@ -232,11 +254,14 @@ class SequenceClassifier(Task):
 
         train, val = (ids[keep], lengths[keep], targets[keep]), (ids[held], lengths[held], targets[held])
         self.train_results = []
-        for k, member, minutes in self.member_budgets(self.model.members):
+        for k, member, minutes in self.member_budgets(self.model.members, fill=cfg.ensemble is None):
             # Batches of texts of near-equal length: each is cut to its longest text, so little is padding.
             self.train(member, loss_fn, train, val, member=k, lengths=train[1], minutes=minutes,
                        seed=cfg.seed + k, decay_over_budget=minutes is not None,
                        layer_groups=encoder_groups(member.body) if encoder is not None else None, **fine_tune)
+        if cfg.ensemble is None:  # the members the budget fitted are the ensemble (and the bundle's count)
+            del self.model.members[len(self.train_results):]
+            self.config = replace(cfg, ensemble=len(self.train_results))
         self.model.eval()
         scores = self.evaluate([texts[i] for i in held], labels[held].tolist())
         members = [{"steps": r.steps, "epochs_completed": r.epochs_completed, "stopped": r.stopped,
@@ -350,5 +375,5 @@ def _check_texts(texts: Any, allow_empty: bool = False) -> list[str]:
     return texts
 
 
-__all__ = ["ClassifierEnsemble", "SequenceClassifier", "SequenceClassifierConfig", "classifier_model", "pad_ids",
+__all__ = ["AUTO_MEMBERS", "ClassifierEnsemble", "SequenceClassifier", "SequenceClassifierConfig", "classifier_model", "pad_ids",
            "stratified_split"]

@@ -7,11 +7,11 @@
 - ``distributed``: the same loop in several processes under ``torchrun`` (data parallel,
   restarted workers resume from the last checkpoint);
 - ``checkpoints``: saving and resuming a run bit for bit (safetensors + JSON, atomic);
-- ``loop``: ``fit``, ``evaluate``, ``lr_at`` and ``budget_shares``.
+- ``loop``: ``fit``, ``evaluate``, ``lr_at``, ``budget_shares`` and ``budget_fill``.
 """
 
 from .config import CLOCKS, RunState, TrainConfig, TrainResult, check_clock
-from .loop import Data, LossFn, budget_shares, evaluate, fit, layer_groups_at, lr_at
+from .loop import Data, LossFn, budget_fill, budget_shares, evaluate, fit, layer_groups_at, lr_at
 
-__all__ = ["CLOCKS", "Data", "LossFn", "RunState", "TrainConfig", "TrainResult", "budget_shares", "check_clock",
+__all__ = ["CLOCKS", "Data", "LossFn", "RunState", "TrainConfig", "TrainResult", "budget_fill", "budget_shares", "check_clock",
            "evaluate", "fit", "layer_groups_at", "lr_at"]

@@ -130,6 +130,26 @@ def budget_shares(minutes: Optional[float], parts: int, clock: str = "wall") -> 
             yield left / (parts - k)
 
 
+def budget_fill(minutes: Optional[float], most: int, clock: str = "wall") -> Iterator[Optional[float]]:
+    """The budget of up to ``most`` runs made one after another while time allows: each gets all
+    that is left of ``minutes`` (on ``clock``), and another starts only if what is left is at
+    least what the last run took. Runs that stop early (early stopping) leave room for more:
+    many on little data, one on much. Without a budget (``None``), one run."""
+    check_clock(clock, "budget_fill")
+    if minutes is None:
+        yield None
+        return
+    now = CLOCKS[clock]
+    start, took = now(), 0.0
+    for _ in range(most):
+        began = now()
+        left = minutes - (began - start) / 60
+        if left <= 0 or left < took:
+            return
+        yield left
+        took = (now() - began) / 60
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -363,4 +383,4 @@ def _as_data(data: Data, name: str, config: TrainConfig) -> tuple[Tensor, ...]:
     return tuple(data)
 
 
-__all__ = ["Data", "LossFn", "budget_shares", "evaluate", "fit", "layer_groups_at", "lr_at"]
+__all__ = ["Data", "LossFn", "budget_fill", "budget_shares", "evaluate", "fit", "layer_groups_at", "lr_at"]
