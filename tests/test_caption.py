@@ -71,7 +71,7 @@ def trained(digits):
     splits = split_indices(len(images))
     train = compose(images, labels, splits["train"], 1500, seed=1, max_digits=2)
     test = compose(images, labels, splits["test"], 150, seed=2, max_digits=2)
-    config = CaptionerConfig(hidden_size=64, embedding_size=32, channels=8, max_steps=600, minutes=None,
+    config = CaptionerConfig(hidden_size=64, embedding_size=32, channels=8, max_steps=800, minutes=None,
                              progress=False, lr=1e-2, seed=0)
     return Captioner(config).fit(train.images, train.captions), test
 
