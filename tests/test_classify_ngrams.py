@@ -13,6 +13,7 @@ import torch
 
 import rnnkit
 from rnnkit.tasks.classify import SequenceClassifier, SequenceClassifierConfig, classifier_model, pad_ids
+from rnnkit.errors import RnnkitError
 from rnnkit.tasks.ngrams import NgramBag
 
 
@@ -81,3 +82,9 @@ def test_word_order_is_learned_with_the_bag_alone_in_a_few_epochs(buckets: int) 
                              patience=None, progress=False, min_count=1, val_fraction=0.2, seed=0).fit(texts, labels)
     accuracy = clf.evaluate(texts, labels)["accuracy"]
     assert accuracy > 0.95 if buckets else accuracy < 0.9
+
+
+@pytest.mark.parametrize("buckets", [-1, 2.5, True])
+def test_a_bad_bucket_count_is_refused_in_one_line(buckets) -> None:
+    with pytest.raises(RnnkitError, match="ngram_buckets must be 0 .no word bag. or a positive integer"):
+        SequenceClassifierConfig(ngram_buckets=buckets)

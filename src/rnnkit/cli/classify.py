@@ -57,10 +57,10 @@ def train(
 ) -> None:
     """Train a classifier on DATA and write a bundle; report validation accuracy and macro-F1."""
     chosen = {name: value for name, value in (("tokenizer", tokenizer), ("cell", cell), ("hidden_size", hidden_size),
-                                              ("bidirectional", bidirectional)) if value is not None}
+                                              ("bidirectional", bidirectional), ("ensemble", ensemble),
+                                              ("ngram_buckets", ngram_buckets)) if value is not None}
     options = dict(class_weights="balanced" if class_weights else None, pretrain_minutes=pretrain_minutes,
-                   **{name: value for name, value in (("ensemble", ensemble), ("ngram_buckets", ngram_buckets))
-                      if value is not None}, **training.config_fields())
+                   **training.config_fields())
     if pretrained is not None:
         config = SequenceClassifierConfig.matching(pretrained, **chosen, **options)
     else:

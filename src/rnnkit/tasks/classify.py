@@ -86,6 +86,8 @@ class SequenceClassifierConfig(TaskConfig):
             raise RnnkitError(f"tokenizer must be one of {', '.join(KINDS)}, got {self.tokenizer!r}")
         self.check_positive("vocab_size", "min_count", "embedding_size", "hidden_size", "num_layers", "max_len",
                             *(("ensemble",) if self.ensemble is not None else ()))
+        if not isinstance(self.ngram_buckets, int) or isinstance(self.ngram_buckets, bool) or self.ngram_buckets < 0:
+            raise RnnkitError(f"ngram_buckets must be 0 (no word bag) or a positive integer, got {self.ngram_buckets!r}")
         if self.class_weights not in (None, "balanced"):
             raise RnnkitError(f"class_weights must be 'balanced' or None, got {self.class_weights!r}")
         if not 0.0 < self.val_fraction < 0.5:
@@ -375,5 +377,5 @@ def _check_texts(texts: Any, allow_empty: bool = False) -> list[str]:
     return texts
 
 
-__all__ = ["AUTO_MEMBERS", "ClassifierEnsemble", "SequenceClassifier", "SequenceClassifierConfig", "classifier_model", "pad_ids",
-           "stratified_split"]
+__all__ = ["AUTO_MEMBERS", "ClassifierEnsemble", "SequenceClassifier", "SequenceClassifierConfig", "classifier_model",
+           "pad_ids", "stratified_split"]
